@@ -1,0 +1,120 @@
+/**
+ * Configuration: read from environment variables only, validated once at boot, frozen.
+ * A wrong value fails the boot with a message naming the variable (ConfigError).
+ */
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+
+const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  Type.Integer({ default: def, minimum: min, maximum: max });
+const Bool = (def: boolean) => Type.Boolean({ default: def });
+const Url = (protocols: string[]) =>
+  Type.String({ pattern: `^(${protocols.join('|')})://`, minLength: 4 });
+
+export const EnvSchema = Type.Object({
+  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], {
+    default: 'development',
+  }),
+  /** Owner/admin connection: migrations and platform tables. Absent: embedded PostgreSQL. */
+  DATABASE_URL: Type.Optional(Url(['postgres', 'postgresql'])),
+  /** Connection for tenant sessions (non-owner, no BYPASSRLS). Absent: the role DB_APP_ROLE is managed by Strata. */
+  APP_DATABASE_URL: Type.Optional(Url(['postgres', 'postgresql'])),
+  DB_APP_ROLE: Type.String({ default: 'strata_app', pattern: '^[a-z_][a-z0-9_]{0,62}$' }),
+  DB_APP_PASSWORD: Type.Optional(Type.String({ minLength: 8 })),
+  REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379', pattern: '^rediss?://' }),
+  JWT_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  JWT_JWKS_URL: Type.Optional(Url(['https', 'http'])),
+  JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
+  JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  PORT: Int(3000, 0, 65535),
+  HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+    { default: 'info' },
+  ),
+  DB_POOL_MAX: Int(10, 1, 1000),
+  DB_POOL_MIN: Int(2, 0, 1000),
+  DB_ACQUIRE_TIMEOUT_MS: Int(2000, 1, 600_000),
+  DB_IDLE_TIMEOUT_MS: Int(30_000, 0, 86_400_000),
+  DB_MAX_LIFETIME_MS: Int(1_800_000, 0, 86_400_000),
+  DB_LEAK_THRESHOLD_MS: Int(10_000, 0, 86_400_000),
+  DB_STATEMENT_TIMEOUT_MS: Int(15_000, 0, 86_400_000),
+  DB_LOCK_TIMEOUT_MS: Int(5_000, 0, 86_400_000),
+  DB_HEALTHCHECK_INTERVAL_MS: Int(10_000, 0, 3_600_000),
+  DB_VALIDATE_AFTER_IDLE_MS: Int(5_000, 0, 3_600_000),
+  DB_TX_MAX_RETRIES: Int(5, 0, 100),
+  SLOW_QUERY_MS: Int(500, 0, 3_600_000),
+  BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),
+  OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Url(['http', 'https'])),
+  OTEL_SERVICE_NAME: Type.String({ default: 'strata' }),
+  /** Where the embedded PostgreSQL keeps its data (embedded default only). */
+  DATA_DIR: Type.String({ default: './.data', minLength: 1 }),
+  EMBEDDED_PG_PORT: Int(54329, 1, 65535),
+  /** Apply pending migrations at boot (default: on in the embedded default, off otherwise). */
+  MIGRATE_ON_BOOT: Type.Optional(Bool(false)),
+  /** Seed the demo dataset when the demo tables are empty (default: on in the embedded default). */
+  SEED_DEMO: Type.Optional(Bool(false)),
+  /** Run BullMQ workers inside the API process (default: on in the embedded default). */
+  RUN_WORKERS: Type.Optional(Bool(false)),
+  MIGRATION_LOCK_TIMEOUT_MS: Int(10_000, 0, 3_600_000),
+  API_KEY_SWEEP_CRON: Type.String({ default: '*/5 * * * *', minLength: 9 }),
+  WORKER_CONCURRENCY: Int(4, 1, 256),
+});
+
+export type Env = Static<typeof EnvSchema>;
+
+export interface Config extends Env {
+  /** True when no DATABASE_URL was given and the embedded PostgreSQL is used. */
+  readonly embedded: boolean;
+  readonly migrateOnBoot: boolean;
+  readonly seedDemo: boolean;
+  readonly runWorkers: boolean;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`invalid configuration: ${variable} ${message}`);
+  }
+}
+
+/** Parse and validate an environment (process.env by default). Throws ConfigError naming the variable. */
+export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  const raw: Record<string, unknown> = {};
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const v = source[key];
+    if (v !== undefined && v !== '') raw[key] = v;
+  }
+  const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, raw));
+  const first = Value.Errors(EnvSchema, converted).First();
+  if (first) {
+    const variable = first.path.replace(/^\//, '') || 'environment';
+    const given = raw[variable];
+    const shown = given === undefined ? '' : ` (got ${JSON.stringify(redact(variable, String(given)))})`;
+    throw new ConfigError(variable, `${first.message.toLowerCase()}${shown}`);
+  }
+  const env = converted as Env;
+  if (env.DB_POOL_MIN > env.DB_POOL_MAX) {
+    throw new ConfigError('DB_POOL_MIN', `must not exceed DB_POOL_MAX (${env.DB_POOL_MAX})`);
+  }
+  const embedded = env.DATABASE_URL === undefined;
+  if (!embedded && !env.JWT_SECRET && !env.JWT_JWKS_URL) {
+    throw new ConfigError('JWT_SECRET', 'is required when DATABASE_URL is set (or set JWT_JWKS_URL)');
+  }
+  return Object.freeze({
+    ...env,
+    embedded,
+    migrateOnBoot: env.MIGRATE_ON_BOOT ?? embedded,
+    seedDemo: env.SEED_DEMO ?? embedded,
+    runWorkers: env.RUN_WORKERS ?? embedded,
+  });
+}
+
+function redact(variable: string, value: string): string {
+  if (/SECRET|PASSWORD/.test(variable)) return '***';
+  if (/URL/.test(variable)) return value.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
+  return value;
+}
