@@ -7,7 +7,7 @@ import { Value } from '@sinclair/typebox/value';
 
 const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   Type.Integer({ default: def, minimum: min, maximum: max });
-const Bool = (def: boolean) => Type.Boolean({ default: def });
+
 const Url = (protocols: string[]) =>
   Type.String({ pattern: `^(${protocols.join('|')})://`, minLength: 4 });
 
@@ -51,11 +51,11 @@ export const EnvSchema = Type.Object({
   DATA_DIR: Type.String({ default: './.data', minLength: 1 }),
   EMBEDDED_PG_PORT: Int(54329, 1, 65535),
   /** Apply pending migrations at boot (default: on in the embedded default, off otherwise). */
-  MIGRATE_ON_BOOT: Type.Optional(Bool(false)),
+  MIGRATE_ON_BOOT: Type.Optional(Type.Boolean()),
   /** Seed the demo dataset when the demo tables are empty (default: on in the embedded default). */
-  SEED_DEMO: Type.Optional(Bool(false)),
+  SEED_DEMO: Type.Optional(Type.Boolean()),
   /** Run BullMQ workers inside the API process (default: on in the embedded default). */
-  RUN_WORKERS: Type.Optional(Bool(false)),
+  RUN_WORKERS: Type.Optional(Type.Boolean()),
   MIGRATION_LOCK_TIMEOUT_MS: Int(10_000, 0, 3_600_000),
   API_KEY_SWEEP_CRON: Type.String({ default: '*/5 * * * *', minLength: 9 }),
   WORKER_CONCURRENCY: Int(4, 1, 256),

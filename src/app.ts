@@ -1,0 +1,113 @@
+/**
+ * build(): the Fastify app factory. It wires plugins, services and routes around already-created
+ * infrastructure (database, Redis) and never listens; src/server.ts does.
+ */
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { Redis } from 'ioredis';
+import { Registry } from 'prom-client';
+import type { Config } from './config.js';
+import type { Database } from './db/database.js';
+import { createKysely } from './db/kysely.js';
+import type { Migrator } from './db/migrations/index.js';
+import { createAuthenticator } from './services/auth.js';
+import { createTenantService, type TenantService } from './services/tenants.js';
+import { createApiKeyService, type ApiKeyService } from './services/api-keys.js';
+import errorsPlugin from './plugins/errors.js';
+import authPlugin from './plugins/auth.js';
+import requestContextPlugin from './plugins/request-context.js';
+import metricsPlugin from './plugins/metrics.js';
+import swaggerPlugin from './plugins/swagger.js';
+import healthRoutes from './api/rest/health/index.js';
+import tenantRoutes from './api/rest/tenants/index.js';
+import apiKeyRoutes from './api/rest/api-keys/index.js';
+import tableRoutes from './api/rest/tables/index.js';
+import { createRegistryService, type SchemaRegistry } from './services/schema-registry.js';
+
+export interface AppServices {
+  tenants: TenantService;
+  apiKeys: ApiKeyService;
+  schema: SchemaRegistry;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config;
+    db: Database;
+    redis: Redis;
+    migrator: Migrator | undefined;
+    metricsRegistry: Registry;
+    services: AppServices;
+  }
+}
+
+export interface BuildOptions {
+  config: Config;
+  db: Database;
+  redis: Redis;
+  /** The JWT_SECRET in force (generated in development when not configured). */
+  jwtSecret?: string;
+  migrator?: Migrator;
+  /** Prometheus registry; the database layer's metrics must live on the same one. */
+  registry?: Registry;
+  logger?: FastifyServerOptions['logger'];
+  /** An existing pino logger (the server's), instead of logger options. */
+  loggerInstance?: FastifyBaseLogger;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Logger options: structured pino, with secrets and credentials redacted. */
+export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
+  return {
+    level: config.LOG_LEVEL,
+    redact: {
+      paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', '*.password', '*.key', '*.secret'],
+      censor: '[redacted]',
+    },
+  };
+}
+
+export async function build(opts: BuildOptions): Promise<FastifyInstance> {
+  const { config, db } = opts;
+  const app = Fastify({
+    ...(opts.loggerInstance ? { loggerInstance: opts.loggerInstance } : { logger: opts.logger ?? loggerOptions(config) }),
+    bodyLimit: config.BODY_LIMIT_BYTES,
+    requestIdHeader: 'x-request-id',
+    requestIdLogLabel: 'requestId',
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  });
+  const registry = opts.registry ?? new Registry();
+  const kysely = createKysely(db.admin);
+  const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
+  const services: AppServices = {
+    tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
+    apiKeys: createApiKeyService({ kysely }),
+    schema: createRegistryService({ db }),
+  };
+  app.decorate('config', config);
+  app.decorate('db', db);
+  app.decorate('redis', opts.redis);
+  app.decorate('migrator', opts.migrator);
+  app.decorate('metricsRegistry', registry);
+  app.decorate('services', services);
+
+  await app.register(errorsPlugin);
+  await app.register(requestContextPlugin);
+  await app.register(metricsPlugin, { registry });
+  await app.register(swaggerPlugin);
+  await app.register(authPlugin, { authenticator });
+
+  await app.register(healthRoutes);
+  await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
+  await app.register(apiKeyRoutes, { prefix: '/v1/admin/api-keys' });
+  await app.register(tableRoutes, { prefix: '/v1/tables' });
+  // jobs: registered by src/plugins/jobs.ts (see below)
+  return app;
+}

@@ -1,0 +1,200 @@
+/**
+ * The database layer: pools keyed by shard, tenant sessions, and the admin connection used for the
+ * platform's own tables and migrations. Services receive a Database and never hold a client outside
+ * a callback.
+ */
+import { createHmac } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type pg from 'pg';
+import type { Config } from '../config.js';
+import { unavailable } from '../errors.js';
+import { createDbMetrics, type DbMetrics } from './metrics.js';
+import { StrataPool, type PoolOptions } from './pool.js';
+import { runInTransaction, type SessionContext, type SessionDeps, type Tx, type TxOptions } from './session.js';
+
+export const DEFAULT_SHARD = 'default';
+
+export interface Shard {
+  readonly id: string;
+  /** Tenant sessions: pipelined, as the non-owner application role. */
+  readonly app: StrataPool;
+  /** Tenant sessions that stream (cursors, COPY): not pipelined, small. */
+  readonly stream: StrataPool;
+}
+
+export interface DatabaseOptions {
+  config: Config;
+  /** Owner/admin connection string (migrations, platform tables). */
+  adminUrl: string;
+  /** Connection string of the application role; derived from adminUrl when absent. */
+  appUrl: string;
+  log: Logger;
+  registry: Registry;
+}
+
+export class Database {
+  readonly metrics: DbMetrics;
+  readonly admin: StrataPool;
+  private readonly shards = new Map<string, Shard>();
+  private readonly deps: SessionDeps;
+
+  constructor(private readonly opts: DatabaseOptions) {
+    const { config, log } = opts;
+    this.metrics = createDbMetrics(opts.registry);
+    this.deps = {
+      log,
+      metrics: this.metrics,
+      defaults: {
+        retries: config.DB_TX_MAX_RETRIES,
+        statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
+        lockTimeoutMs: config.DB_LOCK_TIMEOUT_MS,
+        slowQueryMs: config.SLOW_QUERY_MS,
+      },
+    };
+    const base = poolOptions(config);
+    this.admin = new StrataPool(
+      { ...base, name: 'admin', connectionString: opts.adminUrl, max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 4)), min: 0 },
+      log,
+      this.metrics,
+    );
+    this.shards.set(DEFAULT_SHARD, {
+      id: DEFAULT_SHARD,
+      app: new StrataPool({ ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true }, log, this.metrics),
+      stream: new StrataPool(
+        { ...base, name: `${DEFAULT_SHARD}/stream`, connectionString: opts.appUrl, max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 2)), min: 0 },
+        log,
+        this.metrics,
+      ),
+    });
+  }
+
+  get config(): Config {
+    return this.opts.config;
+  }
+
+  /** Prewarm pools and verify the application role cannot bypass row-level security. */
+  async start(): Promise<void> {
+    for (const shard of this.shards.values()) {
+      await shard.app.start();
+      await shard.stream.start();
+      const { rows } = await shard.app.with((c) =>
+        c.query<{ rolsuper: boolean; rolbypassrls: boolean; current_user: string }>(
+          'SELECT rolsuper, rolbypassrls, current_user FROM pg_roles WHERE rolname = current_user',
+        ),
+      );
+      const r = rows[0];
+      if (!r || r.rolsuper || r.rolbypassrls) {
+        throw new Error(
+          `the application role ${r?.current_user ?? '?'} on shard ${shard.id} is a superuser or has BYPASSRLS; tenant isolation would not hold (set APP_DATABASE_URL to a plain role)`,
+        );
+      }
+    }
+    await this.admin.start();
+  }
+
+  /** The shard holding a tenant's data (one shard for now; the shard map adds routing here). */
+  shardFor(_tenantId: string | null): Shard {
+    const shard = this.shards.get(DEFAULT_SHARD);
+    if (!shard) throw unavailable('NO_SHARD', 'no database shard is configured');
+    return shard;
+  }
+
+  allShards(): Shard[] {
+    return [...this.shards.values()];
+  }
+
+  /**
+   * Run `fn` in a transaction of the caller's tenant (RLS applies to every statement). Nested calls
+   * become savepoints. 40001/40P01 are retried with jittered backoff.
+   */
+  withTenant<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
+    return runInTransaction(this.shardFor(ctx.tenantId).app, this.deps, ctx, fn, opts);
+  }
+
+  /** Alias of withTenant, under the name the spec uses. */
+  withTransaction<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
+    return this.withTenant(ctx, fn, opts);
+  }
+
+  /** A tenant transaction on a non-pipelined connection, for cursors and COPY streams. */
+  withTenantStream<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
+    return runInTransaction(this.shardFor(ctx.tenantId).stream, this.deps, ctx, fn, opts);
+  }
+
+  /** One statement in its own tenant transaction: BEGIN, settings, statement and COMMIT in one round trip. */
+  tenantQuery<R extends pg.QueryResultRow = Record<string, unknown>>(
+    ctx: SessionContext,
+    text: string,
+    values?: readonly unknown[],
+    opts?: TxOptions,
+  ): Promise<pg.QueryResult<R>> {
+    return this.withTenant(ctx, (tx) => tx.query<R>(text, values, { final: true }), opts);
+  }
+
+  /** Platform tables (schema `strata`) through the admin connection: never for tenant data. */
+  adminQuery<R extends pg.QueryResultRow = Record<string, unknown>>(text: string, values?: readonly unknown[]) {
+    return this.admin.with((c) => c.query<R>(text, values as unknown[] | undefined));
+  }
+
+  /** Pools of every shard and the admin pool. */
+  pools(): StrataPool[] {
+    return [this.admin, ...[...this.shards.values()].flatMap((s) => [s.app, s.stream])];
+  }
+
+  /** Clients borrowed and not yet returned, across all pools. */
+  borrowedCount(): number {
+    return this.pools().reduce((n, p) => n + p.borrowedCount, 0);
+  }
+
+  async close(timeoutMs?: number): Promise<void> {
+    await Promise.all(this.pools().map((p) => p.drain(timeoutMs)));
+  }
+}
+
+function poolOptions(config: Config): Omit<PoolOptions, 'name' | 'connectionString'> {
+  return {
+    max: config.DB_POOL_MAX,
+    min: config.DB_POOL_MIN,
+    acquireTimeoutMs: config.DB_ACQUIRE_TIMEOUT_MS,
+    idleTimeoutMs: config.DB_IDLE_TIMEOUT_MS,
+    maxLifetimeMs: config.DB_MAX_LIFETIME_MS,
+    leakThresholdMs: config.DB_LEAK_THRESHOLD_MS,
+    validateAfterIdleMs: config.DB_VALIDATE_AFTER_IDLE_MS,
+    healthCheckIntervalMs: config.DB_HEALTHCHECK_INTERVAL_MS,
+  };
+}
+
+/**
+ * The application role's password when Strata manages the role: DB_APP_PASSWORD, else derived from
+ * the admin URL (so every process sharing the configuration derives the same one; nothing stored).
+ */
+export function appRolePassword(config: Config, adminUrl: string): string {
+  return config.DB_APP_PASSWORD ?? createHmac('sha256', adminUrl).update(`strata app role ${config.DB_APP_ROLE}`).digest('base64url');
+}
+
+/** The admin URL with the application role's credentials. */
+export function deriveAppUrl(adminUrl: string, role: string, password: string): string {
+  const u = new URL(adminUrl);
+  u.username = role;
+  u.password = password;
+  return u.toString();
+}
+
+/**
+ * Create or update the login role tenant sessions use: no superuser, no BYPASSRLS, owns nothing,
+ * member of the `strata_tenant` group that migrations grant table privileges to.
+ */
+export async function ensureAppRole(admin: pg.ClientBase, role: string, password: string): Promise<void> {
+  const ident = `"${role.replace(/"/g, '""')}"`;
+  const pw = `'${password.replace(/'/g, "''")}'`;
+  const { rowCount } = await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
+  try {
+    if (!rowCount) await admin.query(`CREATE ROLE ${ident} LOGIN NOSUPERUSER NOBYPASSRLS INHERIT PASSWORD ${pw}`);
+    else await admin.query(`ALTER ROLE ${ident} LOGIN NOSUPERUSER NOBYPASSRLS INHERIT PASSWORD ${pw}`);
+  } catch (err) {
+    // Two processes booting at once may race on CREATE ROLE; the loser finds the role made.
+    if ((err as { code?: string }).code !== '23505' && (err as { code?: string }).code !== '42710') throw err;
+  }
+  await admin.query(`GRANT strata_tenant TO ${ident}`);
+}

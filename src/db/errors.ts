@@ -1,0 +1,104 @@
+/**
+ * PostgreSQL SQLSTATEs the service acts on, in one place, and their mapping to HTTP answers.
+ * Never match on message strings: the SQLSTATE is the contract.
+ */
+import { AppError, conflict, forbidden, gatewayTimeout, unavailable, badRequest } from '../errors.js';
+
+export const SQLSTATE = {
+  UNIQUE_VIOLATION: '23505',
+  FOREIGN_KEY_VIOLATION: '23503',
+  NOT_NULL_VIOLATION: '23502',
+  CHECK_VIOLATION: '23514',
+  EXCLUSION_VIOLATION: '23P01',
+  STRING_TOO_LONG: '22001',
+  INVALID_TEXT_REPRESENTATION: '22P02',
+  NUMERIC_OUT_OF_RANGE: '22003',
+  INVALID_DATETIME: '22007',
+  DATETIME_OVERFLOW: '22008',
+  SERIALIZATION_FAILURE: '40001',
+  DEADLOCK_DETECTED: '40P01',
+  QUERY_CANCELED: '57014',
+  LOCK_NOT_AVAILABLE: '55P03',
+  INSUFFICIENT_PRIVILEGE: '42501',
+  READ_ONLY_TRANSACTION: '25006',
+  IN_FAILED_TRANSACTION: '25P02',
+  ADMIN_SHUTDOWN: '57P01',
+  CRASH_SHUTDOWN: '57P02',
+  CANNOT_CONNECT_NOW: '57P03',
+  TOO_MANY_CONNECTIONS: '53300',
+} as const;
+
+const CONNECTION_SQLSTATES = new Set<string>([
+  SQLSTATE.ADMIN_SHUTDOWN,
+  SQLSTATE.CRASH_SHUTDOWN,
+  SQLSTATE.CANNOT_CONNECT_NOW,
+  SQLSTATE.TOO_MANY_CONNECTIONS,
+]);
+const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH']);
+
+interface PgErrorLike {
+  code?: string;
+  constraint?: string;
+  column?: string;
+  table?: string;
+  detail?: string;
+}
+
+/** True for errors meaning the connection (not the statement) is gone. */
+export function isConnectionError(err: unknown): boolean {
+  if (!err || typeof err !== 'object') return false;
+  const code = (err as PgErrorLike).code;
+  if (code && (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code))) return true;
+  const msg = err instanceof Error ? err.message : '';
+  // node-postgres raises these without a code when the socket closes under it
+  return /Connection terminated|Client has encountered a connection error|not queryable/.test(msg);
+}
+
+export function isRetryable(err: unknown): boolean {
+  const code = (err as PgErrorLike | null)?.code;
+  return code === SQLSTATE.SERIALIZATION_FAILURE || code === SQLSTATE.DEADLOCK_DETECTED;
+}
+
+/** Translate a database error into the HTTP-facing AppError; undefined when it is a genuine 500. */
+export function toAppError(err: unknown): AppError | undefined {
+  if (err instanceof AppError) return err;
+  if (isConnectionError(err)) {
+    return unavailable('DB_UNAVAILABLE', 'the database connection was lost; retry shortly', 1, err);
+  }
+  const e = (err ?? {}) as PgErrorLike;
+  switch (e.code) {
+    case SQLSTATE.UNIQUE_VIOLATION:
+      return conflict('UNIQUE_VIOLATION', `a row with the same key already exists${e.constraint ? ` (${e.constraint})` : ''}`, {
+        constraint: e.constraint,
+      });
+    case SQLSTATE.FOREIGN_KEY_VIOLATION:
+      return conflict('FOREIGN_KEY_VIOLATION', `a referenced row does not exist or is still referenced${e.constraint ? ` (${e.constraint})` : ''}`, {
+        constraint: e.constraint,
+      });
+    case SQLSTATE.NOT_NULL_VIOLATION:
+      return badRequest('NOT_NULL_VIOLATION', `column ${e.column ?? '?'} must not be null`, { column: e.column });
+    case SQLSTATE.CHECK_VIOLATION:
+      return badRequest('CHECK_VIOLATION', `a value breaks the check ${e.constraint ?? ''}`.trim(), { constraint: e.constraint });
+    case SQLSTATE.STRING_TOO_LONG:
+      return badRequest('VALUE_TOO_LONG', 'a value is longer than its column allows');
+    case SQLSTATE.INVALID_TEXT_REPRESENTATION:
+    case SQLSTATE.NUMERIC_OUT_OF_RANGE:
+    case SQLSTATE.INVALID_DATETIME:
+    case SQLSTATE.DATETIME_OVERFLOW:
+      return badRequest('INVALID_VALUE', 'a value has the wrong type or is out of range');
+    case SQLSTATE.SERIALIZATION_FAILURE:
+    case SQLSTATE.DEADLOCK_DETECTED:
+      return conflict('TRANSACTION_CONFLICT', 'the transaction kept conflicting with concurrent ones; retry budget exhausted');
+    case SQLSTATE.QUERY_CANCELED:
+      return gatewayTimeout('STATEMENT_TIMEOUT', 'the query ran past its statement timeout and was cancelled', err);
+    case SQLSTATE.LOCK_NOT_AVAILABLE:
+      return conflict('LOCK_TIMEOUT', 'a row or table lock could not be obtained in time');
+    case SQLSTATE.INSUFFICIENT_PRIVILEGE:
+      // RLS WITH CHECK failures and privilege errors: the database refused, we say so.
+      return forbidden('FORBIDDEN_BY_DATABASE', 'the database refused this operation for your tenant or role');
+    case SQLSTATE.READ_ONLY_TRANSACTION:
+      return forbidden('READ_ONLY', 'this operation may not write');
+    default:
+      return undefined;
+  }
+}

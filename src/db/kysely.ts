@@ -1,0 +1,21 @@
+/**
+ * Kysely over the admin pool, typed with the platform schema, for the service's own queries.
+ * Connections are borrowed through StrataPool so leak detection and metrics apply.
+ */
+import { Kysely, PostgresDialect } from 'kysely';
+import type { StrataPool } from './pool.js';
+import type { PlatformDB } from './types.js';
+
+export function createKysely(pool: StrataPool): Kysely<PlatformDB> {
+  return new Kysely<PlatformDB>({
+    dialect: new PostgresDialect({
+      pool: {
+        connect: async () => {
+          const lease = await pool.acquire();
+          return Object.assign(lease.client, { release: () => lease.release() });
+        },
+        end: async () => undefined,
+      },
+    }),
+  });
+}

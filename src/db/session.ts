@@ -1,0 +1,235 @@
+/**
+ * Tenant sessions and transactions.
+ *
+ * Every unit of tenant work is a transaction on a pooled connection that first sets the tenant,
+ * actor and timeouts with `set_config(..., true)` (transaction-local), under a role that neither owns
+ * the tables nor bypasses RLS. On a pipelined pool, BEGIN, the settings and the first statement go out
+ * together, so isolation costs no extra round trip. Nested calls become savepoints; serialization
+ * failures and deadlocks are retried with jittered backoff.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import type { RequestContext } from '../domain.js';
+import type { DbMetrics } from './metrics.js';
+import type { StrataPool } from './pool.js';
+import { isConnectionError, isRetryable } from './errors.js';
+import { sqlstateOf } from './pool.js';
+
+export type Isolation = 'read committed' | 'repeatable read' | 'serializable';
+
+export interface TxOptions {
+  isolation?: Isolation;
+  readOnly?: boolean;
+  /** Retries after 40001/40P01 (default DB_TX_MAX_RETRIES). */
+  retries?: number;
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
+}
+
+/** Per-request accounting for Server-Timing and N+1 detection. */
+export interface QueryStats {
+  count: number;
+  ms: number;
+}
+
+export interface SessionContext extends RequestContext {
+  readonly stats?: QueryStats;
+}
+
+export interface QueryOptions {
+  /** This is the transaction's last statement: COMMIT is sent right behind it (same round trip). */
+  final?: boolean;
+}
+
+export interface Tx {
+  readonly ctx: SessionContext;
+  /** 1 for the first attempt; higher after automatic retries. */
+  readonly attempt: number;
+  /** The underlying client, for streaming (cursor/COPY) on non-pipelined pools only. */
+  readonly client: pg.PoolClient;
+  query<R extends pg.QueryResultRow = Record<string, unknown>>(
+    text: string,
+    values?: readonly unknown[],
+    opts?: QueryOptions,
+  ): Promise<pg.QueryResult<R>>;
+  /** Run `fn` inside a savepoint: an exception rolls back to it and is rethrown. */
+  savepoint<T>(fn: (tx: Tx) => Promise<T>, name?: string): Promise<T>;
+}
+
+export interface SessionDeps {
+  log: Logger;
+  metrics: DbMetrics;
+  defaults: { retries: number; statementTimeoutMs: number; lockTimeoutMs: number; slowQueryMs: number };
+}
+
+const SETUP_SQL =
+  "SELECT set_config('strata.tenant_id', $1, true), set_config('strata.actor', $2, true), " +
+  "set_config('strata.role', $3, true), set_config('statement_timeout', $4, true), set_config('lock_timeout', $5, true)";
+const ISOLATIONS: Record<Isolation, string> = {
+  'read committed': 'READ COMMITTED',
+  'repeatable read': 'REPEATABLE READ',
+  serializable: 'SERIALIZABLE',
+};
+const SAVEPOINT_NAME = /^[a-z_][a-z0-9_]{0,62}$/i;
+
+interface Frame {
+  tx: TxImpl;
+  pool: StrataPool;
+}
+const current = new AsyncLocalStorage<Frame>();
+
+class TxImpl implements Tx {
+  private savepoints = 0;
+  commitQueued: Promise<unknown> | undefined;
+  constructor(
+    readonly ctx: SessionContext,
+    readonly client: pg.PoolClient,
+    readonly attempt: number,
+    private readonly deps: SessionDeps,
+    private readonly poolName: string,
+  ) {}
+
+  query<R extends pg.QueryResultRow>(text: string, values?: readonly unknown[], opts?: QueryOptions) {
+    const started = performance.now();
+    const p = this.client.query<R>(text, values as unknown[] | undefined);
+    if (opts?.final) {
+      this.commitQueued = this.client.query('COMMIT');
+      this.commitQueued.catch(() => undefined);
+    }
+    return p.then(
+      (res) => {
+        this.account(text, started, res.rowCount);
+        return res;
+      },
+      (err: unknown) => {
+        this.account(text, started, null);
+        this.deps.metrics.errors.inc({ pool: this.poolName, sqlstate: sqlstateOf(err) });
+        throw err;
+      },
+    );
+  }
+
+  private account(text: string, started: number, rows: number | null) {
+    const ms = performance.now() - started;
+    this.deps.metrics.querySeconds.observe({ pool: this.poolName }, ms / 1000);
+    if (this.ctx.stats) {
+      this.ctx.stats.count++;
+      this.ctx.stats.ms += ms;
+    }
+    if (this.deps.defaults.slowQueryMs > 0 && ms >= this.deps.defaults.slowQueryMs) {
+      this.deps.log.warn(
+        { requestId: this.ctx.requestId, tenant: this.ctx.tenantId, actor: this.ctx.actor, durationMs: Math.round(ms), rows, sql: normalizeSql(text) },
+        'slow query',
+      );
+    }
+  }
+
+  async savepoint<T>(fn: (tx: Tx) => Promise<T>, name?: string): Promise<T> {
+    if (name !== undefined && !SAVEPOINT_NAME.test(name)) throw new Error(`invalid savepoint name ${JSON.stringify(name)}`);
+    const sp = name ? `sp_${name}` : `sp_${++this.savepoints}`;
+    await this.client.query(`SAVEPOINT ${sp}`);
+    try {
+      const out = await fn(this);
+      await this.client.query(`RELEASE SAVEPOINT ${sp}`);
+      return out;
+    } catch (err) {
+      // The connection may be gone; then the outer transaction fails on its own.
+      if (!isConnectionError(err)) await this.client.query(`ROLLBACK TO SAVEPOINT ${sp}`);
+      throw err;
+    }
+  }
+}
+
+/**
+ * Run `fn` in a tenant transaction on `pool`. Called inside another transaction of the same pool
+ * and tenant, it becomes a savepoint of that transaction.
+ */
+export async function runInTransaction<T>(
+  pool: StrataPool,
+  deps: SessionDeps,
+  ctx: SessionContext,
+  fn: (tx: Tx) => Promise<T>,
+  opts: TxOptions = {},
+): Promise<T> {
+  const outer = current.getStore();
+  if (outer && outer.pool === pool) {
+    if (outer.tx.ctx.tenantId !== ctx.tenantId) throw new Error('nested transaction for another tenant');
+    return outer.tx.savepoint(fn);
+  }
+  const retries = opts.retries ?? deps.defaults.retries;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await attemptOnce(pool, deps, ctx, fn, opts, attempt);
+    } catch (err) {
+      if (!isRetryable(err) || attempt > retries) throw err;
+      deps.metrics.retries.inc({ sqlstate: sqlstateOf(err) });
+      const delay = Math.random() * Math.min(1000, 10 * 2 ** attempt); // full jitter
+      deps.log.debug({ requestId: ctx.requestId, tenant: ctx.tenantId, attempt, delay, sqlstate: sqlstateOf(err) }, 'retrying transaction');
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+async function attemptOnce<T>(
+  pool: StrataPool,
+  deps: SessionDeps,
+  ctx: SessionContext,
+  fn: (tx: Tx) => Promise<T>,
+  opts: TxOptions,
+  attempt: number,
+): Promise<T> {
+  const lease = await pool.acquire();
+  const { client } = lease;
+  const iso = ISOLATIONS[opts.isolation ?? 'read committed'];
+  // BEGIN and the settings are queued without waiting: on a pipelined client they travel with the
+  // first statement. If either fails, every later statement fails too (aborted transaction), and
+  // the settings' own error is the one reported.
+  const setup = Promise.all([
+    client.query(`BEGIN ISOLATION LEVEL ${iso}${opts.readOnly ? ' READ ONLY' : ''}`),
+    client.query(SETUP_SQL, [
+      ctx.tenantId ?? '',
+      ctx.actor,
+      ctx.role,
+      String(opts.statementTimeoutMs ?? deps.defaults.statementTimeoutMs),
+      String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
+    ]),
+  ]);
+  setup.catch(() => undefined);
+  const tx = new TxImpl(ctx, client, attempt, deps, pool.options.name);
+  try {
+    const out = await current.run({ tx, pool }, () => fn(tx));
+    await setup;
+    if (tx.commitQueued) await tx.commitQueued;
+    else await client.query('COMMIT');
+    lease.release();
+    return out;
+  } catch (err) {
+    const setupErr = await setup.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    const reported = setupErr ?? err;
+    if (isConnectionError(reported) || isConnectionError(err)) {
+      lease.release(true);
+    } else {
+      try {
+        await client.query('ROLLBACK');
+        lease.release();
+      } catch {
+        lease.release(true);
+      }
+    }
+    throw reported;
+  }
+}
+
+/** SQL with literals replaced by `?`, for logs and grouping (never log values). */
+export function normalizeSql(text: string): string {
+  return text
+    .replace(/'(?:[^']|'')*'/g, '?')
+    .replace(/\b\d+(?:\.\d+)?\b/g, '?')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .slice(0, 2000);
+}

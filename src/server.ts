@@ -1,0 +1,58 @@
+/**
+ * The only file that listens. Boots the runtime, builds the app, starts in-process workers on the
+ * embedded default, and shuts down gracefully on SIGTERM/SIGINT (requests, jobs, then the pools).
+ */
+import { ConfigError, loadConfig } from './config.js';
+import { startTelemetry } from './telemetry.js';
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const telemetry = await startTelemetry(config);
+  // Loaded after telemetry starts, so the pg, ioredis and http instrumentations can patch them.
+  const [{ default: pino }, { build, loggerOptions }, { createRuntime }] = await Promise.all([
+    import('pino'),
+    import('./app.js'),
+    import('./runtime.js'),
+  ]);
+  const log = pino(loggerOptions(config) as import("pino").LoggerOptions);
+  const runtime = await createRuntime(config, log);
+  const app = await build({
+    config,
+    db: runtime.db,
+    redis: runtime.redis.client,
+    migrator: runtime.migrator,
+    registry: runtime.registry,
+    jwtSecret: runtime.jwtSecret,
+    loggerInstance: log,
+  });
+  const closeHooks: Array<() => Promise<void>> = [];
+  let closing = false;
+  const shutdown = async (signal: string) => {
+    if (closing) return;
+    closing = true;
+    log.info({ signal }, 'shutting down: draining requests, jobs and the pool');
+    const force = setTimeout(() => process.exit(1), 30_000);
+    force.unref();
+    try {
+      await app.close();
+      for (const hook of closeHooks) await hook();
+      await runtime.stop();
+      await telemetry?.shutdown();
+    } finally {
+      process.exit(0);
+    }
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  await app.listen({ port: config.PORT, host: config.HOST });
+  log.info({ port: config.PORT, embedded: config.embedded }, `Strata listening on http://${config.HOST}:${config.PORT} (docs at /docs)`);
+}
+
+main().catch((err: unknown) => {
+  if (err instanceof ConfigError || (err instanceof Error && err.name === 'BootError')) {
+    process.stderr.write(`strata: ${err.message}\n`);
+  } else {
+    process.stderr.write(`strata: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
+  process.exit(1);
+});
