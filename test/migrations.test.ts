@@ -430,9 +430,9 @@ describe('npm run migrate:check (scripts/check-reversible.ts)', () => {
     const r = await run(fixture('basic'));
     expect(r.stdout).toContain('all migrations are reversible');
     expect(r.code).toBe(0);
-    const left = await admin((c) =>
-      c.query(`SELECT 1 FROM pg_database WHERE datname LIKE 'strata_revcheck_%'`),
-    );
+    const scratch = /scratch database (\S+)/.exec(r.stdout)?.[1];
+    expect(scratch).toMatch(/^strata_revcheck_/);
+    const left = await admin((c) => c.query('SELECT 1 FROM pg_database WHERE datname = $1', [scratch]));
     expect(left.rowCount).toBe(0);
   }, 30_000);
 

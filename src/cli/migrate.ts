@@ -68,6 +68,7 @@ async function main(): Promise<number> {
   if (!url) fail(2, 'migrate: DATABASE_URL is required (postgres://user@host:port/database)');
 
   const pool = new pg.Pool({ connectionString: url, max: 2, application_name: 'strata-migrate' });
+  pool.on('error', (e) => process.stderr.write(`  warning: idle connection lost: ${e.message}\n`));
   const out = (line: string) => process.stdout.write(`${line}\n`);
   const migrator = createMigrator({
     pool,

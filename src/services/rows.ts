@@ -52,3 +52,27 @@ export async function listRows(
     next_cursor: more && last ? Buffer.from(JSON.stringify([t.name, String(last[pkName])])).toString('base64url') : null,
   };
 }
+
+/**
+ * Insert one row. Columns are checked against the registry (unknown -> 400 naming it); `tenant_id`
+ * defaults from the session, and a value naming another tenant is refused by PostgreSQL's RLS
+ * WITH CHECK (answered 403), never rewritten.
+ */
+export async function insertRow(db: Database, ctx: SessionContext, t: TableInfo, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const known = new Set(t.columns.map((c) => c.name));
+  const names = Object.keys(body);
+  for (const n of names) {
+    if (!known.has(n)) throw badRequest('UNKNOWN_COLUMN', `column ${JSON.stringify(n)} does not exist in ${t.name}`, { column: n });
+  }
+  const cols = names.map((n) => pg.escapeIdentifier(n)).join(', ');
+  const params = names.map((_, i) => `$${i + 1}`).join(', ');
+  const values = names.map((n) => {
+    const v = body[n];
+    return v !== null && typeof v === 'object' ? JSON.stringify(v) : v;
+  });
+  const sql = names.length
+    ? `INSERT INTO ${t.qualified} (${cols}) VALUES (${params}) RETURNING ${selectList(t)}`
+    : `INSERT INTO ${t.qualified} DEFAULT VALUES RETURNING ${selectList(t)}`;
+  const { rows } = await db.tenantQuery(ctx, sql, values);
+  return rows[0] as Record<string, unknown>;
+}

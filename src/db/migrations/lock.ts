@@ -37,6 +37,12 @@ export async function withMigrationLock<T>(
 ): Promise<T> {
   const client = await pool.connect();
   let broken: Error | undefined;
+  // A connection lost between queries emits 'error' on the checked-out client; without a listener
+  // that would crash the process. The next query rejects anyway, and the client is destroyed below.
+  const onError = (e: Error) => {
+    broken = e;
+  };
+  client.on('error', onError);
   try {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -66,6 +72,7 @@ export async function withMigrationLock<T>(
       }
     }
   } finally {
+    client.off('error', onError);
     client.release(broken);
   }
 }

@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { errorResponses } from '../../schemas/common.js';
-import { listRows, getRow } from '../../../services/rows.js';
+import { listRows, getRow, insertRow } from '../../../services/rows.js';
 
 const config = { capability: 'read' as const };
 const tags = ['tables'];
@@ -68,6 +68,23 @@ export default async function tableRoutes(app: FastifyInstance) {
     async (request) => {
       const { table, pk } = request.params as { table: string; pk: string };
       return { data: await getRow(app.db, request.ctx, await app.services.schema.table(table), pk) };
+    },
+  );
+  app.post(
+    '/:table/rows',
+    {
+      config: { capability: 'write' },
+      schema: {
+        tags,
+        params: TableParams,
+        body: Type.Record(Type.String(), Type.Unknown()),
+        response: { 201: Type.Object({ data: Type.Record(Type.String(), Type.Unknown()) }), ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const { table } = request.params as { table: string };
+      const row = await insertRow(app.db, request.ctx, await app.services.schema.table(table), request.body as Record<string, unknown>);
+      return reply.code(201).send({ data: row });
     },
   );
 }

@@ -1,0 +1,179 @@
+/**
+ * The worker runtime: one BullMQ Worker per queue, each dispatching on the job name to a thin
+ * processor in src/jobs/processors/. Used by src/worker.ts and, when RUN_WORKERS is on, by the API
+ * process itself.
+ *
+ * Workers own their Redis connections (`maxRetriesPerRequest: null`, as BullMQ requires) and resume
+ * by themselves when Redis returns. A job whose worker dies stays active until BullMQ's stalled
+ * check moves it back to wait, and another worker runs it again (up to `attempts`).
+ */
+import { Worker, UnrecoverableError, type Job, type WorkerOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Database } from '../db/database.js';
+import { createKysely } from '../db/kysely.js';
+import { createApiKeyService, type ApiKeyService } from '../services/api-keys.js';
+import { CANCELLED_REASON, QUEUE_NAMES, cancelKey, type JobData, type JobName, type QueueName } from './queues.js';
+import { redisOptions } from '../redis.js';
+import { expireApiKeys } from './processors/expire-api-keys.js';
+import { sleepJob } from './processors/sleep.js';
+
+/** What processors may call: the same services the routes use. Later capabilities add theirs. */
+export interface ProcessorServices {
+  apiKeys: ApiKeyService;
+}
+
+export interface ProcessorContext<N extends JobName = JobName> {
+  job: Job<JobData<N>, unknown, N>;
+  /** Aborted when the job is cancelled (DELETE /v1/jobs/{id}); stop work and return or throw. */
+  signal: AbortSignal;
+  log: Logger;
+  db: Database;
+  services: ProcessorServices;
+  /** Report progress as `{ done, total, percent }` (total null when unknown). */
+  progress(done: number, total: number | null): Promise<void>;
+  /** Whether cancellation was requested (the signal follows it within a poll interval). */
+  isCancelled(): Promise<boolean>;
+}
+
+export type Processor<N extends JobName> = (ctx: ProcessorContext<N>) => Promise<unknown>;
+
+/** Every job name has a processor: the compiler checks the map is complete. */
+export const PROCESSORS: { [N in JobName]: Processor<N> } = {
+  'expire-api-keys': expireApiKeys,
+  sleep: sleepJob,
+};
+
+export function createProcessorServices(db: Database): ProcessorServices {
+  return { apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }) };
+}
+
+export interface WorkerRuntimeOptions {
+  redisUrl: string;
+  /** BullMQ key prefix; the same as the JobsService's. */
+  prefix?: string;
+  log: Logger;
+  db: Database;
+  services?: ProcessorServices;
+  /** Jobs processed at once per queue (WORKER_CONCURRENCY). */
+  concurrency?: number;
+  queues?: readonly QueueName[];
+  /** Extra BullMQ worker options (tests shorten stalledInterval/lockDuration). */
+  workerOptions?: Partial<Pick<WorkerOptions, 'stalledInterval' | 'lockDuration' | 'maxStalledCount' | 'drainDelay'>>;
+  /** How often active jobs' cancellation flags are checked. */
+  cancelPollMs?: number;
+}
+
+export interface WorkerRuntime {
+  readonly workers: readonly Worker[];
+  /** Stop taking jobs and wait for active ones (up to timeoutMs; then they are left to the stalled check). */
+  close(opts?: { timeoutMs?: number }): Promise<void>;
+}
+
+const percentOf = (done: number, total: number | null) =>
+  total === null ? null : total <= 0 ? 100 : Math.min(100, Math.round((done / total) * 100));
+
+/** Start a worker for every queue (or `opts.queues`). */
+export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
+  const prefix = opts.prefix ?? 'strata';
+  const { log, db } = opts;
+  const services = opts.services ?? createProcessorServices(db);
+  // Fail-fast connection for cancellation flags: a poll during an outage is just skipped.
+  const flags = new Redis(opts.redisUrl, redisOptions({ lazyConnect: false }));
+  flags.on('error', () => undefined);
+  const isCancelled = async (id: string) => (await flags.exists(cancelKey(prefix, id))) === 1;
+  const active = new Map<string, Worker>();
+  const cancelled = new Set<string>();
+
+  async function run(worker: Worker, job: Job<JobData>, signal: AbortSignal | undefined): Promise<unknown> {
+    const id = job.id ?? '';
+    const name = job.name as JobName;
+    const processor = PROCESSORS[name] as Processor<JobName> | undefined;
+    if (!processor) throw new UnrecoverableError(`no processor for job ${job.name}`);
+    const jobLog = log.child({ job: id, name, tenant: job.data.tenantId, actor: job.data.actor, requestId: job.data.requestId });
+    active.set(id, worker);
+    try {
+      if (await isCancelled(id).catch(() => false)) throw new UnrecoverableError(CANCELLED_REASON);
+      const result = await processor({
+        job: job as Job<JobData, unknown, JobName>,
+        signal: signal ?? new AbortController().signal,
+        log: jobLog,
+        db,
+        services,
+        progress: (done, total) => job.updateProgress({ done, total, percent: percentOf(done, total) }),
+        isCancelled: () => isCancelled(id),
+      });
+      if (cancelled.has(id)) throw new UnrecoverableError(CANCELLED_REASON);
+      return result;
+    } catch (err) {
+      if (cancelled.has(id) && !(err instanceof UnrecoverableError)) throw new UnrecoverableError(CANCELLED_REASON);
+      throw err;
+    } finally {
+      active.delete(id);
+      cancelled.delete(id);
+    }
+  }
+
+  const workers = (opts.queues ?? QUEUE_NAMES).map((queue) => {
+    const worker: Worker = new Worker(queue, (job: Job<JobData>, _token?: string, signal?: AbortSignal) => run(worker, job, signal), {
+      connection: { url: opts.redisUrl, maxRetriesPerRequest: null },
+      prefix,
+      concurrency: opts.concurrency ?? 4,
+      ...opts.workerOptions,
+    });
+    let lastErrorLog = 0;
+    worker.on('error', (err) => {
+      if (Date.now() - lastErrorLog < 10_000) return;
+      lastErrorLog = Date.now();
+      log.warn({ err: { message: err.message }, queue }, 'worker error (retrying)');
+    });
+    worker.on('failed', (job, err) => {
+      if (err.message === CANCELLED_REASON && err instanceof UnrecoverableError) log.info({ job: job?.id, queue }, 'job cancelled');
+      else log.warn({ job: job?.id, queue, err: { message: err.message }, attempts: job?.attemptsMade }, 'job failed');
+    });
+    worker.on('completed', (job) => log.info({ job: job.id, queue }, 'job completed'));
+    return worker;
+  });
+
+  // Turn cancellation flags of active jobs into their AbortSignals.
+  let polling = false;
+  const poller = setInterval(() => {
+    if (polling || active.size === 0 || flags.status !== 'ready') return;
+    polling = true;
+    const ids = [...active.keys()];
+    flags
+      .mget(ids.map((id) => cancelKey(prefix, id)))
+      .then((values) =>
+        ids.forEach((id, i) => {
+          if (values[i] === null || values[i] === undefined || cancelled.has(id)) return;
+          cancelled.add(id);
+          active.get(id)?.cancelJob(id, CANCELLED_REASON);
+        }),
+      )
+      .catch(() => undefined)
+      .finally(() => {
+        polling = false;
+      });
+  }, opts.cancelPollMs ?? 250);
+  poller.unref();
+
+  log.info({ queues: workers.map((w) => w.name), prefix }, 'workers started');
+  return {
+    workers,
+    async close({ timeoutMs = 30_000 } = {}) {
+      clearInterval(poller);
+      let timer: NodeJS.Timeout | undefined;
+      const graceful = Promise.all(workers.map((w) => w.close())).then(() => true);
+      const timedOut = new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), timeoutMs);
+      });
+      const done = await Promise.race([graceful, timedOut]);
+      clearTimeout(timer);
+      if (!done) {
+        log.warn({ timeoutMs }, 'active jobs did not finish in time; closing workers (they will be retried as stalled)');
+        await Promise.all(workers.map((w) => w.close(true).catch(() => undefined)));
+      }
+      await flags.quit().catch(() => flags.disconnect());
+    },
+  };
+}

@@ -1,0 +1,28 @@
+/**
+ * Repeatable jobs, registered with BullMQ job schedulers. `upsertJobScheduler` is idempotent, so
+ * every worker process (and an API process running workers) may call this at boot.
+ */
+import type { BaseLogger } from 'pino';
+import type { Config } from '../config.js';
+import { DEFAULT_JOB_OPTIONS, type JobData, type JobsService } from './queues.js';
+
+export const API_KEY_SWEEP_SCHEDULER = 'expire-api-keys';
+
+/** Register (or update) every schedule. Throws, naming the variable, when a cron pattern is rejected. */
+export async function registerSchedules(jobs: JobsService, config: Pick<Config, 'API_KEY_SWEEP_CRON'>, log: BaseLogger): Promise<void> {
+  const data: JobData<'expire-api-keys'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${API_KEY_SWEEP_SCHEDULER}` };
+  try {
+    await jobs.queues.maintenance.upsertJobScheduler(
+      API_KEY_SWEEP_SCHEDULER,
+      { pattern: config.API_KEY_SWEEP_CRON },
+      {
+        name: 'expire-api-keys',
+        data,
+        opts: { attempts: DEFAULT_JOB_OPTIONS.attempts, backoff: DEFAULT_JOB_OPTIONS.backoff, removeOnComplete: { count: 100 }, removeOnFail: { count: 500 } },
+      },
+    );
+  } catch (err) {
+    throw new Error(`could not register the API-key expiry schedule (API_KEY_SWEEP_CRON=${config.API_KEY_SWEEP_CRON})`, { cause: err });
+  }
+  log.info({ cron: config.API_KEY_SWEEP_CRON }, 'schedule registered: expire-api-keys');
+}
