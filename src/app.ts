@@ -22,6 +22,8 @@ import healthRoutes from './api/rest/health/index.js';
 import tenantRoutes from './api/rest/tenants/index.js';
 import apiKeyRoutes from './api/rest/api-keys/index.js';
 import tableRoutes from './api/rest/tables/index.js';
+import jobsPlugin from './plugins/jobs.js';
+import type { JobsService } from './jobs/queues.js';
 import { createRegistryService, type SchemaRegistry } from './services/schema-registry.js';
 
 export interface AppServices {
@@ -53,6 +55,8 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger'];
   /** An existing pino logger (the server's), instead of logger options. */
   loggerInstance?: FastifyBaseLogger;
+  /** The job system (shared with in-process workers and tests); created from REDIS_URL when absent. */
+  jobs?: JobsService;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -108,6 +112,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
   await app.register(apiKeyRoutes, { prefix: '/v1/admin/api-keys' });
   await app.register(tableRoutes, { prefix: '/v1/tables' });
-  // jobs: registered by src/plugins/jobs.ts (see below)
+  await app.register(jobsPlugin, { jobs: opts.jobs });
   return app;
 }

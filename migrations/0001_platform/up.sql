@@ -6,8 +6,10 @@ CREATE SCHEMA IF NOT EXISTS strata;
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'strata_tenant') THEN
-    CREATE ROLE strata_tenant NOLOGIN NOINHERIT NOBYPASSRLS;
+    CREATE ROLE strata_tenant NOLOGIN NOBYPASSRLS;
   END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  NULL; -- another database of this cluster created it at the same moment
 END
 $$;
 REVOKE ALL ON SCHEMA strata FROM PUBLIC;

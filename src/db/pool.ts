@@ -53,6 +53,7 @@ export class StrataPool {
   private downUntil = 0;
   private backoffMs = 0;
   private closing = false;
+  private drained: Promise<void> = Promise.resolve();
 
   constructor(
     readonly options: PoolOptions,
@@ -75,6 +76,12 @@ export class StrataPool {
       this.log.warn({ pool: options.name, err }, 'idle database client failed and was removed');
     });
     this.pg.on('connect', (client) => {
+      // A borrowed client whose connection drops between queries emits 'error' with no pool listener
+      // attached; without this it would be an unhandled error event. The next query fails instead.
+      client.on('error', (err) => {
+        this.metrics.errors.inc({ pool: options.name, sqlstate: sqlstateOf(err) });
+        this.log.debug({ pool: options.name, err }, 'database client connection error');
+      });
       const lifetime = options.maxLifetimeMs * (1 - Math.random() * LIFETIME_JITTER);
       this.state.set(client, {
         expiresAt: options.maxLifetimeMs > 0 ? Date.now() + lifetime : Number.POSITIVE_INFINITY,
@@ -258,7 +265,13 @@ export class StrataPool {
 
   /** Stop handing out clients, wait up to `timeoutMs` for borrowed ones, then close everything. */
   async drain(timeoutMs = 10_000): Promise<void> {
+    if (this.closing) return this.drained;
     this.closing = true;
+    this.drained = this.drainNow(timeoutMs);
+    return this.drained;
+  }
+
+  private async drainNow(timeoutMs: number): Promise<void> {
     if (this.healthTimer) clearInterval(this.healthTimer);
     const deadline = Date.now() + timeoutMs;
     while (this.borrowed.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));

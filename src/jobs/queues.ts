@@ -100,6 +100,9 @@ interface CancelRecord {
   view?: JobView;
 }
 
+/** The logging the job system needs (pino and Fastify's logger both fit). */
+export type JobsLogger = Pick<BaseLogger, 'debug' | 'info' | 'warn' | 'error'>;
+
 export interface JobsService {
   readonly prefix: string;
   /** The queues, for bull-board, schedules and tests. */
@@ -148,7 +151,7 @@ function toView(job: Job, bullState: string, cancel: CancelRecord | null): JobVi
 }
 
 /** Create the API side of the job system: queues on one fail-fast connection. */
-export function createJobs(opts: { redisUrl: string; prefix?: string; log: BaseLogger }): JobsService {
+export function createJobs(opts: { redisUrl: string; prefix?: string; log: JobsLogger }): JobsService {
   const prefix = opts.prefix ?? 'strata';
   const { log } = opts;
   // Not lazy: a Queue created over a lazy client that fails its first connect stays broken.

@@ -2,14 +2,13 @@
  * Repeatable jobs, registered with BullMQ job schedulers. `upsertJobScheduler` is idempotent, so
  * every worker process (and an API process running workers) may call this at boot.
  */
-import type { BaseLogger } from 'pino';
 import type { Config } from '../config.js';
-import { DEFAULT_JOB_OPTIONS, type JobData, type JobsService } from './queues.js';
+import { DEFAULT_JOB_OPTIONS, type JobData, type JobsLogger, type JobsService } from './queues.js';
 
 export const API_KEY_SWEEP_SCHEDULER = 'expire-api-keys';
 
 /** Register (or update) every schedule. Throws, naming the variable, when a cron pattern is rejected. */
-export async function registerSchedules(jobs: JobsService, config: Pick<Config, 'API_KEY_SWEEP_CRON'>, log: BaseLogger): Promise<void> {
+export async function registerSchedules(jobs: JobsService, config: Pick<Config, 'API_KEY_SWEEP_CRON'>, log: JobsLogger): Promise<void> {
   const data: JobData<'expire-api-keys'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${API_KEY_SWEEP_SCHEDULER}` };
   try {
     await jobs.queues.maintenance.upsertJobScheduler(

@@ -44,7 +44,11 @@ async function boardPlugin(app: FastifyInstance, opts: { jobs: JobsService }) {
   });
   const serverAdapter = new FastifyAdapter();
   serverAdapter.setBasePath(BOARD_PATH);
-  createBullBoard({ queues: Object.values(opts.jobs.queues).map((q) => new BullMQAdapter(q)), serverAdapter });
+  createBullBoard({
+    queues: Object.values(opts.jobs.queues).map((q) => new BullMQAdapter(q)),
+    // @bull-board/fastify pins a patch version of @bull-board/api of its own: same shape, other declaration.
+    serverAdapter: serverAdapter as unknown as Parameters<typeof createBullBoard>[0]['serverAdapter'],
+  });
   await app.register(serverAdapter.registerPlugin());
 }
 

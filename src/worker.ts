@@ -1,0 +1,67 @@
+/**
+ * The worker process (`node dist/worker.js`): the same code as the API, running the BullMQ workers
+ * for every queue and registering the repeatable jobs. SIGTERM/SIGINT stop taking jobs and wait for
+ * the active ones; a job still running when the grace period ends is left to BullMQ's stalled check,
+ * which hands it to another worker.
+ */
+import { ConfigError, loadConfig } from './config.js';
+import { startTelemetry } from './telemetry.js';
+
+/** Leaves room under a 30 s orchestrator grace period (Docker, Kubernetes) for closing the pools. */
+const JOB_GRACE_MS = 25_000;
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  if (config.embedded) {
+    // Two processes cannot share the embedded PostgreSQL; the API runs the workers itself then.
+    throw new ConfigError('DATABASE_URL', 'is required by the worker process (on the embedded default the API runs the workers itself)');
+  }
+  const telemetry = await startTelemetry(config);
+  // Loaded after telemetry starts, so the pg and ioredis instrumentations can patch them.
+  const [{ default: pino }, { loggerOptions }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }] = await Promise.all([
+    import('pino'),
+    import('./app.js'),
+    import('./runtime.js'),
+    import('./jobs/queues.js'),
+    import('./jobs/runtime.js'),
+    import('./jobs/schedules.js'),
+  ]);
+  const log = pino(loggerOptions(config) as import('pino').LoggerOptions).child({ process: 'worker' });
+  const runtime = await createRuntime(config, log, { role: 'worker' });
+  const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
+  const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });
+  await registerSchedules(jobs, config, log);
+
+  let closing = false;
+  const shutdown = async (signal: string) => {
+    if (closing) return;
+    closing = true;
+    log.info({ signal }, 'shutting down: waiting for active jobs');
+    const force = setTimeout(() => process.exit(1), JOB_GRACE_MS + 5_000);
+    force.unref();
+    let code = 0;
+    try {
+      await workers.close({ timeoutMs: JOB_GRACE_MS });
+      await jobs.close();
+      await runtime.stop();
+      await telemetry?.shutdown();
+    } catch (err) {
+      log.error({ err }, 'error while shutting down');
+      code = 1;
+    } finally {
+      process.exit(code);
+    }
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  log.info({ concurrency: config.WORKER_CONCURRENCY }, 'Strata worker running');
+}
+
+main().catch((err: unknown) => {
+  if (err instanceof ConfigError || (err instanceof Error && err.name === 'BootError')) {
+    process.stderr.write(`strata worker: ${err.message}\n`);
+  } else {
+    process.stderr.write(`strata worker: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
+  process.exit(1);
+});
