@@ -204,7 +204,7 @@ export function createJobs(opts: { redisUrl: string; prefix?: string; log: JobsL
   async function load(ctx: RequestContext, id: string): Promise<{ job: Job | undefined; cancel: CancelRecord | null }> {
     const queue = queueOfJobId(id);
     if (!queue) throw jobNotFound(id);
-    const [job, cancel] = await Promise.all([queues[queue].getJob(id) as Promise<Job | undefined>, readCancel(id)]);
+    const [job, cancel] = await Promise.all([queues[queue].getJob(id), readCancel(id)]);
     const owner = job ? (job.data as JobEnvelope).tenantId : cancel?.view ? cancel.tenantId : undefined;
     if (owner === undefined || !visible(ctx, owner)) throw jobNotFound(id);
     return { job, cancel };

@@ -21,7 +21,7 @@ export const JobView = Type.Object({
   created_at: Type.String({ format: 'date-time' }),
   finished_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
 });
-const Params = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }) });
+const Params = Type.Object({ id: Type.String({ description: 'Job id: `<queue>-<uuid>`' }) });
 const tags = ['jobs'];
 const HEARTBEAT_MS = 15_000;
 
