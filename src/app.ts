@@ -78,7 +78,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     ...(opts.loggerInstance ? { loggerInstance: opts.loggerInstance } : { logger: opts.logger ?? loggerOptions(config) }),
     bodyLimit: config.BODY_LIMIT_BYTES,
     requestIdHeader: false, // genReqId reads and validates X-Request-Id itself
-    requestIdLogLabel: 'requestId',
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();

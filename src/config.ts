@@ -93,7 +93,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
   if (first) {
     const variable = first.path.replace(/^\//, '') || 'environment';
     const given = raw[variable];
-    const shown = given === undefined ? '' : ` (got ${JSON.stringify(redact(variable, String(given)))})`;
+    const shown = given === undefined ? '' : ` (got ${JSON.stringify(redact(variable, typeof given === 'string' ? given : JSON.stringify(given)))})`;
     throw new ConfigError(variable, `${first.message.toLowerCase()}${shown}`);
   }
   const env = converted as Env;

@@ -2,6 +2,7 @@
  * The only file that listens. Boots the runtime, builds the app, starts in-process workers on the
  * embedded default, and shuts down gracefully on SIGTERM/SIGINT (requests, jobs, then the pools).
  */
+import type { LoggerOptions } from 'pino';
 import { ConfigError, loadConfig } from './config.js';
 import { startTelemetry } from './telemetry.js';
 
@@ -14,7 +15,7 @@ async function main(): Promise<void> {
     import('./app.js'),
     import('./runtime.js'),
   ]);
-  const log = pino(loggerOptions(config) as import("pino").LoggerOptions);
+  const log = pino(loggerOptions(config) as LoggerOptions);
   const runtime = await createRuntime(config, log);
   const app = await build({
     config,

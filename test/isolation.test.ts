@@ -37,7 +37,7 @@ describe('tenant isolation is enforced by PostgreSQL', () => {
         return;
       }
       expect(res.statusCode).toBe(200);
-      const body = res.json() as { data: Array<{ tenant_id: string }> | { tenant_id: string } };
+      const body = res.json<{ data: Array<{ tenant_id: string }> | { tenant_id: string } }>();
       const rows = Array.isArray(body.data) ? body.data : [body.data];
       expect(rows.length).toBeGreaterThan(0);
       for (const row of rows) expect(row.tenant_id).toBe(r.tenant);

@@ -120,7 +120,7 @@ describe('withTransaction: savepoints, retries, timeouts', () => {
 
   it('ends in 409 TRANSACTION_CONFLICT when the retry budget is spent', async () => {
     const { results } = await writeSkew(0);
-    const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(failed).toHaveLength(1);
     expect(failed[0]!.reason).toMatchObject({ code: '40001' });
     const mapped = toAppError(failed[0]!.reason);

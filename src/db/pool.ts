@@ -69,7 +69,7 @@ export class StrataPool {
       application_name: options.applicationName ?? `strata:${options.name}`,
       // pg passes unknown options through to each Client; `pipeline` is Client config in pg >= 8.22.
       ...(options.pipeline ? { pipeline: true } : {}),
-    } as pg.PoolConfig);
+    });
     // An idle client whose server went away emits here; the pool drops it, we only record it.
     this.pg.on('error', (err) => {
       this.metrics.errors.inc({ pool: options.name, sqlstate: sqlstateOf(err) });
