@@ -4,11 +4,13 @@
  * fast 503, the API-key expiry job, and bull-board's guard. Queues live under a unique prefix.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import pino from 'pino';
 import { Registry } from 'prom-client';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { build } from '../src/app.js';
 import type { RequestContext } from '../src/domain.js';
 import { AppError } from '../src/errors.js';
@@ -31,6 +33,14 @@ async function waitFor<T>(fn: () => Promise<T | undefined>, timeoutMs = 10_000):
     if (Date.now() > deadline) throw new Error('timed out waiting');
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Remove what obliterate leaves under a prefix (the cancellation records). */
+async function deleteKeys(prefix: string): Promise<void> {
+  const r = new Redis(REDIS_URL);
+  const keys = await r.keys(`${prefix}:*`);
+  if (keys.length) await r.del(...keys);
+  await r.quit();
 }
 
 /** Parse an SSE body into its messages (comments dropped). */
@@ -77,16 +87,19 @@ describe('jobs', () => {
     await app.ready();
   });
 
+  afterEach(async () => {
+    // Every database client a job or route borrowed is back in its pool.
+    const checkedOut = () => t.db.pools().reduce((n, p) => n + p.pg.totalCount - p.pg.idleCount, 0);
+    await waitFor(async () => (checkedOut() === 0 ? true : undefined), 2_000).catch(() => undefined);
+    expect(checkedOut(), 'database clients not returned to their pool').toBe(0);
+  });
+
   afterAll(async () => {
     await app?.close();
     await workers?.close({ timeoutMs: 5_000 });
     if (jobs) {
       for (const q of Object.values(jobs.queues)) await q.obliterate({ force: true });
-      // The cancellation records live beside the queues, under the same prefix.
-      const r = new Redis(REDIS_URL);
-      const keys = await r.keys(`${prefix}:*`);
-      if (keys.length) await r.del(...keys);
-      await r.quit();
+      await deleteKeys(prefix);
       await jobs.close();
     }
     await t?.close();
@@ -130,7 +143,7 @@ describe('jobs', () => {
   });
 
   it('answers malformed and unknown job ids with 404 JOB_NOT_FOUND, never 500', async () => {
-    const headers = await t.auth('reader', 'acme');
+    const headers = await t.auth('writer', 'acme');
     for (const id of [
       'nope',
       'noop-123',
@@ -143,7 +156,7 @@ describe('jobs', () => {
       "noop-' OR 1=1 --",
       '%00',
       '..%2F..%2Fetc',
-      'x'.repeat(5000),
+      'x'.repeat(90),
     ]) {
       for (const [method, url] of [
         ['GET', `/v1/jobs/${id}`],
@@ -157,6 +170,8 @@ describe('jobs', () => {
     }
     const res = await app.inject({ url: `/v1/jobs/noop-${randomUUID()}`, headers });
     expect(res.json().error.code).toBe('JOB_NOT_FOUND');
+    const long = await app.inject({ url: `/v1/jobs/${'x'.repeat(5_000)}`, headers });
+    expect(long.statusCode).toBeLessThan(500);
   });
 
   it('requires credentials for jobs: 401 without, 403 for a reader cancelling', async () => {
@@ -185,6 +200,35 @@ describe('jobs', () => {
     expect(last?.data).toMatchObject({ id: job_id, state: 'completed', result: { slept: 1_000 } });
     const ids = messages.map((m) => Number(m.id));
     expect(ids).toEqual(ids.map((_, i) => i + 1));
+  });
+
+  it('streams events over real HTTP while the job runs, and stops when the client disconnects', async () => {
+    const { job_id } = await jobs.enqueue(acme, 'sleep', { ms: 5_000, steps: 50 });
+    await until(job_id, ['active']);
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const { port } = app.server.address() as AddressInfo;
+    const headers = await t.auth('reader', 'acme');
+    const req = http.get({ host: '127.0.0.1', port, path: `/v1/jobs/${job_id}/events`, headers });
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => req.on('response', resolve).on('error', reject));
+    expect(res.statusCode).toBe(200);
+    let text = '';
+    await new Promise<void>((resolve) => {
+      res.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+        if (text.includes('event: progress')) resolve();
+      });
+    });
+    expect(text).toContain('event: state');
+    expect((await getJob(job_id)).state).toBe('active'); // streamed before the job ended
+    req.on('error', () => undefined);
+    req.destroy();
+    // The server notices: no connection is left open (the stream and its polling ended).
+    await waitFor(async () => {
+      const n = await new Promise<number>((resolve) => app.server.getConnections((_e, c) => resolve(c)));
+      return n === 0 ? true : undefined;
+    }, 3_000);
+    await jobs.cancel(acme, job_id);
+    await until(job_id, ['cancelled']);
   });
 
   it('cancels a running job: it ends cancelled, never completed, and is not retried', async () => {
@@ -219,6 +263,7 @@ describe('jobs', () => {
     expect(await jobs.queues.noop.getJob(job_id)).toBeUndefined();
     expect((await getJob(job_id)).state).toBe('cancelled');
     const other = await app.inject({ url: `/v1/jobs/${job_id}`, headers: await t.auth('reader', 'globex') });
+    expect(other.json().error.code).toBe('JOB_NOT_FOUND');
     expect(other.statusCode).toBe(404);
     const sse = await app.inject({ url: `/v1/jobs/${job_id}/events`, headers: await t.auth('reader', 'acme') });
     expect(parseSse(sse.body).at(-1)?.event).toBe('cancelled');
@@ -298,6 +343,35 @@ describe('jobs', () => {
     expect(schedulers[0]).toMatchObject({ key: API_KEY_SWEEP_SCHEDULER, pattern: '*/10 * * * *' });
     await expect(registerSchedules(jobs, { API_KEY_SWEEP_CRON: 'not a cron' }, log)).rejects.toThrow(/API_KEY_SWEEP_CRON/);
     await jobs.queues.maintenance.removeJobScheduler(API_KEY_SWEEP_SCHEDULER);
+  });
+
+  it("re-runs a job on another worker when its worker dies mid-job", async () => {
+    const prefix2 = `test-${randomUUID()}`;
+    const jobs2 = createJobs({ redisUrl: REDIS_URL, prefix: prefix2, log });
+    const fast = { lockDuration: 1_000, stalledInterval: 500 };
+    const first = startWorkers({ redisUrl: REDIS_URL, prefix: prefix2, log, db: t.db, queues: ['noop'], workerOptions: fast });
+    let second: WorkerRuntime | undefined;
+    try {
+      const { job_id } = await jobs2.enqueue(acme, 'sleep', { ms: 1_500, steps: 3 });
+      await waitFor(async () => ((await jobs2.get(acme, job_id)).state === 'active' ? true : undefined));
+      // A crash: the worker stops without finishing or releasing the job (its lock lapses).
+      await Promise.all(first.workers.map((w) => w.close(true)));
+      second = startWorkers({ redisUrl: REDIS_URL, prefix: prefix2, log, db: t.db, queues: ['noop'], workerOptions: fast });
+      const done = await waitFor(async () => {
+        const v = await jobs2.get(acme, job_id);
+        return ['completed', 'failed'].includes(v.state) ? v : undefined;
+      }, 15_000);
+      expect(done.state).toBe('completed');
+      expect(done.result).toEqual({ slept: 1_500 });
+      const raw = await jobs2.queues.noop.getJob(job_id);
+      expect(raw?.attemptsStarted).toBeGreaterThanOrEqual(2);
+    } finally {
+      await first.close({ timeoutMs: 2_000 });
+      await second?.close({ timeoutMs: 2_000 });
+      for (const q of Object.values(jobs2.queues)) await q.obliterate({ force: true });
+      await deleteKeys(prefix2);
+      await jobs2.close();
+    }
   });
 
   it('serves bull-board at /admin/queues to platform admins only', async () => {

@@ -105,15 +105,17 @@ export class Database {
   }
 
   /**
-   * Run `fn` in a transaction of the caller's tenant (RLS applies to every statement). Nested calls
-   * become savepoints. 40001/40P01 are retried with jittered backoff.
+   * Run `fn` in a transaction of the caller's tenant (RLS applies to every statement). Passed an
+   * open transaction instead of a context, it runs as a savepoint of it. 40001/40P01 are retried
+   * with jittered backoff at the outermost level.
    */
-  withTenant<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
-    return runInTransaction(this.shardFor(ctx.tenantId).app, this.deps, ctx, fn, opts);
+  withTenant<T>(ctx: SessionContext | Tx, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
+    const tenantId = 'ctx' in ctx ? ctx.ctx.tenantId : ctx.tenantId;
+    return runInTransaction(this.shardFor(tenantId).app, this.deps, ctx, fn, opts);
   }
 
   /** Alias of withTenant, under the name the spec uses. */
-  withTransaction<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
+  withTransaction<T>(ctx: SessionContext | Tx, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
     return this.withTenant(ctx, fn, opts);
   }
 

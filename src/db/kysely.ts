@@ -12,7 +12,13 @@ export function createKysely(pool: StrataPool): Kysely<PlatformDB> {
       pool: {
         connect: async () => {
           const lease = await pool.acquire();
-          return Object.assign(lease.client, { release: () => lease.release() });
+          return new Proxy(lease.client, {
+            get: (target, prop) => {
+              if (prop === 'release') return () => lease.release();
+              const value: unknown = Reflect.get(target, prop, target);
+              return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+            },
+          });
         },
         end: async () => undefined,
       },

@@ -31,7 +31,8 @@ interface ClientState {
   expiresAt: number;
   lastReleasedAt: number;
   borrowedAt: number;
-  borrowStack: string | undefined;
+  /** Captured at borrow time; formatted only when a leak is reported. */
+  borrowStack: Error | undefined;
   leakTimer: NodeJS.Timeout | undefined;
   leaked: boolean;
 }
@@ -195,8 +196,7 @@ export class StrataPool {
       st.leaked = false;
       if (this.options.leakThresholdMs > 0) {
         // Capture the borrower's stack only when leak detection is on; it is read only on a leak.
-        const holder = new Error('database client borrowed here');
-        st.borrowStack = holder.stack;
+        st.borrowStack = new Error('database client borrowed here');
         st.leakTimer = setTimeout(() => this.reportLeak(client), this.options.leakThresholdMs);
         st.leakTimer.unref();
       }
@@ -231,7 +231,7 @@ export class StrataPool {
     st.leaked = true;
     this.metrics.leaks.inc({ pool: this.options.name });
     this.log.warn(
-      { pool: this.options.name, heldMs: Date.now() - st.borrowedAt, borrowStack: st.borrowStack },
+      { pool: this.options.name, heldMs: Date.now() - st.borrowedAt, borrowStack: st.borrowStack?.stack },
       'database client held past DB_LEAK_THRESHOLD_MS (possible leak)',
     );
   }

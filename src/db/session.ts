@@ -7,7 +7,6 @@
  * together, so isolation costs no extra round trip. Nested calls become savepoints; serialization
  * failures and deadlocks are retried with jittered backoff.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { RequestContext } from '../domain.js';
@@ -73,12 +72,6 @@ const ISOLATIONS: Record<Isolation, string> = {
 };
 const SAVEPOINT_NAME = /^[a-z_][a-z0-9_]{0,62}$/i;
 
-interface Frame {
-  tx: TxImpl;
-  pool: StrataPool;
-}
-const current = new AsyncLocalStorage<Frame>();
-
 class TxImpl implements Tx {
   private savepoints = 0;
   commitQueued: Promise<unknown> | undefined;
@@ -141,22 +134,24 @@ class TxImpl implements Tx {
   }
 }
 
+/** True when `x` is an open transaction (so a call given it nests as a savepoint). */
+export function isTx(x: SessionContext | Tx): x is Tx {
+  return x instanceof TxImpl;
+}
+
 /**
- * Run `fn` in a tenant transaction on `pool`. Called inside another transaction of the same pool
- * and tenant, it becomes a savepoint of that transaction.
+ * Run `fn` in a tenant transaction on `pool`. Given a transaction instead of a context, it becomes
+ * a savepoint of that transaction (explicit nesting: no AsyncLocalStorage on the hot path).
  */
 export async function runInTransaction<T>(
   pool: StrataPool,
   deps: SessionDeps,
-  ctx: SessionContext,
+  ctxOrTx: SessionContext | Tx,
   fn: (tx: Tx) => Promise<T>,
   opts: TxOptions = {},
 ): Promise<T> {
-  const outer = current.getStore();
-  if (outer && outer.pool === pool) {
-    if (outer.tx.ctx.tenantId !== ctx.tenantId) throw new Error('nested transaction for another tenant');
-    return outer.tx.savepoint(fn);
-  }
+  if (isTx(ctxOrTx)) return ctxOrTx.savepoint(fn);
+  const ctx = ctxOrTx;
   const retries = opts.retries ?? deps.defaults.retries;
   for (let attempt = 1; ; attempt++) {
     try {
@@ -185,9 +180,12 @@ async function attemptOnce<T>(
   // BEGIN and the settings are queued without waiting: on a pipelined client they travel with the
   // first statement. If either fails, every later statement fails too (aborted transaction), and
   // the settings' own error is the one reported.
+  // Cork the socket so BEGIN, the settings and every statement queued in this tick leave in one
+  // write (node-postgres otherwise writes each query on its own).
+  corkUntilNextTick(client);
   const setup = Promise.all([
     client.query(`BEGIN ISOLATION LEVEL ${iso}${opts.readOnly ? ' READ ONLY' : ''}`),
-    client.query(SETUP_SQL, [
+    client.query({ name: 'strata_session_setup', text: SETUP_SQL }, [
       ctx.tenantId ?? '',
       ctx.actor,
       ctx.role,
@@ -198,7 +196,7 @@ async function attemptOnce<T>(
   setup.catch(() => undefined);
   const tx = new TxImpl(ctx, client, attempt, deps, pool.options.name);
   try {
-    const out = await current.run({ tx, pool }, () => fn(tx));
+    const out = await fn(tx);
     await setup;
     if (tx.commitQueued) await tx.commitQueued;
     else await client.query('COMMIT');
@@ -222,6 +220,17 @@ async function attemptOnce<T>(
     }
     throw reported;
   }
+}
+
+interface Corkable {
+  connection?: { stream?: { cork?: () => void; uncork?: () => void } };
+}
+
+function corkUntilNextTick(client: pg.PoolClient): void {
+  const stream = (client as unknown as Corkable).connection?.stream;
+  if (!stream?.cork || !stream.uncork) return;
+  stream.cork();
+  process.nextTick(() => stream.uncork?.());
 }
 
 /** SQL with literals replaced by `?`, for logs and grouping (never log values). */

@@ -162,6 +162,19 @@ export function createJobs(opts: { redisUrl: string; prefix?: string; log: JobsL
     lastErrorLog = Date.now();
     log.warn({ err: { message: err.message } }, 'jobs: redis connection error');
   });
+  // Just after creation the connection may still be opening: calls wait for it until this deadline.
+  const connectGraceUntil = Date.now() + OP_TIMEOUT_MS;
+  const readyWithin = (ms: number) =>
+    new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        redis.off('ready', onReady);
+        resolve(ok);
+      };
+      const onReady = () => done(true);
+      const timer = setTimeout(() => done(false), ms);
+      redis.on('ready', onReady);
+    });
   const queues = Object.fromEntries(
     QUEUE_NAMES.map((name) => {
       const q = new Queue(name, { connection: redis, prefix, defaultJobOptions: DEFAULT_JOB_OPTIONS });
@@ -172,7 +185,11 @@ export function createJobs(opts: { redisUrl: string; prefix?: string; log: JobsL
 
   /** Run a queue operation only while Redis is connected, bounded in time; failures are 503. */
   async function guard<T>(fn: () => Promise<T>): Promise<T> {
-    if (redis.status !== 'ready') throw jobsUnavailable();
+    if (redis.status !== 'ready') {
+      // During an outage, fail at once; only a service just created waits for its first connection.
+      const wait = connectGraceUntil - Date.now();
+      if (wait <= 0 || !(await readyWithin(wait))) throw jobsUnavailable();
+    }
     let timer: NodeJS.Timeout | undefined;
     try {
       return await Promise.race([

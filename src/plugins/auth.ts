@@ -5,6 +5,7 @@
  */
 import fp from 'fastify-plugin';
 import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
 import { CAN, type Capability } from '../domain.js';
 import { forbidden } from '../errors.js';
 import type { Authenticator } from '../services/auth.js';
@@ -32,7 +33,8 @@ export default fp(
       const principal = await opts.authenticator.authenticate(request.headers);
       const allowed = CAN[capability] as readonly string[];
       request.ctx = { ...principal, requestId: request.id, stats: request.ctx?.stats ?? { count: 0, ms: 0 } };
-      request.log = request.log.child({ tenant: principal.tenantId, actor: principal.actor, role: principal.role });
+      // request.log is already this request's child logger: add bindings rather than another child
+      (request.log as unknown as Logger).setBindings({ tenant: principal.tenantId, actor: principal.actor, role: principal.role });
       if (!allowed.includes(principal.role)) {
         throw forbidden('ROLE_FORBIDDEN', `role ${principal.role} may not do this (needs one of ${allowed.join(', ')})`);
       }

@@ -1,6 +1,6 @@
 /** API keys: created by a tenant admin for its own tenant, stored hashed, shown once, revocable. */
 import { randomBytes } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { PlatformDB } from '../db/types.js';
 import type { RequestContext, Role } from '../domain.js';
 import { badRequest, forbidden, notFound } from '../errors.js';
@@ -74,11 +74,14 @@ export function createApiKeyService(deps: { kysely: Kysely<PlatformDB> }) {
         .execute();
       return rows.map(toKey);
     },
-    /** Revoke a key of the caller's tenant; another tenant's key is 404 (its existence is not told). */
+    /**
+     * Revoke a key of the caller's tenant; another tenant's key is 404 (its existence is not told).
+     * Idempotent: revoking again keeps the first revocation time (it is audit data).
+     */
     async revoke(ctx: RequestContext, id: string): Promise<ApiKey> {
       const row = await kysely
         .updateTable('strata.api_keys')
-        .set({ revoked_at: new Date() })
+        .set({ revoked_at: sql<Date>`coalesce(revoked_at, now())` })
         .where('id', '=', id)
         .where('tenant_id', '=', tenantOf(ctx))
         .returning(columns)

@@ -2,7 +2,7 @@
  * Authentication: a Bearer JWT (HS256 with JWT_SECRET, or RS256 and others via JWT_JWKS_URL) or an
  * X-API-Key. The tenant comes only from the verified credential, never from any other input.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createSecretKey } from 'node:crypto';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { Config } from '../config.js';
 import type { Database } from '../db/database.js';
@@ -22,14 +22,31 @@ export interface Authenticator {
 }
 
 const TENANT_CACHE_MS = 5_000;
+/** Verified tokens are remembered (bounded) until their expiry or this long, whichever is sooner. */
+const TOKEN_CACHE_MS = 60_000;
+const TOKEN_CACHE_MAX = 10_000;
 
 export const hashApiKey = (key: string): Buffer => createHash('sha256').update(key).digest();
 
 export function createAuthenticator(deps: { config: Config; db: Database; jwtSecret: string | undefined }): Authenticator {
   const { config, db } = deps;
-  const secret = deps.jwtSecret ? new TextEncoder().encode(deps.jwtSecret) : undefined;
+  const secret = deps.jwtSecret ? createSecretKey(Buffer.from(deps.jwtSecret)) : undefined;
   const jwks: JWTVerifyGetKey | undefined = config.JWT_JWKS_URL ? createRemoteJWKSet(new URL(config.JWT_JWKS_URL)) : undefined;
   const tenants = new Map<string, { status: string | null; at: number }>();
+  // Signature checks dominate the per-request cost; a token verified once is trusted until it
+  // expires (capped), exactly as it would be on re-verification. Insertion order gives FIFO eviction.
+  const verified = new Map<string, { principal: Principal; until: number }>();
+
+  async function fromJwtCached(token: string): Promise<Principal> {
+    const now = Date.now();
+    const hit = verified.get(token);
+    if (hit && hit.until > now) return hit.principal;
+    if (hit) verified.delete(token);
+    const { principal, exp } = await fromJwt(token);
+    if (verified.size >= TOKEN_CACHE_MAX) verified.delete(verified.keys().next().value as string);
+    verified.set(token, { principal, until: Math.min(exp === undefined ? Infinity : exp * 1000, now + TOKEN_CACHE_MS) });
+    return principal;
+  }
 
   async function tenantStatus(id: string): Promise<string | null> {
     const hit = tenants.get(id);
@@ -48,7 +65,7 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
     return p;
   }
 
-  async function fromJwt(token: string): Promise<Principal> {
+  async function fromJwt(token: string): Promise<{ principal: Principal; exp: number | undefined }> {
     let payload: JWTPayload;
     try {
       const verifyOpts = {
@@ -82,7 +99,7 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
       throw unauthorized('TOKEN_INVALID', "the bearer token's tenant_id claim is malformed");
     }
     if (tenant === undefined && role !== 'platform_admin') throw unauthorized('TOKEN_INVALID', 'the bearer token has no tenant_id claim');
-    return { tenantId: tenant ?? null, actor: payload.sub.slice(0, 200), role: role as Role };
+    return { principal: { tenantId: tenant ?? null, actor: payload.sub.slice(0, 200), role: role as Role }, exp: payload.exp };
   }
 
   async function fromApiKey(key: string): Promise<Principal> {
@@ -110,7 +127,7 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
       if (auth !== undefined) {
         const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
         if (!m?.[1]) throw unauthorized('AUTH_MALFORMED', 'the Authorization header must be "Bearer <token>"');
-        return checkTenant(await fromJwt(m[1]));
+        return checkTenant(await fromJwtCached(m[1]));
       }
       if (apiKey !== undefined) {
         if (Array.isArray(apiKey) || apiKey.length < 10 || apiKey.length > 200) throw unauthorized('API_KEY_INVALID', 'the API key is not valid');
