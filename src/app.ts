@@ -25,11 +25,14 @@ import tableRoutes from './api/rest/tables/index.js';
 import jobsPlugin from './plugins/jobs.js';
 import type { JobsService } from './jobs/queues.js';
 import { createRegistryService, type SchemaRegistry } from './services/schema-registry.js';
+import { createMigrationService, type MigrationService } from './services/migrations.js';
+import migrationRoutes from './api/rest/migrations/index.js';
 
 export interface AppServices {
   tenants: TenantService;
   apiKeys: ApiKeyService;
   schema: SchemaRegistry;
+  migrations: MigrationService;
 }
 
 declare module 'fastify' {
@@ -89,10 +92,12 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const registry = opts.registry ?? new Registry();
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
+  const schema = createRegistryService({ db });
   const services: AppServices = {
     tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
     apiKeys: createApiKeyService({ kysely }),
-    schema: createRegistryService({ db }),
+    schema,
+    migrations: createMigrationService({ migrator: opts.migrator, schema }),
   };
   app.decorate('config', config);
   app.decorate('db', db);
@@ -111,6 +116,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
   await app.register(apiKeyRoutes, { prefix: '/v1/admin/api-keys' });
   await app.register(tableRoutes, { prefix: '/v1/tables' });
+  await app.register(migrationRoutes, { prefix: '/v1/admin/migrations' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
   return app;
 }

@@ -29,6 +29,8 @@ export function createTenantService(deps: { kysely: Kysely<PlatformDB>; onChange
         .returningAll()
         .executeTakeFirst();
       if (!row) throw conflict('TENANT_EXISTS', `tenant ${input.id} already exists`);
+      // A token naming the id before it existed cached "unknown"; drop that so it works at once.
+      deps.onChange?.(row.id);
       return toTenant(row);
     },
     async list(): Promise<Tenant[]> {
