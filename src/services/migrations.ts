@@ -18,11 +18,11 @@ const STATUS: Record<string, number> = {
   MIGRATION_FAILED: 422,
 };
 
-function translate(err: unknown): unknown {
+function translate(err: unknown): Error {
   if (err instanceof MigrationError) {
     return new AppError(STATUS[err.code] ?? 409, err.code, err.message, { file: err.file, problems: err.problems });
   }
-  return err;
+  return err instanceof Error ? err : new Error(String(err));
 }
 
 const view = (s: PlanStep) => ({ id: s.id, direction: s.direction, sql: s.sql });
@@ -43,7 +43,11 @@ export function createMigrationService(deps: { migrator: Migrator | undefined; s
   };
   return {
     async status() {
-      const rows = await migrator().status().catch((e: unknown) => Promise.reject(translate(e)));
+      const rows = await migrator()
+        .status()
+        .catch((e: unknown) => {
+          throw translate(e);
+        });
       return rows.map((r) => ({
         id: r.id,
         applied: r.applied,
