@@ -3,9 +3,11 @@
  * never echoed; and the real boot (src/server.ts in a child process) failing fast with one line.
  */
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { createTestDatabase, urlFor } from './helpers/databases.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE, TEST_JWT_SECRET } from './helpers/constants.js';
@@ -131,13 +133,16 @@ interface Exit {
   stderr: string;
 }
 
-/** Run src/server.ts in a child process with exactly `env` (plus a PATH holding only node). */
-function boot(env: Record<string, string>): Promise<Exit> {
+/**
+ * Run src/server.ts in a child process with exactly `env`. PATH is a directory holding only a `node`
+ * link: node's own directory may also hold redis-server (it does on Debian: /usr/bin), and the
+ * server would then auto-start one for a loopback REDIS_URL.
+ */
+function boot(binDir: string, env: Record<string, string>): Promise<Exit> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
       cwd: ROOT,
-      // Only node's own directory on PATH: no redis-server (or sh) to auto-start a local Redis.
-      env: { PATH: path.dirname(process.execPath), NODE_ENV: 'test', LOG_LEVEL: 'silent', ...env },
+      env: { PATH: binDir, NODE_ENV: 'test', LOG_LEVEL: 'silent', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -160,8 +165,15 @@ function boot(env: Record<string, string>): Promise<Exit> {
 }
 
 describe('booting src/server.ts', () => {
+  let binDir: string;
+  beforeAll(() => {
+    binDir = mkdtempSync(path.join(tmpdir(), 'strata-bin-'));
+    symlinkSync(process.execPath, path.join(binDir, 'node'));
+  });
+  afterAll(() => rmSync(binDir, { recursive: true, force: true }));
+
   it('exits non-zero with one stderr line naming DB_POOL_MAX when it is not a number', { timeout: 30_000 }, async () => {
-    const res = await boot({ DB_POOL_MAX: 'abc' });
+    const res = await boot(binDir, { DB_POOL_MAX: 'abc' });
     expect(res.code).not.toBe(0);
     const lines = res.stderr.trim().split('\n');
     expect(lines, res.stderr).toHaveLength(1);
@@ -174,7 +186,7 @@ describe('booting src/server.ts', () => {
       const app = new URL(urlFor(database.name));
       app.username = TEST_APP_ROLE;
       app.password = TEST_APP_PASSWORD;
-      const res = await boot({
+      const res = await boot(binDir, {
         DATABASE_URL: database.url,
         APP_DATABASE_URL: app.toString(),
         JWT_SECRET: TEST_JWT_SECRET,

@@ -67,11 +67,11 @@ describe('migrations admin API', () => {
     expect(await applied()).toEqual(['0001_platform', '0002_demo_schema']);
   });
 
-  it.each([
+  it.each<[Record<string, unknown>, string]>([
     [{ steps: 0 }, 'steps below 1'],
     [{ to: "x'; DROP TABLE pipelines; --" }, 'SQL in the target'],
     [{ force: true }, 'an unknown property'],
-  ])('refuses %j (%s) with 400 VALIDATION_FAILED and changes nothing', async (payload) => {
+  ])('refuses %j (%s) with 400 VALIDATION_FAILED and changes nothing', async (payload, _why) => {
     const res = await t.app.inject({ method: 'POST', url: '/v1/admin/migrations/down', headers: admin, payload });
     expect(res.statusCode).toBe(400);
     expect(res.json().error.code).toBe('VALIDATION_FAILED');
