@@ -88,6 +88,13 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     const v = source[key];
     if (v !== undefined && v !== '') raw[key] = v;
   }
+  // TypeBox's conversion reads "1e3" as 1, "3000.5" as 3000 and "0x10" as 16: insist on plain digits.
+  for (const [key, schema] of Object.entries(EnvSchema.properties)) {
+    const given = raw[key];
+    if ((schema as { type?: unknown }).type === 'integer' && given !== undefined && !/^\s*-?\d+\s*$/.test(String(given))) {
+      throw new ConfigError(key, `expected a whole number (got ${JSON.stringify(String(given))})`);
+    }
+  }
   const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, raw));
   const first = Value.Errors(EnvSchema, converted).First();
   if (first) {
@@ -115,6 +122,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
 
 function redact(variable: string, value: string): string {
   if (/SECRET|PASSWORD/.test(variable)) return '***';
-  if (/URL/.test(variable)) return value.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
+  // The whole userinfo goes: `redis://:pw@h` has no user, and a password may itself contain '@'.
+  if (/URL|ENDPOINT/.test(variable)) return value.replace(/\/\/[^/?#]*@/, '//***@');
   return value;
 }

@@ -4,6 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -127,6 +128,25 @@ describe('loadConfig', () => {
   });
 });
 
+/** A loopback port nothing listens on (bound, then released). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const listening = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const sock = net.connect(port, '127.0.0.1');
+    sock.once('connect', () => (sock.destroy(), resolve(true)));
+    sock.once('error', () => resolve(false));
+  });
+
 interface Exit {
   code: number | null;
   stdout: string;
@@ -186,12 +206,13 @@ describe('booting src/server.ts', () => {
       const app = new URL(urlFor(database.name));
       app.username = TEST_APP_ROLE;
       app.password = TEST_APP_PASSWORD;
+      const port = await freePort();
       const res = await boot(binDir, {
         DATABASE_URL: database.url,
         APP_DATABASE_URL: app.toString(),
         JWT_SECRET: TEST_JWT_SECRET,
         // Loopback, nothing listens there, and redis-server is not on PATH: no auto-start.
-        REDIS_URL: 'redis://127.0.0.1:6399',
+        REDIS_URL: `redis://127.0.0.1:${port}`,
         DB_POOL_MIN: '0',
         DB_HEALTHCHECK_INTERVAL_MS: '0',
         PORT: '0',
@@ -199,7 +220,9 @@ describe('booting src/server.ts', () => {
       expect(res.code).not.toBe(0);
       const lines = res.stderr.trim().split('\n');
       expect(lines, res.stderr).toHaveLength(1);
-      expect(lines[0]).toMatch(/^strata: .*REDIS_URL=redis:\/\/127\.0\.0\.1:6399/);
+      expect(lines[0]).toMatch(/^strata: .*REDIS_URL/);
+      expect(lines[0]).toContain(`redis://127.0.0.1:${port}`);
+      expect(await listening(port), 'no redis-server was started').toBe(false);
       for (const secret of [TEST_JWT_SECRET, TEST_APP_PASSWORD]) {
         expect(res.stderr + res.stdout).not.toContain(secret);
       }
