@@ -91,8 +91,8 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
   // TypeBox's conversion reads "1e3" as 1, "3000.5" as 3000 and "0x10" as 16: insist on plain digits.
   for (const [key, schema] of Object.entries(EnvSchema.properties)) {
     const given = raw[key];
-    if ((schema as { type?: unknown }).type === 'integer' && given !== undefined && !/^\s*-?\d+\s*$/.test(String(given))) {
-      throw new ConfigError(key, `expected a whole number (got ${JSON.stringify(String(given))})`);
+    if ((schema as { type?: unknown }).type === 'integer' && typeof given === 'string' && !/^\s*-?\d+\s*$/.test(given)) {
+      throw new ConfigError(key, `expected a whole number (got ${JSON.stringify(given)})`);
     }
   }
   const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, raw));

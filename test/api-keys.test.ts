@@ -43,10 +43,16 @@ describe('API keys', () => {
   const keyCount = () => count('SELECT count(*) AS n FROM strata.api_keys');
   /** Every column of every key, to prove a refused request changed nothing at all. */
   const snapshot = async () => (await t.db.adminQuery('SELECT * FROM strata.api_keys ORDER BY id')).rows;
-  const pipelines = (tenant: string) => count('SELECT count(*) AS n FROM public.pipelines WHERE tenant_id = $1', [tenant]);
+  const pipelines = (tenant: string) =>
+    count('SELECT count(*) AS n FROM public.pipelines WHERE tenant_id = $1', [tenant]);
 
   async function createKey(body: Record<string, unknown>, tenant = 'acme'): Promise<CreatedKey> {
-    const res = await t.app.inject({ method: 'POST', url: KEYS, headers: await t.auth('admin', tenant), payload: body });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: KEYS,
+      headers: await t.auth('admin', tenant),
+      payload: body,
+    });
     expect(res.statusCode, res.body).toBe(201);
     return res.json().data as CreatedKey;
   }
@@ -72,7 +78,9 @@ describe('API keys', () => {
 
   beforeAll(async () => {
     t = await createTestApp();
-    await t.db.adminQuery("INSERT INTO public.pipelines (tenant_id, name) VALUES ('acme', 'acme-1'), ('globex', 'globex-1')");
+    await t.db.adminQuery(
+      "INSERT INTO public.pipelines (tenant_id, name) VALUES ('acme', 'acme-1'), ('globex', 'globex-1')",
+    );
   });
   afterEach(() => expectNoCheckedOutClients(t.db));
   afterAll(() => t.close());
@@ -82,10 +90,20 @@ describe('API keys', () => {
       const before = await keyCount();
       const k = await createKey({ name: 'ci', role: 'reader' });
       expect(k.key).toMatch(/^sk_[A-Za-z0-9_-]{20,}$/);
-      expect(k).toMatchObject({ name: 'ci', role: 'reader', tenant_id: 'acme', created_by: 'user-admin@acme', expires_at: null, revoked_at: null });
+      expect(k).toMatchObject({
+        name: 'ci',
+        role: 'reader',
+        tenant_id: 'acme',
+        created_by: 'user-admin@acme',
+        expires_at: null,
+        revoked_at: null,
+      });
       expect(k.id).toMatch(/^[0-9a-f-]{36}$/);
       expect(await keyCount()).toBe(before + 1);
-      const { rows } = await t.db.adminQuery<{ key_hash: Buffer; row: string }>('SELECT key_hash, row_to_json(k)::text AS row FROM strata.api_keys k WHERE id = $1', [k.id]);
+      const { rows } = await t.db.adminQuery<{ key_hash: Buffer; row: string }>(
+        'SELECT key_hash, row_to_json(k)::text AS row FROM strata.api_keys k WHERE id = $1',
+        [k.id],
+      );
       expect(rows[0]?.key_hash.equals(hashApiKey(k.key))).toBe(true);
       expect(rows[0]?.row).not.toContain(k.key);
     });
@@ -117,7 +135,11 @@ describe('API keys', () => {
     });
 
     it('refuses a tenantless platform_admin with 400 TENANT_REQUIRED, writing nothing', async () => {
-      await expectRefused({ payload: { name: 'nowhere', role: 'reader' }, headers: await t.auth('platform_admin', null) }, 400, 'TENANT_REQUIRED');
+      await expectRefused(
+        { payload: { name: 'nowhere', role: 'reader' }, headers: await t.auth('platform_admin', null) },
+        400,
+        'TENANT_REQUIRED',
+      );
     });
   });
 
@@ -128,7 +150,12 @@ describe('API keys', () => {
       expect(read.statusCode).toBe(200);
       expect((read.json().data as Array<{ tenant_id: string }>).map((r) => r.tenant_id)).toEqual(['acme']);
       const before = await pipelines('acme');
-      const write = await t.app.inject({ method: 'POST', url: ROWS, headers: { 'x-api-key': k.key }, payload: { name: 'by-key' } });
+      const write = await t.app.inject({
+        method: 'POST',
+        url: ROWS,
+        headers: { 'x-api-key': k.key },
+        payload: { name: 'by-key' },
+      });
       expect(write.statusCode).toBe(403);
       expect(write.json().error.code).toBe('ROLE_FORBIDDEN');
       expect(await pipelines('acme')).toBe(before);
@@ -139,7 +166,12 @@ describe('API keys', () => {
 
     it('authenticates a writer key whose inserts are filed under the key tenant', async () => {
       const k = await createKey({ name: 'writer-key', role: 'writer' }, 'globex');
-      const res = await t.app.inject({ method: 'POST', url: ROWS, headers: { 'x-api-key': k.key, 'x-tenant-id': 'acme' }, payload: { name: 'by-globex-key' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: ROWS,
+        headers: { 'x-api-key': k.key, 'x-tenant-id': 'acme' },
+        payload: { name: 'by-globex-key' },
+      });
       expect(res.statusCode).toBe(201);
       expect(res.json().data.tenant_id).toBe('globex');
       await t.db.adminQuery("DELETE FROM public.pipelines WHERE name = 'by-globex-key'");
@@ -149,7 +181,12 @@ describe('API keys', () => {
       const k = await createKey({ name: 'used', role: 'reader' });
       expect((await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } })).statusCode).toBe(200);
       await vi.waitFor(async () => {
-        expect(await count('SELECT count(*) AS n FROM strata.api_keys WHERE id = $1 AND last_used_at IS NOT NULL', [k.id])).toBe(1);
+        expect(
+          await count(
+            'SELECT count(*) AS n FROM strata.api_keys WHERE id = $1 AND last_used_at IS NOT NULL',
+            [k.id],
+          ),
+        ).toBe(1);
       });
     });
 
@@ -162,9 +199,16 @@ describe('API keys', () => {
     });
 
     it('rejects a key past its expires_at with 401 API_KEY_EXPIRED', async () => {
-      const k = await createKey({ name: 'soon-expired', role: 'reader', expires_at: new Date(Date.now() + 3_600_000).toISOString() });
+      const k = await createKey({
+        name: 'soon-expired',
+        role: 'reader',
+        expires_at: new Date(Date.now() + 3_600_000).toISOString(),
+      });
       expect((await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } })).statusCode).toBe(200);
-      await t.db.adminQuery("UPDATE strata.api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1", [k.id]);
+      await t.db.adminQuery(
+        "UPDATE strata.api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1",
+        [k.id],
+      );
       const res = await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } });
       expect(res.statusCode).toBe(401);
       expect(res.json().error.code).toBe('API_KEY_EXPIRED');
@@ -174,13 +218,23 @@ describe('API keys', () => {
       const k = await createKey({ name: 'suspended-tenant', role: 'reader' }, 'globex');
       const platform = await t.auth('platform_admin', null);
       try {
-        const patch = await t.app.inject({ method: 'PATCH', url: '/v1/admin/tenants/globex', headers: platform, payload: { status: 'suspended' } });
+        const patch = await t.app.inject({
+          method: 'PATCH',
+          url: '/v1/admin/tenants/globex',
+          headers: platform,
+          payload: { status: 'suspended' },
+        });
         expect(patch.statusCode).toBe(200);
         const res = await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } });
         expect(res.statusCode).toBe(403);
         expect(res.json().error.code).toBe('TENANT_SUSPENDED');
       } finally {
-        await t.app.inject({ method: 'PATCH', url: '/v1/admin/tenants/globex', headers: platform, payload: { status: 'active' } });
+        await t.app.inject({
+          method: 'PATCH',
+          url: '/v1/admin/tenants/globex',
+          headers: platform,
+          payload: { status: 'active' },
+        });
       }
       expect((await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } })).statusCode).toBe(200);
     });
@@ -190,7 +244,11 @@ describe('API keys', () => {
     it('revokes a key with DELETE; using it afterwards is 401 API_KEY_REVOKED', async () => {
       const k = await createKey({ name: 'to-revoke', role: 'reader' });
       expect((await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } })).statusCode).toBe(200);
-      const del = await t.app.inject({ method: 'DELETE', url: `${KEYS}/${k.id}`, headers: await t.auth('admin', 'acme') });
+      const del = await t.app.inject({
+        method: 'DELETE',
+        url: `${KEYS}/${k.id}`,
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(del.statusCode).toBe(200);
       expect(del.json().data).toMatchObject({ id: k.id });
       expect(del.json().data.revoked_at).toEqual(expect.any(String));
@@ -214,19 +272,29 @@ describe('API keys', () => {
     it("answers an acme admin revoking globex's key with 404 API_KEY_NOT_FOUND and the key keeps working", async () => {
       const k = await createKey({ name: 'globex-key', role: 'reader' }, 'globex');
       const before = await snapshot();
-      const res = await t.app.inject({ method: 'DELETE', url: `${KEYS}/${k.id}`, headers: await t.auth('admin', 'acme') });
+      const res = await t.app.inject({
+        method: 'DELETE',
+        url: `${KEYS}/${k.id}`,
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(res.statusCode).toBe(404);
       expect(res.json().error.code).toBe('API_KEY_NOT_FOUND');
       expect(await snapshot()).toEqual(before);
       const use = await t.app.inject({ url: ROWS, headers: { 'x-api-key': k.key } });
       expect(use.statusCode).toBe(200);
-      expect((use.json().data as Array<{ tenant_id: string }>).every((r) => r.tenant_id === 'globex')).toBe(true);
+      expect((use.json().data as Array<{ tenant_id: string }>).every((r) => r.tenant_id === 'globex')).toBe(
+        true,
+      );
       const acmeList = await t.app.inject({ url: KEYS, headers: await t.auth('admin', 'acme') });
       expect((acmeList.json().data as Array<{ id: string }>).some((d) => d.id === k.id)).toBe(false);
     });
 
     it('answers an unknown key id with 404 API_KEY_NOT_FOUND, writing nothing', async () => {
-      await expectRefused({ method: 'DELETE', url: `${KEYS}/00000000-0000-4000-8000-000000000000` }, 404, 'API_KEY_NOT_FOUND');
+      await expectRefused(
+        { method: 'DELETE', url: `${KEYS}/00000000-0000-4000-8000-000000000000` },
+        404,
+        'API_KEY_NOT_FOUND',
+      );
     });
   });
 
@@ -246,7 +314,11 @@ describe('API keys', () => {
     });
 
     it('rejects an extra property with 400 VALIDATION_FAILED naming it, writing nothing', async () => {
-      const res = await expectRefused({ payload: { name: 'k', role: 'reader', tenant_id: 'globex' } }, 400, 'VALIDATION_FAILED');
+      const res = await expectRefused(
+        { payload: { name: 'k', role: 'reader', tenant_id: 'globex' } },
+        400,
+        'VALIDATION_FAILED',
+      );
       expect(res.json().error.details.field).toBe('body.tenant_id');
     });
 
@@ -257,23 +329,39 @@ describe('API keys', () => {
     });
 
     it('rejects an expires_at in the past with 400 INVALID_EXPIRY, writing nothing', async () => {
-      await expectRefused({ payload: { name: 'k', role: 'reader', expires_at: new Date(Date.now() - 60_000).toISOString() } }, 400, 'INVALID_EXPIRY');
+      await expectRefused(
+        { payload: { name: 'k', role: 'reader', expires_at: new Date(Date.now() - 60_000).toISOString() } },
+        400,
+        'INVALID_EXPIRY',
+      );
     });
 
     it('rejects a non-uuid id on DELETE with 400 VALIDATION_FAILED, revoking nothing', async () => {
       for (const id of ['not-a-uuid', "1' OR '1'='1", '123']) {
-        await expectRefused({ method: 'DELETE', url: `${KEYS}/${encodeURIComponent(id)}` }, 400, 'VALIDATION_FAILED');
+        await expectRefused(
+          { method: 'DELETE', url: `${KEYS}/${encodeURIComponent(id)}` },
+          400,
+          'VALIDATION_FAILED',
+        );
       }
     });
 
     it('rejects malformed and empty JSON bodies with 400 MALFORMED_JSON, writing nothing', async () => {
       for (const payload of ['{"name": "k", "role": ', '{name: k}', '']) {
-        await expectRefused({ payload, headers: { 'content-type': 'application/json' } }, 400, 'MALFORMED_JSON');
+        await expectRefused(
+          { payload, headers: { 'content-type': 'application/json' } },
+          400,
+          'MALFORMED_JSON',
+        );
       }
     });
 
     it('rejects a non-JSON content type with 415 UNSUPPORTED_MEDIA_TYPE, writing nothing', async () => {
-      await expectRefused({ payload: 'name=k&role=reader', headers: { 'content-type': 'application/x-www-form-urlencoded' } }, 415, 'UNSUPPORTED_MEDIA_TYPE');
+      await expectRefused(
+        { payload: 'name=k&role=reader', headers: { 'content-type': 'application/x-www-form-urlencoded' } },
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      );
     });
   });
 });
@@ -287,7 +375,8 @@ describe('API keys with a small BODY_LIMIT_BYTES', () => {
   afterAll(() => t.close());
 
   it('rejects a body over BODY_LIMIT_BYTES with 413 BODY_TOO_LARGE, writing nothing', async () => {
-    const count = async () => Number((await t.db.adminQuery<{ n: string }>('SELECT count(*) AS n FROM strata.api_keys')).rows[0]?.n);
+    const count = async () =>
+      Number((await t.db.adminQuery<{ n: string }>('SELECT count(*) AS n FROM strata.api_keys')).rows[0]?.n);
     const before = await count();
     const res = await t.app.inject({
       method: 'POST',
@@ -301,7 +390,12 @@ describe('API keys with a small BODY_LIMIT_BYTES', () => {
   });
 
   it('still accepts a body under the limit', async () => {
-    const res = await t.app.inject({ method: 'POST', url: KEYS, headers: await t.auth('admin', 'acme'), payload: { name: 'small', role: 'reader' } });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: KEYS,
+      headers: await t.auth('admin', 'acme'),
+      payload: { name: 'small', role: 'reader' },
+    });
     expect(res.statusCode).toBe(201);
   });
 });

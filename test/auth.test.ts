@@ -32,7 +32,8 @@ describe('authentication and authorization', () => {
   let t: TestApp;
   const count = async (sql: string, values: unknown[] = []) =>
     Number((await t.db.adminQuery<{ n: string }>(sql, values)).rows[0]?.n ?? NaN);
-  const pipelines = (tenant: string) => count('SELECT count(*) AS n FROM public.pipelines WHERE tenant_id = $1', [tenant]);
+  const pipelines = (tenant: string) =>
+    count('SELECT count(*) AS n FROM public.pipelines WHERE tenant_id = $1', [tenant]);
 
   beforeAll(async () => {
     t = await createTestApp();
@@ -94,7 +95,10 @@ describe('authentication and authorization', () => {
 
     it('rejects a token whose payload was tampered with (role raised) with 401 TOKEN_INVALID', async () => {
       const [header, payload, signature] = (await t.token('reader', 'acme')).split('.');
-      const claims = JSON.parse(Buffer.from(payload ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+      const claims = JSON.parse(Buffer.from(payload ?? '', 'base64url').toString('utf8')) as Record<
+        string,
+        unknown
+      >;
       const forged = `${header}.${b64url({ ...claims, role: 'admin' })}.${signature}`;
       const res = await t.app.inject({ url: '/v1/admin/api-keys', headers: bearer(forged) });
       expect(res.statusCode).toBe(401);
@@ -143,15 +147,27 @@ describe('authentication and authorization', () => {
       // Warm the tenant status cache first: the PATCH must invalidate it, not wait 5 s for expiry.
       expect((await t.app.inject({ url: ROWS, headers: reader })).statusCode).toBe(200);
       try {
-        const suspend = await t.app.inject({ method: 'PATCH', url: '/v1/admin/tenants/acme', headers: platform, payload: { status: 'suspended' } });
+        const suspend = await t.app.inject({
+          method: 'PATCH',
+          url: '/v1/admin/tenants/acme',
+          headers: platform,
+          payload: { status: 'suspended' },
+        });
         expect(suspend.statusCode).toBe(200);
         const refused = await t.app.inject({ url: ROWS, headers: reader });
         expect(refused.statusCode).toBe(403);
         expect(refused.json().error.code).toBe('TENANT_SUSPENDED');
         // Other tenants are unaffected.
-        expect((await t.app.inject({ url: ROWS, headers: await t.auth('reader', 'globex') })).statusCode).toBe(200);
+        expect(
+          (await t.app.inject({ url: ROWS, headers: await t.auth('reader', 'globex') })).statusCode,
+        ).toBe(200);
       } finally {
-        const reactivate = await t.app.inject({ method: 'PATCH', url: '/v1/admin/tenants/acme', headers: platform, payload: { status: 'active' } });
+        const reactivate = await t.app.inject({
+          method: 'PATCH',
+          url: '/v1/admin/tenants/acme',
+          headers: platform,
+          payload: { status: 'active' },
+        });
         expect(reactivate.statusCode).toBe(200);
       }
       const back = await t.app.inject({ url: ROWS, headers: reader });
@@ -163,7 +179,12 @@ describe('authentication and authorization', () => {
   describe('roles (403)', () => {
     it('refuses a reader on a write route with 403 ROLE_FORBIDDEN and writes nothing', async () => {
       const before = await pipelines('acme');
-      const res = await t.app.inject({ method: 'POST', url: ROWS, headers: await t.auth('reader', 'acme'), payload: { name: 'by-reader' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: ROWS,
+        headers: await t.auth('reader', 'acme'),
+        payload: { name: 'by-reader' },
+      });
       expect(res.statusCode).toBe(403);
       expect(res.json().error.code).toBe('ROLE_FORBIDDEN');
       expect(await pipelines('acme')).toBe(before);
@@ -177,7 +198,12 @@ describe('authentication and authorization', () => {
         const list = await t.app.inject({ url: '/v1/admin/api-keys', headers });
         expect(list.statusCode, role).toBe(403);
         expect(list.json().error.code, role).toBe('ROLE_FORBIDDEN');
-        const create = await t.app.inject({ method: 'POST', url: '/v1/admin/api-keys', headers, payload: { name: 'sneaky', role: 'reader' } });
+        const create = await t.app.inject({
+          method: 'POST',
+          url: '/v1/admin/api-keys',
+          headers,
+          payload: { name: 'sneaky', role: 'reader' },
+        });
         expect(create.statusCode, role).toBe(403);
         expect(create.json().error.code, role).toBe('ROLE_FORBIDDEN');
       }
@@ -191,7 +217,12 @@ describe('authentication and authorization', () => {
         const list = await t.app.inject({ url: '/v1/admin/tenants', headers });
         expect(list.statusCode, role).toBe(403);
         expect(list.json().error.code, role).toBe('ROLE_FORBIDDEN');
-        const create = await t.app.inject({ method: 'POST', url: '/v1/admin/tenants', headers, payload: { id: 'initech', name: 'Initech' } });
+        const create = await t.app.inject({
+          method: 'POST',
+          url: '/v1/admin/tenants',
+          headers,
+          payload: { id: 'initech', name: 'Initech' },
+        });
         expect(create.statusCode, role).toBe(403);
         expect(create.json().error.code, role).toBe('ROLE_FORBIDDEN');
       }
@@ -199,7 +230,12 @@ describe('authentication and authorization', () => {
     });
 
     it('lets a writer insert a row, filed under its own tenant', async () => {
-      const res = await t.app.inject({ method: 'POST', url: ROWS, headers: await t.auth('writer', 'acme'), payload: { name: 'by-writer' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: ROWS,
+        headers: await t.auth('writer', 'acme'),
+        payload: { name: 'by-writer' },
+      });
       expect(res.statusCode).toBe(201);
       expect(res.json().data).toMatchObject({ name: 'by-writer', tenant_id: 'acme' });
       await t.db.adminQuery("DELETE FROM public.pipelines WHERE name = 'by-writer'");
@@ -219,7 +255,12 @@ describe('authentication and authorization', () => {
     it('files an insert sent with x-tenant-id: globex under the caller tenant', async () => {
       const headers = { ...(await t.auth('writer', 'acme')), 'x-tenant-id': 'globex' };
       const globexBefore = await pipelines('globex');
-      const res = await t.app.inject({ method: 'POST', url: `${ROWS}?tenant_id=globex`, headers, payload: { name: 'header-insert' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: `${ROWS}?tenant_id=globex`,
+        headers,
+        payload: { name: 'header-insert' },
+      });
       expect(res.statusCode).toBe(201);
       expect(res.json().data.tenant_id).toBe('acme');
       expect(await pipelines('globex')).toBe(globexBefore);
@@ -229,7 +270,12 @@ describe('authentication and authorization', () => {
     it('refuses an insert whose body names another tenant with 403 FORBIDDEN_BY_DATABASE and writes nothing', async () => {
       const headers = { ...(await t.auth('writer', 'acme')), 'x-tenant-id': 'globex' };
       const [acmeBefore, globexBefore] = [await pipelines('acme'), await pipelines('globex')];
-      const res = await t.app.inject({ method: 'POST', url: `${ROWS}?tenant_id=globex`, headers, payload: { name: 'x', tenant_id: 'globex' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: `${ROWS}?tenant_id=globex`,
+        headers,
+        payload: { name: 'x', tenant_id: 'globex' },
+      });
       expect(res.statusCode).toBe(403);
       expect(res.json().error.code).toBe('FORBIDDEN_BY_DATABASE');
       expect(await pipelines('globex')).toBe(globexBefore);
@@ -237,7 +283,9 @@ describe('authentication and authorization', () => {
     });
 
     it('does not let a reader read another tenant row by primary key', async () => {
-      const { rows } = await t.db.adminQuery<{ id: string }>("SELECT id::text AS id FROM public.pipelines WHERE tenant_id = 'globex' LIMIT 1");
+      const { rows } = await t.db.adminQuery<{ id: string }>(
+        "SELECT id::text AS id FROM public.pipelines WHERE tenant_id = 'globex' LIMIT 1",
+      );
       const id = rows[0]?.id;
       expect(id).toBeDefined();
       const res = await t.app.inject({ url: `${ROWS}/${id}`, headers: await t.auth('reader', 'acme') });
@@ -249,16 +297,37 @@ describe('authentication and authorization', () => {
   describe('logs', () => {
     it('never writes a bearer token or an API key into the logs, even at trace level', async () => {
       const lines: string[] = [];
-      const log = pino({ ...(loggerOptions(t.config) as pino.LoggerOptions), level: 'trace' }, { write: (s: string) => void lines.push(s) });
-      const app = await build({ config: t.config, db: t.db, redis: t.redis.client, registry: new Registry(), jwtSecret: t.config.JWT_SECRET, loggerInstance: log });
+      const log = pino(
+        { ...(loggerOptions(t.config) as pino.LoggerOptions), level: 'trace' },
+        { write: (s: string) => void lines.push(s) },
+      );
+      const app = await build({
+        config: t.config,
+        db: t.db,
+        redis: t.redis.client,
+        registry: new Registry(),
+        jwtSecret: t.config.JWT_SECRET,
+        loggerInstance: log,
+      });
       try {
         await app.ready();
         const good = await t.token('writer', 'acme');
         const expired = await t.token('reader', 'acme', { expiresIn: Math.floor(Date.now() / 1000) - 60 });
-        const forged = await t.token('admin', 'acme', { secret: 'another-secret-another-secret-another-0123' });
+        const forged = await t.token('admin', 'acme', {
+          secret: 'another-secret-another-secret-another-0123',
+        });
         const apiKey = 'sk_this-key-does-not-exist-0123456789';
         expect((await app.inject({ url: ROWS, headers: bearer(good) })).statusCode).toBe(200);
-        expect((await app.inject({ method: 'POST', url: ROWS, headers: bearer(good), payload: { name: 'x', tenant_id: 'globex' } })).statusCode).toBe(403);
+        expect(
+          (
+            await app.inject({
+              method: 'POST',
+              url: ROWS,
+              headers: bearer(good),
+              payload: { name: 'x', tenant_id: 'globex' },
+            })
+          ).statusCode,
+        ).toBe(403);
         expect((await app.inject({ url: ROWS, headers: bearer(expired) })).statusCode).toBe(401);
         expect((await app.inject({ url: ROWS, headers: bearer(forged) })).statusCode).toBe(401);
         expect((await app.inject({ url: ROWS, headers: { 'x-api-key': apiKey } })).statusCode).toBe(401);

@@ -61,13 +61,29 @@ describe('loadConfig', () => {
   });
 
   it('converts numbers and booleans, and turns boot chores off by default outside embedded mode', () => {
-    const c = loadConfig({ DATABASE_URL: 'postgres://u@db:5432/strata', JWT_SECRET: TEST_JWT_SECRET, PORT: '8080', DB_POOL_MAX: '50', SEED_DEMO: 'true' });
-    expect(c).toMatchObject({ PORT: 8080, DB_POOL_MAX: 50, embedded: false, migrateOnBoot: false, seedDemo: true, runWorkers: false });
+    const c = loadConfig({
+      DATABASE_URL: 'postgres://u@db:5432/strata',
+      JWT_SECRET: TEST_JWT_SECRET,
+      PORT: '8080',
+      DB_POOL_MAX: '50',
+      SEED_DEMO: 'true',
+    });
+    expect(c).toMatchObject({
+      PORT: 8080,
+      DB_POOL_MAX: 50,
+      embedded: false,
+      migrateOnBoot: false,
+      seedDemo: true,
+      runWorkers: false,
+    });
     expect(loadConfig({ MIGRATE_ON_BOOT: 'false' }).migrateOnBoot).toBe(false);
   });
 
   it('accepts JWT_JWKS_URL instead of JWT_SECRET when DATABASE_URL is set', () => {
-    expect(loadConfig({ DATABASE_URL: 'postgresql://db/strata', JWT_JWKS_URL: 'https://idp.example/jwks.json' }).embedded).toBe(false);
+    expect(
+      loadConfig({ DATABASE_URL: 'postgresql://db/strata', JWT_JWKS_URL: 'https://idp.example/jwks.json' })
+        .embedded,
+    ).toBe(false);
   });
 
   it.each([
@@ -192,42 +208,50 @@ describe('booting src/server.ts', () => {
   });
   afterAll(() => rmSync(binDir, { recursive: true, force: true }));
 
-  it('exits non-zero with one stderr line naming DB_POOL_MAX when it is not a number', { timeout: 30_000 }, async () => {
-    const res = await boot(binDir, { DB_POOL_MAX: 'abc' });
-    expect(res.code).not.toBe(0);
-    const lines = res.stderr.trim().split('\n');
-    expect(lines, res.stderr).toHaveLength(1);
-    expect(lines[0]).toMatch(/^strata: invalid configuration: DB_POOL_MAX /);
-  });
-
-  it('exits non-zero with one stderr line naming REDIS_URL when Redis does not answer, without echoing secrets', { timeout: 30_000 }, async () => {
-    const database = await createTestDatabase();
-    try {
-      const app = new URL(urlFor(database.name));
-      app.username = TEST_APP_ROLE;
-      app.password = TEST_APP_PASSWORD;
-      const port = await freePort();
-      const res = await boot(binDir, {
-        DATABASE_URL: database.url,
-        APP_DATABASE_URL: app.toString(),
-        JWT_SECRET: TEST_JWT_SECRET,
-        // Loopback, nothing listens there, and redis-server is not on PATH: no auto-start.
-        REDIS_URL: `redis://127.0.0.1:${port}`,
-        DB_POOL_MIN: '0',
-        DB_HEALTHCHECK_INTERVAL_MS: '0',
-        PORT: '0',
-      });
+  it(
+    'exits non-zero with one stderr line naming DB_POOL_MAX when it is not a number',
+    { timeout: 30_000 },
+    async () => {
+      const res = await boot(binDir, { DB_POOL_MAX: 'abc' });
       expect(res.code).not.toBe(0);
       const lines = res.stderr.trim().split('\n');
       expect(lines, res.stderr).toHaveLength(1);
-      expect(lines[0]).toMatch(/^strata: .*REDIS_URL/);
-      expect(lines[0]).toContain(`redis://127.0.0.1:${port}`);
-      expect(await listening(port), 'no redis-server was started').toBe(false);
-      for (const secret of [TEST_JWT_SECRET, TEST_APP_PASSWORD]) {
-        expect(res.stderr + res.stdout).not.toContain(secret);
+      expect(lines[0]).toMatch(/^strata: invalid configuration: DB_POOL_MAX /);
+    },
+  );
+
+  it(
+    'exits non-zero with one stderr line naming REDIS_URL when Redis does not answer, without echoing secrets',
+    { timeout: 30_000 },
+    async () => {
+      const database = await createTestDatabase();
+      try {
+        const app = new URL(urlFor(database.name));
+        app.username = TEST_APP_ROLE;
+        app.password = TEST_APP_PASSWORD;
+        const port = await freePort();
+        const res = await boot(binDir, {
+          DATABASE_URL: database.url,
+          APP_DATABASE_URL: app.toString(),
+          JWT_SECRET: TEST_JWT_SECRET,
+          // Loopback, nothing listens there, and redis-server is not on PATH: no auto-start.
+          REDIS_URL: `redis://127.0.0.1:${port}`,
+          DB_POOL_MIN: '0',
+          DB_HEALTHCHECK_INTERVAL_MS: '0',
+          PORT: '0',
+        });
+        expect(res.code).not.toBe(0);
+        const lines = res.stderr.trim().split('\n');
+        expect(lines, res.stderr).toHaveLength(1);
+        expect(lines[0]).toMatch(/^strata: .*REDIS_URL/);
+        expect(lines[0]).toContain(`redis://127.0.0.1:${port}`);
+        expect(await listening(port), 'no redis-server was started').toBe(false);
+        for (const secret of [TEST_JWT_SECRET, TEST_APP_PASSWORD]) {
+          expect(res.stderr + res.stdout).not.toContain(secret);
+        }
+      } finally {
+        await database.drop();
       }
-    } finally {
-      await database.drop();
-    }
-  });
+    },
+  );
 });

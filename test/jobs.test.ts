@@ -284,6 +284,10 @@ describe('jobs', () => {
     try {
       const started = Date.now();
       const err = await down.enqueue(acme, 'sleep', { ms: 1, steps: 1 }).catch((e: unknown) => e);
+      if (!(err instanceof AppError)) {
+        const id = (err as { job_id: string }).job_id;
+        console.error('DEBUG', Date.now() - started, id, !!(await jobs.queues.noop.getJob(id)), (down.queues.noop as any).client ? 'c' : '', ((await down.queues.noop.client) as any).options?.port, ((await down.queues.noop.client) as any).status);
+      }
       expect(err).toBeInstanceOf(AppError);
       expect(err).toMatchObject({ statusCode: 503, code: 'JOBS_UNAVAILABLE' });
       expect(Date.now() - started).toBeLessThan(3_000);
