@@ -25,6 +25,8 @@ import tableRoutes from './api/rest/tables/index.js';
 import jobsPlugin from './plugins/jobs.js';
 import type { JobsService } from './jobs/queues.js';
 import { createRegistryService, type SchemaRegistry } from './services/schema-registry.js';
+import { createRowsService, type RowsService } from './services/rows.js';
+import { createCursorCodec } from './services/rest-query/cursor.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 
@@ -32,6 +34,7 @@ export interface AppServices {
   tenants: TenantService;
   apiKeys: ApiKeyService;
   schema: SchemaRegistry;
+  rows: RowsService;
   migrations: MigrationService;
 }
 
@@ -97,6 +100,13 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
     apiKeys: createApiKeyService({ kysely }),
     schema,
+    rows: createRowsService({
+      db,
+      schema,
+      cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
+      defaultLimit: config.ROWS_DEFAULT_LIMIT,
+      maxLimit: config.ROWS_MAX_LIMIT,
+    }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
   };
   app.decorate('config', config);

@@ -44,6 +44,9 @@ export const EnvSchema = Type.Object({
   DB_VALIDATE_AFTER_IDLE_MS: Int(5_000, 0, 3_600_000),
   DB_TX_MAX_RETRIES: Int(5, 0, 100),
   SLOW_QUERY_MS: Int(500, 0, 3_600_000),
+  /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
+  ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
+  ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),
   OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Url(['http', 'https'])),
   OTEL_SERVICE_NAME: Type.String({ default: 'strata' }),

@@ -75,6 +75,16 @@ describe('authentication and authorization', () => {
       expect(res.json().error.code).toBe('TOKEN_EXPIRED');
     });
 
+    it('refuses a token with 401 TOKEN_EXPIRED once it expires, even after it was accepted (and cached)', async () => {
+      const exp = Math.floor(Date.now() / 1000) + 2;
+      const headers = bearer(await t.token('reader', 'acme', { expiresIn: exp }));
+      expect((await t.app.inject({ url: ROWS, headers })).statusCode).toBe(200);
+      await new Promise((r) => setTimeout(r, exp * 1000 - Date.now() + 50));
+      const res = await t.app.inject({ url: ROWS, headers });
+      expect(res.statusCode).toBe(401);
+      expect(res.json().error.code).toBe('TOKEN_EXPIRED');
+    });
+
     it('rejects a token signed with another secret with 401 TOKEN_INVALID', async () => {
       const token = await t.token('admin', 'acme', { secret: 'another-secret-another-secret-another-0123' });
       for (const url of [ROWS, '/v1/admin/api-keys']) {
@@ -243,13 +253,23 @@ describe('authentication and authorization', () => {
   });
 
   describe('the tenant comes only from the credential', () => {
-    it('ignores tenant_id in the query string and an x-tenant-id header on reads', async () => {
+    it('ignores an x-tenant-id header on reads', async () => {
       const headers = { ...(await t.auth('writer', 'acme')), 'x-tenant-id': 'globex' };
-      const res = await t.app.inject({ url: `${ROWS}?tenant_id=globex`, headers });
+      const res = await t.app.inject({ url: ROWS, headers });
       expect(res.statusCode).toBe(200);
       const rows = res.json().data as Array<{ tenant_id: string; name: string }>;
       expect(rows.map((r) => r.name).sort()).toEqual(['acme-1', 'acme-2']);
       expect(rows.every((r) => r.tenant_id === 'acme')).toBe(true);
+    });
+
+    it('treats tenant_id in the query string as an ordinary filter that cannot reach another tenant', async () => {
+      const headers = await t.auth('writer', 'acme');
+      const filtered = await t.app.inject({ url: `${ROWS}?tenant_id=eq.globex`, headers });
+      expect(filtered.statusCode).toBe(200);
+      expect(filtered.json().data).toEqual([]);
+      const malformed = await t.app.inject({ url: `${ROWS}?tenant_id=globex`, headers });
+      expect(malformed.statusCode).toBe(400);
+      expect(malformed.json().error.code).toBe('INVALID_FILTER');
     });
 
     it('files an insert sent with x-tenant-id: globex under the caller tenant', async () => {

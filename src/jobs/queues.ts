@@ -217,20 +217,26 @@ export function createJobs(opts: { redisUrl: string; prefix?: string; log: JobsL
   const writeCancel = (id: string, record: CancelRecord) =>
     redis.set(cancelKey(prefix, id), JSON.stringify(record), 'EX', CANCEL_TTL_S);
 
-  /** The job and its cancellation record, or a 404 when the caller may not see it. */
-  async function load(ctx: RequestContext, id: string): Promise<{ job: Job | undefined; cancel: CancelRecord | null }> {
+  /**
+   * The job, its state and its cancellation record, or a 404 when the caller may not see it. The
+   * state is read before the job's data: a job seen completed then has its final data (result).
+   */
+  async function load(ctx: RequestContext, id: string): Promise<{ job: Job | undefined; state: string; cancel: CancelRecord | null }> {
     const queue = queueOfJobId(id);
     if (!queue) throw jobNotFound(id);
+    let state: string = await queues[queue].getJobState(id);
     const [job, cancel] = await Promise.all([queues[queue].getJob(id), readCancel(id)]);
     const owner = job ? (job.data as JobEnvelope).tenantId : cancel?.view ? cancel.tenantId : undefined;
     if (owner === undefined || !visible(ctx, owner)) throw jobNotFound(id);
-    return { job, cancel };
+    // It finished between the two reads: read the state again (now final).
+    if (job?.finishedOn && state !== 'completed' && state !== 'failed') state = await queues[queue].getJobState(id);
+    return { job, state, cancel };
   }
 
   async function view(ctx: RequestContext, id: string): Promise<JobView> {
-    const { job, cancel } = await load(ctx, id);
+    const { job, state, cancel } = await load(ctx, id);
     if (!job) return cancel?.view ?? Promise.reject(jobNotFound(id));
-    return toView(job, await job.getState(), cancel);
+    return toView(job, state, cancel);
   }
 
   return {
@@ -247,9 +253,8 @@ export function createJobs(opts: { redisUrl: string; prefix?: string; log: JobsL
     get: (ctx, id) => guard(() => view(ctx, id)),
     cancel: (ctx, id) =>
       guard(async () => {
-        const { job, cancel } = await load(ctx, id);
+        const { job, state, cancel } = await load(ctx, id);
         if (!job) return cancel?.view ?? Promise.reject(jobNotFound(id));
-        const state = await job.getState();
         if (cancel || state === 'completed' || state === 'failed') {
           const current = toView(job, state, cancel);
           if (current.state === 'completed' || current.state === 'failed') {

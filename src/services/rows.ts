@@ -1,78 +1,280 @@
-/** Row reads through the tenant session; identifiers only from the schema registry. */
+/**
+ * The rows API service: PostgREST-style reads (select with embedding, filters, order, keyset
+ * cursors, counts) and validated writes (insert, bulk, upsert, update and delete by primary key or
+ * filter, optimistic concurrency). Every statement runs in the caller's tenant session, so
+ * PostgreSQL's row-level security decides what exists. Responses are JSON rendered by PostgreSQL.
+ */
 import pg from 'pg';
 import type { Database } from '../db/database.js';
-import type { SessionContext } from '../db/session.js';
-import { badRequest, notFound } from '../errors.js';
-import type { TableInfo } from './schema-registry.js';
+import type { SessionContext, Tx } from '../db/session.js';
+import { badRequest, notFound, preconditionFailed } from '../errors.js';
+import type { SchemaRegistry, TableInfo } from './schema-registry.js';
+import { checkEmbedPaths, checkValue, filterSql, keysetSql, orderSql, Params, rowJsonSql, totalOrder, type BuildScope } from './rest-query/build.js';
+import type { CursorCodec } from './rest-query/cursor.js';
+import { parseRowsQuery, parseSelect, type Filter, type RowsQuery } from './rest-query/parse.js';
+import { validateRow } from './rest-query/validate.js';
 
-function singlePk(t: TableInfo): string {
-  const [pk, ...rest] = t.primaryKey;
-  if (!pk || rest.length) throw badRequest('NO_SINGLE_PRIMARY_KEY', `table ${t.name} has no single-column primary key`);
-  return pg.escapeIdentifier(pk);
+const q = pg.escapeIdentifier;
+
+export type QueryString = Record<string, string | string[] | undefined>;
+export type ReturnPreference = 'representation' | 'minimal';
+
+export interface WriteResult {
+  /** JSON text of `{ "data": ... }`, absent for `return=minimal`. */
+  body?: string;
+  count: number;
+  etag?: string;
 }
 
-const selectList = (t: TableInfo) => t.columns.map((c) => pg.escapeIdentifier(c.name)).join(', ');
-
-/** One row by primary key: one round trip (BEGIN, tenant settings, SELECT, COMMIT pipelined). */
-export async function getRow(db: Database, ctx: SessionContext, t: TableInfo, pk: string): Promise<Record<string, unknown>> {
-  const { rows } = await db.tenantQuery(ctx, `SELECT ${selectList(t)} FROM ${t.qualified} WHERE ${singlePk(t)} = $1`, [pk], { readOnly: true });
-  const row = rows[0];
-  if (!row) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(pk)} in ${t.name}`);
-  return row;
+export interface RowsServiceOptions {
+  db: Database;
+  schema: SchemaRegistry;
+  cursors: CursorCodec;
+  defaultLimit: number;
+  maxLimit: number;
 }
 
-/** A page ordered by primary key, with an opaque keyset cursor (no OFFSET). */
-export async function listRows(
-  db: Database,
-  ctx: SessionContext,
-  t: TableInfo,
-  q: { limit: number; cursor?: string },
-): Promise<{ data: Record<string, unknown>[]; next_cursor: string | null }> {
-  const pk = singlePk(t);
-  let after: string | undefined;
-  if (q.cursor !== undefined) {
-    try {
-      const decoded = JSON.parse(Buffer.from(q.cursor, 'base64url').toString('utf8')) as unknown;
-      if (!Array.isArray(decoded) || decoded[0] !== t.name || typeof decoded[1] !== 'string') throw new Error('shape');
-      after = decoded[1];
-    } catch {
-      throw badRequest('INVALID_CURSOR', 'the cursor is malformed or belongs to another query');
-    }
-  }
-  const values: unknown[] = [q.limit + 1];
-  const where = after === undefined ? '' : `WHERE ${pk} > $2`;
-  if (after !== undefined) values.push(after);
-  const { rows } = await db.tenantQuery(ctx, `SELECT ${selectList(t)} FROM ${t.qualified} ${where} ORDER BY ${pk} LIMIT $1`, values, { readOnly: true });
-  const more = rows.length > q.limit;
-  const data = more ? rows.slice(0, q.limit) : rows;
-  const last = data[data.length - 1];
-  const pkName = t.primaryKey[0] as string;
-  return {
-    data,
-    next_cursor: more && last ? Buffer.from(JSON.stringify([t.name, String(last[pkName])])).toString('base64url') : null,
-  };
+interface Runner {
+  query<R extends pg.QueryResultRow>(text: string, values: unknown[], final?: boolean): Promise<pg.QueryResult<R>>;
 }
 
-/**
- * Insert one row. Columns are checked against the registry (unknown -> 400 naming it); `tenant_id`
- * defaults from the session, and a value naming another tenant is refused by PostgreSQL's RLS
- * WITH CHECK (answered 403), never rewritten.
- */
-export async function insertRow(db: Database, ctx: SessionContext, t: TableInfo, body: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const known = new Set(t.columns.map((c) => c.name));
-  const names = Object.keys(body);
-  for (const n of names) {
-    if (!known.has(n)) throw badRequest('UNKNOWN_COLUMN', `column ${JSON.stringify(n)} does not exist in ${t.name}`, { column: n });
-  }
-  const cols = names.map((n) => pg.escapeIdentifier(n)).join(', ');
-  const params = names.map((_, i) => `$${i + 1}`).join(', ');
-  const values = names.map((n) => {
-    const v = body[n];
-    return v !== null && typeof v === 'object' ? JSON.stringify(v) : v;
+export function createRowsService(opts: RowsServiceOptions) {
+  const { db, schema, cursors } = opts;
+
+  const scope = async (params: Params, rq: RowsQuery): Promise<BuildScope> => ({
+    tables: await schema.tables(),
+    params,
+    embeds: rq.embeds,
+    maxEmbedLimit: opts.maxLimit,
+    alias: 0,
   });
-  const sql = names.length
-    ? `INSERT INTO ${t.qualified} (${cols}) VALUES (${params}) RETURNING ${selectList(t)}`
-    : `INSERT INTO ${t.qualified} DEFAULT VALUES RETURNING ${selectList(t)}`;
-  const { rows } = await db.tenantQuery(ctx, sql, values);
-  return rows[0] as Record<string, unknown>;
+
+  /** Run on the given transaction, or in a tenant transaction of its own (one round trip). */
+  function runner(ctx: SessionContext, tx: Tx | undefined, readOnly: boolean) {
+    return async <T>(fn: (r: Runner) => Promise<T>): Promise<T> => {
+      // Inside a caller's transaction (POST /v1/transactions) the caller commits: `final` is ignored.
+      if (tx) return fn({ query: (text, values) => tx.query(text, values) });
+      return db.withTenant(ctx, (t) => fn({ query: (text, values, final) => t.query(text, values, final ? { final: true } : undefined) }), { readOnly });
+    };
+  }
+
+  function pkFilter(t: TableInfo, pk: string): Filter {
+    const [name, ...rest] = t.primaryKey;
+    if (!name || rest.length) throw badRequest('NO_SINGLE_PRIMARY_KEY', `table ${t.name} has no single-column primary key; use filters instead`);
+    checkValue(t.columnMap.get(name)!, pk);
+    return { kind: 'cond', column: name, op: 'eq', not: false, value: pk };
+  }
+
+  function whereSql(t: TableInfo, filters: Filter[], params: Params): string {
+    return filters.length ? `WHERE ${filters.map((f) => filterSql(t, 't0', f, params)).join(' AND ')}` : '';
+  }
+
+  function returningSql(t: TableInfo, select: string | undefined, s: BuildScope): string {
+    return `${rowJsonSql(t, 't0', select ? parseSelect(select) : [{ kind: 'star' }], s)}::text AS j, t0.xmin::text AS v`;
+  }
+
+  const selectParam = (qs: QueryString): string | undefined => (typeof qs['select'] === 'string' ? qs['select'] : undefined);
+
+  return {
+    /** A page of rows: `{ "data": [...], "next_cursor": ..., "total"? }` as JSON text. */
+    async list(ctx: SessionContext, table: string, qs: QueryString, tx?: Tx): Promise<string> {
+      const t = await schema.table(table);
+      const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
+      checkEmbedPaths(rq.select, rq.embeds);
+      const params = new Params();
+      const s = await scope(params, rq);
+      const order = totalOrder(t, rq.order);
+      const limit = rq.limit ?? opts.defaultLimit;
+      const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
+      const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
+      const countFilters = [...filters];
+      const countValues = [...params.values];
+      if (rq.cursor !== undefined) filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
+      const json = rowJsonSql(t, 't0', rq.select, s);
+      const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
+      const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
+      const text = `SELECT ${json}::text AS j, ${keys} FROM ${t.qualified} t0 ${where} ORDER BY ${orderSql('t0', order)} LIMIT ${params.add(limit + 1)}`;
+      const countWhere = countFilters.length ? `WHERE ${countFilters.join(' AND ')}` : '';
+      const countSql =
+        rq.count === 'exact'
+          ? `SELECT count(*)::bigint AS n FROM ${t.qualified} t0 ${countWhere}`
+          : rq.count === 'estimated'
+            ? `EXPLAIN (FORMAT JSON) SELECT 1 FROM ${t.qualified} t0 ${countWhere}`
+            : undefined;
+      const { rows, total } = await runner(ctx, tx, true)(async (r) => {
+        const page = r.query<Record<string, string | null>>(text, params.values, countSql === undefined);
+        if (countSql === undefined) return { rows: (await page).rows, total: undefined };
+        const counted = r.query<Record<string, unknown>>(countSql, countValues, true);
+        const [p, c] = await Promise.all([page, counted]);
+        const first = c.rows[0];
+        const n =
+          rq.count === 'exact'
+            ? Number(first?.['n'])
+            : Number(((first?.['QUERY PLAN'] as Array<{ Plan: { 'Plan Rows': number } }> | undefined)?.[0]?.Plan['Plan Rows']) ?? 0);
+        return { rows: p.rows, total: n };
+      });
+      const more = rows.length > limit;
+      const pageRows = more ? rows.slice(0, limit) : rows;
+      const last = pageRows[pageRows.length - 1];
+      const next = more && last ? cursors.encode(signature, order.map((_, i) => last[`k${i}`] ?? null)) : null;
+      return `{"data":[${pageRows.map((r) => r['j']).join(',')}],"next_cursor":${JSON.stringify(next)}${total === undefined ? '' : `,"total":${total}`}}`;
+    },
+
+    /** One row by primary key: `{ "data": {...} }` and its version (ETag). 404 when RLS hides it. */
+    async get(ctx: SessionContext, table: string, pk: string, qs: QueryString, tx?: Tx): Promise<{ body: string; etag: string }> {
+      const t = await schema.table(table);
+      const rq = parseRowsQuery({ select: qs['select'] }, { maxLimit: opts.maxLimit });
+      const params = new Params();
+      const s = await scope(params, { ...rq, embeds: parseRowsQuery(qs, { maxLimit: opts.maxLimit }).embeds });
+      checkEmbedPaths(rq.select, s.embeds);
+      const where = filterSql(t, 't0', pkFilter(t, pk), params);
+      const text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
+      const { rows } = await runner(ctx, tx, true)((r) => r.query<{ j: string; v: string }>(text, params.values, true));
+      const row = rows[0];
+      if (!row) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(pk)} in ${t.name}`);
+      return { body: `{"data":${row.j}}`, etag: `"${row.v}"` };
+    },
+
+    /**
+     * Insert one row or many (`on_conflict` = columns of a unique key -> upsert). Validated against
+     * the table's JSON Schema first; `tenant_id` defaults from the session and another tenant's id
+     * is refused by RLS (403).
+     */
+    async insert(
+      ctx: SessionContext,
+      table: string,
+      body: unknown,
+      o: { onConflict?: string; ignoreDuplicates?: boolean; returning?: ReturnPreference; select?: string },
+      tx?: Tx,
+    ): Promise<WriteResult> {
+      const t = await schema.table(table);
+      const many = Array.isArray(body);
+      const rows = (many ? body : [body]).map((r, i) => validateRow(t, r, many ? { index: i } : {}));
+      if (rows.length === 0) throw badRequest('EMPTY_BODY', 'nothing to insert: the array is empty');
+      if (rows.length > opts.maxLimit * 10) throw badRequest('TOO_MANY_ROWS', `at most ${opts.maxLimit * 10} rows per request`);
+      const columns = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+      const params = new Params();
+      const values = rows.map(
+        (r) => `(${columns.map((c) => (c in r ? params.add(toParam(t, c, r[c])) : 'DEFAULT')).join(', ')})`,
+      );
+      let conflict = '';
+      if (o.onConflict !== undefined) {
+        const keys = o.onConflict.split(',').map((c) => c.trim());
+        for (const k of keys) if (!t.columnMap.has(k)) throw badRequest('UNKNOWN_COLUMN', `on_conflict column ${JSON.stringify(k)} does not exist in ${t.name}`, { column: k });
+        const unique = t.indexes.some((ix) => ix.unique && ix.columns.length === keys.length && ix.columns.every((c) => keys.includes(c)));
+        if (!unique) throw badRequest('NO_UNIQUE_KEY', `on_conflict needs the columns of a unique key of ${t.name}; (${keys.join(', ')}) is not one`);
+        const updates = columns.filter((c) => !keys.includes(c));
+        conflict =
+          o.ignoreDuplicates || updates.length === 0
+            ? ` ON CONFLICT (${keys.map(q).join(', ')}) DO NOTHING`
+            : ` ON CONFLICT (${keys.map(q).join(', ')}) DO UPDATE SET ${updates.map((c) => `${q(c)} = EXCLUDED.${q(c)}`).join(', ')}`;
+      }
+      const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
+      const cols = columns.length ? ` (${columns.map(q).join(', ')})` : '';
+      const valuesSql = columns.length ? `VALUES ${values.join(', ')}` : 'DEFAULT VALUES';
+      if (!columns.length && rows.length > 1) throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
+      const text = `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict} RETURNING ${returningSql(t, o.select, s)}`;
+      const res = await runner(ctx, tx, false)((r) => r.query<{ j: string; v: string }>(text, params.values, true));
+      return result(res.rows, many, o.returning);
+    },
+
+    /** Update by primary key (`pk`) or by filters in `qs`; an unfiltered mass update is refused. */
+    async update(
+      ctx: SessionContext,
+      table: string,
+      target: { pk?: string; qs: QueryString },
+      patch: unknown,
+      o: { ifMatch?: string; returning?: ReturnPreference; select?: string },
+      tx?: Tx,
+    ): Promise<WriteResult> {
+      const t = await schema.table(table);
+      const row = validateRow(t, patch, { partial: true });
+      const columns = Object.keys(row);
+      if (columns.length === 0) throw badRequest('EMPTY_BODY', 'nothing to update: the body names no column');
+      const params = new Params();
+      const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
+      const { where, single } = writeTarget(t, target, params);
+      const version = o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
+      const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
+      const text = `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
+      return write(ctx, t, target, text, params, single, o, tx);
+    },
+
+    /** Delete by primary key or by filters; an unfiltered mass delete is refused. */
+    async remove(
+      ctx: SessionContext,
+      table: string,
+      target: { pk?: string; qs: QueryString },
+      o: { ifMatch?: string; returning?: ReturnPreference; select?: string },
+      tx?: Tx,
+    ): Promise<WriteResult> {
+      const t = await schema.table(table);
+      const params = new Params();
+      const { where, single } = writeTarget(t, target, params);
+      const version = o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
+      const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
+      const text = `DELETE FROM ${t.qualified} AS t0 ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
+      return write(ctx, t, target, text, params, single, o, tx);
+    },
+  };
+
+  function writeTarget(t: TableInfo, target: { pk?: string; qs: QueryString }, params: Params): { where: string; single: boolean } {
+    if (target.pk !== undefined) return { where: whereSql(t, [pkFilter(t, target.pk)], params), single: true };
+    const filterOnly: QueryString = {};
+    for (const [k, v] of Object.entries(target.qs)) if (k !== 'select') filterOnly[k] = v;
+    const rq = parseRowsQuery(filterOnly, { maxLimit: opts.maxLimit });
+    if (rq.filters.length === 0) {
+      throw badRequest('UNFILTERED_MASS_WRITE', `refusing to change every row of ${t.name}: add a filter (e.g. ?id=eq.1) or use /rows/{pk}`);
+    }
+    return { where: whereSql(t, rq.filters, params), single: false };
+  }
+
+  async function write(
+    ctx: SessionContext,
+    t: TableInfo,
+    target: { pk?: string },
+    text: string,
+    params: Params,
+    single: boolean,
+    o: { ifMatch?: string; returning?: ReturnPreference },
+    tx: Tx | undefined,
+  ): Promise<WriteResult> {
+    return runner(ctx, tx, false)(async (r) => {
+      const res = await r.query<{ j: string; v: string }>(text, params.values, o.ifMatch === undefined);
+      if (single && res.rows.length === 0) {
+        if (o.ifMatch !== undefined) {
+          const p = new Params();
+          const cur = await r.query<{ v: string }>(`SELECT t0.xmin::text AS v FROM ${t.qualified} t0 ${whereSql(t, [pkFilter(t, target.pk!)], p)}`, p.values, true);
+          const current = cur.rows[0];
+          if (current) throw preconditionFailed('VERSION_MISMATCH', `row ${target.pk} of ${t.name} has changed since version ${o.ifMatch}`, { current_etag: `"${current.v}"` });
+        }
+        throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(target.pk)} in ${t.name}`);
+      }
+      return result(res.rows, !single, o.returning);
+    });
+  }
 }
+
+function result(rows: Array<{ j: string; v: string }>, many: boolean, returning: ReturnPreference | undefined): WriteResult {
+  const etag = !many && rows[0] ? `"${rows[0].v}"` : undefined;
+  if (returning === 'minimal') return { count: rows.length, etag };
+  const data = many ? `[${rows.map((r) => r.j).join(',')}]` : (rows[0]?.j ?? 'null');
+  return { body: `{"data":${data}}`, count: rows.length, etag };
+}
+
+/** JSON columns take JSON text; other values go as they are (arrays become PostgreSQL arrays). */
+function toParam(t: TableInfo, column: string, value: unknown): unknown {
+  const c = t.columnMap.get(column);
+  if (value === null) return null;
+  if (c && (c.udt === 'json' || c.udt === 'jsonb') && !c.isArray) return JSON.stringify(value);
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) return JSON.stringify(value);
+  return value;
+}
+
+function parseEtag(v: string): string {
+  const m = /^(?:W\/)?"?(\d{1,10})"?$/.exec(v.trim());
+  if (!m) throw badRequest('INVALID_IF_MATCH', 'If-Match must be an ETag returned by this API, e.g. "12345"');
+  return m[1]!;
+}
+
+export type RowsService = ReturnType<typeof createRowsService>;

@@ -1,0 +1,260 @@
+/**
+ * SQL for the rows API, built from a parsed query and the schema registry. Every identifier comes
+ * from the registry (quoted with escapeIdentifier); every value is a $n parameter. Rows are
+ * rendered to JSON by PostgreSQL (`to_json`), embedded relationships as correlated subqueries, so
+ * a page with two levels of embedding is still one statement.
+ */
+import pg from 'pg';
+import { badRequest } from '../../errors.js';
+import { relationships, type ColumnInfo, type Relationship, type TableInfo } from '../schema-registry.js';
+import { parseInList, type EmbedOptions, type Filter, type OrderItem, type SelectItem } from './parse.js';
+
+const q = pg.escapeIdentifier;
+
+/** Parameters collected while building one statement. */
+export class Params {
+  readonly values: unknown[] = [];
+  add(v: unknown): string {
+    this.values.push(v);
+    return `$${this.values.length}`;
+  }
+}
+
+export interface BuildScope {
+  tables: Map<string, TableInfo>;
+  params: Params;
+  embeds: Map<string, EmbedOptions>;
+  maxEmbedLimit: number;
+  alias: number;
+}
+
+function column(t: TableInfo, name: string): ColumnInfo {
+  const c = t.columnMap.get(name);
+  if (!c) throw badRequest('UNKNOWN_COLUMN', `column ${JSON.stringify(name)} does not exist in ${t.name}`, { column: name, table: t.name });
+  return c;
+}
+
+const INT_RANGE: Record<string, [bigint, bigint]> = {
+  int2: [-32768n, 32767n],
+  int4: [-2147483648n, 2147483647n],
+  int8: [-9223372036854775808n, 9223372036854775807n],
+};
+const UUID = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
+const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+/** Check a filter value against the column's type before it reaches SQL: 400 naming the column. */
+export function checkValue(c: ColumnInfo, value: string): void {
+  const bad = (why: string) =>
+    badRequest('INVALID_FILTER_VALUE', `${JSON.stringify(value)} is not a valid value for column ${c.name} (${c.type}): ${why}`, { column: c.name, value });
+  if (c.isArray) return; // array literals are parsed by PostgreSQL into the element type
+  const range = INT_RANGE[c.udt];
+  if (range) {
+    if (!/^[+-]?\d{1,20}$/.test(value)) throw bad('expected an integer');
+    const n = BigInt(value);
+    if (n < range[0] || n > range[1]) throw bad('out of range');
+    return;
+  }
+  switch (c.udt) {
+    case 'numeric':
+    case 'float4':
+    case 'float8':
+      if (!NUMBER.test(value) && !/^(NaN|-?Infinity)$/.test(value)) throw bad('expected a number');
+      return;
+    case 'bool':
+      if (!/^(true|false|t|f)$/i.test(value)) throw bad('expected true or false');
+      return;
+    case 'uuid':
+      if (!UUID.test(value)) throw bad('expected a UUID');
+      return;
+    case 'date':
+    case 'timestamp':
+    case 'timestamptz':
+      if (Number.isNaN(Date.parse(value)) && !/^-?infinity$/i.test(value)) throw bad('expected an ISO 8601 date or timestamp');
+      return;
+    case 'json':
+    case 'jsonb':
+      try {
+        JSON.parse(value);
+      } catch {
+        throw bad('expected JSON');
+      }
+      return;
+  }
+}
+
+const TEXTUAL = new Set(['text', 'varchar', 'bpchar', 'name', 'citext']);
+const COMPARE: Record<string, string> = { eq: '=', neq: '<>', gt: '>', gte: '>=', lt: '<', lte: '<=' };
+const FTS: Record<string, string> = { fts: 'to_tsquery', plfts: 'plainto_tsquery', phfts: 'phraseto_tsquery', wfts: 'websearch_to_tsquery' };
+
+/** One filter as SQL on the table aliased `alias`. */
+export function filterSql(t: TableInfo, alias: string, f: Filter, params: Params): string {
+  if (f.kind !== 'cond') {
+    const parts = f.items.map((i) => filterSql(t, alias, i, params));
+    const joined = `(${parts.join(f.kind === 'and' ? ' AND ' : ' OR ')})`;
+    return f.not ? `NOT ${joined}` : joined;
+  }
+  const c = column(t, f.column);
+  const col = `${alias}.${q(c.name)}`;
+  let sql: string;
+  switch (f.op) {
+    case 'eq':
+    case 'neq':
+    case 'gt':
+    case 'gte':
+    case 'lt':
+    case 'lte':
+      checkValue(c, f.value);
+      sql = `${col} ${COMPARE[f.op]} ${params.add(f.value)}`;
+      break;
+    case 'like':
+    case 'ilike': {
+      const target = TEXTUAL.has(c.udt) && !c.isArray ? col : `${col}::text`;
+      sql = `${target} ${f.op === 'like' ? 'LIKE' : 'ILIKE'} ${params.add(f.value.replace(/\*/g, '%'))}`;
+      break;
+    }
+    case 'in': {
+      const list = parseInList(c.name, f.value);
+      for (const v of list) checkValue(c, v);
+      sql = list.length === 0 ? 'false' : `${col} = ANY(${params.add(list)})`;
+      break;
+    }
+    case 'is': {
+      const v = f.value.toLowerCase();
+      if (!['null', 'true', 'false', 'unknown'].includes(v)) {
+        throw badRequest('INVALID_FILTER_VALUE', `is filter on ${c.name} takes null, true, false or unknown, got ${JSON.stringify(f.value)}`, { column: c.name });
+      }
+      if (v !== 'null' && c.udt !== 'bool') throw badRequest('INVALID_FILTER_VALUE', `is.${v} needs a boolean column; ${c.name} is ${c.type}`, { column: c.name });
+      sql = `${col} IS ${v.toUpperCase()}`;
+      break;
+    }
+    case 'cs':
+    case 'cd':
+    case 'ov': {
+      const isJson = c.udt === 'jsonb';
+      if (!c.isArray && !isJson) throw badRequest('INVALID_OPERATOR', `${f.op} needs an array or jsonb column; ${c.name} is ${c.type}`, { column: c.name });
+      if (f.op === 'ov' && !c.isArray) throw badRequest('INVALID_OPERATOR', `ov needs an array column; ${c.name} is ${c.type}`, { column: c.name });
+      if (isJson) checkValue(c, f.value);
+      else if (!/^\{.*\}$/s.test(f.value)) throw badRequest('INVALID_FILTER_VALUE', `${f.op} on ${c.name} takes an array literal such as {a,b}`, { column: c.name });
+      sql = `${col} ${f.op === 'cs' ? '@>' : f.op === 'cd' ? '<@' : '&&'} ${params.add(f.value)}`;
+      break;
+    }
+    case 'fts':
+    case 'plfts':
+    case 'phfts':
+    case 'wfts': {
+      const lang = f.language === undefined ? '' : `${params.add(f.language)}::regconfig, `;
+      const doc = c.udt === 'tsvector' ? col : `to_tsvector(${lang}${TEXTUAL.has(c.udt) ? col : `${col}::text`})`;
+      sql = `${doc} @@ ${FTS[f.op]}(${lang}${params.add(f.value)})`;
+      break;
+    }
+  }
+  return f.not ? `NOT (${sql})` : sql;
+}
+
+/** ORDER BY items, with the primary key appended so the order is total (needed for keyset paging). */
+export function totalOrder(t: TableInfo, order: OrderItem[]): OrderItem[] {
+  for (const o of order) column(t, o.column);
+  const out = [...order];
+  for (const pk of t.primaryKey) if (!out.some((o) => o.column === pk)) out.push({ column: pk, direction: 'asc' });
+  if (out.length === 0) throw badRequest('NO_PRIMARY_KEY', `table ${t.name} has no primary key; give an order`);
+  return out;
+}
+
+const nullsFirst = (o: OrderItem) => o.nulls === 'first' || (o.nulls === undefined && o.direction === 'desc');
+
+export function orderSql(alias: string, order: OrderItem[]): string {
+  return order.map((o) => `${alias}.${q(o.column)} ${o.direction.toUpperCase()} NULLS ${nullsFirst(o) ? 'FIRST' : 'LAST'}`).join(', ');
+}
+
+/**
+ * Rows strictly after `values` in `order` (keyset pagination), null-aware:
+ * OR over i of (keys before i equal) AND (key i after value i).
+ */
+export function keysetSql(alias: string, order: OrderItem[], values: Array<string | null>, params: Params): string {
+  const ors: string[] = [];
+  for (let i = 0; i < order.length; i++) {
+    const ands: string[] = [];
+    for (let j = 0; j < i; j++) {
+      const v = values[j];
+      const col = `${alias}.${q(order[j]!.column)}`;
+      ands.push(v === null || v === undefined ? `${col} IS NULL` : `${col} = ${params.add(v)}`);
+    }
+    const o = order[i]!;
+    const col = `${alias}.${q(o.column)}`;
+    const v = values[i];
+    const cmp = o.direction === 'asc' ? '>' : '<';
+    let after: string;
+    if (v === null || v === undefined) after = nullsFirst(o) ? `${col} IS NOT NULL` : 'false';
+    else after = nullsFirst(o) ? `${col} ${cmp} ${params.add(v)}` : `(${col} ${cmp} ${params.add(v)} OR ${col} IS NULL)`;
+    if (after === 'false') continue;
+    ands.push(after);
+    ors.push(ands.length === 1 ? ands[0]! : `(${ands.join(' AND ')})`);
+  }
+  return ors.length ? `(${ors.join(' OR ')})` : 'false';
+}
+
+function relationFor(t: TableInfo, name: string): Relationship {
+  const rel = relationships(t).find((r) => r.name === name) ?? relationships(t).find((r) => r.table === name);
+  if (!rel) {
+    throw badRequest('UNKNOWN_RELATIONSHIP', `${t.name} has no relationship ${JSON.stringify(name)}`, {
+      table: t.name,
+      relationship: name,
+      known: relationships(t).map((r) => r.name),
+    });
+  }
+  return rel;
+}
+
+/**
+ * The JSON of one row of `t` (aliased `alias`) for a select list: `to_json` of a subselect, so
+ * column order, aliases and embedded relationships come out as asked.
+ */
+export function rowJsonSql(t: TableInfo, alias: string, select: SelectItem[], scope: BuildScope, path = ''): string {
+  const items: string[] = [];
+  for (const s of select) {
+    if (s.kind === 'star') {
+      for (const c of t.columns) items.push(`${alias}.${q(c.name)}`);
+    } else if (s.kind === 'column') {
+      const c = column(t, s.name);
+      items.push(s.alias ? `${alias}.${q(c.name)} AS ${q(s.alias)}` : `${alias}.${q(c.name)}`);
+    } else {
+      const rel = relationFor(t, s.relation);
+      const target = scope.tables.get(rel.table);
+      if (!target) throw badRequest('UNKNOWN_RELATIONSHIP', `relationship ${s.relation} points at a table that is not exposed`);
+      const name = s.alias ?? s.relation;
+      const embedPath = path ? `${path}.${name}` : name;
+      items.push(`${embedSql(alias, rel, target, s.select, scope, embedPath)} AS ${q(name)}`);
+    }
+  }
+  if (items.length === 0) throw badRequest('INVALID_SELECT', 'select must name at least one column');
+  return `(SELECT to_json(_r) FROM (SELECT ${items.join(', ')}) _r)`;
+}
+
+function embedSql(parent: string, rel: Relationship, target: TableInfo, select: SelectItem[], scope: BuildScope, path: string): string {
+  const a = `t${++scope.alias}`;
+  const opts = scope.embeds.get(path);
+  const join = rel.localColumns.map((lc, i) => `${a}.${q(rel.remoteColumns[i]!)} = ${parent}.${q(lc)}`).join(' AND ');
+  const where = [join, ...(opts?.filters ?? []).map((f) => filterSql(target, a, f, scope.params))].join(' AND ');
+  const json = rowJsonSql(target, a, select, scope, path);
+  if (rel.kind === 'many-to-one') return `(SELECT ${json} FROM ${target.qualified} ${a} WHERE ${where} LIMIT 1)`;
+  const order = orderSql(a, totalOrder(target, opts?.order ?? []));
+  const limit = opts?.limit ?? scope.maxEmbedLimit;
+  return `COALESCE((SELECT json_agg(_e.j ORDER BY _e.n) FROM (SELECT ${json} AS j, row_number() OVER (ORDER BY ${order}) AS n FROM ${target.qualified} ${a} WHERE ${where} ORDER BY ${order} LIMIT ${scope.params.add(limit)}) _e), '[]'::json)`;
+}
+
+/** Report embed options (`x.limit`, `x.status=`) that name no embedded relationship of the select. */
+export function checkEmbedPaths(select: SelectItem[], embeds: Map<string, EmbedOptions>): void {
+  const paths = new Set<string>();
+  const walk = (items: SelectItem[], prefix: string) => {
+    for (const s of items) {
+      if (s.kind !== 'embed') continue;
+      const p = prefix ? `${prefix}.${s.alias ?? s.relation}` : (s.alias ?? s.relation);
+      paths.add(p);
+      walk(s.select, p);
+    }
+  };
+  walk(select, '');
+  for (const p of embeds.keys()) {
+    if (!paths.has(p)) throw badRequest('UNKNOWN_EMBED', `${p} is not an embedded relationship in select; embed it first, e.g. select=*,${p}(*)`, { embed: p });
+  }
+}

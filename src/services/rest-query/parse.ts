@@ -1,0 +1,239 @@
+/**
+ * Parser for the PostgREST-style query syntax of the rows API:
+ *   select=id,name,runs:pipeline_runs(id,status)   columns, aliases and embedded relationships
+ *   status=eq.open  score=gte.3  tags=cs.{x}  id=in.(1,2)  name=not.like.*x*  done=is.null
+ *   or=(a.eq.1,b.is.null,and(c.gt.2,d.lt.3))  and=(...)
+ *   order=created_at.desc.nullslast,id   limit=50   cursor=...   count=exact|estimated
+ *   <embed>.order=...  <embed>.limit=...  <embed>.<column>=op.value
+ * Produces a syntax tree only; names are checked against the schema registry by the builder.
+ */
+import { badRequest } from '../../errors.js';
+
+export const OPERATORS = ['eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'like', 'ilike', 'in', 'is', 'cs', 'cd', 'ov', 'fts', 'plfts', 'phfts', 'wfts'] as const;
+export type Operator = (typeof OPERATORS)[number];
+
+export type SelectItem =
+  | { kind: 'star' }
+  | { kind: 'column'; name: string; alias?: string }
+  | { kind: 'embed'; relation: string; alias?: string; select: SelectItem[] };
+
+export type Filter =
+  | { kind: 'cond'; column: string; op: Operator; not: boolean; value: string; language?: string }
+  | { kind: 'and' | 'or'; not: boolean; items: Filter[] };
+
+export interface OrderItem {
+  column: string;
+  direction: 'asc' | 'desc';
+  nulls?: 'first' | 'last';
+}
+
+/** Options that apply to one embedded relationship (`runs.order=`, `runs.limit=`, `runs.status=`). */
+export interface EmbedOptions {
+  filters: Filter[];
+  order: OrderItem[];
+  limit?: number;
+}
+
+export interface RowsQuery {
+  select: SelectItem[];
+  filters: Filter[];
+  order: OrderItem[];
+  limit?: number;
+  cursor?: string;
+  count?: 'exact' | 'estimated';
+  /** Keyed by the embed's alias path (e.g. `runs` or `runs.steps`). */
+  embeds: Map<string, EmbedOptions>;
+}
+
+const IDENT = /^[A-Za-z_][A-Za-z0-9_$]*$/;
+const RESERVED = new Set(['select', 'order', 'limit', 'cursor', 'count', 'or', 'and', 'not.or', 'not.and', 'on_conflict', 'columns']);
+
+const fail = (code: string, message: string, details?: unknown) => badRequest(code, message, details);
+
+function identifier(name: string, what: string): string {
+  if (!IDENT.test(name) || name.length > 63) throw fail('INVALID_IDENTIFIER', `${what} ${JSON.stringify(name)} is not a valid identifier`);
+  return name;
+}
+
+/** Split on commas that are not inside parentheses, braces or double quotes. */
+export function splitTopLevel(input: string, sep = ','): string[] {
+  const out: string[] = [];
+  let depth = 0;
+  let quoted = false;
+  let cur = '';
+  for (let i = 0; i < input.length; i++) {
+    const ch = input[i]!;
+    if (ch === '"' && input[i - 1] !== '\\') quoted = !quoted;
+    if (!quoted) {
+      if (ch === '(' || ch === '{' || ch === '[') depth++;
+      else if (ch === ')' || ch === '}' || ch === ']') depth--;
+      if (depth < 0) throw fail('INVALID_SYNTAX', `unbalanced parentheses in ${JSON.stringify(input)}`);
+      if (ch === sep && depth === 0) {
+        out.push(cur);
+        cur = '';
+        continue;
+      }
+    }
+    cur += ch;
+  }
+  if (depth !== 0 || quoted) throw fail('INVALID_SYNTAX', `unbalanced parentheses or quotes in ${JSON.stringify(input)}`);
+  out.push(cur);
+  return out;
+}
+
+export function parseSelect(input: string): SelectItem[] {
+  if (input.trim() === '') throw fail('INVALID_SELECT', 'select must name at least one column');
+  return splitTopLevel(input).map((raw) => {
+    const item = raw.trim();
+    if (item === '*') return { kind: 'star' as const };
+    const m = /^(?:([A-Za-z_][A-Za-z0-9_$]*):)?([A-Za-z_][A-Za-z0-9_$]*)(?:!inner|!left)?(?:\((.*)\))?$/s.exec(item);
+    if (!m) throw fail('INVALID_SELECT', `cannot read select item ${JSON.stringify(item)}`);
+    const [, alias, name, inner] = m;
+    if (inner !== undefined) {
+      return { kind: 'embed' as const, relation: identifier(name!, 'relationship'), alias, select: parseSelect(inner === '' ? '*' : inner) };
+    }
+    return alias ? { kind: 'column' as const, name: identifier(name!, 'column'), alias } : { kind: 'column' as const, name: identifier(name!, 'column') };
+  });
+}
+
+/** `[not.]op[(lang)].value` for a column filter. */
+export function parseCondition(column: string, expr: string): Filter {
+  let rest = expr;
+  let not = false;
+  if (rest.startsWith('not.')) {
+    not = true;
+    rest = rest.slice(4);
+  }
+  const dot = rest.indexOf('.');
+  if (dot < 0) throw fail('INVALID_FILTER', `filter on ${column} must look like op.value (e.g. eq.5), got ${JSON.stringify(expr)}`, { column });
+  const opPart = rest.slice(0, dot);
+  const value = rest.slice(dot + 1);
+  const m = /^([a-z]+)(?:\(([a-z_]+)\))?$/.exec(opPart);
+  if (!m || !(OPERATORS as readonly string[]).includes(m[1]!)) {
+    throw fail('UNKNOWN_OPERATOR', `unknown operator ${JSON.stringify(opPart)} in the filter on ${column}; use one of ${OPERATORS.join(', ')}`, {
+      column,
+      operator: opPart,
+    });
+  }
+  const op = m[1] as Operator;
+  if (m[2] !== undefined && !op.endsWith('fts')) throw fail('INVALID_FILTER', `only full-text operators take a language, not ${op}`, { column });
+  return m[2] === undefined ? { kind: 'cond', column: identifier(column, 'column'), op, not, value } : { kind: 'cond', column: identifier(column, 'column'), op, not, value, language: m[2] };
+}
+
+/** The inside of `or=(...)` / `and=(...)`: `a.eq.1,b.is.null,and(c.gt.2,d.lt.3)`. */
+export function parseLogic(kind: 'and' | 'or', not: boolean, expr: string): Filter {
+  const m = /^\((.*)\)$/s.exec(expr.trim());
+  if (!m) throw fail('INVALID_FILTER', `${kind} must be a parenthesised list, e.g. ${kind}=(a.eq.1,b.is.null)`);
+  const items = splitTopLevel(m[1]!).map((part): Filter => {
+    const p = part.trim();
+    const nested = /^(not\.)?(and|or)(\(.*\))$/s.exec(p);
+    if (nested) return parseLogic(nested[2] as 'and' | 'or', Boolean(nested[1]), nested[3]!);
+    const dot = p.indexOf('.');
+    if (dot < 0) throw fail('INVALID_FILTER', `cannot read condition ${JSON.stringify(p)} in ${kind}=(...)`);
+    return parseCondition(p.slice(0, dot), p.slice(dot + 1));
+  });
+  return { kind, not, items };
+}
+
+export function parseOrder(input: string): OrderItem[] {
+  return splitTopLevel(input).map((raw) => {
+    const parts = raw.trim().split('.');
+    const column = identifier(parts[0] ?? '', 'order column');
+    const item: OrderItem = { column, direction: 'asc' };
+    for (const p of parts.slice(1)) {
+      if (p === 'asc' || p === 'desc') item.direction = p;
+      else if (p === 'nullsfirst') item.nulls = 'first';
+      else if (p === 'nullslast') item.nulls = 'last';
+      else throw fail('INVALID_ORDER', `cannot read order ${JSON.stringify(raw)}: use column[.asc|.desc][.nullsfirst|.nullslast]`);
+    }
+    return item;
+  });
+}
+
+function parseLimit(value: string, max: number, what = 'limit'): number {
+  if (!/^\d{1,9}$/.test(value)) throw fail('INVALID_LIMIT', `${what} must be a positive integer, got ${JSON.stringify(value)}`);
+  const n = Number(value);
+  if (n < 1) throw fail('INVALID_LIMIT', `${what} must be at least 1`);
+  if (n > max) throw fail('LIMIT_TOO_LARGE', `${what} ${n} is above the maximum of ${max}; page with the cursor instead`, { max });
+  return n;
+}
+
+const one = (v: string | string[] | undefined, key: string): string | undefined => {
+  if (Array.isArray(v)) {
+    if (v.length > 1) throw fail('DUPLICATE_PARAMETER', `parameter ${key} was given more than once`);
+    return v[0];
+  }
+  return v;
+};
+
+/** Parse the whole query string of a rows request (select, filters, order, paging). */
+export function parseRowsQuery(qs: Record<string, string | string[] | undefined>, opts: { maxLimit: number; allowPaging?: boolean }): RowsQuery {
+  const q: RowsQuery = { select: [{ kind: 'star' }], filters: [], order: [], embeds: new Map() };
+  const embed = (path: string): EmbedOptions => {
+    let e = q.embeds.get(path);
+    if (!e) q.embeds.set(path, (e = { filters: [], order: [] }));
+    return e;
+  };
+  for (const [key, raw] of Object.entries(qs)) {
+    if (raw === undefined) continue;
+    const values = Array.isArray(raw) ? raw : [raw];
+    if (key.length > 200) throw fail('INVALID_FILTER', 'a parameter name is too long');
+    switch (key) {
+      case 'select':
+        q.select = parseSelect(one(raw, key)!);
+        continue;
+      case 'order':
+        q.order = parseOrder(one(raw, key)!);
+        continue;
+      case 'limit':
+        q.limit = parseLimit(one(raw, key)!, opts.maxLimit);
+        continue;
+      case 'cursor':
+        q.cursor = one(raw, key);
+        continue;
+      case 'count': {
+        const c = one(raw, key);
+        if (c !== 'exact' && c !== 'estimated') throw fail('INVALID_COUNT', 'count must be exact or estimated');
+        q.count = c;
+        continue;
+      }
+      case 'on_conflict':
+      case 'columns':
+        continue;
+    }
+    const logic = /^(?:(.+)\.)?(not\.)?(or|and)$/.exec(key);
+    if (logic) {
+      const target = logic[1] === undefined ? q.filters : embed(logic[1]).filters;
+      for (const v of values) target.push(parseLogic(logic[3] as 'and' | 'or', Boolean(logic[2]), v));
+      continue;
+    }
+    const lastDot = key.lastIndexOf('.');
+    if (lastDot > 0) {
+      const path = key.slice(0, lastDot);
+      const leaf = key.slice(lastDot + 1);
+      const e = embed(path);
+      if (leaf === 'order') e.order = parseOrder(one(raw, key)!);
+      else if (leaf === 'limit') e.limit = parseLimit(one(raw, key)!, opts.maxLimit, key);
+      else for (const v of values) e.filters.push(parseCondition(leaf, v));
+      continue;
+    }
+    if (RESERVED.has(key)) continue;
+    for (const v of values) q.filters.push(parseCondition(key, v));
+  }
+  return q;
+}
+
+/** `in.(a,b,"c,d")` -> ['a', 'b', 'c,d']. */
+export function parseInList(column: string, value: string): string[] {
+  const m = /^\((.*)\)$/s.exec(value);
+  if (!m) throw fail('MALFORMED_IN_LIST', `in filter on ${column} must be a parenthesised list, e.g. in.(1,2,3)`, { column });
+  if (m[1]!.trim() === '') return [];
+  return splitTopLevel(m[1]!).map((v) => {
+    const t = v.trim();
+    if (t.startsWith('"')) {
+      if (!t.endsWith('"') || t.length < 2) throw fail('MALFORMED_IN_LIST', `unterminated quote in the in list on ${column}`, { column });
+      return t.slice(1, -1).replace(/\\(.)/g, '$1');
+    }
+    return t;
+  });
+}
