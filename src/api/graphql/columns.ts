@@ -63,14 +63,20 @@ export const q = (name: string) => pg.escapeIdentifier(name);
 /** `alias."col"` or `"col"`. */
 export const ref = (c: ColumnInfo, alias?: string) => (alias ? `${alias}.${q(c.name)}` : q(c.name));
 
+/** A SQL expression of column `c`'s type, rendered the way rows carry it (exact, JSON-friendly). */
+export function valueExpr(c: ColumnInfo, expr: string): string {
+  const kind = kindOf(c);
+  if (c.isArray) return kind.select === 'raw' ? expr : `${expr}::text[]`;
+  if (kind.select === 'iso') return `to_json(${expr}) #>> '{}'`;
+  if (kind.select === 'text') return `${expr}::text`;
+  return expr;
+}
+
 /** The select-list item for a column, named by the column (rows are keyed by column name). */
 export function selectItem(c: ColumnInfo, alias?: string): string {
-  const kind = kindOf(c);
   const r = ref(c, alias);
-  if (c.isArray) return kind.select === 'raw' ? r : `${r}::text[] AS ${q(c.name)}`;
-  if (kind.select === 'iso') return `to_json(${r}) #>> '{}' AS ${q(c.name)}`;
-  if (kind.select === 'text') return `${r}::text AS ${q(c.name)}`;
-  return r;
+  const e = valueExpr(c, r);
+  return e === r ? r : `${e} AS ${q(c.name)}`;
 }
 
 /** A value bound as a parameter: JSON columns take JSON text (arrays would otherwise become PG arrays). */

@@ -6,7 +6,7 @@
  */
 import type { ColumnInfo, TableInfo } from '../../services/schema-registry.js';
 import { badRequest } from '../../errors.js';
-import { kindOf, paramValue, q, ref, selectItem } from './columns.js';
+import { kindOf, paramValue, q, ref, selectItem, valueExpr } from './columns.js';
 
 export class Params {
   readonly values: unknown[] = [];
@@ -177,7 +177,7 @@ export const batchKeyName = (i: number) => `__strata_b${i}`;
  * parent of a level: `= ANY($1)` for one column, `IN (SELECT * FROM unnest(...))` for several.
  */
 export function batchLookupSql(t: TableInfo, cols: ColumnInfo[], keyCols: ColumnInfo[], keys: unknown[][], p: Params): string {
-  const keyItems = keyCols.map((c, i) => `${ref(c, 'r')} AS ${q(batchKeyName(i))}`);
+  const keyItems = keyCols.map((c, i) => `${valueExpr(c, ref(c, 'r'))} AS ${q(batchKeyName(i))}`);
   const select = `SELECT ${[selectList(cols, 'r'), ...keyItems].join(', ')} FROM ${t.qualified} r`;
   if (keyCols.length === 1) {
     const c = keyCols[0] as ColumnInfo;
@@ -209,7 +209,7 @@ export function batchChildrenSql(
     `SELECT ${selectList(cols, 'r')}, row_number() OVER (ORDER BY ${orderSql(items, 'r')}) AS "__strata_rn" ` +
     `FROM ${t.qualified} r WHERE ${join.join(' AND ')} ORDER BY ${orderSql(items, 'r')} LIMIT ${p.add(limit)}`;
   return (
-    `SELECT ${kCols.map((k) => `k.${k}`).join(', ')}, s.* FROM unnest(${arrays.join(', ')}) WITH ORDINALITY AS k(${kCols.join(', ')}, "__strata_ord") ` +
+    `SELECT ${keyCols.map((c, i) => `${valueExpr(c, `k.${kCols[i]}`)} AS ${kCols[i]}`).join(', ')}, s.* FROM unnest(${arrays.join(', ')}) WITH ORDINALITY AS k(${kCols.join(', ')}, "__strata_ord") ` +
     `CROSS JOIN LATERAL (${inner}) s ORDER BY k."__strata_ord", s."__strata_rn"`
   );
 }
