@@ -29,6 +29,7 @@ import { createRowsService, type RowsService } from './services/rows.js';
 import { createCursorCodec } from './services/rest-query/cursor.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
+import sqlRoutes from './api/rest/sql/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -127,6 +128,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(apiKeyRoutes, { prefix: '/v1/admin/api-keys' });
   await app.register(tableRoutes, { prefix: '/v1/tables' });
   await app.register(migrationRoutes, { prefix: '/v1/admin/migrations' });
+  await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
   return app;
 }

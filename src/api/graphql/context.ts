@@ -1,0 +1,145 @@
+/**
+ * Per-request GraphQL state: the caller's session context, the batch loaders, and for mutation
+ * operations ONE transaction shared by every mutation field (opened lazily by the first one,
+ * committed or rolled back once the whole operation has resolved: any error rolls all back).
+ */
+import type pg from 'pg';
+import type { FastifyBaseLogger } from 'fastify';
+import type { GraphQLResolveInfo } from 'graphql';
+import { CAN } from '../../domain.js';
+import type { Database } from '../../db/database.js';
+import type { SessionContext, Tx } from '../../db/session.js';
+import { AppError, forbidden, unauthorized } from '../../errors.js';
+import type { BatchLoader } from './loaders.js';
+
+const ROLLBACK = Symbol('rollback');
+
+/** The transaction of a mutation operation, held open across its (serially run) root fields. */
+class MutationTransaction {
+  private opened: Promise<Tx> | undefined;
+  private settle: ((commit: boolean) => void) | undefined;
+  private finished: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Database,
+    private readonly ctx: SessionContext,
+  ) {}
+
+  get started(): boolean {
+    return this.opened !== undefined;
+  }
+
+  tx(): Promise<Tx> {
+    this.opened ??= new Promise<Tx>((resolveTx, rejectTx) => {
+      // No automatic retry: the statements already ran and their results are in the response.
+      this.finished = this.db
+        .withTenant(
+          this.ctx,
+          (tx) =>
+            new Promise<void>((commit, rollback) => {
+              this.settle = (ok) => (ok ? commit() : rollback(ROLLBACK));
+              resolveTx(tx);
+            }),
+          { retries: 0 },
+        )
+        .catch((err: unknown) => {
+          rejectTx(err);
+          if (err !== ROLLBACK) throw err;
+        });
+      this.finished.catch(() => undefined);
+    });
+    return this.opened;
+  }
+
+  /** Commit (when `commit` and nothing failed) or roll back; resolves to the commit error, if any. */
+  async end(commit: boolean): Promise<unknown> {
+    const finished = this.finished;
+    if (!finished) return undefined;
+    this.finished = undefined;
+    this.settle?.(commit);
+    try {
+      await finished;
+      return undefined;
+    } catch (err) {
+      return commit ? err : undefined;
+    }
+  }
+}
+
+export class GraphqlRequest {
+  readonly loaders = new Map<string, BatchLoader<unknown>>();
+  private mutation: MutationTransaction | undefined;
+  /** Set when a mutation field or a statement of the mutation transaction failed. */
+  mutationFailed = false;
+  /** HTTP status of the errors formatted for this request (first 4xx/5xx wins). */
+  errorStatus: number | undefined;
+
+  constructor(
+    readonly db: Database,
+    private readonly session: SessionContext | null,
+    readonly log: FastifyBaseLogger,
+    readonly operationName: string | undefined,
+  ) {}
+
+  get ctx(): SessionContext {
+    if (!this.session) throw unauthorized('UNAUTHENTICATED', 'authentication is required');
+    return this.session;
+  }
+
+  assertCanWrite(): void {
+    const role = this.ctx.role;
+    if (!(CAN.write as readonly string[]).includes(role)) {
+      throw forbidden('ROLE_FORBIDDEN', `role ${role} may not run mutations (needs one of ${CAN.write.join(', ')})`);
+    }
+  }
+
+  get mutationStarted(): boolean {
+    return this.mutation?.started ?? false;
+  }
+
+  /** Run one statement: in the mutation transaction for mutations, else its own read-only one. */
+  async query<R extends pg.QueryResultRow = Record<string, unknown>>(info: GraphQLResolveInfo, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+    if (info.operation.operation !== 'mutation') return this.db.tenantQuery<R>(this.ctx, text, values, { readOnly: true });
+    if (this.mutationFailed) throw new AppError(409, 'MUTATION_ABORTED', 'not run: an earlier part of this mutation request failed');
+    this.mutation ??= new MutationTransaction(this.db, this.ctx);
+    try {
+      const tx = await this.mutation.tx();
+      return await tx.query<R>(text, values);
+    } catch (err) {
+      this.mutationFailed = true;
+      throw err;
+    }
+  }
+
+  /** A list and its count together: one round trip (read-only transaction, pipelined). */
+  async queryWithCount<R extends pg.QueryResultRow>(
+    info: GraphQLResolveInfo,
+    list: { text: string; values: unknown[] },
+    count: { text: string; values: unknown[] },
+  ): Promise<[pg.QueryResult<R>, number]> {
+    if (info.operation.operation === 'mutation') {
+      const [rows, n] = await Promise.all([this.query<R>(info, list.text, list.values), this.query<{ n: number }>(info, count.text, count.values)]);
+      return [rows, n.rows[0]?.n ?? 0];
+    }
+    return this.db.withTenant(
+      this.ctx,
+      async (tx) => {
+        const [rows, n] = await Promise.all([tx.query<R>(list.text, list.values), tx.query<{ n: number }>(count.text, count.values, { final: true })]);
+        return [rows, n.rows[0]?.n ?? 0] as [pg.QueryResult<R>, number];
+      },
+      { readOnly: true },
+    );
+  }
+
+  /** Finish the mutation transaction (if one was opened): the commit error when it failed. */
+  async endMutation(commit: boolean): Promise<unknown> {
+    const m = this.mutation;
+    if (!m) return undefined;
+    this.mutation = undefined;
+    return m.end(commit && !this.mutationFailed);
+  }
+}
+
+export interface GraphqlContext {
+  strata: GraphqlRequest;
+}
