@@ -27,6 +27,8 @@ import type { JobsService } from './jobs/queues.js';
 import { createRegistryService, type SchemaRegistry } from './services/schema-registry.js';
 import { createRowsService, type RowsService } from './services/rows.js';
 import { createCursorCodec } from './services/rest-query/cursor.js';
+import { createTransactionService, type TransactionService } from './services/transactions.js';
+import transactionRoutes from './api/rest/transactions/index.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
@@ -36,6 +38,7 @@ export interface AppServices {
   apiKeys: ApiKeyService;
   schema: SchemaRegistry;
   rows: RowsService;
+  transactions: TransactionService;
   migrations: MigrationService;
 }
 
@@ -97,17 +100,19 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
+  const rows = createRowsService({
+    db,
+    schema,
+    cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
+    defaultLimit: config.ROWS_DEFAULT_LIMIT,
+    maxLimit: config.ROWS_MAX_LIMIT,
+  });
   const services: AppServices = {
     tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
     apiKeys: createApiKeyService({ kysely }),
     schema,
-    rows: createRowsService({
-      db,
-      schema,
-      cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
-      defaultLimit: config.ROWS_DEFAULT_LIMIT,
-      maxLimit: config.ROWS_MAX_LIMIT,
-    }),
+    rows,
+    transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
   };
   app.decorate('config', config);
@@ -128,6 +133,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(apiKeyRoutes, { prefix: '/v1/admin/api-keys' });
   await app.register(tableRoutes, { prefix: '/v1/tables' });
   await app.register(migrationRoutes, { prefix: '/v1/admin/migrations' });
+  await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
   return app;

@@ -1,0 +1,308 @@
+/**
+ * Resolvers of the generated schema. Lists and lookups run one statement each (read-only, one
+ * round trip); relationships go through per-request batch loaders so each level of a result costs
+ * one query whatever the row count; mutations share the request's one transaction.
+ */
+import type { GraphQLFieldResolver, GraphQLResolveInfo } from 'graphql';
+import type { ColumnInfo, Relationship, TableInfo } from '../../services/schema-registry.js';
+import { AppError, badRequest } from '../../errors.js';
+import type { GraphqlContext, GraphqlRequest } from './context.js';
+import { checkFirst } from './cost.js';
+import { decodeCursor, encodeCursor } from './cursor.js';
+import { BatchLoader, keyOf } from './loaders.js';
+import { cached, nodePlan, subFields, type NodePlan } from './selection.js';
+import {
+  Params,
+  aggAlias,
+  aggregateSql,
+  batchChildrenSql,
+  batchKeyName,
+  batchLookupSql,
+  byPkSql,
+  compileWhere,
+  countSql,
+  keyName,
+  listSql,
+  orderItems,
+  orderSignature,
+  type AggregateFn,
+  type AggregatePlan,
+  type BoolExp,
+  type OrderSpec,
+} from './sql.js';
+import { deleteByPkSql, deleteWhereSql, insertSql, updateByPkSql, updateWhereSql } from './sql-write.js';
+import { validateWrite } from './validate.js';
+
+type Row = Record<string, unknown>;
+type Args = Record<string, unknown>;
+export type Resolver = GraphQLFieldResolver<Row, GraphqlContext, Args>;
+type OrderBy = ReadonlyArray<Record<string, OrderSpec>>;
+
+/** A table with its relationships by field name, as exposed in the schema. */
+export interface TableModel {
+  table: TableInfo;
+  rels: Map<string, Relationship>;
+}
+
+interface ConnectionPlan {
+  node: NodePlan;
+  rows: boolean;
+  edges: boolean;
+  count: boolean;
+}
+
+const connectionPlans = new WeakMap<object, ConnectionPlan>();
+const nodePlans = new WeakMap<object, NodePlan>();
+const returningPlans = new WeakMap<object, NodePlan | null>();
+const aggregatePlans = new WeakMap<object, Omit<AggregatePlan, 'groupBy'>>();
+
+function connectionPlan(m: TableModel, info: GraphQLResolveInfo): ConnectionPlan {
+  return cached(connectionPlans, info.fieldNodes, () => {
+    const subs = subFields(info, info.fieldNodes);
+    const nodeFields = [...(subs.get('nodes') ?? [])];
+    for (const e of subs.get('edges') ?? []) nodeFields.push(...(subFields(info, [e]).get('node') ?? []));
+    return {
+      node: nodePlan(m.table, m.rels, info, nodeFields),
+      rows: subs.has('nodes') || subs.has('edges') || subs.has('pageInfo'),
+      edges: subs.has('edges'),
+      count: subs.has('totalCount'),
+    };
+  });
+}
+
+const rowPlan = (m: TableModel, info: GraphQLResolveInfo) => cached(nodePlans, info.fieldNodes, () => nodePlan(m.table, m.rels, info, info.fieldNodes));
+
+/** Columns for `returning { ... }` of a mutation response; null when not selected. */
+const returningPlan = (m: TableModel, info: GraphQLResolveInfo) =>
+  cached(returningPlans, info.fieldNodes, () => {
+    const nodes = subFields(info, info.fieldNodes).get('returning');
+    return nodes ? nodePlan(m.table, m.rels, info, nodes) : null;
+  });
+
+const pkArgs = (t: TableInfo, args: Args) => Object.fromEntries(t.primaryKey.map((k) => [k, args[k]]));
+
+export function listResolver(m: TableModel): Resolver {
+  const t = m.table;
+  return async (_src, args, { strata }, info) => {
+    const plan = connectionPlan(m, info);
+    const first = checkFirst(args['first'], info.fieldName);
+    const items = orderItems(t, args['order_by'] as OrderBy | undefined);
+    const signature = orderSignature(items);
+    const after = typeof args['after'] === 'string' ? decodeCursor(args['after'], t.name, items, signature) : undefined;
+    const p = new Params();
+    const where = compileWhere(t, args['where'] as BoolExp | undefined, p);
+    const whereValues = [...p.values];
+    let rows: Row[] = [];
+    let totalCount: number | undefined;
+    if (plan.rows) {
+      const text = listSql(t, plan.node.columns, where, items, after, first + 1, p);
+      if (plan.count) {
+        const [res, n] = await strata.queryWithCount(info, { text, values: p.values }, { text: countSql(t, where), values: whereValues });
+        rows = res.rows;
+        totalCount = n;
+      } else {
+        rows = (await strata.query(info, text, p.values)).rows;
+      }
+    } else if (plan.count) {
+      totalCount = (await strata.query<{ n: number }>(info, countSql(t, where), whereValues)).rows[0]?.n ?? 0;
+    }
+    const nodes = rows.length > first ? rows.slice(0, first) : rows;
+    const cursorOf = (r: Row) => encodeCursor(t.name, signature, items.map((_, i) => (r[keyName(i)] ?? null) as string | null));
+    const last = nodes[nodes.length - 1];
+    return {
+      nodes,
+      edges: plan.edges ? nodes.map((node) => ({ cursor: cursorOf(node), node })) : [],
+      pageInfo: { hasNextPage: rows.length > first, endCursor: last ? cursorOf(last) : null },
+      totalCount,
+    };
+  };
+}
+
+export function byPkResolver(m: TableModel): Resolver {
+  return async (_src, args, { strata }, info) => {
+    const p = new Params();
+    const text = byPkSql(m.table, rowPlan(m, info).columns, pkArgs(m.table, args), p);
+    return (await strata.query(info, text, p.values)).rows[0] ?? null;
+  };
+}
+
+const AGG_FNS: AggregateFn[] = ['sum', 'avg', 'min', 'max'];
+
+export function aggregateResolver(m: TableModel): Resolver {
+  const t = m.table;
+  return async (_src, args, { strata }, info) => {
+    const plan = cached(aggregatePlans, info.fieldNodes, () => {
+      const groups = subFields(info, info.fieldNodes).get('groups') ?? [];
+      const subs = subFields(info, groups);
+      const fns = AGG_FNS.flatMap((fn) =>
+        [...subFields(info, subs.get(fn) ?? []).keys()].flatMap((name) => {
+          const column = t.columnMap.get(name);
+          return column ? [{ fn, column }] : [];
+        }),
+      );
+      return { count: subs.has('count'), fns };
+    });
+    const groupBy = ((args['group_by'] as string[] | undefined) ?? []).map((n) => t.columnMap.get(n)).filter((c): c is ColumnInfo => c !== undefined);
+    const p = new Params();
+    const where = compileWhere(t, args['where'] as BoolExp | undefined, p);
+    const { rows } = await strata.query(info, aggregateSql(t, { ...plan, groupBy }, where), p.values);
+    return {
+      groups: rows.map((r) => {
+        const group: Row = { key: Object.fromEntries(groupBy.map((c) => [c.name, r[c.name]])), count: r['__strata_count'] };
+        for (const fn of AGG_FNS) {
+          const fields = plan.fns.filter((f) => f.fn === fn);
+          group[fn] = Object.fromEntries(fields.map(({ column }) => [column.name, r[aggAlias(fn, column)]]));
+        }
+        return group;
+      }),
+    };
+  };
+}
+
+/** The join columns of a relationship; tenant_id drops out when RLS already pins both sides to one tenant. */
+export function joinColumns(local: TableInfo, remote: TableInfo, rel: Relationship): { local: ColumnInfo[]; remote: ColumnInfo[] } {
+  const pinned = (t: TableInfo) => t.hasTenantId && t.rls.enabled && t.rls.forced;
+  const pairs = rel.localColumns.map((c, i) => [c, rel.remoteColumns[i] as string] as const);
+  const reduced = pinned(local) && pinned(remote) ? pairs.filter(([a, b]) => !(a === 'tenant_id' && b === 'tenant_id')) : pairs;
+  const use = reduced.length ? reduced : pairs;
+  return {
+    local: use.map(([a]) => local.columnMap.get(a) as ColumnInfo),
+    remote: use.map(([, b]) => remote.columnMap.get(b) as ColumnInfo),
+  };
+}
+
+function loader<V>(strata: GraphqlRequest, key: string, make: () => BatchLoader<V>): BatchLoader<V> {
+  let l = strata.loaders.get(key) as BatchLoader<V> | undefined;
+  if (!l) {
+    l = make();
+    strata.loaders.set(key, l as BatchLoader<unknown>);
+  }
+  return l;
+}
+
+/** A relationship field: many-to-one as an object, one-to-many as a list with where/order_by/first. */
+export function relationshipResolver(parent: TableModel, remote: TableModel, rel: Relationship): Resolver {
+  const join = joinColumns(parent.table, remote.table, rel);
+  const id = `${parent.table.name}.${rel.name}`;
+  if (rel.kind === 'many-to-one') {
+    return (src, _args, { strata }, info) => {
+      const values = join.local.map((c) => src[c.name]);
+      if (values.some((v) => v === null || v === undefined)) return null;
+      const plan = rowPlan(remote, info);
+      const l = loader<Row | null>(
+        strata,
+        `${id}|${plan.signature}`,
+        () =>
+          new BatchLoader(async (keys) => {
+            const p = new Params();
+            const text = batchLookupSql(remote.table, plan.columns, join.remote, keys.map((k) => k.values), p);
+            const { rows } = await strata.query(info, text, p.values);
+            return new Map(rows.map((r) => [keyOf(join.remote.map((_, i) => r[batchKeyName(i)])), r]));
+          }, () => null),
+      );
+      return l.load(keyOf(values), values);
+    };
+  }
+  return (src, args, { strata }, info) => {
+    const values = join.local.map((c) => src[c.name]);
+    if (values.some((v) => v === null || v === undefined)) return [];
+    const plan = rowPlan(remote, info);
+    const first = checkFirst(args['first'], info.fieldName);
+    const l = loader<Row[]>(
+      strata,
+      `${id}|${plan.signature}|${JSON.stringify(args)}`,
+      () =>
+        new BatchLoader(async (keys) => {
+          const p = new Params();
+          const where = compileWhere(remote.table, args['where'] as BoolExp | undefined, p, 'r');
+          const items = orderItems(remote.table, args['order_by'] as OrderBy | undefined);
+          const text = batchChildrenSql(remote.table, plan.columns, join.remote, keys.map((k) => k.values), where, items, first, p);
+          const { rows } = await strata.query(info, text, p.values);
+          const out = new Map<string, Row[]>();
+          for (const r of rows) {
+            const k = keyOf(join.remote.map((_, i) => r[batchKeyName(i)]));
+            const list = out.get(k);
+            if (list) list.push(r);
+            else out.set(k, [r]);
+          }
+          return out;
+        }, () => []),
+    );
+    return l.load(keyOf(values), values);
+  };
+}
+
+/** Mutation root fields: writer role, serial, sharing the request transaction; one failure dooms the rest. */
+function mutation(fn: Resolver): Resolver {
+  return async (src, args, context, info) => {
+    const { strata } = context;
+    strata.assertCanWrite();
+    if (strata.mutationFailed) throw new AppError(409, 'MUTATION_ABORTED', 'not run: an earlier mutation of this request failed, and the request is rolled back');
+    strata.loaders.clear(); // reads after a write must not see rows cached before it
+    try {
+      return await fn(src, args, context, info);
+    } catch (err) {
+      strata.mutationFailed = true;
+      throw err;
+    }
+  };
+}
+
+const refuseUnfiltered = (field: string) =>
+  badRequest('UNFILTERED_MASS_WRITE', `${field} needs a non-empty where: an unfiltered mass write is refused`, { field: `${field}.where` });
+
+export function insertResolver(m: TableModel, one: boolean): Resolver {
+  return mutation(async (_src, args, { strata }, info) => {
+    const objects = one ? [args['object'] as Row] : (args['objects'] as Row[]);
+    objects.forEach((o, i) => validateWrite(m.table, o, one ? 'object' : `objects[${i}]`));
+    if (!objects.length) return [];
+    const p = new Params();
+    const { rows } = await strata.query(info, insertSql(m.table, objects, rowPlan(m, info).columns, p), p.values);
+    return one ? (rows[0] ?? null) : rows;
+  });
+}
+
+function setArg(m: TableModel, args: Args): Row {
+  const set = (args['_set'] as Row | undefined) ?? {};
+  validateWrite(m.table, set, '_set');
+  if (!Object.values(set).some((v) => v !== undefined)) throw badRequest('NOTHING_TO_UPDATE', '_set names no column to update', { field: '_set' });
+  return set;
+}
+
+export function updateByPkResolver(m: TableModel): Resolver {
+  return mutation(async (_src, args, { strata }, info) => {
+    const set = setArg(m, args);
+    const p = new Params();
+    const text = updateByPkSql(m.table, args['pk_columns'] as Row, set, rowPlan(m, info).columns, p);
+    return (await strata.query(info, text, p.values)).rows[0] ?? null;
+  });
+}
+
+export function updateWhereResolver(m: TableModel): Resolver {
+  return mutation(async (_src, args, { strata }, info) => {
+    const p = new Params();
+    const where = compileWhere(m.table, args['where'] as BoolExp, p);
+    if (where === null) throw refuseUnfiltered(info.fieldName);
+    const set = setArg(m, args);
+    const res = await strata.query(info, updateWhereSql(m.table, where, set, returningPlan(m, info)?.columns ?? null, p), p.values);
+    return { affected_rows: res.rowCount ?? 0, returning: res.rows };
+  });
+}
+
+export function deleteByPkResolver(m: TableModel): Resolver {
+  return mutation(async (_src, args, { strata }, info) => {
+    const p = new Params();
+    const text = deleteByPkSql(m.table, pkArgs(m.table, args), rowPlan(m, info).columns, p);
+    return (await strata.query(info, text, p.values)).rows[0] ?? null;
+  });
+}
+
+export function deleteWhereResolver(m: TableModel): Resolver {
+  return mutation(async (_src, args, { strata }, info) => {
+    const p = new Params();
+    const where = compileWhere(m.table, args['where'] as BoolExp, p);
+    if (where === null) throw refuseUnfiltered(info.fieldName);
+    const res = await strata.query(info, deleteWhereSql(m.table, where, returningPlan(m, info)?.columns ?? null, p), p.values);
+    return { affected_rows: res.rowCount ?? 0, returning: res.rows };
+  });
+}
