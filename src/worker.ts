@@ -5,7 +5,9 @@
  * which hands it to another worker.
  */
 import type { LoggerOptions } from 'pino';
-import { ConfigError, loadConfig } from './config.js';
+import type { FastifyBaseLogger } from 'fastify';
+import { ConfigError, loadConfig, type Config } from './config.js';
+import type { Runtime } from './runtime.js';
 import { startTelemetry } from './telemetry.js';
 
 /** Leaves room under a 30 s orchestrator grace period (Docker, Kubernetes) for closing the pools. */
@@ -21,7 +23,7 @@ async function main(): Promise<void> {
   // Loaded after telemetry starts, so the pg and ioredis instrumentations can patch them.
   const [{ default: pino }, { loggerOptions }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }] = await Promise.all([
     import('pino'),
-    import('./app.js'),
+    import('./logger.js'),
     import('./runtime.js'),
     import('./jobs/queues.js'),
     import('./jobs/runtime.js'),
@@ -32,6 +34,7 @@ async function main(): Promise<void> {
   const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
   const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });
   await registerSchedules(jobs, config, log);
+  const health = config.WORKER_HEALTH_PORT > 0 ? await serveHealth(config, runtime, log) : undefined;
 
   let closing = false;
   const shutdown = async (signal: string) => {
@@ -42,6 +45,7 @@ async function main(): Promise<void> {
     force.unref();
     let code = 0;
     try {
+      await health?.close();
       await workers.close({ timeoutMs: JOB_GRACE_MS });
       await jobs.close();
       await runtime.stop();
@@ -56,6 +60,23 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   log.info({ concurrency: config.WORKER_CONCURRENCY }, 'Strata worker running');
+}
+
+/** /healthz, /readyz and /metrics for the worker process (every process has them). */
+async function serveHealth(config: Config, runtime: Runtime, log: FastifyBaseLogger) {
+  const { default: Fastify } = await import('fastify');
+  const app = Fastify({ loggerInstance: log });
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const [database, redis] = await Promise.all([
+      runtime.db.adminQuery('SELECT 1').then(() => true, () => false),
+      runtime.redis.client.ping().then((p) => p === 'PONG', () => false),
+    ]);
+    return reply.code(database && redis ? 200 : 503).send({ status: database && redis ? 'ready' : 'not_ready', checks: { database: { ok: database }, redis: { ok: redis } } });
+  });
+  app.get('/metrics', async (_req, reply) => reply.type(runtime.registry.contentType).send(await runtime.registry.metrics()));
+  await app.listen({ port: config.WORKER_HEALTH_PORT, host: config.HOST });
+  return app;
 }
 
 main().catch((err: unknown) => {

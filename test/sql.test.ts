@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
-import { runAsAnalyst } from '../src/services/sql.js';
+import { createSqlService, runAsAnalyst } from '../src/services/sql.js';
 import { guardStatement, isDeniedFunction } from '../src/services/sql-guard.js';
 
 interface SqlBody {
@@ -328,6 +328,21 @@ describe('POST /v1/sql', () => {
       expect(rows.map((r) => r.priv)).toEqual(['pipeline_runs:SELECT', 'pipelines:SELECT', 'run_logs:SELECT', 'run_steps:SELECT']);
       const { rows: role } = await t.db.adminQuery('SELECT rolsuper, rolbypassrls, rolcanlogin, rolinherit FROM pg_roles WHERE rolname = $1', ['strata_analyst']);
       expect(role[0]).toEqual({ rolsuper: false, rolbypassrls: false, rolcanlogin: false, rolinherit: false });
+    });
+  });
+
+  describe('the sandbox check', () => {
+    it('refuses raw SQL with 503 SQL_SANDBOX_UNAVAILABLE while strata_analyst may call set_config', async () => {
+      const fn = 'pg_catalog.set_config(text, text, boolean)';
+      await t.db.adminQuery(`GRANT EXECUTE ON FUNCTION ${fn} TO strata_analyst`); // this test database only
+      try {
+        const service = createSqlService({ db: t.db, config: t.config });
+        await expect(service.query(acme, { sql: 'SELECT 1' })).rejects.toMatchObject({ statusCode: 503, code: 'SQL_SANDBOX_UNAVAILABLE' });
+      } finally {
+        await t.db.adminQuery(`REVOKE EXECUTE ON FUNCTION ${fn} FROM strata_analyst`);
+      }
+      const service = createSqlService({ db: t.db, config: t.config });
+      await expect(service.query(acme, { sql: 'SELECT 1 AS one' })).resolves.toMatchObject({ data: [{ one: 1 }] });
     });
   });
 

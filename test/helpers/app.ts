@@ -12,6 +12,8 @@ import { Database } from '../../src/db/database.js';
 import { createMigrator, defaultMigrationsDir, type Migrator } from '../../src/db/migrations/index.js';
 import { seedDemo } from '../../src/db/seed.js';
 import { connectRedis, type RedisHandle } from '../../src/redis.js';
+import { createJobs, type JobsService } from '../../src/jobs/queues.js';
+import { randomUUID } from 'node:crypto';
 import type { Role } from '../../src/domain.js';
 import { createTestDatabase, REDIS_URL, urlFor, type TestDatabase } from './databases.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE, TEST_JWT_SECRET } from './constants.js';
@@ -24,6 +26,8 @@ export interface TestApp {
   redis: RedisHandle;
   migrator: Migrator;
   registry: Registry;
+  /** The app's JobsService, on a BullMQ prefix of its own. */
+  jobs: JobsService;
   /** A signed token (HS256, test secret). Pass `tenant: null` for a tenantless platform_admin. */
   token(role: Role, tenant?: string | null, opts?: { sub?: string; expiresIn?: string | number; secret?: string }): Promise<string>;
   /** Headers with a Bearer token. */
@@ -38,6 +42,8 @@ export interface TestAppOptions {
   /** Seed the demo dataset (default false). */
   seed?: boolean;
   logLevel?: string;
+  /** Share a JobsService (e.g. with workers started by the test); otherwise one is made and closed. */
+  jobs?: JobsService;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
@@ -65,7 +71,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     await db.adminQuery("INSERT INTO strata.tenants (id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex') ON CONFLICT DO NOTHING");
   }
   if (opts.seed) await seedDemo(db, log);
-  const app = await build({ config, db, redis: redis.client, migrator, registry, jwtSecret: TEST_JWT_SECRET, loggerInstance: log });
+  const jobs = opts.jobs ?? createJobs({ redisUrl: config.REDIS_URL, prefix: `test-${randomUUID()}`, log });
+  const app = await build({ config, db, redis: redis.client, migrator, registry, jobs, jwtSecret: TEST_JWT_SECRET, loggerInstance: log });
   await app.ready();
 
   const token: TestApp['token'] = async (role, tenant = 'acme', o = {}) => {
@@ -86,10 +93,12 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     redis,
     migrator,
     registry,
+    jobs,
     token,
     auth: async (role, tenant) => ({ authorization: `Bearer ${await token(role, tenant)}` }),
     async close() {
       await app.close();
+      if (!opts.jobs) await jobs.close();
       await redis.close();
       await db.close(2000);
       await database.drop();

@@ -4,7 +4,7 @@
  * value JSON-exact (timestamps formatted by PostgreSQL, exotic types as text).
  */
 import pg from 'pg';
-import { GraphQLBoolean, GraphQLFloat, GraphQLInt, GraphQLString, type GraphQLScalarType } from 'graphql';
+import { GraphQLBoolean, GraphQLFloat, GraphQLInt, GraphQLString, type GraphQLScalarType } from 'graphql/index.js';
 import type { ColumnInfo } from '../../services/schema-registry.js';
 import { BigIntScalar, DateTimeScalar, JSONScalar } from './scalars.js';
 

@@ -5,14 +5,16 @@
  */
 import type pg from 'pg';
 import type { FastifyBaseLogger } from 'fastify';
-import type { GraphQLResolveInfo } from 'graphql';
+import { OperationTypeNode, type GraphQLResolveInfo } from 'graphql/index.js';
 import { CAN } from '../../domain.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, forbidden, unauthorized } from '../../errors.js';
 import type { BatchLoader } from './loaders.js';
 
-const ROLLBACK = Symbol('rollback');
+/** Rejection that makes withTenant roll the mutation transaction back. */
+class Rollback extends Error {}
+const ROLLBACK = new Rollback('rollback');
 
 /** The transaction of a mutation operation, held open across its (serially run) root fields. */
 class MutationTransaction {
@@ -43,7 +45,7 @@ class MutationTransaction {
           { retries: 0 },
         )
         .catch((err: unknown) => {
-          rejectTx(err);
+          rejectTx(err instanceof Error ? err : new Error(String(err)));
           if (err !== ROLLBACK) throw err;
         });
       this.finished.catch(() => undefined);
@@ -69,6 +71,8 @@ class MutationTransaction {
 export class GraphqlRequest {
   readonly loaders = new Map<string, BatchLoader<unknown>>();
   private mutation: MutationTransaction | undefined;
+  /** The operation is a mutation (set before execution). */
+  isMutation = false;
   /** Set when a mutation field or a statement of the mutation transaction failed. */
   mutationFailed = false;
   /** HTTP status of the errors formatted for this request (first 4xx/5xx wins). */
@@ -99,7 +103,7 @@ export class GraphqlRequest {
 
   /** Run one statement: in the mutation transaction for mutations, else its own read-only one. */
   async query<R extends pg.QueryResultRow = Record<string, unknown>>(info: GraphQLResolveInfo, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
-    if (info.operation.operation !== 'mutation') return this.db.tenantQuery<R>(this.ctx, text, values, { readOnly: true });
+    if (info.operation.operation !== OperationTypeNode.MUTATION) return this.db.tenantQuery<R>(this.ctx, text, values, { readOnly: true });
     if (this.mutationFailed) throw new AppError(409, 'MUTATION_ABORTED', 'not run: an earlier part of this mutation request failed');
     this.mutation ??= new MutationTransaction(this.db, this.ctx);
     try {
@@ -117,7 +121,7 @@ export class GraphqlRequest {
     list: { text: string; values: unknown[] },
     count: { text: string; values: unknown[] },
   ): Promise<[pg.QueryResult<R>, number]> {
-    if (info.operation.operation === 'mutation') {
+    if (info.operation.operation === OperationTypeNode.MUTATION) {
       const [rows, n] = await Promise.all([this.query<R>(info, list.text, list.values), this.query<{ n: number }>(info, count.text, count.values)]);
       return [rows, n.rows[0]?.n ?? 0];
     }

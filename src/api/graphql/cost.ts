@@ -5,6 +5,7 @@
  */
 import {
   Kind,
+  OperationTypeNode,
   getNamedType,
   getOperationAST,
   isObjectType,
@@ -15,7 +16,7 @@ import {
   type GraphQLSchema,
   type OperationDefinitionNode,
   type SelectionSetNode,
-} from 'graphql';
+} from 'graphql/index.js';
 import { badRequest } from '../../errors.js';
 
 export const LIMITS = {
@@ -65,7 +66,7 @@ export function checkLimits(
   if (!op) return 0;
   const fragments = new Map<string, FragmentDefinitionNode>();
   for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments.set(d.name.value, d);
-  const root = op.operation === 'mutation' ? schema.getMutationType() : op.operation === 'query' ? schema.getQueryType() : schema.getSubscriptionType();
+  const root = op.operation === OperationTypeNode.MUTATION ? schema.getMutationType() : op.operation === OperationTypeNode.QUERY ? schema.getQueryType() : schema.getSubscriptionType();
   let cost = 0;
 
   const visit = (set: SelectionSetNode, type: GraphQLObjectType | undefined, mult: number, depth: number, inFragments: ReadonlySet<string>) => {

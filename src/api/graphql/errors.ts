@@ -4,7 +4,7 @@
  * graphql-js and mercurius under GRAPHQL_PARSE_FAILED / GRAPHQL_VALIDATION_FAILED, and anything
  * else as INTERNAL with a generic message (the real error is logged with the request id).
  */
-import { GraphQLError } from 'graphql';
+import { GraphQLError } from 'graphql/index.js';
 import type { FastifyBaseLogger } from 'fastify';
 import { AppError } from '../../errors.js';
 import { toAppError } from '../../db/errors.js';

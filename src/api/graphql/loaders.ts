@@ -55,4 +55,4 @@ export class BatchLoader<V> {
 }
 
 /** A stable string for a key tuple (driver values: strings for int8/numeric, numbers for int4). */
-export const keyOf = (values: readonly unknown[]) => JSON.stringify(values.map((v) => (v === null || v === undefined ? null : String(v))));
+export const keyOf = (values: readonly unknown[]) => JSON.stringify(values.map((v) => (v === null || v === undefined ? null : typeof v === 'object' ? JSON.stringify(v) : String(v as string | number | bigint | boolean))));

@@ -302,7 +302,7 @@ export function deleteWhereResolver(m: TableModel): Resolver {
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);
-    const res = await strata.query(info, deleteWhereSql(m.table, where, returningPlan(m, info)?.columns ?? null, p), p.values);
+    const res = await strata.query(info, deleteWhereSql(m.table, where, returningPlan(m, info)?.columns ?? null), p.values);
     return { affected_rows: res.rowCount ?? 0, returning: res.rows };
   });
 }

@@ -3,7 +3,7 @@
  * are) and DateTime (ISO 8601 strings, exact to the microsecond because PostgreSQL formats them).
  * Parse errors are GraphQLErrors, so they surface as GRAPHQL_VALIDATION_FAILED.
  */
-import { GraphQLError, GraphQLScalarType, Kind, type ValueNode } from 'graphql';
+import { GraphQLError, GraphQLScalarType, Kind, type ValueNode } from 'graphql/index.js';
 
 const INT8_MIN = -(2n ** 63n);
 const INT8_MAX = 2n ** 63n - 1n;

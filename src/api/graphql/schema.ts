@@ -7,6 +7,7 @@
 import {
   GraphQLBoolean,
   GraphQLEnumType,
+  GraphQLFloat,
   GraphQLID,
   GraphQLInputObjectType,
   GraphQLInt,
@@ -22,7 +23,7 @@ import {
   type GraphQLInputType,
   type GraphQLOutputType,
   type GraphQLScalarType,
-} from 'graphql';
+} from 'graphql/index.js';
 import type { FastifyBaseLogger } from 'fastify';
 import { relationships, type ColumnInfo, type TableInfo } from '../../services/schema-registry.js';
 import type { GraphqlContext } from './context.js';
@@ -252,7 +253,7 @@ function aggregateField(m: TableModel, boolExp: GraphQLInputObjectType, columns:
   if (numeric.length) {
     groupFields['sum'] = { type: nonNull(new GraphQLObjectType({ name: `${n}_sum_fields`, fields: Object.fromEntries(numeric.map((c) => [c.name, { type: sumType(c) }])) })) };
     groupFields['avg'] = {
-      type: nonNull(new GraphQLObjectType({ name: `${n}_avg_fields`, fields: Object.fromEntries(numeric.map((c) => [c.name, { type: c.udt === 'numeric' ? GraphQLString : kindOf({ ...c, udt: 'float8' }).scalar }])) })),
+      type: nonNull(new GraphQLObjectType({ name: `${n}_avg_fields`, fields: Object.fromEntries(numeric.map((c) => [c.name, { type: c.udt === 'numeric' ? GraphQLString : GraphQLFloat }])) })),
     };
   }
   if (minMax.length) {

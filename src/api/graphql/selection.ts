@@ -5,7 +5,7 @@
  * the same query text reuses its plans (SQL shape built once per selection). @include/@skip are
  * ignored: selecting a superset of columns is harmless.
  */
-import { Kind, type FieldNode, type GraphQLResolveInfo, type SelectionSetNode } from 'graphql';
+import { Kind, type FieldNode, type GraphQLResolveInfo, type SelectionSetNode } from 'graphql/index.js';
 import type { ColumnInfo, Relationship, TableInfo } from '../../services/schema-registry.js';
 
 /** Sub-fields by field name (not alias), merged across fragments and repeated fields. */

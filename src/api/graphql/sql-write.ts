@@ -44,6 +44,6 @@ export function deleteByPkSql(t: TableInfo, pk: Record<string, unknown>, cols: C
   return `DELETE FROM ${t.qualified} WHERE ${pkCondition(t, pk, p)}${returning(cols)}`;
 }
 
-export function deleteWhereSql(t: TableInfo, where: string, cols: ColumnInfo[] | null, p: Params): string {
+export function deleteWhereSql(t: TableInfo, where: string, cols: ColumnInfo[] | null): string {
   return `DELETE FROM ${t.qualified} WHERE ${where}${returning(cols)}`;
 }

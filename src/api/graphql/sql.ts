@@ -45,7 +45,9 @@ function columnPredicate(c: ColumnInfo, exp: Record<string, unknown>, p: Params,
     }
     const sqlOp = OPS[op];
     if (!sqlOp) throw badRequest('INVALID_ARGUMENT', `unknown operator ${path}.${op}`, { field: `${path}.${op}` });
-    out.push(`${col} ${sqlOp} ${p.add(paramValue(c, v))}`);
+    // LIKE on a non-text column (uuid, numeric...) matches its text form
+    const lhs = (op === '_like' || op === '_ilike') && !kindOf(c).text ? `${col}::text` : col;
+    out.push(`${lhs} ${sqlOp} ${p.add(op === '_like' || op === '_ilike' ? v : paramValue(c, v))}`);
   }
   return out;
 }

@@ -1,0 +1,91 @@
+/**
+ * Kysely types of the database, generated from the migrations by scripts/gen-db-types.ts.
+ * Do not edit: run `npm run db:types` after changing a migration (CI runs `npm run db:types:check`).
+ *
+ * - TenantDB: the tenant tables of schema public (read and written through tenant sessions, under RLS).
+ * - PlatformDB: the platform tables of schema strata (admin connection only).
+ */
+import type { ColumnType, Generated } from 'kysely';
+
+/** bigint: read as a string (node-postgres keeps all 64 bits). */
+export type Int8 = ColumnType<string, bigint | number | string, bigint | number | string>;
+
+export type Timestamp = ColumnType<Date, Date | string, Date | string>;
+
+export type JsonPrimitive = boolean | number | string | null;
+export type JsonArray = JsonValue[];
+export type JsonObject = { [key: string]: JsonValue | undefined };
+export type JsonValue = JsonArray | JsonObject | JsonPrimitive;
+/** json/jsonb: parsed on read; written as JSON text (JSON.stringify), since arrays would bind as PostgreSQL arrays. */
+export type Json = ColumnType<JsonValue, string, string>;
+
+export interface PipelineRuns {
+  id: Generated<Int8>;
+  tenant_id: Generated<string>;
+  pipeline_id: Int8;
+  status: Generated<'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled'>;
+  params: Generated<Json>;
+  started_at: Timestamp | null;
+  finished_at: Timestamp | null;
+}
+
+export interface Pipelines {
+  id: Generated<Int8>;
+  tenant_id: Generated<string>;
+  name: string;
+  description: string | null;
+  status: Generated<'active' | 'paused' | 'archived'>;
+  created_at: Generated<Timestamp>;
+}
+
+export interface RunLogs {
+  id: Generated<Int8>;
+  tenant_id: Generated<string>;
+  run_id: Int8;
+  level: Generated<'debug' | 'info' | 'warn' | 'error'>;
+  message: string;
+  at: Generated<Timestamp>;
+}
+
+export interface RunSteps {
+  id: Generated<Int8>;
+  tenant_id: Generated<string>;
+  run_id: Int8;
+  parent_step_id: Int8 | null;
+  name: string;
+  status: Generated<'pending' | 'running' | 'succeeded' | 'failed' | 'skipped'>;
+  duration_ms: number | null;
+}
+
+export interface StrataApiKeys {
+  id: Generated<string>;
+  tenant_id: string;
+  role: 'reader' | 'writer' | 'analyst' | 'admin' | 'platform_admin';
+  name: string;
+  key_hash: Buffer;
+  created_by: string;
+  created_at: Generated<Timestamp>;
+  expires_at: Timestamp | null;
+  revoked_at: Timestamp | null;
+  last_used_at: Timestamp | null;
+}
+
+export interface StrataTenants {
+  id: string;
+  name: string;
+  status: Generated<'active' | 'suspended'>;
+  created_at: Generated<Timestamp>;
+  updated_at: Generated<Timestamp>;
+}
+
+export interface TenantDB {
+  pipeline_runs: PipelineRuns;
+  pipelines: Pipelines;
+  run_logs: RunLogs;
+  run_steps: RunSteps;
+}
+
+export interface PlatformDB {
+  'strata.api_keys': StrataApiKeys;
+  'strata.tenants': StrataTenants;
+}

@@ -1,0 +1,139 @@
+/**
+ * GraphQL at /graphql (mercurius, JIT after the first run) over a schema generated from the schema
+ * registry and rebuilt when it changes; GraphiQL at /graphiql (public page, no data without a
+ * token). /graphql requires authentication (route capability `read`); mutations need a writer
+ * role, run in ONE transaction per request and roll back entirely on any error. Depth, `first`
+ * and cost limits are checked before execution; every error carries `extensions.code`.
+ */
+import fp from 'fastify-plugin';
+import mercurius from 'mercurius';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+// graphql's CommonJS entry, explicitly: it is the instance mercurius and graphql-jit require. A bare
+// 'graphql' import may resolve to index.mjs under bundlers and vitest: a second "realm" whose types
+// graphql-js refuses. Every module of src/api/graphql imports it the same way.
+import { GraphQLBoolean, GraphQLObjectType, GraphQLSchema, OperationTypeNode, getOperationAST } from 'graphql/index.js';
+import { AppError, badRequest } from '../errors.js';
+import { GraphqlRequest } from '../api/graphql/context.js';
+import { checkLimits } from '../api/graphql/cost.js';
+import { formatErrors } from '../api/graphql/errors.js';
+import { buildGraphqlSchema } from '../api/graphql/schema.js';
+
+declare module 'mercurius' {
+  interface MercuriusContext {
+    strata: GraphqlRequest;
+  }
+}
+
+/** Mercurius' own depth check is a backstop that lets introspection (15 levels for GraphiQL) through; data depth is 10. */
+const INTROSPECTION_SAFE_DEPTH = 16;
+
+const placeholder = new GraphQLSchema({
+  query: new GraphQLObjectType({ name: 'Query', fields: { _empty: { type: GraphQLBoolean } } }),
+});
+
+function operationName(request: FastifyRequest): string | undefined {
+  const source = (request.method === 'GET' ? request.query : request.body) as { operationName?: unknown } | null | undefined;
+  return typeof source?.operationName === 'string' ? source.operationName : undefined;
+}
+
+export default fp(
+  async function graphqlPlugin(app: FastifyInstance) {
+    const registry = app.services.schema;
+    const requests = new WeakMap<FastifyRequest, GraphqlRequest>();
+    let builtVersion = -1;
+
+    /** Build the schema on first use (no database at boot) and again after every registry change. */
+    async function ensureSchema(): Promise<void> {
+      const tables = await registry.tables();
+      if (builtVersion === registry.version) return;
+      const version = registry.version;
+      app.graphql.replaceSchema(buildGraphqlSchema(tables, app.log));
+      builtVersion = version;
+    }
+    const unsubscribe = registry.onChange(() => {
+      ensureSchema().catch((err: unknown) => app.log.error({ err }, 'GraphQL schema rebuild failed'));
+    });
+    app.addHook('onClose', async () => {
+      unsubscribe();
+    });
+
+    // GraphQL has its own introspection; keep its routes out of the REST OpenAPI document.
+    app.addHook('onRoute', (route) => {
+      if (route.url === '/graphql' || route.url.startsWith('/graphiql')) route.schema = { ...route.schema, hide: true };
+    });
+
+    async function finish(request: FastifyRequest): Promise<void> {
+      const state = requests.get(request);
+      if (state?.mutationStarted) {
+        await state.endMutation(false);
+        request.log.warn('GraphQL mutation transaction rolled back after a request failure');
+      }
+    }
+
+    await app.register(mercurius, {
+      schema: placeholder,
+      path: '/graphql',
+      graphiql: true,
+      jit: 1,
+      queryDepth: INTROSPECTION_SAFE_DEPTH,
+      context: (request: FastifyRequest) => {
+        const state = new GraphqlRequest(app.db, request.ctx ?? null, request.log, operationName(request));
+        requests.set(request, state);
+        return { strata: state };
+      },
+      errorFormatter: (execution, context) => {
+        const log = context.reply?.log ?? app.log;
+        const { status, errors } = formatErrors(execution.errors, log);
+        context.strata.errorStatus ??= status;
+        const data = execution.data ?? null;
+        return { statusCode: data ? 200 : status, response: { data, errors } };
+      },
+      errorHandler: async (error: Error, request: FastifyRequest, reply: FastifyReply) => {
+        await finish(request);
+        if (error instanceof AppError && error.statusCode === 401) {
+          return reply.code(401).send({ error: { code: error.code, message: error.message } });
+        }
+        const { status, errors } = formatErrors([error], request.log);
+        return reply.code(status).send({ data: null, errors });
+      },
+      additionalRouteOptions: {
+        config: { capability: 'read' },
+        preHandler: async (request: FastifyRequest) => {
+          const source = (request.method === 'GET' ? request.query : request.body) as { query?: unknown } | null | undefined;
+          if (typeof source?.query !== 'string' || !source.query.trim()) {
+            throw badRequest('GRAPHQL_BAD_REQUEST', 'the request has no GraphQL query (send { "query": "..." })');
+          }
+          await ensureSchema();
+        },
+        onResponse: async (request: FastifyRequest) => finish(request),
+      },
+    });
+
+    app.graphql.addHook('preExecution', async (schema, document, context, variables) => {
+      const state = context.strata;
+      const op = getOperationAST(document, state.operationName);
+      if (op?.operation === OperationTypeNode.MUTATION) {
+        state.isMutation = true;
+        state.assertCanWrite();
+      }
+      checkLimits(schema, document, state.operationName, variables as Record<string, unknown> | undefined);
+    });
+
+    app.graphql.addHook('onResolution', async (execution, context) => {
+      const state = context.strata;
+      if (!state.isMutation) return;
+      const ok = !execution.errors?.length;
+      const commitError = await state.endMutation(ok);
+      if (ok && commitError === undefined) return;
+      // all or nothing: a failed mutation request reports its errors and no data
+      execution.data = null;
+      if (commitError !== undefined) {
+        const f = formatErrors([commitError], context.reply.log);
+        (execution as { errors?: unknown[] }).errors = [...(execution.errors ?? []), ...f.errors];
+        state.errorStatus ??= f.status;
+      }
+      void context.reply.code(state.errorStatus ?? 400);
+    });
+  },
+  { name: 'strata-graphql', dependencies: ['strata-auth'] },
+);
