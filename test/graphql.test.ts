@@ -2,21 +2,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getIntrospectionQuery } from 'graphql';
 import { createTestApp, type TestApp } from './helpers/app.js';
 
-interface Gql {
-  status: number;
-  body: { data?: any; errors?: Array<{ message: string; extensions: { code: string; details?: any } }> };
-  /** Data statements counted for Server-Timing (`desc="N queries"`): BEGIN, tenant settings and COMMIT are not counted. */
-  queries: number;
-}
+
+type Row = Record<string, unknown>;
+/** One property of every element of a (loosely typed) JSON list. */
+const pluck = (list: unknown, key: string) => (list as Row[]).map((x) => x[key]);
 
 describe('GraphQL API generated from the schema registry', () => {
   let t: TestApp;
   let reader: Record<string, string>;
   let writer: Record<string, string>;
 
-  const gql = async (headers: Record<string, string>, query: string, variables?: Record<string, unknown>): Promise<Gql> => {
+  const gql = async (headers: Record<string, string>, query: string, variables?: Record<string, unknown>) => {
     const res = await t.app.inject({ method: 'POST', url: '/graphql', headers, payload: { query, variables } });
     const timing = /desc="(\d+) queries"/.exec(String(res.headers['server-timing'] ?? ''));
+    // queries: data statements counted for Server-Timing (`desc="N queries"`); BEGIN, tenant settings and COMMIT are not counted
     return { status: res.statusCode, body: res.json(), queries: timing ? Number(timing[1]) : -1 };
   };
   const sql = async <R extends Record<string, unknown>>(text: string, values?: unknown[]) => (await t.db.adminQuery<R>(text, values)).rows;
@@ -31,7 +30,7 @@ describe('GraphQL API generated from the schema registry', () => {
   describe('lists', () => {
     it('filters, orders and pages with keyset cursors through every matching row', async () => {
       const expected = await sql<{ id: string; name: string }>(
-        "SELECT id::text, name FROM pipelines WHERE tenant_id = 'acme' AND status IN ('active', 'paused') ORDER BY name DESC, id",
+        "SELECT p.id::text, p.name FROM pipelines p WHERE p.tenant_id = 'acme' AND p.status IN ('active', 'paused') ORDER BY p.name DESC, p.id",
       );
       const query = `query($after: String) {
         pipelines(where: { status: { _in: ["active", "paused"] } }, order_by: [{ name: desc }], first: 4, after: $after) {
@@ -45,9 +44,9 @@ describe('GraphQL API generated from the schema registry', () => {
         expect(r.status).toBe(200);
         const conn = r.body.data.pipelines;
         expect(conn.totalCount).toBe(expected.length);
-        expect(conn.edges.map((e: any) => e.node.id)).toEqual(conn.nodes.map((n: any) => n.id));
+        expect(pluck(conn.edges, 'node').map((n) => (n as Row).id)).toEqual(pluck(conn.nodes, 'id'));
         if (conn.nodes.length) expect(conn.edges.at(-1).cursor).toBe(conn.pageInfo.endCursor);
-        seen.push(...conn.nodes.map((n: any) => ({ id: n.id, name: n.name })));
+        seen.push(...(conn.nodes as Array<{ id: string; name: string }>).map((n) => ({ id: n.id, name: n.name })));
         if (!conn.pageInfo.hasNextPage) break;
         after = conn.pageInfo.endCursor;
       }
@@ -56,7 +55,7 @@ describe('GraphQL API generated from the schema registry', () => {
 
     it('pages over a nullable column with nulls first, matching PostgreSQL order exactly', async () => {
       const expected = await sql<{ id: string }>(
-        "SELECT id::text FROM run_steps WHERE tenant_id = 'acme' AND run_id <= 3 ORDER BY parent_step_id ASC NULLS FIRST, id",
+        "SELECT s.id::text FROM run_steps s WHERE s.tenant_id = 'acme' AND s.run_id <= 3 ORDER BY s.parent_step_id ASC NULLS FIRST, s.id",
       );
       const query = `query($after: String) {
         run_steps(where: { run_id: { _lte: 3 } }, order_by: [{ parent_step_id: asc_nulls_first }], first: 5, after: $after) {
@@ -67,7 +66,7 @@ describe('GraphQL API generated from the schema registry', () => {
       let after: string | null = null;
       do {
         const r = await gql(reader, query, { after });
-        ids.push(...r.body.data.run_steps.nodes.map((n: any) => n.id));
+        ids.push(...(pluck(r.body.data.run_steps.nodes, 'id') as string[]));
         after = r.body.data.run_steps.pageInfo.hasNextPage ? r.body.data.run_steps.pageInfo.endCursor : null;
       } while (after);
       expect(ids).toEqual(expected.map((e) => e.id));
@@ -76,8 +75,8 @@ describe('GraphQL API generated from the schema registry', () => {
 
     it('combines _and, _or, _not, _ilike and _is_null as PostgreSQL would', async () => {
       const expected = await sql<{ id: string }>(
-        `SELECT id::text FROM pipelines WHERE tenant_id = 'acme'
-           AND ((name ILIKE '%-1%' AND status <> 'archived') OR id <= 2) AND NOT (description IS NULL) ORDER BY id`,
+        `SELECT p.id::text FROM pipelines p WHERE p.tenant_id = 'acme'
+           AND ((p.name ILIKE '%-1%' AND p.status <> 'archived') OR p.id <= 2) AND NOT (p.description IS NULL) ORDER BY p.id`,
       );
       const r = await gql(
         reader,
@@ -86,15 +85,15 @@ describe('GraphQL API generated from the schema registry', () => {
              _not: { description: { _is_null: true } } }) { nodes { id } } }`,
       );
       expect(r.body.errors).toBeUndefined();
-      expect(r.body.data.pipelines.nodes.map((n: any) => n.id)).toEqual(expected.map((e) => e.id));
+      expect(pluck(r.body.data.pipelines.nodes, 'id')).toEqual(expected.map((e) => e.id));
     });
 
     it('serves only totalCount without fetching rows, and reads a row by primary key', async () => {
-      const [{ n }] = await sql<{ n: number }>("SELECT count(*)::int AS n FROM pipeline_runs WHERE tenant_id = 'acme' AND status = 'failed'");
+      const [{ n }] = (await sql<{ n: number }>("SELECT count(*)::int AS n FROM pipeline_runs WHERE tenant_id = 'acme' AND status = 'failed'")) as [{ n: number }];
       const count = await gql(reader, '{ pipeline_runs(where: { status: { _eq: "failed" } }) { totalCount } }');
       expect(count.body.data.pipeline_runs.totalCount).toBe(n);
       expect(count.queries).toBe(1);
-      const [row] = await sql<{ id: string; name: string }>("SELECT id::text, name FROM pipelines WHERE tenant_id = 'acme' ORDER BY id LIMIT 1");
+      const [row] = await sql<{ id: string; name: string }>("SELECT p.id::text, p.name FROM pipelines p WHERE p.tenant_id = 'acme' ORDER BY p.id LIMIT 1");
       const byPk = await gql(reader, 'query($id: ID!) { pipelines_by_pk(id: $id) { id name created_at } }', { id: row!.id });
       expect(byPk.body.data.pipelines_by_pk).toMatchObject({ id: row!.id, name: row!.name });
       expect(byPk.body.data.pipelines_by_pk.created_at).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+\+00:00$/);
@@ -131,10 +130,10 @@ describe('GraphQL API generated from the schema registry', () => {
       );
       for (const p of r.body.data.pipelines.nodes) {
         const mine = runs.filter((x) => x.pipeline_id === p.id).slice(0, 10);
-        expect(p.pipeline_runs.map((x: any) => x.id)).toEqual(mine.map((x) => x.id));
+        expect(pluck(p.pipeline_runs, 'id')).toEqual(mine.map((x) => x.id));
         for (const run of p.pipeline_runs) {
           expect(run.pipeline_id).toBe(p.id);
-          expect(run.run_steps.map((s: any) => s.id)).toEqual(steps.filter((s) => s.run_id === run.id).slice(0, 10).map((s) => s.id));
+          expect(pluck(run.run_steps, 'id')).toEqual(steps.filter((s) => s.run_id === run.id).slice(0, 10).map((s) => s.id));
         }
       }
     });
@@ -147,10 +146,10 @@ describe('GraphQL API generated from the schema registry', () => {
       expect(r.queries).toBe(2);
       for (const p of r.body.data.pipelines.nodes) {
         const expected = await sql<{ id: string }>(
-          "SELECT id::text FROM pipeline_runs WHERE pipeline_id = $1 AND status = 'succeeded' ORDER BY id DESC LIMIT 2",
+          "SELECT r.id::text FROM pipeline_runs r WHERE r.pipeline_id = $1 AND r.status = 'succeeded' ORDER BY r.id DESC LIMIT 2",
           [p.id],
         );
-        expect(p.pipeline_runs.map((x: any) => x.id)).toEqual(expected.map((e) => e.id));
+        expect(pluck(p.pipeline_runs, 'id')).toEqual(expected.map((e) => e.id));
       }
     });
 
@@ -248,7 +247,7 @@ describe('GraphQL API generated from the schema registry', () => {
       expect(run.params).toEqual({ region: 'eu', tags: ['x', 1] });
       expect(run.started_at).toBe('2024-05-01T10:00:00.123456+00:00');
       expect(run.pipelines.name).toBe('gql-a');
-      expect(run.pipelines.pipeline_runs.map((x: any) => x.id)).toEqual([run.id]);
+      expect(pluck(run.pipelines.pipeline_runs, 'id')).toEqual([run.id]);
     });
 
     it('updates by primary key and by filter, and deletes both ways', async () => {
@@ -281,7 +280,7 @@ describe('GraphQL API generated from the schema registry', () => {
         const r = await gql(writer, mutation);
         expect(r.status).toBe(409);
         expect(r.body.data).toBeNull();
-        expect(r.body.errors!.map((e) => e.extensions.code)).toEqual(['FOREIGN_KEY_VIOLATION', 'MUTATION_ABORTED']);
+        expect((r.body.errors as Array<{ extensions: { code: string } }>).map((e) => e.extensions.code)).toEqual(['FOREIGN_KEY_VIOLATION', 'MUTATION_ABORTED']);
         expect(await sql("SELECT 1 FROM pipelines WHERE name IN ('tx-a', 'tx-d')")).toHaveLength(0);
         expect(await sql("SELECT 1 FROM pipelines WHERE description = 'tx-b'")).toHaveLength(0);
       }
@@ -311,7 +310,7 @@ describe('GraphQL API generated from the schema registry', () => {
     it('answers the full introspection query (GraphiQL) despite its depth', async () => {
       const r = await gql(reader, getIntrospectionQuery());
       expect(r.status).toBe(200);
-      const names = r.body.data.__schema.types.map((x: any) => x.name);
+      const names = pluck(r.body.data.__schema.types, 'name');
       expect(names).toEqual(expect.arrayContaining(['pipelines', 'pipelines_connection', 'pipelines_bool_exp', 'pipelines_aggregate', 'BigInt', 'JSON', 'DateTime']));
     });
 

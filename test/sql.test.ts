@@ -143,6 +143,7 @@ describe('POST /v1/sql', () => {
       ['an updating CTE', "WITH x AS (UPDATE pipelines SET name = 'p' RETURNING 1) SELECT 1", 400, 'SQL_NOT_READ_ONLY'],
       ['a nested inserting CTE', 'SELECT * FROM (WITH y AS (INSERT INTO pipelines (name) VALUES ($1) RETURNING id) SELECT id FROM y) z', 400, 'SQL_NOT_READ_ONLY'],
       ['DELETE', 'DELETE FROM pipelines', 400, 'SQL_NOT_READ_ONLY'],
+      ['pg_settings', "UPDATE pg_settings SET setting = 'globex' WHERE name = 'strata.tenant_id'", 400, 'SQL_NOT_READ_ONLY'],
       ['platform schema', 'SELECT * FROM strata.api_keys', 403, 'SQL_FORBIDDEN_SCHEMA'],
       ['platform schema in a join', 'SELECT p.id FROM pipelines p JOIN strata.tenants t ON t.id = p.tenant_id', 403, 'SQL_FORBIDDEN_SCHEMA'],
       ['a server file', "SELECT pg_read_file('/etc/passwd')", 403, 'SQL_FORBIDDEN_FUNCTION'],
@@ -294,6 +295,11 @@ describe('POST /v1/sql', () => {
       await expect(direct("SELECT set_config('strata.tenant_id', 'globex', true)")).rejects.toMatchObject({ code: '42501' });
       await expect(direct("SELECT set_config('statement_timeout', '0', true)")).rejects.toMatchObject({ code: '42501' });
       await expect(direct("SELECT set_config('role', 'strata_tenant', true)")).rejects.toMatchObject({ code: '42501' });
+      // pg_settings is UPDATE-able by PUBLIC through a rule that calls set_config: refused all the
+      // same (by the read-only transaction, and by the set_config privilege behind it).
+      await expect(direct("UPDATE pg_settings SET setting = 'globex' WHERE name = 'strata.tenant_id'")).rejects.toMatchObject({
+        code: expect.stringMatching(/^(42501|25006)$/),
+      });
     });
 
     it('refuses the platform schema, writes and more than one statement', async () => {
