@@ -8,7 +8,7 @@ import tseslint from 'typescript-eslint';
 
 export default defineConfig(
   {
-    ignores: ['dist/', 'node_modules/', 'coverage/', '.data/', 'bench/results/', 'openapi/', '**/*.d.ts'],
+    ignores: ['bench/anchors/**', 'dist/', 'node_modules/', 'coverage/', '.data/', 'bench/results/', 'openapi/', '**/*.d.ts'],
   },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,

@@ -151,7 +151,7 @@ function cannon(t: Target, seconds: number, connections: number): Promise<Measur
         requests: [{ setupRequest: (req) => ({ ...req, ...t.request(randId()) }) }],
       },
       (err, res) => {
-        if (err) return reject(err);
+        if (err) return reject(err instanceof Error ? err : new Error(String(err)));
         lat.sort((a, b) => a - b);
         const pct = (p: number) => lat[Math.min(lat.length - 1, Math.max(0, Math.ceil((p / 100) * lat.length) - 1))] ?? NaN;
         resolve({

@@ -12,7 +12,9 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import type { Config } from './config.js';
 import { Database, appRolePassword, deriveAppUrl, ensureAppRole } from './db/database.js';
-import type { EmbeddedHandle } from './db/embedded.js';
+import type { EmbeddedHandle, startEmbedded } from './db/embedded.js';
+
+type EmbeddedModule = { startEmbedded: typeof startEmbedded };
 import { createMigrator, defaultMigrationsDir, type Migrator } from './db/migrations/index.js';
 import { DEMO_TENANTS, seedDemo } from './db/seed.js';
 import { connectRedis, type RedisHandle } from './redis.js';
@@ -84,7 +86,7 @@ export async function createRuntime(config: Config, log: Logger, opts: RuntimeOp
  * once, which would cut our graceful drain short. It is loaded only on the embedded default, and
  * those two handlers are removed: our shutdown stops the server last (its exit hook stays).
  */
-async function importEmbedded(): Promise<typeof import('./db/embedded.js')> {
+async function importEmbedded(): Promise<EmbeddedModule> {
   const before = { SIGINT: process.listeners('SIGINT'), SIGTERM: process.listeners('SIGTERM') };
   const mod = await import('./db/embedded.js');
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {

@@ -2,7 +2,6 @@
  * The only file that listens. Boots the runtime, builds the app, starts in-process workers on the
  * embedded default, and shuts down gracefully on SIGTERM/SIGINT (requests, jobs, then the pools).
  */
-import type { LoggerOptions } from 'pino';
 import { ConfigError, loadConfig } from './config.js';
 import { startTelemetry } from './telemetry.js';
 
@@ -18,7 +17,7 @@ async function main(): Promise<void> {
     import('./jobs/runtime.js'),
     import('./jobs/schedules.js'),
   ]);
-  const log = pino(loggerOptions(config) as LoggerOptions);
+  const log = pino(loggerOptions(config));
   const runtime = await createRuntime(config, log);
   const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
   const app = await build({

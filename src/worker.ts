@@ -4,7 +4,6 @@
  * the active ones; a job still running when the grace period ends is left to BullMQ's stalled check,
  * which hands it to another worker.
  */
-import type { LoggerOptions } from 'pino';
 import type { FastifyBaseLogger } from 'fastify';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import type { Runtime } from './runtime.js';
@@ -29,7 +28,7 @@ async function main(): Promise<void> {
     import('./jobs/runtime.js'),
     import('./jobs/schedules.js'),
   ]);
-  const log = pino(loggerOptions(config) as LoggerOptions).child({ process: 'worker' });
+  const log = pino(loggerOptions(config)).child({ process: 'worker' });
   const runtime = await createRuntime(config, log, { role: 'worker' });
   const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
   const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });

@@ -318,7 +318,7 @@ describe('authentication and authorization', () => {
     it('never writes a bearer token or an API key into the logs, even at trace level', async () => {
       const lines: string[] = [];
       const log = pino(
-        { ...(loggerOptions(t.config) as pino.LoggerOptions), level: 'trace' },
+        { ...(loggerOptions(t.config)), level: 'trace' },
         { write: (s: string) => void lines.push(s) },
       );
       const app = await build({

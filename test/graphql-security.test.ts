@@ -145,6 +145,14 @@ describe('GraphQL security: authentication, roles, tenant isolation, limits and 
       expect(r.queries).toBe(0);
     });
 
+    it('maps mercurius’ own depth backstop (which lets 15-level introspection through) to QUERY_TOO_DEEP as well', async () => {
+      let inner = 'id';
+      for (let i = 0; i < 20; i++) inner = `parent_step { ${inner} }`;
+      const r = await gql(acmeReader, `{ run_steps(first: 1) { nodes { ${inner} } } }`);
+      expectError(r, 400, 'QUERY_TOO_DEEP');
+      expect(r.queries).toBe(0);
+    });
+
     it('refuses a query whose estimated rows exceed the cost limit with QUERY_TOO_COSTLY', async () => {
       const r = await gql(acmeReader, '{ pipelines(first: 1000) { nodes { pipeline_runs(first: 1000) { id } } } }');
       expectError(r, 400, 'QUERY_TOO_COSTLY');

@@ -84,7 +84,7 @@ export default fp(
       errorFormatter: (execution, context) => {
         const log = context.reply?.log ?? app.log;
         const { status, errors } = formatErrors(execution.errors, log);
-        context.strata.errorStatus ??= status;
+        if (context.strata) context.strata.errorStatus ??= status;
         const data = execution.data ?? null;
         return { statusCode: data ? 200 : status, response: { data, errors } };
       },
@@ -110,7 +110,9 @@ export default fp(
     });
 
     app.graphql.addHook('preExecution', async (schema, document, context, variables) => {
-      const state = context.strata;
+      // app.graphql() called without our context (no route, no caller): there is no tenant to run as
+      const state = (context.strata as GraphqlRequest | undefined) ?? new GraphqlRequest(app.db, null, app.log, undefined);
+      context.strata = state;
       const op = getOperationAST(document, state.operationName);
       if (op?.operation === OperationTypeNode.MUTATION) {
         state.isMutation = true;
@@ -121,7 +123,7 @@ export default fp(
 
     app.graphql.addHook('onResolution', async (execution, context) => {
       const state = context.strata;
-      if (!state.isMutation) return;
+      if (!state?.isMutation) return;
       const ok = !execution.errors?.length;
       const commitError = await state.endMutation(ok);
       if (ok && commitError === undefined) return;

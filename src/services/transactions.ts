@@ -82,7 +82,7 @@ export function createTransactionService(deps: { db: Database; rows: RowsService
               if (!known || known.statusCode >= 500 || known.code === 'TRANSACTION_CONFLICT') throw err;
               throw new AppError(known.statusCode, known.code, `operation ${index} (${o.op} ${o.table}) failed: ${known.message}; nothing was committed`, {
                 operation: index,
-                ...(known.details && typeof known.details === 'object' ? (known.details as object) : {}),
+                ...(known.details && typeof known.details === 'object' ? (known.details) : {}),
               });
             }
           }

@@ -36,7 +36,7 @@ export function createCursorCodec(secret: string): CursorCodec {
       if (!Array.isArray(parsed) || parsed[0] !== scope || !Array.isArray(parsed[1])) throw invalid();
       const values = parsed[1] as unknown[];
       if (values.length !== arity || !values.every((v) => v === null || typeof v === 'string')) throw invalid();
-      return values as Array<string | null>;
+      return values;
     },
   };
 }
