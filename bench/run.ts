@@ -84,7 +84,7 @@ function strataTarget(name: string, port: number, dbUrl: string, appUrl: string,
         ...pool,
       }),
     request: (id) => ({ method: 'GET', path: `/v1/tables/items/rows/${id}`, headers: { authorization: tokens[tenantOf(id)]! } }),
-    check: (id, body) => (JSON.parse(body) as { data: { id: string } }).data.id === String(id),
+    check: (id, body) => String((JSON.parse(body) as { data: { id: string | number } }).data.id) === String(id),
   };
 }
 
@@ -109,6 +109,16 @@ function anchorTarget(name: string, mode: 'rls' | 'norls', port: number): Target
 
 async function startAndCheck(t: Target): Promise<ChildProcess> {
   const child = t.start();
+  try {
+    await waitAndCheck(t, child);
+  } catch (err) {
+    await stop(child);
+    throw err;
+  }
+  return child;
+}
+
+async function waitAndCheck(t: Target, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 150; i++) {
     await sleep(200);
     if (child.exitCode !== null) throw new Error(`${t.name} exited early; see bench/results/${stamp}-${t.name}.log`);
@@ -126,7 +136,6 @@ async function startAndCheck(t: Target): Promise<ChildProcess> {
     const body = await res.text();
     if (res.status !== 200 || !t.check(id, body)) throw new Error(`${t.name}: wrong answer for id ${id}: ${res.status} ${body.slice(0, 200)}`);
   }
-  return child;
 }
 
 async function stop(child: ChildProcess): Promise<void> {

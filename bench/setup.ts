@@ -79,6 +79,9 @@ export async function prepareBenchDatabase(serverUrl: string, database: string, 
         log(`building items (${BENCH_ROWS.toLocaleString()} rows, ${BENCH_TENANTS} tenants); takes about a minute`);
         await c.query(ITEMS_SQL);
       }
+      // Migration 0003 revokes set_config from PUBLIC (the analyst sandbox); the anchors' reference
+      // servers set their tenant with it, so their role gets it back here.
+      await c.query('GRANT EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) TO anchor_app');
       await c.query(
         `INSERT INTO strata.tenants (id, name) SELECT g::text, 'bench tenant ' || g FROM generate_series(1, ${BENCH_TENANTS}) g ON CONFLICT DO NOTHING`,
       );

@@ -11,7 +11,7 @@ import type { Config } from '../config.js';
 import { unavailable } from '../errors.js';
 import { createDbMetrics, type DbMetrics } from './metrics.js';
 import { StrataPool, type PoolOptions } from './pool.js';
-import { runInTransaction, type SessionContext, type SessionDeps, type Tx, type TxOptions } from './session.js';
+import { runInTransaction, runSingleStatement, type SessionContext, type SessionDeps, type Tx, type TxOptions } from './session.js';
 
 export const DEFAULT_SHARD = 'default';
 
@@ -124,14 +124,20 @@ export class Database {
     return runInTransaction(this.shardFor(ctx.tenantId).stream, this.deps, ctx, fn, opts);
   }
 
-  /** One statement in its own tenant transaction: BEGIN, settings, statement and COMMIT in one round trip. */
+  /**
+   * One statement as its own tenant transaction, in one round trip: the settings and the statement
+   * run in one implicit transaction (read committed). Other isolation levels take the BEGIN path.
+   */
   tenantQuery<R extends pg.QueryResultRow = Record<string, unknown>>(
     ctx: SessionContext,
     text: string,
     values?: readonly unknown[],
     opts?: TxOptions,
   ): Promise<pg.QueryResult<R>> {
-    return this.withTenant(ctx, (tx) => tx.query<R>(text, values, { final: true }), opts);
+    if (opts?.isolation && opts.isolation !== 'read committed') {
+      return this.withTenant(ctx, (tx) => tx.query<R>(text, values, { final: true }), opts);
+    }
+    return runSingleStatement<R>(this.shardFor(ctx.tenantId).app, this.deps, ctx, text, values, opts);
   }
 
   /** Platform tables (schema `strata`) through the admin connection: never for tenant data. */

@@ -14,6 +14,7 @@ import type { DbMetrics } from './metrics.js';
 import type { StrataPool } from './pool.js';
 import { isConnectionError, isRetryable } from './errors.js';
 import { sqlstateOf } from './pool.js';
+import { singleTrip, type SetupStatement } from './single-trip.js';
 
 export type Isolation = 'read committed' | 'repeatable read' | 'serializable';
 
@@ -104,18 +105,7 @@ class TxImpl implements Tx {
   }
 
   private account(text: string, started: number, rows: number | null) {
-    const ms = performance.now() - started;
-    this.deps.metrics.querySeconds.observe({ pool: this.poolName }, ms / 1000);
-    if (this.ctx.stats) {
-      this.ctx.stats.count++;
-      this.ctx.stats.ms += ms;
-    }
-    if (this.deps.defaults.slowQueryMs > 0 && ms >= this.deps.defaults.slowQueryMs) {
-      this.deps.log.warn(
-        { requestId: this.ctx.requestId, tenant: this.ctx.tenantId, actor: this.ctx.actor, durationMs: Math.round(ms), rows, sql: normalizeSql(text) },
-        'slow query',
-      );
-    }
+    account(this.deps, this.poolName, this.ctx, text, started, rows);
   }
 
   async savepoint<T>(fn: (tx: Tx) => Promise<T>, name?: string): Promise<T> {
@@ -130,6 +120,65 @@ class TxImpl implements Tx {
       // The connection may be gone; then the outer transaction fails on its own.
       if (!isConnectionError(err)) await this.client.query(`ROLLBACK TO SAVEPOINT ${sp}`);
       throw err;
+    }
+  }
+}
+
+/** Metrics, per-request stats (Server-Timing) and the slow-query log for one statement. */
+function account(deps: SessionDeps, poolName: string, ctx: SessionContext, text: string, started: number, rows: number | null): void {
+  const ms = performance.now() - started;
+  deps.metrics.querySeconds.observe({ pool: poolName }, ms / 1000);
+  if (ctx.stats) {
+    ctx.stats.count++;
+    ctx.stats.ms += ms;
+  }
+  if (deps.defaults.slowQueryMs > 0 && ms >= deps.defaults.slowQueryMs) {
+    deps.log.warn(
+      { requestId: ctx.requestId, tenant: ctx.tenantId, actor: ctx.actor, durationMs: Math.round(ms), rows, sql: normalizeSql(text) },
+      'slow query',
+    );
+  }
+}
+
+const SETUP_RW: SetupStatement = { name: 'strata_setup_rw', text: SETUP_SQL };
+const SETUP_RO: SetupStatement = { name: 'strata_setup_ro', text: `${SETUP_SQL}, set_config('transaction_read_only', 'on', true)` };
+
+/**
+ * One statement as its own tenant transaction in a single round trip (see single-trip.ts): the
+ * settings and the statement share one implicit transaction that ends at the Sync. Read committed
+ * only (an isolation level must be chosen before the first statement); retried on 40001/40P01.
+ */
+export async function runSingleStatement<R extends pg.QueryResultRow>(
+  pool: StrataPool,
+  deps: SessionDeps,
+  ctx: SessionContext,
+  text: string,
+  values: readonly unknown[] | undefined,
+  opts: TxOptions = {},
+): Promise<pg.QueryResult<R>> {
+  const retries = opts.retries ?? deps.defaults.retries;
+  const setupValues = [
+    ctx.tenantId ?? '',
+    ctx.actor,
+    ctx.role,
+    String(opts.statementTimeoutMs ?? deps.defaults.statementTimeoutMs),
+    String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
+  ];
+  for (let attempt = 1; ; attempt++) {
+    const lease = await pool.acquire();
+    const started = performance.now();
+    try {
+      const res = await singleTrip<R>(lease.client, opts.readOnly ? SETUP_RO : SETUP_RW, setupValues, text, values);
+      account(deps, pool.options.name, ctx, text, started, res.rowCount);
+      lease.release();
+      return res;
+    } catch (err) {
+      account(deps, pool.options.name, ctx, text, started, null);
+      deps.metrics.errors.inc({ pool: pool.options.name, sqlstate: sqlstateOf(err) });
+      lease.release(isConnectionError(err) ? true : undefined);
+      if (!isRetryable(err) || attempt > retries) throw err;
+      deps.metrics.retries.inc({ sqlstate: sqlstateOf(err) });
+      await new Promise((r) => setTimeout(r, Math.random() * Math.min(1000, 10 * 2 ** attempt)));
     }
   }
 }

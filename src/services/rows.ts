@@ -102,8 +102,8 @@ export function createRowsService(opts: RowsServiceOptions) {
             ? `EXPLAIN (FORMAT JSON) SELECT 1 FROM ${t.qualified} t0 ${countWhere}`
             : undefined;
       const { rows, total } = await runner(ctx, tx, true)(async (r) => {
-        const page = r.query<Record<string, string | null>>(text, params.values, countSql === undefined);
-        if (countSql === undefined) return { rows: (await page).rows, total: undefined };
+        if (countSql === undefined) return { rows: (await singleStatement<Record<string, string | null>>(ctx, tx, true, text, params.values)).rows, total: undefined };
+        const page = r.query<Record<string, string | null>>(text, params.values, false);
         const counted = r.query<Record<string, unknown>>(countSql, countValues, true);
         const [p, c] = await Promise.all([page, counted]);
         const first = c.rows[0];
@@ -129,7 +129,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       checkEmbedPaths(rq.select, s.embeds);
       const where = filterSql(t, 't0', pkFilter(t, pk), params);
       const text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
-      const { rows } = await runner(ctx, tx, true)((r) => r.query<{ j: string; v: string }>(text, params.values, true));
+      const { rows } = await singleStatement<{ j: string; v: string }>(ctx, tx, true, text, params.values);
       const row = rows[0];
       if (!row) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(pk)} in ${t.name}`);
       return { body: `{"data":${row.j}}`, etag: `"${row.v}"` };
@@ -174,7 +174,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const valuesSql = columns.length ? `VALUES ${values.join(', ')}` : 'DEFAULT VALUES';
       if (!columns.length && rows.length > 1) throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
       const text = `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict} RETURNING ${returningSql(t, o.select, s)}`;
-      const res = await runner(ctx, tx, false)((r) => r.query<{ j: string; v: string }>(text, params.values, true));
+      const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
       return result(res.rows, many, o.returning);
     },
 
@@ -229,6 +229,11 @@ export function createRowsService(opts: RowsServiceOptions) {
     return { where: whereSql(t, rq.filters, params), single: false };
   }
 
+  /** One statement: in the caller's transaction, or as a single-round-trip tenant transaction. */
+  function singleStatement<R extends pg.QueryResultRow>(ctx: SessionContext, tx: Tx | undefined, readOnly: boolean, text: string, values: unknown[]) {
+    return tx ? tx.query<R>(text, values) : db.tenantQuery<R>(ctx, text, values, { readOnly });
+  }
+
   async function write(
     ctx: SessionContext,
     t: TableInfo,
@@ -239,8 +244,13 @@ export function createRowsService(opts: RowsServiceOptions) {
     o: { ifMatch?: string; returning?: ReturnPreference },
     tx: Tx | undefined,
   ): Promise<WriteResult> {
+    if (o.ifMatch === undefined) {
+      const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
+      if (single && res.rows.length === 0) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(target.pk)} in ${t.name}`);
+      return result(res.rows, !single, o.returning);
+    }
     return runner(ctx, tx, false)(async (r) => {
-      const res = await r.query<{ j: string; v: string }>(text, params.values, o.ifMatch === undefined);
+      const res = await r.query<{ j: string; v: string }>(text, params.values, false);
       if (single && res.rows.length === 0) {
         if (o.ifMatch !== undefined) {
           const p = new Params();
