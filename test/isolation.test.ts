@@ -36,7 +36,7 @@ describe('tenant isolation is enforced by PostgreSQL', () => {
         expect(res.statusCode).toBe(404);
         return;
       }
-      expect(res.statusCode).toBe(200);
+      expect(res.statusCode, res.body).toBe(200);
       const body = res.json<{ data: Array<{ tenant_id: string }> | { tenant_id: string } }>();
       const rows = Array.isArray(body.data) ? body.data : [body.data];
       expect(rows.length).toBeGreaterThan(0);

@@ -17,6 +17,8 @@ export interface DbMetrics {
   leaks: Counter<'pool'>;
   destroyedInTransaction: Counter<'pool'>;
   retries: Counter<'sqlstate'>;
+  /** querySeconds bound to a pool's label, cached (observing through labels() objects skips hashing). */
+  queryHistogram(pool: string): { observe(v: number): void };
   registerPool(pool: PoolLike): void;
 }
 
@@ -38,8 +40,21 @@ export function createDbMetrics(registry: Registry): DbMetrics {
   gauge('strata_db_pool_idle', 'Idle connections in the pool', (p) => p.idleCount);
   gauge('strata_db_pool_waiting', 'Requests waiting for a connection', (p) => p.waitingCount);
   gauge('strata_db_pool_borrowed', 'Connections currently checked out', (p) => p.borrowedCount);
+  const queryByPool = new Map<string, { observe(v: number): void }>();
   const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+  const querySeconds = new Histogram({
+    name: 'strata_db_query_seconds',
+    help: 'Query duration',
+    labelNames: ['pool'],
+    buckets,
+    registers: [registry],
+  });
   return {
+    queryHistogram(pool: string) {
+      let h = queryByPool.get(pool);
+      if (!h) queryByPool.set(pool, (h = querySeconds.labels(pool)));
+      return h;
+    },
     acquireSeconds: new Histogram({
       name: 'strata_db_pool_acquire_seconds',
       help: 'Time waited to borrow a connection',
@@ -47,13 +62,7 @@ export function createDbMetrics(registry: Registry): DbMetrics {
       buckets,
       registers: [registry],
     }),
-    querySeconds: new Histogram({
-      name: 'strata_db_query_seconds',
-      help: 'Query duration',
-      labelNames: ['pool'],
-      buckets,
-      registers: [registry],
-    }),
+    querySeconds,
     errors: new Counter({
       name: 'strata_db_errors_total',
       help: 'Database errors by SQLSTATE',

@@ -55,6 +55,8 @@ export class StrataPool {
   private backoffMs = 0;
   private closing = false;
   private drained: Promise<void> = Promise.resolve();
+  /** Label-bound child: no label hashing on the hot path. */
+  private readonly acquireHistogram: { observe(v: number): void };
 
   constructor(
     readonly options: PoolOptions,
@@ -94,6 +96,7 @@ export class StrataPool {
       });
     });
     metrics.registerPool(this);
+    this.acquireHistogram = metrics.acquireSeconds.labels(options.name);
   }
 
   /** Open the minimum number of connections and start the background health check. */
@@ -159,17 +162,20 @@ export class StrataPool {
         }
       }
       this.markUp();
-      this.metrics.acquireSeconds.observe({ pool: this.options.name }, Number(process.hrtime.bigint() - started) / 1e9);
+      this.acquireHistogram.observe(Number(process.hrtime.bigint() - started) / 1e9);
       return this.lease(client);
     }
   }
 
   private acquireError(err: unknown): Error {
-    if (err instanceof Error && /timeout exceeded when trying to connect/i.test(err.message) && this.pg.totalCount >= this.options.max) {
+    const timedOut = err instanceof Error && /timeout exceeded when trying to connect/i.test(err.message);
+    // A timeout while the pool holds live connections is congestion, not an outage: never back off
+    // for it (that would turn a slow moment into a burst of refusals).
+    if (timedOut && this.pg.totalCount > 0) {
       this.metrics.acquireTimeouts.inc({ pool: this.options.name });
       return unavailable('DB_POOL_EXHAUSTED', 'all database connections are busy; retry shortly', 1, err);
     }
-    if (isConnectionError(err) || (err instanceof Error && /timeout/i.test(err.message))) {
+    if (isConnectionError(err) || timedOut) {
       this.markDown();
       this.metrics.errors.inc({ pool: this.options.name, sqlstate: sqlstateOf(err) });
       return unavailable('DB_UNAVAILABLE', 'the database is unreachable; retry shortly', Math.max(1, Math.ceil(this.backoffMs / 1000)), err);

@@ -127,7 +127,7 @@ class TxImpl implements Tx {
 /** Metrics, per-request stats (Server-Timing) and the slow-query log for one statement. */
 function account(deps: SessionDeps, poolName: string, ctx: SessionContext, text: string, started: number, rows: number | null): void {
   const ms = performance.now() - started;
-  deps.metrics.querySeconds.observe({ pool: poolName }, ms / 1000);
+  deps.metrics.queryHistogram(poolName).observe(ms / 1000);
   if (ctx.stats) {
     ctx.stats.count++;
     ctx.stats.ms += ms;

@@ -48,13 +48,24 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
     return principal;
   }
 
+  // Concurrent misses for one tenant share one lookup (no stampede on the admin pool).
+  const inflight = new Map<string, Promise<string | null>>();
   async function tenantStatus(id: string): Promise<string | null> {
     const hit = tenants.get(id);
     if (hit && Date.now() - hit.at < TENANT_CACHE_MS) return hit.status;
-    const { rows } = await db.adminQuery<{ status: string }>('SELECT status FROM strata.tenants WHERE id = $1', [id]);
-    const status = rows[0]?.status ?? null;
-    tenants.set(id, { status, at: Date.now() });
-    return status;
+    let pending = inflight.get(id);
+    if (!pending) {
+      pending = db
+        .adminQuery<{ status: string }>('SELECT status FROM strata.tenants WHERE id = $1', [id])
+        .then(({ rows }) => {
+          const status = rows[0]?.status ?? null;
+          tenants.set(id, { status, at: Date.now() });
+          return status;
+        })
+        .finally(() => inflight.delete(id));
+      inflight.set(id, pending);
+    }
+    return pending;
   }
 
   async function checkTenant(p: Principal): Promise<Principal> {

@@ -9,7 +9,17 @@ import type { Database } from '../db/database.js';
 import type { SessionContext, Tx } from '../db/session.js';
 import { badRequest, notFound, preconditionFailed } from '../errors.js';
 import type { SchemaRegistry, TableInfo } from './schema-registry.js';
-import { checkEmbedPaths, checkValue, filterSql, keysetSql, orderSql, Params, rowJsonSql, totalOrder, type BuildScope } from './rest-query/build.js';
+import {
+  checkEmbedPaths,
+  checkValue,
+  filterSql,
+  keysetSql,
+  orderSql,
+  Params,
+  rowJsonSql,
+  totalOrder,
+  type BuildScope,
+} from './rest-query/build.js';
 import type { CursorCodec } from './rest-query/cursor.js';
 import { parseRowsQuery, parseSelect, type Filter, type RowsQuery } from './rest-query/parse.js';
 import { validateRow } from './rest-query/validate.js';
@@ -35,7 +45,11 @@ export interface RowsServiceOptions {
 }
 
 interface Runner {
-  query<R extends pg.QueryResultRow>(text: string, values: unknown[], final?: boolean): Promise<pg.QueryResult<R>>;
+  query<R extends pg.QueryResultRow>(
+    text: string,
+    values: unknown[],
+    final?: boolean,
+  ): Promise<pg.QueryResult<R>>;
 }
 
 export function createRowsService(opts: RowsServiceOptions) {
@@ -54,13 +68,22 @@ export function createRowsService(opts: RowsServiceOptions) {
     return async <T>(fn: (r: Runner) => Promise<T>): Promise<T> => {
       // Inside a caller's transaction (POST /v1/transactions) the caller commits: `final` is ignored.
       if (tx) return fn({ query: (text, values) => tx.query(text, values) });
-      return db.withTenant(ctx, (t) => fn({ query: (text, values, final) => t.query(text, values, final ? { final: true } : undefined) }), { readOnly });
+      return db.withTenant(
+        ctx,
+        (t) =>
+          fn({ query: (text, values, final) => t.query(text, values, final ? { final: true } : undefined) }),
+        { readOnly },
+      );
     };
   }
 
   function pkFilter(t: TableInfo, pk: string): Filter {
     const [name, ...rest] = t.primaryKey;
-    if (!name || rest.length) throw badRequest('NO_SINGLE_PRIMARY_KEY', `table ${t.name} has no single-column primary key; use filters instead`);
+    if (!name || rest.length)
+      throw badRequest(
+        'NO_SINGLE_PRIMARY_KEY',
+        `table ${t.name} has no single-column primary key; use filters instead`,
+      );
     checkValue(t.columnMap.get(name)!, pk);
     return { kind: 'cond', column: name, op: 'eq', not: false, value: pk };
   }
@@ -73,7 +96,8 @@ export function createRowsService(opts: RowsServiceOptions) {
     return `${rowJsonSql(t, 't0', select ? parseSelect(select) : [{ kind: 'star' }], s)}::text AS j, t0.xmin::text AS v`;
   }
 
-  const selectParam = (qs: QueryString): string | undefined => (typeof qs['select'] === 'string' ? qs['select'] : undefined);
+  const selectParam = (qs: QueryString): string | undefined =>
+    typeof qs['select'] === 'string' ? qs['select'] : undefined;
 
   return {
     /** A page of rows: `{ "data": [...], "next_cursor": ..., "total"? }` as JSON text. */
@@ -89,7 +113,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
       const countFilters = [...filters];
       const countValues = [...params.values];
-      if (rq.cursor !== undefined) filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
+      if (rq.cursor !== undefined)
+        filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
       const json = rowJsonSql(t, 't0', rq.select, s);
       const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
       const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
@@ -101,31 +126,60 @@ export function createRowsService(opts: RowsServiceOptions) {
           : rq.count === 'estimated'
             ? `EXPLAIN (FORMAT JSON) SELECT 1 FROM ${t.qualified} t0 ${countWhere}`
             : undefined;
-      const { rows, total } = await runner(ctx, tx, true)(async (r) => {
-        if (countSql === undefined) return { rows: (await singleStatement<Record<string, string | null>>(ctx, tx, true, text, params.values)).rows, total: undefined };
-        const page = r.query<Record<string, string | null>>(text, params.values, false);
-        const counted = r.query<Record<string, unknown>>(countSql, countValues, true);
-        const [p, c] = await Promise.all([page, counted]);
-        const first = c.rows[0];
-        const n =
-          rq.count === 'exact'
-            ? Number(first?.['n'])
-            : Number(((first?.['QUERY PLAN'] as Array<{ Plan: { 'Plan Rows': number } }> | undefined)?.[0]?.Plan['Plan Rows']) ?? 0);
-        return { rows: p.rows, total: n };
-      });
+      // Without a count the page is one statement (one round trip); with one, both share a transaction.
+      const { rows, total } =
+        countSql === undefined
+          ? {
+              rows: (await singleStatement<Record<string, string | null>>(ctx, tx, true, text, params.values))
+                .rows,
+              total: undefined,
+            }
+          : await runner(
+              ctx,
+              tx,
+              true,
+            )(async (r) => {
+              const page = r.query<Record<string, string | null>>(text, params.values, false);
+              const counted = r.query<Record<string, unknown>>(countSql, countValues, true);
+              const [p, c] = await Promise.all([page, counted]);
+              const first = c.rows[0];
+              const n =
+                rq.count === 'exact'
+                  ? Number(first?.['n'])
+                  : Number(
+                      (first?.['QUERY PLAN'] as Array<{ Plan: { 'Plan Rows': number } }> | undefined)?.[0]
+                        ?.Plan['Plan Rows'] ?? 0,
+                    );
+              return { rows: p.rows, total: n };
+            });
       const more = rows.length > limit;
       const pageRows = more ? rows.slice(0, limit) : rows;
       const last = pageRows[pageRows.length - 1];
-      const next = more && last ? cursors.encode(signature, order.map((_, i) => last[`k${i}`] ?? null)) : null;
+      const next =
+        more && last
+          ? cursors.encode(
+              signature,
+              order.map((_, i) => last[`k${i}`] ?? null),
+            )
+          : null;
       return `{"data":[${pageRows.map((r) => r['j']).join(',')}],"next_cursor":${JSON.stringify(next)}${total === undefined ? '' : `,"total":${total}`}}`;
     },
 
     /** One row by primary key: `{ "data": {...} }` and its version (ETag). 404 when RLS hides it. */
-    async get(ctx: SessionContext, table: string, pk: string, qs: QueryString, tx?: Tx): Promise<{ body: string; etag: string }> {
+    async get(
+      ctx: SessionContext,
+      table: string,
+      pk: string,
+      qs: QueryString,
+      tx?: Tx,
+    ): Promise<{ body: string; etag: string }> {
       const t = await schema.table(table);
       const rq = parseRowsQuery({ select: qs['select'] }, { maxLimit: opts.maxLimit });
       const params = new Params();
-      const s = await scope(params, { ...rq, embeds: parseRowsQuery(qs, { maxLimit: opts.maxLimit }).embeds });
+      const s = await scope(params, {
+        ...rq,
+        embeds: parseRowsQuery(qs, { maxLimit: opts.maxLimit }).embeds,
+      });
       checkEmbedPaths(rq.select, s.embeds);
       const where = filterSql(t, 't0', pkFilter(t, pk), params);
       const text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
@@ -151,7 +205,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       const many = Array.isArray(body);
       const rows = (many ? body : [body]).map((r, i) => validateRow(t, r, many ? { index: i } : {}));
       if (rows.length === 0) throw badRequest('EMPTY_BODY', 'nothing to insert: the array is empty');
-      if (rows.length > opts.maxLimit * 10) throw badRequest('TOO_MANY_ROWS', `at most ${opts.maxLimit * 10} rows per request`);
+      if (rows.length > opts.maxLimit * 10)
+        throw badRequest('TOO_MANY_ROWS', `at most ${opts.maxLimit * 10} rows per request`);
       const columns = [...new Set(rows.flatMap((r) => Object.keys(r)))];
       const params = new Params();
       const values = rows.map(
@@ -160,9 +215,21 @@ export function createRowsService(opts: RowsServiceOptions) {
       let conflict = '';
       if (o.onConflict !== undefined) {
         const keys = o.onConflict.split(',').map((c) => c.trim());
-        for (const k of keys) if (!t.columnMap.has(k)) throw badRequest('UNKNOWN_COLUMN', `on_conflict column ${JSON.stringify(k)} does not exist in ${t.name}`, { column: k });
-        const unique = t.indexes.some((ix) => ix.unique && ix.columns.length === keys.length && ix.columns.every((c) => keys.includes(c)));
-        if (!unique) throw badRequest('NO_UNIQUE_KEY', `on_conflict needs the columns of a unique key of ${t.name}; (${keys.join(', ')}) is not one`);
+        for (const k of keys)
+          if (!t.columnMap.has(k))
+            throw badRequest(
+              'UNKNOWN_COLUMN',
+              `on_conflict column ${JSON.stringify(k)} does not exist in ${t.name}`,
+              { column: k },
+            );
+        const unique = t.indexes.some(
+          (ix) => ix.unique && ix.columns.length === keys.length && ix.columns.every((c) => keys.includes(c)),
+        );
+        if (!unique)
+          throw badRequest(
+            'NO_UNIQUE_KEY',
+            `on_conflict needs the columns of a unique key of ${t.name}; (${keys.join(', ')}) is not one`,
+          );
         const updates = columns.filter((c) => !keys.includes(c));
         conflict =
           o.ignoreDuplicates || updates.length === 0
@@ -172,7 +239,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
       const cols = columns.length ? ` (${columns.map(q).join(', ')})` : '';
       const valuesSql = columns.length ? `VALUES ${values.join(', ')}` : 'DEFAULT VALUES';
-      if (!columns.length && rows.length > 1) throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
+      if (!columns.length && rows.length > 1)
+        throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
       const text = `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict} RETURNING ${returningSql(t, o.select, s)}`;
       const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
       return result(res.rows, many, o.returning);
@@ -194,7 +262,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       const params = new Params();
       const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
       const { where, single } = writeTarget(t, target, params);
-      const version = o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
+      const version =
+        o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
       const text = `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
       return write(ctx, t, target, text, params, single, o, tx);
@@ -211,26 +280,41 @@ export function createRowsService(opts: RowsServiceOptions) {
       const t = await schema.table(table);
       const params = new Params();
       const { where, single } = writeTarget(t, target, params);
-      const version = o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
+      const version =
+        o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
       const text = `DELETE FROM ${t.qualified} AS t0 ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
       return write(ctx, t, target, text, params, single, o, tx);
     },
   };
 
-  function writeTarget(t: TableInfo, target: { pk?: string; qs: QueryString }, params: Params): { where: string; single: boolean } {
-    if (target.pk !== undefined) return { where: whereSql(t, [pkFilter(t, target.pk)], params), single: true };
+  function writeTarget(
+    t: TableInfo,
+    target: { pk?: string; qs: QueryString },
+    params: Params,
+  ): { where: string; single: boolean } {
+    if (target.pk !== undefined)
+      return { where: whereSql(t, [pkFilter(t, target.pk)], params), single: true };
     const filterOnly: QueryString = {};
     for (const [k, v] of Object.entries(target.qs)) if (k !== 'select') filterOnly[k] = v;
     const rq = parseRowsQuery(filterOnly, { maxLimit: opts.maxLimit });
     if (rq.filters.length === 0) {
-      throw badRequest('UNFILTERED_MASS_WRITE', `refusing to change every row of ${t.name}: add a filter (e.g. ?id=eq.1) or use /rows/{pk}`);
+      throw badRequest(
+        'UNFILTERED_MASS_WRITE',
+        `refusing to change every row of ${t.name}: add a filter (e.g. ?id=eq.1) or use /rows/{pk}`,
+      );
     }
     return { where: whereSql(t, rq.filters, params), single: false };
   }
 
   /** One statement: in the caller's transaction, or as a single-round-trip tenant transaction. */
-  function singleStatement<R extends pg.QueryResultRow>(ctx: SessionContext, tx: Tx | undefined, readOnly: boolean, text: string, values: unknown[]) {
+  function singleStatement<R extends pg.QueryResultRow>(
+    ctx: SessionContext,
+    tx: Tx | undefined,
+    readOnly: boolean,
+    text: string,
+    values: unknown[],
+  ) {
     return tx ? tx.query<R>(text, values) : db.tenantQuery<R>(ctx, text, values, { readOnly });
   }
 
@@ -246,17 +330,31 @@ export function createRowsService(opts: RowsServiceOptions) {
   ): Promise<WriteResult> {
     if (o.ifMatch === undefined) {
       const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
-      if (single && res.rows.length === 0) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(target.pk)} in ${t.name}`);
+      if (single && res.rows.length === 0)
+        throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(target.pk)} in ${t.name}`);
       return result(res.rows, !single, o.returning);
     }
-    return runner(ctx, tx, false)(async (r) => {
+    return runner(
+      ctx,
+      tx,
+      false,
+    )(async (r) => {
       const res = await r.query<{ j: string; v: string }>(text, params.values, false);
       if (single && res.rows.length === 0) {
         if (o.ifMatch !== undefined) {
           const p = new Params();
-          const cur = await r.query<{ v: string }>(`SELECT t0.xmin::text AS v FROM ${t.qualified} t0 ${whereSql(t, [pkFilter(t, target.pk!)], p)}`, p.values, true);
+          const cur = await r.query<{ v: string }>(
+            `SELECT t0.xmin::text AS v FROM ${t.qualified} t0 ${whereSql(t, [pkFilter(t, target.pk!)], p)}`,
+            p.values,
+            true,
+          );
           const current = cur.rows[0];
-          if (current) throw preconditionFailed('VERSION_MISMATCH', `row ${target.pk} of ${t.name} has changed since version ${o.ifMatch}`, { current_etag: `"${current.v}"` });
+          if (current)
+            throw preconditionFailed(
+              'VERSION_MISMATCH',
+              `row ${target.pk} of ${t.name} has changed since version ${o.ifMatch}`,
+              { current_etag: `"${current.v}"` },
+            );
         }
         throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(target.pk)} in ${t.name}`);
       }
@@ -265,7 +363,11 @@ export function createRowsService(opts: RowsServiceOptions) {
   }
 }
 
-function result(rows: Array<{ j: string; v: string }>, many: boolean, returning: ReturnPreference | undefined): WriteResult {
+function result(
+  rows: Array<{ j: string; v: string }>,
+  many: boolean,
+  returning: ReturnPreference | undefined,
+): WriteResult {
   const etag = !many && rows[0] ? `"${rows[0].v}"` : undefined;
   if (returning === 'minimal') return { count: rows.length, etag };
   const data = many ? `[${rows.map((r) => r.j).join(',')}]` : (rows[0]?.j ?? 'null');
