@@ -1,19 +1,23 @@
 /**
  * `npm run bench`: side-by-side benchmarks in one run, reported as medians and ratios.
  *
- * 1. isolation: the same tenant-scoped single-row read (1M-row `items`, random id, its tenant)
- *    through (a) B-norls, the anchor's bare Fastify + pg route as table owner with no isolation,
- *    (b) B-rls, the anchor's naive tenant transaction (BEGIN; set_config; SELECT; COMMIT) under RLS,
- *    and STRATA-rest, `GET /v1/tables/items/rows/{id}` with a Bearer JWT. Rounds are interleaved.
- * 2. pool-load: 500 concurrent connections against Strata with a pool of 10 on the same route:
- *    statuses (only 200 and timely 503 allowed), p50/p99, the acquire-wait histogram, and the
- *    borrowed-client gauge after the run (must be 0).
+ * 1. isolation: the same tenant-scoped single-row read (1M-row `items`, random id, its tenant),
+ *    at BENCH_CONNECTIONS (16,64), through (a) B-norls, the anchor's bare Fastify + pg route as
+ *    table owner with no isolation, (b) B-rls, the anchor's naive tenant transaction (BEGIN;
+ *    set_config; SELECT; COMMIT) under RLS, (c) C-rls, PostGraphile 4.14.1 with its pgSettings
+ *    tenant under RLS, STRATA-rest (`GET /v1/tables/items/rows/{id}`, Bearer JWT) and STRATA-gql
+ *    (`items_by_pk`). Rounds are interleaved; pgbench select-only (prepared) is the ceiling.
+ * 2. lists: a 50-row filtered, ordered page and a two-level relationship query, REST and GraphQL.
+ * 3. pool-load: 500 concurrent connections against Strata with a pool of 10 on the single-row
+ *    route: statuses (only 200 and timely 503 allowed), p50/p99, the acquire-wait histogram, and
+ *    the borrowed-client gauge after the run (must be 0).
  *
- * Knobs: BENCH_DURATION (10 s), BENCH_WARMUP (3 s), BENCH_ROUNDS (2), BENCH_CONNECTIONS (16),
- * BENCH_POOL_CONNECTIONS (500), BENCH_SCENARIOS (isolation,pool-load), BENCH_SERVER_URL, BENCH_DATABASE.
+ * Knobs: BENCH_DURATION (10 s), BENCH_WARMUP (3 s), BENCH_ROUNDS (2), BENCH_CONNECTIONS (16,64),
+ * BENCH_POOL_CONNECTIONS (500), BENCH_SCENARIOS (isolation,lists,pool-load), BENCH_SERVER_URL,
+ * BENCH_DATABASE.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import { SignJWT } from 'jose';
@@ -23,9 +27,9 @@ const env = process.env;
 const DURATION = Number(env['BENCH_DURATION'] ?? 10);
 const WARMUP = Number(env['BENCH_WARMUP'] ?? 3);
 const ROUNDS = Number(env['BENCH_ROUNDS'] ?? 2);
-const CONNECTIONS = Number(env['BENCH_CONNECTIONS'] ?? 16);
+const CONNECTION_LEVELS = (env['BENCH_CONNECTIONS'] ?? '16,64').split(',').map(Number);
 const POOL_CONNECTIONS = Number(env['BENCH_POOL_CONNECTIONS'] ?? 500);
-const SCENARIOS = (env['BENCH_SCENARIOS'] ?? 'isolation,pool-load').split(',');
+const SCENARIOS = (env['BENCH_SCENARIOS'] ?? 'isolation,lists,pool-load').split(',');
 const SERVER_URL = env['BENCH_SERVER_URL'] ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const DATABASE = env['BENCH_DATABASE'] ?? 'strata_bench';
 const SECRET = 'bench-secret-bench-secret-bench-secret-0123';
@@ -43,13 +47,14 @@ interface Target {
   desc: string;
   port: number;
   start: () => ChildProcess;
-  request: (id: number) => { method: 'GET'; path: string; headers: Record<string, string> };
+  request: (id: number) => { method: 'GET' | 'POST'; path: string; headers: Record<string, string>; body?: string };
   check: (id: number, body: string) => boolean;
 }
 
 interface Measured {
   target: string;
   round: number;
+  connections?: number;
   rps: number;
   p50: number;
   p99: number;
@@ -85,6 +90,38 @@ function strataTarget(name: string, port: number, dbUrl: string, appUrl: string,
       }),
     request: (id) => ({ method: 'GET', path: `/v1/tables/items/rows/${id}`, headers: { authorization: tokens[tenantOf(id)]! } }),
     check: (id, body) => String((JSON.parse(body) as { data: { id: string | number } }).data.id) === String(id),
+  };
+}
+
+/** The same Strata server, asked another request shape. */
+function variant(base: Target, name: string, desc: string, request: Target['request'], check: Target['check']): Target {
+  return { ...base, name, desc, request, check };
+}
+
+const gql = (query: string) => JSON.stringify({ query });
+
+function postgraphileTarget(port: number): Target {
+  return {
+    name: 'C-rls',
+    desc: 'PostGraphile 4.14.1 itemById, pgSettings tenant under RLS',
+    port,
+    start: () =>
+      spawnLogged('C-rls', process.execPath, [path.join(ROOT, 'bench', 'anchors', 'server-postgraphile.cjs')], {
+        MODE: 'rls',
+        PORT: String(port),
+        NODE_ENV: 'production',
+        PGHOST: '127.0.0.1',
+        PGPORT: '5432',
+        PGDATABASE: DATABASE,
+        PGPASSWORD: 'anchor',
+      }),
+    request: (id) => ({
+      method: 'POST',
+      path: '/graphql',
+      headers: { 'content-type': 'application/json', 'x-tenant-id': String(tenantOf(id)) },
+      body: gql(`{ itemById(id: "${id}") { id tenantId name payload } }`),
+    }),
+    check: (id, body) => (JSON.parse(body) as { data: { itemById: { id: string } } }).data.itemById.id === String(id),
   };
 }
 
@@ -132,7 +169,7 @@ async function waitAndCheck(t: Target, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 50; i++) {
     const id = randId();
     const r = t.request(id);
-    const res = await fetch(`http://127.0.0.1:${t.port}${r.path}`, { headers: r.headers });
+    const res = await fetch(`http://127.0.0.1:${t.port}${r.path}`, { method: r.method, headers: r.headers, body: r.body });
     const body = await res.text();
     if (res.status !== 200 || !t.check(id, body)) throw new Error(`${t.name}: wrong answer for id ${id}: ${res.status} ${body.slice(0, 200)}`);
   }
@@ -184,6 +221,25 @@ function cannon(t: Target, seconds: number, connections: number): Promise<Measur
   });
 }
 
+/** pgbench select-only (prepared, 16 clients, as the table owner): the ceiling. */
+function pgbench(dbUrl: string): { tps: number } | undefined {
+  const bin = ['/usr/lib/postgresql/15/bin/pgbench', 'pgbench'].find((b) => {
+    try {
+      execFileSync(b, ['--version'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  if (!bin) return undefined;
+  const u = new URL(dbUrl);
+  const args = ['-n', '-M', 'prepared', '-c', '16', '-j', '2', '-h', u.hostname, '-p', u.port || '5432', '-U', 'anchor_owner', '-f', path.join(ROOT, 'bench', 'anchors', 'pgbench-select.sql'), DATABASE];
+  const penv = { ...env, PGPASSWORD: 'anchor' };
+  execFileSync(bin, ['-T', String(WARMUP), ...args], { env: penv, stdio: 'ignore' });
+  const out = execFileSync(bin, ['-T', String(DURATION), ...args], { env: penv }).toString();
+  return { tps: Math.round(Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN)) };
+}
+
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
@@ -201,6 +257,10 @@ function histogram(text: string, name: string, pool: string): Array<[string, num
 
 async function main(): Promise<void> {
   mkdirSync(OUT, { recursive: true });
+  if (!existsSync(path.join(ROOT, 'bench', 'anchors', 'node_modules', 'postgraphile'))) {
+    log('installing the reference servers (bench/anchors: Fastify + pg, PostGraphile 4.14.1)');
+    execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: path.join(ROOT, 'bench', 'anchors'), stdio: 'inherit' });
+  }
   log('building dist/ (npm run build)');
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit' });
   const dbUrl = await prepareBenchDatabase(SERVER_URL, DATABASE, log);
@@ -216,42 +276,92 @@ async function main(): Promise<void> {
   const report: Record<string, unknown> = { at: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version } };
   const md: string[] = [`# Strata benchmarks (${new Date().toISOString()})`, ''];
 
+  const rest = strataTarget('STRATA-rest', 3110, dbUrl, appUrl.toString(), tokens, { DB_POOL_MAX: '16', DB_POOL_MIN: '16' });
+  const gqlTarget = variant(
+    rest,
+    'STRATA-gql',
+    'Strata GraphQL items_by_pk, Bearer JWT',
+    (id) => ({ method: 'POST', path: '/graphql', headers: { 'content-type': 'application/json', authorization: tokens[tenantOf(id)]! }, body: gql(`{ items_by_pk(id: "${id}") { id tenant_id name payload } }`) }),
+    (id, body) => String((JSON.parse(body) as { data: { items_by_pk: { id: string } } }).data.items_by_pk.id) === String(id),
+  );
+
   if (SCENARIOS.includes('isolation')) {
-    const targets = [
-      anchorTarget('B-norls', 'norls', 3103),
-      anchorTarget('B-rls', 'rls', 3101),
-      strataTarget('STRATA-rest', 3110, dbUrl, appUrl.toString(), tokens, { DB_POOL_MAX: '16', DB_POOL_MIN: '16' }),
-    ];
+    const ceiling = pgbench(dbUrl);
+    if (ceiling) log(`pgbench select-only ceiling (owner, -M prepared, -c 16): ${ceiling.tps} tps`);
+    const targets = [anchorTarget('B-norls', 'norls', 3103), anchorTarget('B-rls', 'rls', 3101), postgraphileTarget(3102), rest, gqlTarget];
     const runs: Measured[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const t of targets) {
-        log(`isolation round ${round}: ${t.name}`);
-        const child = await startAndCheck(t);
-        try {
-          await cannon(t, WARMUP, CONNECTIONS);
-          const m = await cannon(t, DURATION, CONNECTIONS);
-          runs.push({ ...m, lat: undefined, round } as unknown as Measured);
-          log(`  ${t.name}: ${m.rps} req/s p50=${m.p50}ms p99=${m.p99}ms non2xx=${m.non2xx} errors=${m.errors}`);
-        } finally {
-          await stop(child);
+      for (const connections of CONNECTION_LEVELS) {
+        for (const t of targets) {
+          log(`isolation round ${round}, ${connections} connections: ${t.name}`);
+          const child = await startAndCheck(t);
+          try {
+            await cannon(t, WARMUP, connections);
+            const m = await cannon(t, DURATION, connections);
+            runs.push({ ...m, lat: undefined, round, connections } as unknown as Measured);
+            log(`  ${t.name}: ${m.rps} req/s p50=${m.p50}ms p99=${m.p99}ms non2xx=${m.non2xx} errors=${m.errors}`);
+          } finally {
+            await stop(child);
+          }
         }
       }
     }
-    const med = (name: string, k: 'rps' | 'p50' | 'p99') => median(runs.filter((r) => r.target === name).map((r) => r[k]));
-    const a = med('B-norls', 'rps');
-    const b = med('B-rls', 'rps');
-    md.push(
-      `## Cost of tenant isolation: single-row read, ${CONNECTIONS} connections, ${DURATION}s x ${ROUNDS} rounds (medians)`,
-      '',
-      '| system | req/s | p50 ms | p99 ms | vs B-norls (no isolation) | vs B-rls (naive tenant txn) |',
-      '|---|---:|---:|---:|---:|---:|',
-    );
-    for (const t of targets) {
-      const rps = med(t.name, 'rps');
-      md.push(`| ${t.name}: ${t.desc} | ${rps} | ${med(t.name, 'p50')} | ${med(t.name, 'p99')} | ${(rps / a).toFixed(2)}x | ${(rps / b).toFixed(2)}x |`);
+    const med = (name: string, c: number, k: 'rps' | 'p50' | 'p99') => median(runs.filter((r) => r.target === name && r.connections === c).map((r) => r[k]));
+    const medians: Record<string, unknown> = {};
+    for (const c of CONNECTION_LEVELS) {
+      const a = med('B-norls', c, 'rps');
+      const b = med('B-rls', c, 'rps');
+      const pg = med('C-rls', c, 'rps');
+      md.push(
+        `## Single-row tenant-scoped read, ${c} connections, ${DURATION}s x ${ROUNDS} rounds (medians, one run)`,
+        '',
+        ceiling ? `Ceiling: pgbench select-only, prepared, 16 clients, as the owner: ${ceiling.tps} tps.` : 'Ceiling: pgbench not found.',
+        '',
+        '| system | req/s | p50 ms | p99 ms | vs (a) B-norls | vs (b) B-rls | vs (c) PostGraphile |',
+        '|---|---:|---:|---:|---:|---:|---:|',
+      );
+      for (const t of targets) {
+        const rps = med(t.name, c, 'rps');
+        medians[`${t.name}@${c}`] = { rps, p50: med(t.name, c, 'p50'), p99: med(t.name, c, 'p99') };
+        md.push(`| ${t.name}: ${t.desc} | ${rps} | ${med(t.name, c, 'p50')} | ${med(t.name, c, 'p99')} | ${(rps / a).toFixed(2)}x | ${(rps / b).toFixed(2)}x | ${(rps / pg).toFixed(2)}x |`);
+      }
+      md.push('');
+    }
+    report['isolation'] = { runs, medians, pgbench: ceiling };
+  }
+
+  if (SCENARIOS.includes('lists')) {
+    const list = [
+      variant(rest, 'REST list: 50 rows, filtered, ordered', 'GET /v1/tables/items/rows?select=id,name,payload&id=lt.500000&order=id.desc&limit=50',
+        (id) => ({ method: 'GET', path: '/v1/tables/items/rows?select=id,name,payload&id=lt.500000&order=id.desc&limit=50', headers: { authorization: tokens[tenantOf(id)]! } }),
+        (_id, body) => (JSON.parse(body) as { data: unknown[] }).data.length === 50),
+      variant(gqlTarget, 'GraphQL list: 50 rows, filtered, ordered', 'items(first: 50, where: { id: { _lt: 500000 } }, order_by: [{ id: desc }])',
+        (id) => ({ method: 'POST', path: '/graphql', headers: { 'content-type': 'application/json', authorization: tokens[tenantOf(id)]! }, body: gql('{ items(first: 50, where: { id: { _lt: "500000" } }, order_by: [{ id: desc }]) { nodes { id name payload } } }') }),
+        (_id, body) => (JSON.parse(body) as { data: { items: { nodes: unknown[] } } }).data.items.nodes.length === 50),
+      variant(rest, 'REST two-level relationship', 'pipelines(10) -> pipeline_runs(5 each) -> run_steps',
+        () => ({ method: 'GET', path: '/v1/tables/pipelines/rows?select=id,name,pipeline_runs(id,status,run_steps(id,name))&limit=10&pipeline_runs.limit=5', headers: { authorization: tokens[1]! } }),
+        (_id, body) => (JSON.parse(body) as { data: unknown[] }).data.length === 10),
+      variant(gqlTarget, 'GraphQL two-level relationship', 'pipelines(first: 10) { pipeline_runs(first: 5) { run_steps } }',
+        () => ({ method: 'POST', path: '/graphql', headers: { 'content-type': 'application/json', authorization: tokens[1]! }, body: gql('{ pipelines(first: 10) { nodes { id name pipeline_runs(first: 5) { id status run_steps(first: 10) { id name } } } } }') }),
+        (_id, body) => (JSON.parse(body) as { data: { pipelines: { nodes: unknown[] } } }).data.pipelines.nodes.length === 10),
+    ];
+    md.push(`## Lists and relationships, 16 connections, ${DURATION}s`, '', '| query | req/s | p50 ms | p99 ms | non-2xx |', '|---|---:|---:|---:|---:|');
+    const listRuns: Measured[] = [];
+    for (const t of list) {
+      log(`lists: ${t.name}`);
+      const child = await startAndCheck(t);
+      try {
+        await cannon(t, WARMUP, 16);
+        const m = await cannon(t, DURATION, 16);
+        listRuns.push({ ...m, lat: undefined } as unknown as Measured);
+        log(`  ${m.rps} req/s p50=${m.p50}ms p99=${m.p99}ms`);
+        md.push(`| ${t.name} (${t.desc}) | ${m.rps} | ${m.p50} | ${m.p99} | ${m.non2xx} |`);
+      } finally {
+        await stop(child);
+      }
     }
     md.push('');
-    report['isolation'] = { runs, medians: Object.fromEntries(targets.map((t) => [t.name, { rps: med(t.name, 'rps'), p50: med(t.name, 'p50'), p99: med(t.name, 'p99') }])) };
+    report['lists'] = listRuns;
   }
 
   if (SCENARIOS.includes('pool-load')) {

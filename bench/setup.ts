@@ -7,6 +7,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { ensureAppRole } from '../src/db/database.js';
 import { createMigrator, defaultMigrationsDir } from '../src/db/migrations/index.js';
+import { SEED_SQL } from '../src/db/seed.js';
 
 export const BENCH_ROWS = 1_000_000;
 export const BENCH_TENANTS = 100;
@@ -85,6 +86,14 @@ export async function prepareBenchDatabase(serverUrl: string, database: string, 
       await c.query(
         `INSERT INTO strata.tenants (id, name) SELECT g::text, 'bench tenant ' || g FROM generate_series(1, ${BENCH_TENANTS}) g ON CONFLICT DO NOTHING`,
       );
+      // Demo pipelines for tenant 1, for the relationship benchmark (defaults take the session tenant).
+      const seeded = await c.query("SELECT 1 FROM pipelines WHERE tenant_id = '1' LIMIT 1");
+      if (!seeded.rowCount) {
+        await c.query('BEGIN');
+        await c.query("SELECT set_config('strata.tenant_id', '1', true)");
+        for (const sql of SEED_SQL) await c.query(sql);
+        await c.query('COMMIT');
+      }
       await c.query('CHECKPOINT');
     } finally {
       c.release();

@@ -10,7 +10,7 @@ export const DEMO_TENANTS = [
   { id: 'globex', name: 'Globex Inc.' },
 ] as const;
 
-const SEED_SQL = [
+export const SEED_SQL = [
   `INSERT INTO pipelines (name, description, status)
    SELECT 'pipeline-' || g, 'Nightly ' || (ARRAY['ingest','transform','report','backup'])[1 + g % 4] || ' pipeline number ' || g,
           (ARRAY['active','active','paused','archived'])[1 + g % 4]
