@@ -243,7 +243,7 @@ function pgbench(dbUrl: string): { tps: number } | undefined {
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return +(s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2).toFixed(2);
 };
 
 async function metricsText(port: number): Promise<string> {
