@@ -176,6 +176,9 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
       account(deps, pool.options.name, ctx, text, started, null);
       deps.metrics.errors.inc({ pool: pool.options.name, sqlstate: sqlstateOf(err) });
       lease.release(isConnectionError(err) ? true : undefined);
+      // a prepared statement invalidated by a schema change is re-prepared once, transparently
+      const replan = attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err));
+      if (replan) continue;
       if (!isRetryable(err) || attempt > retries) throw err;
       deps.metrics.retries.inc({ sqlstate: sqlstateOf(err) });
       await new Promise((r) => setTimeout(r, Math.random() * Math.min(1000, 10 * 2 ** attempt)));

@@ -9,6 +9,10 @@
  * BEGIN / set_config / statement / COMMIT as four round trips, this costs the database and the
  * service the same system calls as a plain query.
  *
+ * The caller's statement is prepared once per connection and reused (a bounded LRU of named
+ * statements per connection, evicted with Close), so PostgreSQL parses and plans each query shape
+ * once per connection instead of on every request.
+ *
  * Built on node-postgres' own Query class (multi-result handling, type parsing, callbacks), only
  * `submit` differs; it is accepted on pipelined connections because it is a Query.
  */
@@ -19,6 +23,7 @@ interface PgConnection {
   parse(msg: { text: string; name: string; types: unknown[] }): void;
   bind(msg: { portal: string; statement: string; values: readonly unknown[]; binary?: boolean; valueMapper: (v: unknown) => unknown }): void;
   describe(msg: { type: 'P' | 'S'; name: string }): void;
+  close(msg: { type: 'P' | 'S'; name: string }): void;
   execute(msg: { portal: string; rows?: number }): void;
   sync(): void;
   stream: { cork?: () => void; uncork?: () => void };
@@ -29,14 +34,31 @@ interface QueryInternals {
   values: unknown[] | undefined;
   callback: ((err: Error | null, res?: pg.QueryResult | pg.QueryResult[]) => void) | undefined;
   handleRowDescription(msg: unknown): void;
+  handleError(err: Error, connection: unknown): void;
 }
 
 const require = createRequire(import.meta.url);
 const { prepareValue } = require('pg/lib/utils.js') as { prepareValue: (v: unknown) => unknown };
 const BaseQuery = (pg as unknown as { Query: new (config: { text: string; values?: unknown[] }) => QueryInternals }).Query;
 
-/** Statements prepared on each connection (named statements live as long as the connection). */
-const prepared = new WeakMap<PgConnection, Set<string>>();
+/** What is prepared on one connection (named statements live as long as the connection). */
+interface ConnectionState {
+  setups: Set<string>;
+  /** SQL text -> statement name, in least-recently-used order. */
+  statements: Map<string, string>;
+  /** Names whose Parse may or may not have happened (the batch failed): closed on next use. */
+  toClose: string[];
+  next: number;
+}
+const states = new WeakMap<PgConnection, ConnectionState>();
+/** Prepared statements kept per connection; the least recently used is closed beyond this. */
+export const STATEMENT_CACHE_SIZE = 200;
+
+function stateOf(connection: PgConnection): ConnectionState {
+  let s = states.get(connection);
+  if (!s) states.set(connection, (s = { setups: new Set(), statements: new Map(), toClose: [], next: 0 }));
+  return s;
+}
 
 export interface SetupStatement {
   readonly name: string;
@@ -46,6 +68,9 @@ export interface SetupStatement {
 class SingleTripQuery extends BaseQuery {
   private connection: PgConnection | undefined;
   private sawSetup = false;
+  /** Name given to the caller's statement in this batch when it was parsed here. */
+  private parsedAs: string | undefined;
+  private parsedSetup = false;
   constructor(
     private readonly setup: SetupStatement,
     private readonly setupValues: readonly unknown[],
@@ -61,15 +86,35 @@ class SingleTripQuery extends BaseQuery {
 
   submit(connection: PgConnection): null {
     this.connection = connection;
-    const known = prepared.get(connection)?.has(this.setup.name) ?? false;
+    const state = stateOf(connection);
+    const known = state.setups.has(this.setup.name);
+    let name = state.statements.get(this.text);
     connection.stream.cork?.();
     try {
-      if (!known) connection.parse({ text: this.setup.text, name: this.setup.name, types: [] });
+      for (const stale of state.toClose.splice(0)) connection.close({ type: 'S', name: stale });
+      if (name !== undefined) {
+        // refresh its place in the LRU order
+        state.statements.delete(this.text);
+        state.statements.set(this.text, name);
+      } else {
+        if (state.statements.size >= STATEMENT_CACHE_SIZE) {
+          const [oldText, oldName] = state.statements.entries().next().value as [string, string];
+          state.statements.delete(oldText);
+          connection.close({ type: 'S', name: oldName });
+        }
+        name = `strata_q${state.next++}`;
+        this.parsedAs = name;
+        state.statements.set(this.text, name);
+      }
+      if (!known) {
+        this.parsedSetup = true;
+        connection.parse({ text: this.setup.text, name: this.setup.name, types: [] });
+      }
       connection.bind({ portal: '', statement: this.setup.name, values: this.setupValues, valueMapper: prepareValue });
       connection.describe({ type: 'P', name: '' });
       connection.execute({ portal: '' });
-      connection.parse({ text: this.text, name: '', types: [] });
-      connection.bind({ portal: '', statement: '', values: this.values ?? [], valueMapper: prepareValue });
+      if (this.parsedAs !== undefined) connection.parse({ text: this.text, name, types: [] });
+      connection.bind({ portal: '', statement: name, values: this.values ?? [], valueMapper: prepareValue });
       connection.describe({ type: 'P', name: '' });
       connection.execute({ portal: '' });
       connection.sync();
@@ -83,11 +128,30 @@ class SingleTripQuery extends BaseQuery {
     if (!this.sawSetup && this.connection) {
       // the setup statement's description arrives first: it parsed, so it is prepared from now on
       this.sawSetup = true;
-      let names = prepared.get(this.connection);
-      if (!names) prepared.set(this.connection, (names = new Set()));
-      names.add(this.setup.name);
+      stateOf(this.connection).setups.add(this.setup.name);
     }
     super.handleRowDescription(msg);
+  }
+
+  override handleError(err: Error, connection: unknown): void {
+    if (this.connection) {
+      const state = stateOf(this.connection);
+      if (this.parsedSetup && !this.sawSetup) {
+        state.setups.delete(this.setup.name);
+        state.toClose.push(this.setup.name);
+      }
+      if (this.parsedAs !== undefined) {
+        // whether its Parse got through is unknown: forget it, and close the name next time
+        state.statements.delete(this.text);
+        state.toClose.push(this.parsedAs);
+      } else if ((err as { code?: string }).code === '0A000' || (err as { code?: string }).code === '26000') {
+        // "cached plan must not change result type" after a schema change, or a vanished statement
+        const name = state.statements.get(this.text);
+        state.statements.delete(this.text);
+        if (name !== undefined) state.toClose.push(name);
+      }
+    }
+    super.handleError(err, connection);
   }
 }
 
