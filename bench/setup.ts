@@ -93,8 +93,8 @@ export async function prepareBenchDatabase(serverUrl: string, database: string, 
         await c.query("SELECT set_config('strata.tenant_id', '1', true)");
         for (const sql of SEED_SQL) await c.query(sql);
         await c.query('COMMIT');
-        await c.query('ANALYZE pipelines, pipeline_runs, run_steps, run_logs');
       }
+      await c.query('ANALYZE pipelines, pipeline_runs, run_steps, run_logs');
       await c.query('CHECKPOINT');
     } finally {
       c.release();
