@@ -1,22 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
-import { createServer as createNetServer } from 'node:net';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, REDIS_URL, urlFor, type TestDatabase } from './helpers/databases.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE, TEST_JWT_SECRET } from './helpers/constants.js';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createNetServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
+import { freePort } from './helpers/net.js';
 
 /**
  * The real server process with OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local collector: spans for
