@@ -17,6 +17,7 @@ import { GraphqlRequest } from '../api/graphql/context.js';
 import { checkLimits } from '../api/graphql/cost.js';
 import { formatErrors } from '../api/graphql/errors.js';
 import { buildGraphqlSchema } from '../api/graphql/schema.js';
+import { normalizeLiterals } from '../api/graphql/normalize.js';
 
 declare module 'mercurius' {
   interface MercuriusContext {
@@ -104,6 +105,16 @@ export default fp(
             throw badRequest('GRAPHQL_BAD_REQUEST', 'the request has no GraphQL query (send { "query": "..." })');
           }
           await ensureSchema();
+          const vars = (source as { variables?: unknown }).variables;
+          const plainVars = vars === undefined || vars === null || (typeof vars === 'object' && !Array.isArray(vars));
+          if (request.method === 'POST' && plainVars) {
+            const body = source as { query: string; variables?: Record<string, unknown> | null };
+            const normalized = normalizeLiterals(app.graphql.schema, body.query, body.variables ?? undefined);
+            if (normalized) {
+              body.query = normalized.query;
+              body.variables = normalized.variables;
+            }
+          }
         },
         onResponse: async (request: FastifyRequest) => finish(request),
       },
