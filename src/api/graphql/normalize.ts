@@ -33,7 +33,7 @@ const PAGING = new Set(['first', 'after', 'last', 'before']);
 
 function typeNode(type: GraphQLInputType): TypeNode {
   if (isNonNullType(type)) return { kind: Kind.NON_NULL_TYPE, type: typeNode(type.ofType) as Exclude<TypeNode, { kind: Kind.NON_NULL_TYPE }> };
-  if (isListType(type)) return { kind: Kind.LIST_TYPE, type: typeNode(type.ofType as GraphQLInputType) };
+  if (isListType(type)) return { kind: Kind.LIST_TYPE, type: typeNode(type.ofType) };
   return { kind: Kind.NAMED_TYPE, name: { kind: Kind.NAME, value: type.name } };
 }
 
