@@ -4,26 +4,13 @@
  * stable code and writes nothing. Against the real PostgreSQL and Redis.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { Database } from '../src/db/database.js';
 import type { Role } from '../src/domain.js';
 import { hashApiKey } from '../src/services/auth.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
+import { expectNoCheckedOutClients } from './helpers/leaks.js';
 
 const KEYS = '/v1/admin/api-keys';
 const ROWS = '/v1/tables/pipelines/rows';
-
-/** Fails the test when any pool still has a client checked out (at our layer or in pg.Pool itself). */
-async function expectNoCheckedOutClients(db: Database): Promise<void> {
-  await vi.waitFor(
-    () => {
-      db.pools().forEach((p, i) => {
-        expect(p.borrowedCount, `pool #${i} borrowed`).toBe(0);
-        expect(p.totalCount - p.idleCount, `pool #${i} clients checked out of pg.Pool`).toBe(0);
-      });
-    },
-    { timeout: 2000, interval: 25 },
-  );
-}
 
 interface CreatedKey {
   id: string;

@@ -5,28 +5,15 @@
  */
 import pino from 'pino';
 import { Registry } from 'prom-client';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { build, loggerOptions } from '../src/app.js';
-import type { Database } from '../src/db/database.js';
 import type { Role } from '../src/domain.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
+import { expectNoCheckedOutClients } from './helpers/leaks.js';
 
 const ROWS = '/v1/tables/pipelines/rows';
 const b64url = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
-
-/** Fails the test when any pool still has a client checked out (at our layer or in pg.Pool itself). */
-async function expectNoCheckedOutClients(db: Database): Promise<void> {
-  await vi.waitFor(
-    () => {
-      db.pools().forEach((p, i) => {
-        expect(p.borrowedCount, `pool #${i} borrowed`).toBe(0);
-        expect(p.totalCount - p.idleCount, `pool #${i} clients checked out of pg.Pool`).toBe(0);
-      });
-    },
-    { timeout: 2000, interval: 25 },
-  );
-}
 
 describe('authentication and authorization', () => {
   let t: TestApp;

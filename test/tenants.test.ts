@@ -2,25 +2,12 @@
  * The tenant registry (platform_admin only) through HTTP: register, list, read, suspend and
  * reactivate; every bad input is a 4xx with a stable code and writes nothing.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { Database } from '../src/db/database.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
+import { expectNoCheckedOutClients } from './helpers/leaks.js';
 
 const TENANTS = '/v1/admin/tenants';
 const ROWS = '/v1/tables/pipelines/rows';
-
-/** Fails the test when any pool still has a client checked out (at our layer or in pg.Pool itself). */
-async function expectNoCheckedOutClients(db: Database): Promise<void> {
-  await vi.waitFor(
-    () => {
-      db.pools().forEach((p, i) => {
-        expect(p.borrowedCount, `pool #${i} borrowed`).toBe(0);
-        expect(p.totalCount - p.idleCount, `pool #${i} clients checked out of pg.Pool`).toBe(0);
-      });
-    },
-    { timeout: 2000, interval: 25 },
-  );
-}
 
 describe('tenant registry', () => {
   let t: TestApp;
