@@ -239,7 +239,10 @@ function embedSql(parent: string, rel: Relationship, target: TableInfo, select: 
   if (rel.kind === 'many-to-one') return `(SELECT ${json} FROM ${target.qualified} ${a} WHERE ${where} LIMIT 1)`;
   const order = orderSql(a, totalOrder(target, opts?.order ?? []));
   const limit = opts?.limit ?? scope.maxEmbedLimit;
-  return `COALESCE((SELECT json_agg(_e.j ORDER BY _e.n) FROM (SELECT ${json} AS j, row_number() OVER (ORDER BY ${order}) AS n FROM ${target.qualified} ${a} WHERE ${where} ORDER BY ${order} LIMIT ${scope.params.add(limit)}) _e), '[]'::json)`;
+  // OFFSET 0 fences the parent's rows: found through the foreign-key index, then sorted and cut,
+  // rather than a walk of the whole table in primary-key order filtered by the foreign key.
+  const children = `(SELECT * FROM ${target.qualified} ${a} WHERE ${where} OFFSET 0) ${a}`;
+  return `COALESCE((SELECT json_agg(_e.j ORDER BY _e.n) FROM (SELECT ${json} AS j, row_number() OVER (ORDER BY ${order}) AS n FROM ${children} ORDER BY ${order} LIMIT ${scope.params.add(limit)}) _e), '[]'::json)`;
 }
 
 /** Report embed options (`x.limit`, `x.status=`) that name no embedded relationship of the select. */
