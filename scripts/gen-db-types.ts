@@ -7,7 +7,7 @@
  * `PlatformDB`, without the migration runner's bookkeeping). `--check` writes nothing and exits 1
  * when the committed file differs. Exit 2: DATABASE_URL missing.
  *
- * Mapping: Generated<> for a column with a default or BY DEFAULT identity, GeneratedAlways<> for
+ * Mapping: Defaulted<> (Kysely's Generated<>, unwrapping helper column types) for a column with a default or BY DEFAULT identity, GeneratedAlways<> for
  * ALWAYS identity and generated columns; bigint and numeric are strings on read (node-postgres);
  * timestamps and dates are Date on read and Date | string on write; json/jsonb are JsonValue on read
  * and JSON text on write; a text column whose CHECK is `col = ANY (ARRAY[...])` becomes the union of
@@ -177,7 +177,7 @@ function columnType(c: IntrospectedColumn, helpers: Set<string>): string {
   if (c.isArray) t = labels ? `(${t})[]` : `${t}[]`;
   if (!c.notNull) t = `${t} | null`;
   if (c.identity === 'a' || c.generated === 's') return `GeneratedAlways<${t}>`;
-  if (c.hasDefault || c.identity === 'd') return `Generated<${t}>`;
+  if (c.hasDefault || c.identity === 'd') return `Defaulted<${t}>`;
   return t;
 }
 
@@ -216,9 +216,11 @@ export function renderTypes(columns: IntrospectedColumn[]): string {
     else members.strata.push(`  '${schema}.${table}': ${name};`);
   }
   const all = interfaces.join('\n');
+  const defaulted = /\bDefaulted</.test(all);
   const kysely = [
-    ...(helpers.size > 0 ? ['ColumnType'] : []), // every helper is a ColumnType
-    ...['Generated', 'GeneratedAlways'].filter((n) => new RegExp(`\\b${n}<`).test(all)),
+    ...(helpers.size > 0 || defaulted ? ['ColumnType'] : []), // every helper is a ColumnType
+    ...(defaulted ? ['InsertType', 'SelectType', 'UpdateType'] : []),
+    ...['GeneratedAlways'].filter((n) => new RegExp(`\\b${n}<`).test(all)),
   ];
   const header = [
     '/**',
@@ -234,6 +236,11 @@ export function renderTypes(columns: IntrospectedColumn[]): string {
     ...Object.keys(HELPERS)
       .filter((h) => helpers.has(h))
       .map((h) => HELPERS[h]!),
+    ...(defaulted
+      ? [
+          '/** Kysely\'s Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */\nexport type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;',
+        ]
+      : []),
     ...interfaces,
     `export interface TenantDB {\n${members.public.join('\n')}\n}`,
     `export interface PlatformDB {\n${members.strata.join('\n')}\n}`,

@@ -32,9 +32,10 @@ describe('generated Kysely types (src/db/generated/tenant-db.ts)', () => {
 
   it('types defaults, identities, nullability, bigint, jsonb, timestamps and CHECK literal lists', async () => {
     const out = renderTypes(await introspect(client));
-    expect(out).toContain("status: Generated<'active' | 'paused' | 'archived'>;");
-    expect(out).toContain('id: Generated<Int8>;');
-    expect(out).toContain('params: Generated<Json>;');
+    expect(out).toContain("status: Defaulted<'active' | 'paused' | 'archived'>;");
+    expect(out).toContain('id: Defaulted<Int8>;');
+    expect(out).toContain('params: Defaulted<Json>;');
+    expect(out).toContain('export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;');
     expect(out).toContain('started_at: Timestamp | null;');
     expect(out).toContain('  pipelines: Pipelines;');
     expect(out).toContain("  'strata.api_keys': StrataApiKeys;");

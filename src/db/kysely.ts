@@ -4,7 +4,7 @@
  */
 import { Kysely, PostgresDialect } from 'kysely';
 import type { StrataPool } from './pool.js';
-import type { PlatformDB } from './types.js';
+import type { PlatformDB } from './generated/tenant-db.js';
 
 export function createKysely(pool: StrataPool): Kysely<PlatformDB> {
   return new Kysely<PlatformDB>({

@@ -5,7 +5,7 @@
  * - TenantDB: the tenant tables of schema public (read and written through tenant sessions, under RLS).
  * - PlatformDB: the platform tables of schema strata (admin connection only).
  */
-import type { ColumnType, Generated } from 'kysely';
+import type { ColumnType, InsertType, SelectType, UpdateType } from 'kysely';
 
 /** bigint: read as a string (node-postgres keeps all 64 bits). */
 export type Int8 = ColumnType<string, bigint | number | string, bigint | number | string>;
@@ -19,52 +19,55 @@ export type JsonValue = JsonArray | JsonObject | JsonPrimitive;
 /** json/jsonb: parsed on read; written as JSON text (JSON.stringify), since arrays would bind as PostgreSQL arrays. */
 export type Json = ColumnType<JsonValue, string, string>;
 
+/** Kysely's Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */
+export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;
+
 export interface PipelineRuns {
-  id: Generated<Int8>;
-  tenant_id: Generated<string>;
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
   pipeline_id: Int8;
-  status: Generated<'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled'>;
-  params: Generated<Json>;
+  status: Defaulted<'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled'>;
+  params: Defaulted<Json>;
   started_at: Timestamp | null;
   finished_at: Timestamp | null;
 }
 
 export interface Pipelines {
-  id: Generated<Int8>;
-  tenant_id: Generated<string>;
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
   name: string;
   description: string | null;
-  status: Generated<'active' | 'paused' | 'archived'>;
-  created_at: Generated<Timestamp>;
+  status: Defaulted<'active' | 'paused' | 'archived'>;
+  created_at: Defaulted<Timestamp>;
 }
 
 export interface RunLogs {
-  id: Generated<Int8>;
-  tenant_id: Generated<string>;
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
   run_id: Int8;
-  level: Generated<'debug' | 'info' | 'warn' | 'error'>;
+  level: Defaulted<'debug' | 'info' | 'warn' | 'error'>;
   message: string;
-  at: Generated<Timestamp>;
+  at: Defaulted<Timestamp>;
 }
 
 export interface RunSteps {
-  id: Generated<Int8>;
-  tenant_id: Generated<string>;
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
   run_id: Int8;
   parent_step_id: Int8 | null;
   name: string;
-  status: Generated<'pending' | 'running' | 'succeeded' | 'failed' | 'skipped'>;
+  status: Defaulted<'pending' | 'running' | 'succeeded' | 'failed' | 'skipped'>;
   duration_ms: number | null;
 }
 
 export interface StrataApiKeys {
-  id: Generated<string>;
+  id: Defaulted<string>;
   tenant_id: string;
   role: 'reader' | 'writer' | 'analyst' | 'admin' | 'platform_admin';
   name: string;
   key_hash: Buffer;
   created_by: string;
-  created_at: Generated<Timestamp>;
+  created_at: Defaulted<Timestamp>;
   expires_at: Timestamp | null;
   revoked_at: Timestamp | null;
   last_used_at: Timestamp | null;
@@ -73,9 +76,9 @@ export interface StrataApiKeys {
 export interface StrataTenants {
   id: string;
   name: string;
-  status: Generated<'active' | 'suspended'>;
-  created_at: Generated<Timestamp>;
-  updated_at: Generated<Timestamp>;
+  status: Defaulted<'active' | 'suspended'>;
+  created_at: Defaulted<Timestamp>;
+  updated_at: Defaulted<Timestamp>;
 }
 
 export interface TenantDB {
