@@ -109,7 +109,8 @@ class TxImpl implements Tx {
   }
 
   async savepoint<T>(fn: (tx: Tx) => Promise<T>, name?: string): Promise<T> {
-    if (name !== undefined && !SAVEPOINT_NAME.test(name)) throw new Error(`invalid savepoint name ${JSON.stringify(name)}`);
+    if (name !== undefined && !SAVEPOINT_NAME.test(name))
+      throw new Error(`invalid savepoint name ${JSON.stringify(name)}`);
     const sp = name ? `sp_${name}` : `sp_${++this.savepoints}`;
     await this.client.query(`SAVEPOINT ${sp}`);
     try {
@@ -125,7 +126,14 @@ class TxImpl implements Tx {
 }
 
 /** Metrics, per-request stats (Server-Timing) and the slow-query log for one statement. */
-function account(deps: SessionDeps, poolName: string, ctx: SessionContext, text: string, started: number, rows: number | null): void {
+function account(
+  deps: SessionDeps,
+  poolName: string,
+  ctx: SessionContext,
+  text: string,
+  started: number,
+  rows: number | null,
+): void {
   const ms = performance.now() - started;
   deps.metrics.queryHistogram(poolName).observe(ms / 1000);
   if (ctx.stats) {
@@ -134,14 +142,24 @@ function account(deps: SessionDeps, poolName: string, ctx: SessionContext, text:
   }
   if (deps.defaults.slowQueryMs > 0 && ms >= deps.defaults.slowQueryMs) {
     deps.log.warn(
-      { requestId: ctx.requestId, tenant: ctx.tenantId, actor: ctx.actor, durationMs: Math.round(ms), rows, sql: normalizeSql(text) },
+      {
+        requestId: ctx.requestId,
+        tenant: ctx.tenantId,
+        actor: ctx.actor,
+        durationMs: Math.round(ms),
+        rows,
+        sql: normalizeSql(text),
+      },
       'slow query',
     );
   }
 }
 
 const SETUP_RW: SetupStatement = { name: 'strata_setup_rw', text: SETUP_SQL };
-const SETUP_RO: SetupStatement = { name: 'strata_setup_ro', text: `${SETUP_SQL}, set_config('transaction_read_only', 'on', true)` };
+const SETUP_RO: SetupStatement = {
+  name: 'strata_setup_ro',
+  text: `${SETUP_SQL}, set_config('transaction_read_only', 'on', true)`,
+};
 
 /**
  * One statement as its own tenant transaction in a single round trip (see single-trip.ts): the
@@ -164,11 +182,17 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
     String(opts.statementTimeoutMs ?? deps.defaults.statementTimeoutMs),
     String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
   ];
-  for (let attempt = 1; ; attempt++) {
+  return withRetries(deps, ctx, retries, async (attempt) => {
     const lease = await pool.acquire();
     const started = performance.now();
     try {
-      const res = await singleTrip<R>(lease.client, opts.readOnly ? SETUP_RO : SETUP_RW, setupValues, text, values);
+      const res = await singleTrip<R>(
+        lease.client,
+        opts.readOnly ? SETUP_RO : SETUP_RW,
+        setupValues,
+        text,
+        values,
+      );
       account(deps, pool.options.name, ctx, text, started, res.rowCount);
       lease.release();
       return res;
@@ -177,11 +201,37 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
       deps.metrics.errors.inc({ pool: pool.options.name, sqlstate: sqlstateOf(err) });
       lease.release(isConnectionError(err) ? true : undefined);
       // a prepared statement invalidated by a schema change is re-prepared once, transparently
-      const replan = attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err));
-      if (replan) continue;
+      if (attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err))) return REPLAN;
+      throw err;
+    }
+  });
+}
+
+const REPLAN = Symbol('replan');
+
+/**
+ * Run `attempt` until it succeeds; serialization failures and deadlocks are retried up to `retries`
+ * times with full-jitter exponential backoff. An attempt may ask to be run again at once (REPLAN).
+ */
+async function withRetries<T>(
+  deps: SessionDeps,
+  ctx: SessionContext,
+  retries: number,
+  run: (attempt: number) => Promise<T | typeof REPLAN>,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const out = await run(attempt);
+      if (out !== REPLAN) return out;
+    } catch (err) {
       if (!isRetryable(err) || attempt > retries) throw err;
       deps.metrics.retries.inc({ sqlstate: sqlstateOf(err) });
-      await new Promise((r) => setTimeout(r, Math.random() * Math.min(1000, 10 * 2 ** attempt)));
+      const delay = Math.random() * Math.min(1000, 10 * 2 ** attempt);
+      deps.log.debug(
+        { requestId: ctx.requestId, tenant: ctx.tenantId, attempt, delay, sqlstate: sqlstateOf(err) },
+        'retrying transaction',
+      );
+      await new Promise((r) => setTimeout(r, delay));
     }
   }
 }
@@ -204,18 +254,9 @@ export async function runInTransaction<T>(
 ): Promise<T> {
   if (isTx(ctxOrTx)) return ctxOrTx.savepoint(fn);
   const ctx = ctxOrTx;
-  const retries = opts.retries ?? deps.defaults.retries;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await attemptOnce(pool, deps, ctx, fn, opts, attempt);
-    } catch (err) {
-      if (!isRetryable(err) || attempt > retries) throw err;
-      deps.metrics.retries.inc({ sqlstate: sqlstateOf(err) });
-      const delay = Math.random() * Math.min(1000, 10 * 2 ** attempt); // full jitter
-      deps.log.debug({ requestId: ctx.requestId, tenant: ctx.tenantId, attempt, delay, sqlstate: sqlstateOf(err) }, 'retrying transaction');
-      await new Promise((r) => setTimeout(r, delay));
-    }
-  }
+  return withRetries(deps, ctx, opts.retries ?? deps.defaults.retries, (attempt) =>
+    attemptOnce(pool, deps, ctx, fn, opts, attempt),
+  );
 }
 
 async function attemptOnce<T>(

@@ -174,12 +174,9 @@ export function createRowsService(opts: RowsServiceOptions) {
       tx?: Tx,
     ): Promise<{ body: string; etag: string }> {
       const t = await schema.table(table);
-      const rq = parseRowsQuery({ select: qs['select'] }, { maxLimit: opts.maxLimit });
+      const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
       const params = new Params();
-      const s = await scope(params, {
-        ...rq,
-        embeds: parseRowsQuery(qs, { maxLimit: opts.maxLimit }).embeds,
-      });
+      const s = await scope(params, rq);
       checkEmbedPaths(rq.select, s.embeds);
       const where = filterSql(t, 't0', pkFilter(t, pk), params);
       const text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
