@@ -33,8 +33,11 @@ import transactionRoutes from './api/rest/transactions/index.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
+import { createBackupServices, type BackupServices } from './services/backups/index.js';
+import backupRoutes, { restoreRoutes } from './api/rest/backups/index.js';
+import maintenancePlugin from './plugins/maintenance.js';
 
-export interface AppServices {
+export interface AppServices extends BackupServices {
   tenants: TenantService;
   apiKeys: ApiKeyService;
   schema: SchemaRegistry;
@@ -108,6 +111,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     rows,
     transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
+    ...createBackupServices(db, app.log),
   };
   app.decorate('config', config);
   app.decorate('db', db);
@@ -121,6 +125,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(metricsPlugin, { registry });
   await app.register(swaggerPlugin);
   await app.register(authPlugin, { authenticator });
+  await app.register(maintenancePlugin);
 
   await app.register(healthRoutes);
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
@@ -131,5 +136,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
+  await app.register(backupRoutes, { prefix: '/v1/admin/backups' });
+  await app.register(restoreRoutes, { prefix: '/v1/admin/restores' });
   return app;
 }

@@ -64,6 +64,23 @@ export const EnvSchema = Type.Object({
   WORKER_CONCURRENCY: Int(4, 1, 256),
   /** The worker process serves /healthz, /readyz and /metrics on this port (0: none). */
   WORKER_HEALTH_PORT: Int(3001, 0, 65535),
+  /** Backups (SPEC 8): directory store (default DATA_DIR/backups), optional S3-compatible store. */
+  BACKUP_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  /** Comma-separated schemas to dump; empty: the whole database. */
+  BACKUP_SCHEMAS: Type.Optional(Type.String({ pattern: '^[a-z_][a-z0-9_]*(,[a-z_][a-z0-9_]*)*$' })),
+  /** Cron pattern of the scheduled full backup (BullMQ repeatable job); empty: no schedule. */
+  BACKUP_CRON: Type.Optional(Type.String({ minLength: 9 })),
+  BACKUP_KEEP_FULL: Int(7, 1, 10_000),
+  BACKUP_KEEP_DAYS: Int(14, 0, 36_500),
+  /** A directory holding pg_dump/pg_restore, tried before the usual places. */
+  BACKUP_PG_BIN_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  BACKUP_S3_BUCKET: Type.Optional(Type.String({ minLength: 3 })),
+  BACKUP_S3_PREFIX: Type.String({ default: 'strata-backups' }),
+  BACKUP_S3_REGION: Type.String({ default: 'us-east-1', minLength: 1 }),
+  BACKUP_S3_ENDPOINT: Type.Optional(Url(['http', 'https'])),
+  BACKUP_S3_ACCESS_KEY_ID: Type.Optional(Type.String({ minLength: 1 })),
+  BACKUP_S3_SECRET_ACCESS_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  BACKUP_S3_FORCE_PATH_STYLE: Type.Boolean({ default: false }),
 });
 
 export type Env = Static<typeof EnvSchema>;

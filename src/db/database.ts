@@ -73,6 +73,11 @@ export class Database {
     return this.opts.config;
   }
 
+  /** The owner/admin connection string (backups run pg_dump/pg_restore with it). */
+  get adminUrl(): string {
+    return this.opts.adminUrl;
+  }
+
   /** Prewarm pools and verify the application role cannot bypass row-level security. */
   async start(): Promise<void> {
     for (const shard of this.shards.values()) {

@@ -24,6 +24,12 @@ export interface JobInputs {
   'expire-api-keys': Record<never, never>;
   /** Test and template job: sleeps `ms` in `steps`, reporting progress, honouring cancellation. */
   sleep: { ms: number; steps: number };
+  /** Take a backup (SPEC 8), then apply the retention policy. */
+  backup: { kind: 'full' | 'incremental'; trigger?: string };
+  /** Verify a backup: checksum, real restore into a scratch database, row counts. */
+  'backup-verify': { backup_id: string };
+  /** Restore a backup or an instant into a new database or in place. */
+  restore: { backup_id?: string; until?: string; target: 'new_database' | 'in_place'; database?: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -31,6 +37,9 @@ export type JobName = keyof JobInputs;
 export const JOB_QUEUES = {
   'expire-api-keys': 'maintenance',
   sleep: 'noop',
+  backup: 'backups',
+  'backup-verify': 'backups',
+  restore: 'backups',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

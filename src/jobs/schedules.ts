@@ -4,11 +4,12 @@
  */
 import type { Config } from '../config.js';
 import { DEFAULT_JOB_OPTIONS, type JobData, type JobsLogger, type JobsService } from './queues.js';
+import { registerBackupSchedule } from './backup-schedule.js';
 
 export const API_KEY_SWEEP_SCHEDULER = 'expire-api-keys';
 
 /** Register (or update) every schedule. Throws, naming the variable, when a cron pattern is rejected. */
-export async function registerSchedules(jobs: JobsService, config: Pick<Config, 'API_KEY_SWEEP_CRON'>, log: JobsLogger): Promise<void> {
+export async function registerSchedules(jobs: JobsService, config: Pick<Config, 'API_KEY_SWEEP_CRON' | 'BACKUP_CRON'>, log: JobsLogger): Promise<void> {
   const data: JobData<'expire-api-keys'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${API_KEY_SWEEP_SCHEDULER}` };
   try {
     await jobs.queues.maintenance.upsertJobScheduler(
@@ -24,4 +25,5 @@ export async function registerSchedules(jobs: JobsService, config: Pick<Config, 
     throw new Error(`could not register the API-key expiry schedule (API_KEY_SWEEP_CRON=${config.API_KEY_SWEEP_CRON})`, { cause: err });
   }
   log.info({ cron: config.API_KEY_SWEEP_CRON }, 'schedule registered: expire-api-keys');
+  await registerBackupSchedule(jobs, config, log);
 }

@@ -1,0 +1,51 @@
+/**
+ * Maintenance mode: a flag in Redis, per database, set by an in-place restore for its duration. The
+ * API's write routes check it (src/plugins/maintenance.ts) and answer 503 MAINTENANCE_IN_PROGRESS.
+ * The flag has a TTL that the restore keeps refreshing, so a restore that dies does not leave the
+ * service read-only for ever (an in-place restore touches the live database only in its final swap).
+ */
+import type { Redis } from 'ioredis';
+
+export const maintenanceKey = (database: string) => `strata:maintenance:${database}`;
+/** Lifetime of the flag without a refresh. */
+export const MAINTENANCE_TTL_S = 600;
+/** How long the API may cache the flag; a restore waits longer than this before it starts. */
+export const MAINTENANCE_CACHE_MS = 250;
+
+export interface MaintenanceState {
+  reason: string;
+  job_id: string | null;
+  since: string;
+}
+
+export async function enterMaintenance(redis: Redis, database: string, state: MaintenanceState): Promise<void> {
+  await redis.set(maintenanceKey(database), JSON.stringify(state), 'EX', MAINTENANCE_TTL_S);
+}
+
+export async function refreshMaintenance(redis: Redis, database: string): Promise<void> {
+  await redis.expire(maintenanceKey(database), MAINTENANCE_TTL_S);
+}
+
+export async function leaveMaintenance(redis: Redis, database: string): Promise<void> {
+  await redis.del(maintenanceKey(database));
+}
+
+/** A cached reader of the flag for the request hook: at most one Redis read per MAINTENANCE_CACHE_MS. */
+export function maintenanceReader(redis: Redis, database: string) {
+  let cached: { at: number; state: MaintenanceState | null } | undefined;
+  let inflight: Promise<MaintenanceState | null> | undefined;
+  return async function current(): Promise<MaintenanceState | null> {
+    if (cached && Date.now() - cached.at < MAINTENANCE_CACHE_MS) return cached.state;
+    inflight ??= redis
+      .get(maintenanceKey(database))
+      .then((raw) => (raw ? (JSON.parse(raw) as MaintenanceState) : null))
+      .then((state) => {
+        cached = { at: Date.now(), state };
+        return state;
+      })
+      .finally(() => {
+        inflight = undefined;
+      });
+    return inflight;
+  };
+}
