@@ -58,7 +58,16 @@ export interface ChangeEvent {
   at: string;
 }
 
-export const CHANGE_COLUMNS = 'id::text AS id, txid::text AS txid, tenant_id, table_name, op, pk, before, after, actor, at';
+// `at` as ISO 8601 text with microseconds (a JS Date would keep milliseconds only).
+export const CHANGE_COLUMNS = "id::text AS id, txid::text AS txid, tenant_id, table_name, op, pk, before, after, actor, to_jsonb(at) #>> '{}' AS at";
+
+/** An ISO 8601 timestamp as microseconds since the epoch (Date keeps only milliseconds). */
+export function isoMicros(iso: string): number {
+  const m = /\.(\d+)/.exec(iso);
+  const frac = m?.[1] ?? '';
+  const ms = Date.parse(m ? iso.replace(m[0], '') : iso);
+  return ms * 1000 + Number((frac + '000000').slice(0, 6));
+}
 
 const DUMP_FILE = 'dump.pgcustom';
 const CHANGES_FILE = 'changes.ndjson.gz';
@@ -302,7 +311,7 @@ export function createBackupService(deps: BackupServiceDeps) {
           transform(row: ChangeEvent, _enc, cb) {
             n++;
             if (n % 10_000 === 0) void progress({ phase: 'changes', done: n, total: null });
-            cb(null, JSON.stringify({ ...row, at: new Date(row.at).toISOString() }) + '\n');
+            cb(null, JSON.stringify(row) + '\n');
           },
         });
         const file = await storeStream(events.pipe(lines).pipe(createGzip()), `${m.id}/${CHANGES_FILE}`);

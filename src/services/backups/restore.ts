@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import QueryStream from 'pg-query-stream';
 import type pg from 'pg';
 import { badRequest, conflict } from '../../errors.js';
-import { CHANGE_COLUMNS, type BackupService, type ChangeEvent, type OperationOptions } from './backups.js';
+import { CHANGE_COLUMNS, isoMicros, type BackupService, type ChangeEvent, type OperationOptions } from './backups.js';
 import type { BackupManifest } from './manifest.js';
 import { DATABASE_NAME, databaseExists, dropDatabase, quoteIdent, urlForDatabase, withClient } from './pg.js';
 import { createApplier, type ReplayStats } from './replay.js';
@@ -157,7 +157,7 @@ export function createRestoreService(deps: { backups: BackupService; redisUrl: s
         await target.query('SET LOCAL session_replication_role = replica');
         const hasLog = (await target.query<{ t: string | null }>("SELECT to_regclass('strata.changes')::text AS t")).rows[0]?.t != null;
         const applier = createApplier(target, { copyToChangeLog: hasLog });
-        const untilMs = p.until ? Date.parse(p.until) : Infinity;
+        const untilMicros = p.until ? isoMicros(p.until) : Infinity;
         let total: number | null = p.incrementals.reduce((n, i) => n + (i.change_count ?? 0), 0);
         let last = p.base.change_snapshot;
         const tick = async () => {
@@ -167,7 +167,7 @@ export function createRestoreService(deps: { backups: BackupService; redisUrl: s
         for (const inc of p.incrementals) {
           for await (const e of backups.readIncremental(inc)) {
             opts.signal?.throwIfAborted();
-            if (Date.parse(e.at) > untilMs) continue;
+            if (isoMicros(e.at) > untilMicros) continue;
             await applier.apply(e);
             await tick();
           }
