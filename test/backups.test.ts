@@ -54,7 +54,7 @@ describe('backups', () => {
     ];
     for (const role of ['reader', 'writer', 'analyst', 'admin'] as const) {
       for (const [method, url, payload] of calls) {
-        const res = await env.t.app.inject({ method: method as 'GET', url, headers: await env.t.auth(role, 'acme'), ...(payload ? { payload: payload as object } : {}) });
+        const res = await env.t.app.inject({ method: method as 'GET', url, headers: await env.t.auth(role, 'acme'), ...(payload ? { payload: payload } : {}) });
         expect(res.statusCode, `${role} ${method} ${url}`).toBe(403);
         expect(res.json().error.code).toBe('ROLE_FORBIDDEN');
       }

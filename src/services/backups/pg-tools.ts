@@ -133,9 +133,9 @@ export function run(
         for (const l of lines) if (l.trim()) opts.onStderrLine(l);
       }
     });
-    let failed: unknown;
+    let failed: Error | undefined;
     consumed?.catch((err: unknown) => {
-      failed = err;
+      failed = err instanceof Error ? err : new Error(String(err));
       child.kill('SIGTERM');
     });
     child.on('error', reject);
