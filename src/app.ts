@@ -33,6 +33,11 @@ import transactionRoutes from './api/rest/transactions/index.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
+import { createChangeFeed, type ChangeFeed } from './services/change-feed.js';
+import { createChangeService, type ChangeService } from './services/changes.js';
+import { createWebhookService, type WebhookService } from './services/webhooks.js';
+import changeRoutes, { rowHistoryRoutes } from './api/rest/changes/index.js';
+import webhookRoutes from './api/rest/webhooks/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -41,6 +46,9 @@ export interface AppServices {
   rows: RowsService;
   transactions: TransactionService;
   migrations: MigrationService;
+  changeFeed: ChangeFeed;
+  changes: ChangeService;
+  webhooks: WebhookService;
 }
 
 declare module 'fastify' {
@@ -108,6 +116,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     rows,
     transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
+    ...changeServices(config, db, schema, app.log),
   };
   app.decorate('config', config);
   app.decorate('db', db);
@@ -131,5 +140,17 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
+  await app.register(changeRoutes, { prefix: '/v1/changes' });
+  await app.register(rowHistoryRoutes, { prefix: '/v1/tables' });
+  await app.register(webhookRoutes, { prefix: '/v1/webhooks' });
+  app.addHook('onClose', () => services.changeFeed.close());
   return app;
+}
+
+/** Change data capture: the process's LISTEN connection, the change log and webhooks. */
+function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
+  const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT });
+  const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT });
+  return { changeFeed, changes, webhooks };
 }

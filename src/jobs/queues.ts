@@ -24,6 +24,12 @@ export interface JobInputs {
   'expire-api-keys': Record<never, never>;
   /** Test and template job: sleeps `ms` in `steps`, reporting progress, honouring cancellation. */
   sleep: { ms: number; steps: number };
+  /** The ordered delivery loop of one webhook (job id `webhooks-<webhook id>`). */
+  'deliver-webhook': { webhookId: string };
+  /** Re-deliver a webhook's events in (after, until]. */
+  'replay-webhook': { webhookId: string; after: string; until?: string };
+  /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
+  'maintain-changes': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
 
@@ -31,6 +37,9 @@ export type JobName = keyof JobInputs;
 export const JOB_QUEUES = {
   'expire-api-keys': 'maintenance',
   sleep: 'noop',
+  'deliver-webhook': 'webhooks',
+  'replay-webhook': 'webhooks',
+  'maintain-changes': 'maintenance',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];
