@@ -6,6 +6,7 @@
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
+import WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { RequestContext } from '../src/domain.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
@@ -390,6 +391,48 @@ describe('change data capture', () => {
       await insertPipeline('sse-globex', globex);
       const got = await run;
       expect(got.events.map((e) => [e.tenant_id, e.after?.['name']])).toEqual([['globex', 'sse-globex']]);
+    });
+
+    it('delivers the GraphQL subscription changes(table:) over a WebSocket, tenant-scoped', async () => {
+      const head = (await allChanges(reader)).at(-1)?.id ?? '0';
+      const ws = new WebSocket(`ws://127.0.0.1:${PORT}/graphql`, 'graphql-transport-ws', { headers: reader });
+      const got: Array<{ id: string; op: string; tenant_id: string; after: Json | null }> = [];
+      const done = new Promise<void>((resolve, reject) => {
+        ws.on('error', reject);
+        ws.on('open', () => ws.send(JSON.stringify({ type: 'connection_init', payload: {} })));
+        ws.on('message', (raw: Buffer) => {
+          const msg = JSON.parse(raw.toString()) as { type: string; payload?: { data?: { changes: (typeof got)[number] }; errors?: unknown } };
+          if (msg.type === 'connection_ack') {
+            ws.send(
+              JSON.stringify({
+                id: '1',
+                type: 'subscribe',
+                payload: { query: `subscription { changes(table: ["pipelines"], after: "${head}") { id op tenant_id after } }` },
+              }),
+            );
+            // written after the subscription is registered: globex's must never arrive
+            setTimeout(() => {
+              void (async () => {
+                await insertPipeline('gql-globex', globex);
+                await insertPipeline('gql-1');
+                await insertPipeline('gql-2');
+              })();
+            }, 50);
+          } else if (msg.type === 'next' && msg.payload?.data) {
+            got.push(msg.payload.data.changes);
+            if (got.length === 2) {
+              ws.send(JSON.stringify({ id: '1', type: 'complete' }));
+              ws.close();
+              resolve();
+            }
+          } else if (msg.type === 'error' || msg.payload?.errors) reject(new Error(JSON.stringify(msg)));
+        });
+      });
+      await done;
+      expect(got.map((e) => [e.tenant_id, e.op, e.after?.['name']])).toEqual([
+        ['acme', 'insert', 'gql-1'],
+        ['acme', 'insert', 'gql-2'],
+      ]);
     });
 
     it('rejects a bad Last-Event-ID with 400 before streaming', async () => {
