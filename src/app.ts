@@ -36,6 +36,11 @@ import sqlRoutes from './api/rest/sql/index.js';
 import { createBackupServices, type BackupServices } from './services/backups/index.js';
 import backupRoutes, { restoreRoutes } from './api/rest/backups/index.js';
 import maintenancePlugin from './plugins/maintenance.js';
+import { createChangeFeed, type ChangeFeed } from './services/change-feed.js';
+import { createChangeService, type ChangeService } from './services/changes.js';
+import { createWebhookService, type WebhookService } from './services/webhooks.js';
+import changeRoutes, { rowHistoryRoutes } from './api/rest/changes/index.js';
+import webhookRoutes from './api/rest/webhooks/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -44,6 +49,9 @@ export interface AppServices extends BackupServices {
   rows: RowsService;
   transactions: TransactionService;
   migrations: MigrationService;
+  changeFeed: ChangeFeed;
+  changes: ChangeService;
+  webhooks: WebhookService;
 }
 
 declare module 'fastify' {
@@ -112,6 +120,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
     ...createBackupServices(db, app.log),
+    ...changeServices(config, db, schema, app.log),
   };
   app.decorate('config', config);
   app.decorate('db', db);
@@ -138,5 +147,17 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(jobsPlugin, { jobs: opts.jobs });
   await app.register(backupRoutes, { prefix: '/v1/admin/backups' });
   await app.register(restoreRoutes, { prefix: '/v1/admin/restores' });
+  await app.register(changeRoutes, { prefix: '/v1/changes' });
+  await app.register(rowHistoryRoutes, { prefix: '/v1/tables' });
+  await app.register(webhookRoutes, { prefix: '/v1/webhooks' });
+  app.addHook('onClose', () => services.changeFeed.close());
   return app;
+}
+
+/** Change data capture: the process's LISTEN connection, the change log and webhooks. */
+function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
+  const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT });
+  const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT });
+  return { changeFeed, changes, webhooks };
 }

@@ -30,6 +30,12 @@ export interface JobInputs {
   'backup-verify': { backup_id: string };
   /** Restore a backup or an instant into a new database or in place. */
   restore: { backup_id?: string; until?: string; target: 'new_database' | 'in_place'; database?: string };
+  /** The ordered delivery loop of one webhook (job id `webhooks-<webhook id>`). */
+  'deliver-webhook': { webhookId: string };
+  /** Re-deliver a webhook's events in (after, until]. */
+  'replay-webhook': { webhookId: string; after: string; until?: string };
+  /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
+  'maintain-changes': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
 
@@ -40,6 +46,9 @@ export const JOB_QUEUES = {
   backup: 'backups',
   'backup-verify': 'backups',
   restore: 'backups',
+  'deliver-webhook': 'webhooks',
+  'replay-webhook': 'webhooks',
+  'maintain-changes': 'maintenance',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

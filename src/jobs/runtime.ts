@@ -19,10 +19,16 @@ import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
 import { backupJob, backupVerifyJob, restoreJob } from './processors/backups.js';
 import { createBackupServices, type BackupServices } from '../services/backups/index.js';
+import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
+import { maintainChanges } from './processors/maintain-changes.js';
+import { createChangeFeed, type ChangeFeed } from '../services/change-feed.js';
+import { createWebhookDelivery, type WebhookDelivery } from '../services/webhook-delivery.js';
+import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices extends BackupServices {
   apiKeys: ApiKeyService;
+  webhookDelivery: WebhookDelivery;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {
@@ -47,10 +53,32 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   backup: backupJob,
   'backup-verify': backupVerifyJob,
   restore: restoreJob,
+  'deliver-webhook': deliverWebhook,
+  'replay-webhook': replayWebhook,
+  'maintain-changes': maintainChanges,
 };
 
-export function createProcessorServices(db: Database, log?: Logger): ProcessorServices {
-  return { apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }), ...createBackupServices(db, log) };
+export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
+  const c = db.config;
+  return {
+    apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
+    ...createBackupServices(db, log),
+    webhookDelivery: createWebhookDelivery({
+      db,
+      log,
+      feed,
+      settings: {
+        maxAttempts: c.WEBHOOK_MAX_ATTEMPTS,
+        backoffBaseMs: c.WEBHOOK_BACKOFF_BASE_MS,
+        backoffMaxMs: c.WEBHOOK_BACKOFF_MAX_MS,
+        timeoutMs: c.WEBHOOK_TIMEOUT_MS,
+        leaseMs: c.WEBHOOK_LEASE_MS,
+        allowPrivate: c.WEBHOOK_ALLOW_PRIVATE,
+        lingerMs: Math.min(2_000, c.WEBHOOK_LEASE_MS / 4),
+        pollMs: c.CHANGES_POLL_MS,
+      },
+    }),
+  };
 }
 
 export interface WorkerRuntimeOptions {
@@ -71,6 +99,8 @@ export interface WorkerRuntimeOptions {
 
 export interface WorkerRuntime {
   readonly workers: readonly Worker[];
+  /** The webhook dispatcher, when queue `webhooks` is served. */
+  readonly dispatcher: WebhookDispatcher | undefined;
   /** Stop taking jobs and wait for active ones (up to timeoutMs; then they are left to the stalled check). */
   close(opts?: { timeoutMs?: number }): Promise<void>;
 }
@@ -82,7 +112,12 @@ const percentOf = (done: number, total: number | null) =>
 export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   const prefix = opts.prefix ?? 'strata';
   const { log, db } = opts;
-  const services = opts.services ?? createProcessorServices(db, log);
+  const feed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: db.config.CHANGES_POLL_MS });
+  const services = opts.services ?? createProcessorServices(db, log, feed);
+  const queueNames = opts.queues ?? QUEUE_NAMES;
+  const dispatcher = queueNames.includes('webhooks')
+    ? startWebhookDispatcher({ redisUrl: opts.redisUrl, prefix, feed, delivery: services.webhookDelivery, log })
+    : undefined;
   // Fail-fast connection for cancellation flags: a poll during an outage is just skipped.
   const flags = new Redis(opts.redisUrl, redisOptions({ lazyConnect: false }));
   flags.on('error', () => undefined);
@@ -119,7 +154,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
     }
   }
 
-  const workers = (opts.queues ?? QUEUE_NAMES).map((queue) => {
+  const workers = queueNames.map((queue) => {
     const worker: Worker = new Worker(queue, (job: Job<JobData>, _token?: string, signal?: AbortSignal) => run(worker, job, signal), {
       connection: { url: opts.redisUrl, maxRetriesPerRequest: null },
       prefix,
@@ -165,6 +200,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   log.info({ queues: workers.map((w) => w.name), prefix }, 'workers started');
   return {
     workers,
+    dispatcher,
     async close({ timeoutMs = 30_000 } = {}) {
       clearInterval(poller);
       let timer: NodeJS.Timeout | undefined;
@@ -179,6 +215,8 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
         log.warn({ timeoutMs, active: active.size }, 'active jobs did not finish in time; leaving them to be retried as stalled');
         graceful.catch(() => undefined);
       }
+      await dispatcher?.close();
+      await feed.close();
       await flags.quit().catch(() => flags.disconnect());
     },
   };
