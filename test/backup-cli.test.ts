@@ -37,7 +37,7 @@ describe('strata backup CLI', () => {
     await sqlOn(database.name, "INSERT INTO public.pipelines (tenant_id, name) SELECT 'acme', 'p' || g FROM generate_series(1, 50) g");
   });
   afterAll(async () => {
-    await withServer((c) => c.query(`DROP DATABASE IF EXISTS ${restored()} WITH (FORCE)`));
+    if (database) await withServer((c) => c.query(`DROP DATABASE IF EXISTS ${restored()} WITH (FORCE)`));
     await database?.drop();
     await rm(dir, { recursive: true, force: true });
   });
