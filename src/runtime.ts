@@ -117,6 +117,7 @@ async function developmentSecret(config: Config, log: Logger): Promise<string> {
   for (const t of DEMO_TENANTS) {
     lines.push(`  ${t.id} admin:  ${await sign({ tenant_id: t.id, role: 'admin' }, `demo-admin@${t.id}`)}`);
     lines.push(`  ${t.id} reader: ${await sign({ tenant_id: t.id, role: 'reader' }, `demo-reader@${t.id}`)}`);
+    lines.push(`  ${t.id} analyst: ${await sign({ tenant_id: t.id, role: 'analyst' }, `demo-analyst@${t.id}`)}`);
   }
   lines.push(`  platform_admin: ${await sign({ role: 'platform_admin' }, 'demo-platform-admin')}`, '');
   // Printed to stderr as plain text once per boot, not into the structured log stream.

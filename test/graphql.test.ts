@@ -153,6 +153,50 @@ describe('GraphQL API generated from the schema registry', () => {
       }
     });
 
+
+    it('pages a one-to-many relationship as a cursor connection per parent (<rel>_connection), with totalCount, in one query per level', async () => {
+      const query = `query($after: String) {
+        pipelines(first: 3, order_by: [{ id: asc }]) {
+          nodes { id pipeline_runs_connection(where: { status: { _neq: "queued" } }, order_by: [{ id: desc }], first: 3, after: $after) {
+            totalCount nodes { id status } edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }
+        }
+      }`;
+      const first = await gql(reader, query, { after: null });
+      expect(first.status).toBe(200);
+      expect(first.body.errors).toBeUndefined();
+      expect(first.queries).toBe(3); // pipelines, the runs of all three, their counts
+      for (const p of first.body.data.pipelines.nodes) {
+        const expected = await sql<{ id: string }>(
+          "SELECT r.id::text FROM pipeline_runs r WHERE r.tenant_id = 'acme' AND r.pipeline_id = $1 AND r.status <> 'queued' ORDER BY r.id DESC",
+          [p.id],
+        );
+        const conn = p.pipeline_runs_connection;
+        expect(conn.totalCount).toBe(expected.length);
+        expect(pluck(conn.edges, 'node').map((n) => (n as Row).id)).toEqual(pluck(conn.nodes, 'id'));
+        // follow this parent's cursor to the end: every run once, in order
+        const seen: string[] = [...(pluck(conn.nodes, 'id') as string[])];
+        let page = conn;
+        while (page.pageInfo.hasNextPage) {
+          const next = await gql(
+            reader,
+            `query($after: String, $id: BigInt_comparison_exp) { pipelines(where: { id: $id }) { nodes { pipeline_runs_connection(where: { status: { _neq: "queued" } }, order_by: [{ id: desc }], first: 3, after: $after) { nodes { id } pageInfo { hasNextPage endCursor } } } } }`,
+            { after: page.pageInfo.endCursor, id: { _eq: p.id } },
+          );
+          expect(next.body.errors).toBeUndefined();
+          page = next.body.data.pipelines.nodes[0].pipeline_runs_connection;
+          seen.push(...(pluck(page.nodes, 'id') as string[]));
+        }
+        expect(seen).toEqual(expected.map((e) => e.id));
+      }
+    });
+
+    it('refuses a nested connection cursor of another ordering with INVALID_CURSOR', async () => {
+      const r = await gql(reader, `{ pipelines(first: 1) { nodes { id pipeline_runs_connection(first: 1) { pageInfo { endCursor } } } } }`);
+      const cursor = r.body.data.pipelines.nodes[0].pipeline_runs_connection.pageInfo.endCursor as string;
+      const bad = await gql(reader, `query($c: String) { pipelines(first: 1) { nodes { pipeline_runs_connection(first: 1, order_by: [{ status: asc }], after: $c) { nodes { id } } } } }`, { c: cursor });
+      expect(bad.body.errors[0].extensions.code).toBe('INVALID_CURSOR');
+      expect(bad.body.data).toBeNull();
+    });
     it('follows many-to-one links (runs to their pipeline, steps to their parent step) in one query per level', async () => {
       const r = await gql(
         reader,

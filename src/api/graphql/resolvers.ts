@@ -16,6 +16,7 @@ import {
   aggAlias,
   aggregateSql,
   batchChildrenSql,
+  batchCountSql,
   batchKeyName,
   batchLookupSql,
   byPkSql,
@@ -25,6 +26,7 @@ import {
   listSql,
   orderItems,
   orderSignature,
+  keysetPredicate,
   type AggregateFn,
   type AggregatePlan,
   type BoolExp,
@@ -229,6 +231,74 @@ export function relationshipResolver(parent: TableModel, remote: TableModel, rel
         }, () => []),
     );
     return l.load(keyOf(values), values);
+  };
+}
+
+/**
+ * `<relationship>_connection`: a one-to-many relationship as a cursor connection (nodes, edges,
+ * pageInfo, totalCount) with where/order_by/first/after. All parents of a level are fetched with one
+ * query (one more for totalCount when selected); `after` applies to each parent's list.
+ */
+export function relationshipConnectionResolver(parent: TableModel, remote: TableModel, rel: Relationship): Resolver {
+  const join = joinColumns(parent.table, remote.table, rel);
+  const t = remote.table;
+  const id = `${parent.table.name}.${rel.name}_connection`;
+  interface Page {
+    rows: Row[];
+    total?: number;
+  }
+  return (src, args, { strata }, info) => {
+    const plan = connectionPlan(remote, info);
+    const first = checkFirst(args['first'], info.fieldName);
+    const items = orderItems(t, args['order_by'] as OrderBy | undefined);
+    const signature = orderSignature(items);
+    const after = typeof args['after'] === 'string' ? decodeCursor(args['after'], t.name, items, signature) : undefined;
+    const values = join.local.map((c) => src[c.name]);
+    const l = loader<Page>(
+      strata,
+      `${id}|${plan.node.signature}|${plan.rows}|${plan.count}|${JSON.stringify(args)}`,
+      () =>
+        new BatchLoader(async (keys) => {
+          const tuples = keys.map((k) => k.values);
+          const out = new Map<string, Page>();
+          const keyOfRow = (r: Row) => keyOf(join.remote.map((_, i) => r[batchKeyName(i)]));
+          if (plan.rows) {
+            const p = new Params();
+            const where = compileWhere(t, args['where'] as BoolExp | undefined, p, 'r');
+            const conds = [where, after ? keysetPredicate(items, after, p) : null].filter((c): c is string => c !== null);
+            const text = batchChildrenSql(t, plan.node.columns, join.remote, tuples, conds.length ? conds.join(' AND ') : null, items, first + 1, p, true);
+            for (const r of (await strata.query(info, text, p.values)).rows) {
+              const k = keyOfRow(r);
+              const page = out.get(k);
+              if (page) page.rows.push(r);
+              else out.set(k, { rows: [r] });
+            }
+          }
+          if (plan.count) {
+            const p = new Params();
+            const where = compileWhere(t, args['where'] as BoolExp | undefined, p, 'r');
+            for (const r of (await strata.query(info, batchCountSql(t, join.remote, tuples, where, p), p.values)).rows) {
+              const k = keyOfRow(r);
+              const page = out.get(k) ?? { rows: [] };
+              page.total = r['__strata_count'] as number;
+              out.set(k, page);
+            }
+          }
+          return out;
+        }, () => ({ rows: [], total: 0 })),
+    );
+    const page: Promise<Page> = values.some((v) => v === null || v === undefined) ? Promise.resolve({ rows: [], total: 0 }) : l.load(keyOf(values), values);
+    return page.then(({ rows, total }) => {
+      const nodes = rows.length > first ? rows.slice(0, first) : rows;
+      const cursorOf = (r: Row) => encodeCursor(t.name, signature, items.map((_, i) => (r[keyName(i)] ?? null) as string | null));
+      const last = nodes[nodes.length - 1];
+      return {
+        nodes,
+        edges: plan.edges ? nodes.map((node) => ({ cursor: cursorOf(node), node })) : [],
+        pageInfo: { hasNextPage: rows.length > first, endCursor: last ? cursorOf(last) : null },
+        totalCount: total ?? 0,
+      };
+    });
   };
 }
 

@@ -37,6 +37,7 @@ import {
   insertResolver,
   listResolver,
   relationshipResolver,
+  relationshipConnectionResolver,
   updateByPkResolver,
   updateWhereResolver,
   type TableModel,
@@ -123,6 +124,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
   const exposed = (t: TableInfo) => t.columns.filter((c) => validName(c.name));
 
   const objectTypes = new Map<string, GraphQLObjectType>();
+  const connections = new Map<string, GraphQLObjectType>();
   const boolExps = new Map<string, GraphQLInputObjectType>();
   const orderBys = new Map<string, GraphQLInputObjectType | undefined>();
 
@@ -180,6 +182,15 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
               rel.kind === 'many-to-one'
                 ? { type: remoteType, resolve: relationshipResolver(m, remote, rel) }
                 : { type: nonNull(listOf(remoteType)), args: listArgs(rel.table, false), resolve: relationshipResolver(m, remote, rel) };
+            const connectionName = `${rel.name}_connection`;
+            if (rel.kind === 'one-to-many' && !f[connectionName] && !m.rels.has(connectionName)) {
+              f[connectionName] = {
+                type: nonNull(connections.get(rel.table) as GraphQLObjectType),
+                args: listArgs(rel.table, true),
+                description: `${rel.name} as a cursor connection (nodes, edges, pageInfo, totalCount), paged with first/after.`,
+                resolve: relationshipConnectionResolver(m, remote, rel),
+              };
+            }
           }
           return f;
         },
@@ -203,6 +214,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
         totalCount: { type: nonNull(GraphQLInt), description: 'Rows matching `where` (counted only when selected).' },
       },
     });
+    connections.set(n, connection);
     query[n] = { type: nonNull(connection), args: listArgs(n, true), resolve: listResolver(m) };
     query[`${n}_aggregate`] = aggregateField(m, boolExps.get(n) as GraphQLInputObjectType, exposed(t));
 

@@ -202,17 +202,33 @@ export function batchChildrenSql(
   items: OrderItem[],
   limit: number,
   p: Params,
+  withKeys = false,
 ): string {
   const arrays = keyCols.map((c, i) => `${p.add(keys.map((k) => k[i]))}::${c.type}[]`);
   const kCols = keyCols.map((_, i) => q(batchKeyName(i)));
   const join = keyCols.map((c, i) => `${ref(c, 'r')} = k.${kCols[i]}`);
   if (where) join.push(where);
+  // OFFSET 0 fences the parent's rows: found through the foreign-key index, then sorted and cut.
+  // Without it a generic plan (prepared statements) walks the whole table in primary-key order,
+  // filtering on the foreign key, to stop after `limit` rows (the REST embedding does the same).
   const inner =
-    `SELECT ${selectList(cols, 'r')}, row_number() OVER (ORDER BY ${orderSql(items, 'r')}) AS "__strata_rn" ` +
-    `FROM ${t.qualified} r WHERE ${join.join(' AND ')} ORDER BY ${orderSql(items, 'r')} LIMIT ${p.add(limit)}`;
+    `SELECT ${[selectList(cols, 'r'), ...(withKeys ? items.map((i, n) => `${ref(i.column, 'r')}::text AS ${keyAlias(n)}`) : [])].join(', ')}, row_number() OVER (ORDER BY ${orderSql(items, 'r')}) AS "__strata_rn" ` +
+    `FROM (SELECT * FROM ${t.qualified} r WHERE ${join.join(' AND ')} OFFSET 0) r ORDER BY ${orderSql(items, 'r')} LIMIT ${p.add(limit)}`;
   return (
     `SELECT ${keyCols.map((c, i) => `${valueExpr(c, `k.${kCols[i]}`)} AS ${kCols[i]}`).join(', ')}, s.* FROM unnest(${arrays.join(', ')}) WITH ORDINALITY AS k(${kCols.join(', ')}, "__strata_ord") ` +
     `CROSS JOIN LATERAL (${inner}) s ORDER BY k."__strata_ord", s."__strata_rn"`
+  );
+}
+
+/** Rows per parent key (for a nested connection's totalCount): one grouped count for the level. */
+export function batchCountSql(t: TableInfo, keyCols: ColumnInfo[], keys: unknown[][], where: string | null, p: Params): string {
+  const arrays = keyCols.map((c, i) => `${p.add(keys.map((k) => k[i]))}::${c.type}[]`);
+  const kCols = keyCols.map((_, i) => q(batchKeyName(i)));
+  const join = keyCols.map((c, i) => `${ref(c, 'r')} = k.${kCols[i]}`);
+  if (where) join.push(where);
+  return (
+    `SELECT ${keyCols.map((c, i) => `${valueExpr(c, `k.${kCols[i]}`)} AS ${kCols[i]}`).join(', ')}, count(r.*)::int AS "__strata_count" ` +
+    `FROM unnest(${arrays.join(', ')}) AS k(${kCols.join(', ')}) LEFT JOIN ${t.qualified} r ON ${join.join(' AND ')} GROUP BY ${kCols.map((k) => `k.${k}`).join(', ')}`
   );
 }
 
