@@ -10,7 +10,9 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../src/services/backups/manifest.js';
-import { maintenanceKey } from '../src/services/backups/maintenance.js';
+import { enterMaintenance, leaveMaintenance, maintenanceKey } from '../src/services/backups/maintenance.js';
+import { BACKUP_SCHEDULER, registerBackupSchedule } from '../src/jobs/backup-schedule.js';
+import pino from 'pino';
 import { createBackupTestEnv, databaseExists, readDatabase, sqlOn, type BackupTestEnv } from './helpers/backups.js';
 import { REDIS_URL, withServer } from './helpers/databases.js';
 
@@ -293,5 +295,43 @@ describe('backups', () => {
     expect(write.statusCode).toBe(201);
     expect(await databasesLike(`${source.slice(0, 40)}_pre_restore_`)).toEqual([]);
     expect(await databasesLike(`${source.slice(0, 40)}_restoring_`)).toEqual([]);
+  });
+  it('registers the BACKUP_CRON schedule as a BullMQ job scheduler on queue backups, and removes it when unset', async () => {
+    const log = pino({ level: 'silent' });
+    const queue = env.t.jobs.queues.backups;
+    await registerBackupSchedule(env.t.jobs, { BACKUP_CRON: '0 3 * * *' }, log);
+    const scheduler = await queue.getJobScheduler(BACKUP_SCHEDULER);
+    expect(scheduler).toMatchObject({ key: BACKUP_SCHEDULER, pattern: '0 3 * * *', name: 'backup' });
+    await registerBackupSchedule(env.t.jobs, {}, log);
+    expect(await queue.getJobScheduler(BACKUP_SCHEDULER)).toBeFalsy();
+  });
+
+  it('in maintenance mode refuses writes (REST and GraphQL mutations) with 503 MAINTENANCE_IN_PROGRESS but serves reads and the backup routes', async () => {
+    const redis = new Redis(REDIS_URL);
+    const acme = await env.t.auth('writer', 'acme');
+    const before = await readDatabase(source);
+    try {
+      await enterMaintenance(redis, source, { reason: 'test', job_id: null, since: new Date().toISOString() });
+      await new Promise((r) => setTimeout(r, 300)); // past the API's flag cache
+      const write = await env.t.app.inject({ method: 'POST', url: '/v1/tables/pipelines/rows', headers: acme, payload: { name: 'no' } });
+      expect(write.statusCode).toBe(503);
+      expect(write.json().error.code).toBe('MAINTENANCE_IN_PROGRESS');
+      const patch = await env.t.app.inject({ method: 'PATCH', url: '/v1/tables/pipelines/rows?id=eq.1', headers: acme, payload: { name: 'no' } });
+      expect(patch.statusCode).toBe(503);
+      const mutation = await env.t.app.inject({ method: 'POST', url: '/graphql', headers: acme, payload: { query: 'mutation { insert_pipelines_one(object: { name: "no" }) { id } }' } });
+      expect(mutation.statusCode).toBe(503);
+      expect(mutation.json().errors[0].extensions.code).toBe('MAINTENANCE_IN_PROGRESS'); // GraphQL's error shape
+      const query = await env.t.app.inject({ method: 'POST', url: '/graphql', headers: acme, payload: { query: '{ pipelines(first: 1) { nodes { id } } }' } });
+      expect(query.statusCode).toBe(200);
+      expect((await env.t.app.inject({ url: '/v1/tables/pipelines/rows?limit=1', headers: acme })).statusCode).toBe(200);
+      expect((await inject('GET', '/v1/admin/backups')).statusCode).toBe(200);
+      expect(await readDatabase(source)).toEqual(before);
+    } finally {
+      await leaveMaintenance(redis, source);
+      await redis.quit();
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const after = await env.t.app.inject({ method: 'POST', url: '/v1/tables/pipelines/rows', headers: acme, payload: { name: 'after-maintenance' } });
+    expect(after.statusCode).toBe(201);
   });
 });
