@@ -69,7 +69,8 @@ export function createApplier(c: pg.ClientBase, opts: { copyToChangeLog: boolean
     const first = batch[0] as ChangeEvent;
     const t = await info(first.table_name);
     const cols = t.columns.map(quoteIdent);
-    const match = (a: string, b: string) => t.pk.map((k) => `${a}.${quoteIdent(k)} IS NOT DISTINCT FROM ${b}.${quoteIdent(k)}`).join(' AND ');
+    // `=`, not IS NOT DISTINCT FROM: primary keys are never null, and only `=` can use the key's index.
+    const match = (a: string, b: string) => t.pk.map((k) => `${a}.${quoteIdent(k)} = ${b}.${quoteIdent(k)}`).join(' AND ');
     if (first.op === 'insert') {
       await c.query(
         `INSERT INTO ${t.ident} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE
