@@ -52,6 +52,8 @@ COPY --from=build /app/dist ./dist
 COPY migrations ./migrations
 COPY openapi ./openapi
 
+# The backup store's mount point, owned by the app user (a named volume copies this ownership).
+RUN mkdir -p /var/lib/strata/backups && chown node:node /var/lib/strata/backups
 # The base image's unprivileged user (uid 1000); the app files stay root-owned and read-only to it.
 USER node
 
