@@ -257,6 +257,31 @@ describe('backups', () => {
     expect(await storedIds()).toEqual([first.id, b2.id, b3.id].sort());
   });
 
+  it('a backup stopped in the middle of pg_dump (cancelled job, dead worker) is recorded failed, never completed, and leaves no partial file', async () => {
+    const stop = new AbortController();
+    const svc = env.t.app.services.backups;
+    const before = await storedIds();
+    await expect(
+      svc.create('full', {
+        signal: stop.signal,
+        progress: ({ phase, done }) => {
+          if (phase === 'dump' && done >= 1) stop.abort(); // pg_dump is writing table data now
+        },
+      }),
+    ).rejects.toThrow();
+    const added = (await storedIds()).filter((id) => !before.includes(id));
+    expect(added).toHaveLength(1);
+    const id = added[0] ?? '';
+    const m = (await inject('GET', `/v1/admin/backups/${id}`)).json().data as BackupManifest;
+    expect(m.status).toBe('failed');
+    expect(m.error).toBeTruthy();
+    expect(await readdir(path.join(env.dir, id))).toEqual(['manifest.json']);
+    expect((await readdir(path.join(env.dir, '.tmp'))).filter((f) => f.endsWith('.part'))).toEqual([]);
+    const restore = await inject('POST', '/v1/admin/restores', { backup_id: id, target: 'new_database', database: `${source}_never2` });
+    expect(restore.json().error.code).toBe('BACKUP_NOT_COMPLETED');
+    expect((await inject('DELETE', `/v1/admin/backups/${id}`)).statusCode).toBe(204);
+  });
+
   it('restores in place behind maintenance mode: writes get 503 MAINTENANCE_IN_PROGRESS meanwhile, a safety backup is kept, and the service serves the restored data after', async () => {
     const state = await readDatabase(source);
     const base = await backupNow();

@@ -175,8 +175,8 @@ export function createBackupService(deps: BackupServiceDeps) {
     }
   }
 
-  /** Stream into a temporary file, hashing as it goes; then hand it to the store under `key`. */
-  async function storeStream(source: Readable, key: string): Promise<{ sha256: string; size: number }> {
+  /** Stream into a temporary file, hashing as it goes (not yet in the store). */
+  async function writeTemp(source: Readable, key: string): Promise<{ tmp: string; sha256: string; size: number }> {
     await mkdir(store.tmpDir, { recursive: true });
     const tmp = path.join(store.tmpDir, `${key.replace(/\//g, '_')}.${randomBytes(4).toString('hex')}.part`);
     const hash = createHash('sha256');
@@ -190,11 +190,30 @@ export function createBackupService(deps: BackupServiceDeps) {
     });
     try {
       await pipeline(source, tap, createWriteStream(tmp));
-      await store.putFile(key, tmp);
-    } finally {
+    } catch (err) {
       await rm(tmp, { force: true });
+      throw err;
     }
-    return { sha256: hash.digest('hex'), size };
+    return { tmp, sha256: hash.digest('hex'), size };
+  }
+
+  /**
+   * Write `produce`'s stream to a temporary file, and hand it to the store under `key` only once
+   * `produce` has succeeded (a killed pg_dump also ends its stdout cleanly: its partial output must
+   * never become the backup's file).
+   */
+  async function storeOutput(key: string, produce: (sink: (out: Readable) => Promise<void>) => Promise<void>): Promise<{ sha256: string; size: number }> {
+    let file: { tmp: string; sha256: string; size: number } | undefined;
+    try {
+      await produce(async (out) => {
+        file = await writeTemp(out, key);
+      });
+      if (!file) throw new Error('no output was produced');
+      await store.putFile(key, file.tmp);
+      return { sha256: file.sha256, size: file.size };
+    } finally {
+      if (file) await rm(file.tmp, { force: true });
+    }
   }
 
   /** Full backup: pg_dump from a snapshot exported by a REPEATABLE READ transaction kept open meanwhile. */
@@ -226,23 +245,21 @@ export function createBackupService(deps: BackupServiceDeps) {
         // Counting in the snapshot runs alongside pg_dump, which reads the same snapshot.
         const counting = countRows(c, tables, opts.signal);
         counting.catch(() => undefined);
-        let file: { sha256: string; size: number } | undefined;
-        await run(pgt.pg_dump, args, {
-          env,
-          signal: opts.signal,
-          onStdout: async (out) => {
-            file = await storeStream(out, `${m.id}/${DUMP_FILE}`);
-          },
-          onStderrLine: (line) => {
-            if (/dumping contents of table/.test(line)) {
-              dumped++;
-              void progress({ phase: 'dump', done: Math.min(dumped, total), total });
-            }
-          },
+        const file = await storeOutput(`${m.id}/${DUMP_FILE}`, async (sink) => {
+          await run(pgt.pg_dump, args, {
+            env,
+            signal: opts.signal,
+            onStdout: sink,
+            onStderrLine: (line) => {
+              if (/dumping contents of table/.test(line)) {
+                dumped++;
+                void progress({ phase: 'dump', done: Math.min(dumped, total), total });
+              }
+            },
+          });
+          m.row_counts = await counting;
         });
-        m.row_counts = await counting;
         await c.query('COMMIT');
-        if (!file) throw new Error('pg_dump produced no output');
         m.sha256 = file.sha256;
         m.size = file.size;
         await progress({ phase: 'dump', done: total, total });
@@ -314,7 +331,7 @@ export function createBackupService(deps: BackupServiceDeps) {
             cb(null, JSON.stringify(row) + '\n');
           },
         });
-        const file = await storeStream(events.pipe(lines).pipe(createGzip()), `${m.id}/${CHANGES_FILE}`);
+        const file = await storeOutput(`${m.id}/${CHANGES_FILE}`, (sink) => sink(events.pipe(lines).pipe(createGzip())));
         await c.query('COMMIT');
         m.change_count = n;
         m.sha256 = file.sha256;

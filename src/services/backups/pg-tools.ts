@@ -138,10 +138,16 @@ export function run(
       failed = err instanceof Error ? err : new Error(String(err));
       child.kill('SIGTERM');
     });
-    child.on('error', reject);
+    // 'close' always follows 'error' (failed spawn, abort): settle there, once stdout's consumer is done.
+    let childError: Error | undefined;
+    child.on('error', (err) => {
+      childError ??= err;
+    });
     child.on('close', (code) => {
       void Promise.resolve(consumed)
+        .catch(() => undefined)
         .then(() => {
+          if (childError) return reject(childError);
           if (failed) return reject(failed);
           if (code !== 0) return reject(new PgToolError(binary, code, stderr));
           resolve({ stdout, stderr });
