@@ -76,6 +76,9 @@ export const EnvSchema = Type.Object({
   WEBHOOK_BACKOFF_BASE_MS: Int(1_000, 1, 3_600_000),
   WEBHOOK_BACKOFF_MAX_MS: Int(300_000, 1, 86_400_000),
   WEBHOOK_TIMEOUT_MS: Int(10_000, 100, 300_000),
+  /** Lanes (rows, or tables) a webhook's delivery loop sends at once; events read per batch. */
+  WEBHOOK_CONCURRENCY: Int(16, 1, 256),
+  WEBHOOK_BATCH_SIZE: Int(200, 1, 10_000),
   /** How long a delivery loop holds a webhook without renewing (a killed worker's webhook resumes after it). */
   WEBHOOK_LEASE_MS: Int(30_000, 500, 3_600_000),
   /** Allow webhook URLs resolving to private, loopback or link-local addresses (tests, trusted networks). */

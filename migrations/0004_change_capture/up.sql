@@ -192,13 +192,15 @@ GRANT SELECT ON strata.captured_tables TO strata_tenant;
 
 SELECT strata.enable_capture(t::regclass) FROM unnest(ARRAY['public.pipelines', 'public.pipeline_runs', 'public.run_steps', 'public.run_logs']) t;
 
--- Webhooks: per tenant, delivered in id order by one delivery loop per webhook (lease below).
+-- Webhooks: per tenant, delivered by one delivery loop per webhook (lease below), in id order per lane.
 CREATE TABLE strata.webhooks (
   id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   tenant_id        text NOT NULL DEFAULT NULLIF(current_setting('strata.tenant_id', true), '') REFERENCES strata.tenants (id) ON DELETE CASCADE,
   url              text NOT NULL CHECK (url ~ '^https?://' AND length(url) <= 2048),
   tables           text[] NOT NULL DEFAULT '{}',  -- empty: every captured table
   ops              text[] NOT NULL DEFAULT '{insert,update,delete}' CHECK (ops <@ '{insert,update,delete}' AND cardinality(ops) > 0),
+  -- delivery lanes: events of one row (default), of one table, or all of the webhook, in id order
+  ordering         text NOT NULL DEFAULT 'row' CHECK (ordering IN ('row', 'table', 'webhook')),
   secret           text NOT NULL,
   active           boolean NOT NULL DEFAULT true,
   -- delivery state: last event acknowledged, retries of the next one, lease of the delivery loop
@@ -241,9 +243,9 @@ CREATE POLICY tenant_read ON strata.webhook_deliveries FOR SELECT TO strata_tena
 CREATE POLICY owner_all ON strata.webhook_deliveries TO CURRENT_USER USING (true) WITH CHECK (true);
 
 -- The secret is written by tenant sessions (creation) but read back only by the delivery workers.
-GRANT SELECT (id, tenant_id, url, tables, ops, active, cursor, attempt, next_attempt_at, created_by, created_at, updated_at),
-      INSERT (url, tables, ops, secret, active, cursor),
-      UPDATE (url, tables, ops, active, updated_at, cursor, attempt, next_attempt_at),
+GRANT SELECT (id, tenant_id, url, tables, ops, ordering, active, cursor, attempt, next_attempt_at, created_by, created_at, updated_at),
+      INSERT (url, tables, ops, ordering, secret, active, cursor),
+      UPDATE (url, tables, ops, ordering, active, updated_at, cursor, attempt, next_attempt_at),
       DELETE
    ON strata.webhooks TO strata_tenant;
 GRANT SELECT ON strata.webhook_deliveries TO strata_tenant;

@@ -17,6 +17,7 @@ export interface Webhook {
   url: string;
   tables: string[];
   ops: string[];
+  ordering: 'row' | 'table' | 'webhook';
   active: boolean;
   cursor: string;
   attempt: number;
@@ -42,10 +43,11 @@ export interface WebhookInput {
   url?: string;
   tables?: string[];
   ops?: string[];
+  ordering?: 'row' | 'table' | 'webhook';
   active?: boolean;
 }
 
-const COLUMNS = `id, tenant_id, url, tables, ops, active, cursor::text AS cursor, attempt, next_attempt_at, created_by, created_at, updated_at`;
+const COLUMNS = `id, tenant_id, url, tables, ops, ordering, active, cursor::text AS cursor, attempt, next_attempt_at, created_by, created_at, updated_at`;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const webhookNotFound = (id: string) => notFound('WEBHOOK_NOT_FOUND', `webhook ${id} does not exist`);
@@ -82,8 +84,8 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
           [ctx.tenantId],
         );
         const { rows } = await tx.query<Webhook>(
-          `INSERT INTO strata.webhooks (url, tables, ops, secret, active, cursor) VALUES ($1, $2, $3, $4, $5, $6::bigint) RETURNING ${COLUMNS}`,
-          [input.url, dedupe(input.tables) ?? [], dedupe(input.ops) ?? [...CHANGE_OPS], secret, input.active ?? true, h.rows[0]?.c ?? '0'],
+          `INSERT INTO strata.webhooks (url, tables, ops, ordering, secret, active, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7::bigint) RETURNING ${COLUMNS}`,
+          [input.url, dedupe(input.tables) ?? [], dedupe(input.ops) ?? [...CHANGE_OPS], input.ordering ?? 'row', secret, input.active ?? true, h.rows[0]?.c ?? '0'],
         );
         return { ...rows[0]!, secret };
       });
@@ -101,9 +103,9 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
       await checkInput(input);
       const { rows } = await db.tenantQuery<Webhook>(ctx, 
         `UPDATE strata.webhooks SET url = coalesce($2, url), tables = coalesce($3, tables), ops = coalesce($4, ops), active = coalesce($5, active),
-            next_attempt_at = CASE WHEN $5 IS TRUE THEN now() ELSE next_attempt_at END, updated_at = now()
+            ordering = coalesce($6, ordering), next_attempt_at = CASE WHEN $5 IS TRUE THEN now() ELSE next_attempt_at END, updated_at = now()
           WHERE id = $1 RETURNING ${COLUMNS}`,
-        [id, input.url ?? null, dedupe(input.tables) ?? null, dedupe(input.ops) ?? null, input.active ?? null],
+        [id, input.url ?? null, dedupe(input.tables) ?? null, dedupe(input.ops) ?? null, input.active ?? null, input.ordering ?? null],
       );
       if (!rows[0]) throw webhookNotFound(id);
       return rows[0];
