@@ -68,9 +68,9 @@ export const EnvSchema = Type.Object({
   CHANGES_RETENTION_DAYS: Int(30, 0, 36_500),
   CHANGES_PARTITIONS_AHEAD: Int(7, 1, 366),
   CHANGES_MAINTENANCE_CRON: Type.String({ default: '7 * * * *', minLength: 9 }),
-  /** SSE heartbeat comment interval, and the fallback re-read interval of change streams and dispatchers. */
+  /** SSE heartbeat comment interval; how often each process polls the change-id sequence to wake its readers. */
   CHANGES_HEARTBEAT_MS: Int(15_000, 100, 3_600_000),
-  CHANGES_POLL_MS: Int(1_000, 20, 60_000),
+  CHANGES_POLL_MS: Int(50, 5, 60_000),
   /** Webhook delivery: attempts per event before it is dead-lettered, backoff base/cap, request timeout. */
   WEBHOOK_MAX_ATTEMPTS: Int(8, 1, 100),
   WEBHOOK_BACKOFF_BASE_MS: Int(1_000, 1, 3_600_000),

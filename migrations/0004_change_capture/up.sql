@@ -117,7 +117,8 @@ COMMENT ON FUNCTION strata.change_horizon() IS
 REVOKE ALL ON FUNCTION strata.change_horizon() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION strata.change_horizon() TO strata_tenant;
 
--- The capture trigger. TG_ARGV holds the table's primary-key columns (set by enable_capture).
+-- The capture trigger. TG_ARGV[0] is 'notify' or 'quiet'; the rest are the table's primary-key columns
+-- (both set by enable_capture).
 CREATE FUNCTION strata.capture_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -132,7 +133,8 @@ BEGIN
   IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;
   IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;
   r := coalesce(n, o);
-  FOREACH col IN ARRAY TG_ARGV LOOP
+  FOR i IN 1 .. TG_NARGS - 1 LOOP
+    col := TG_ARGV[i];
     key := key || jsonb_build_object(col, r -> col);
   END LOOP;
   tenant := coalesce(r ->> 'tenant_id', NULLIF(current_setting('strata.tenant_id', true), ''));
@@ -146,14 +148,21 @@ BEGIN
   INSERT INTO strata.changes (id, txid, tenant_id, table_name, op, pk, before, after, actor, at)
   VALUES (nextval('strata.changes_id_seq'), pg_current_xact_id(), tenant, TG_TABLE_NAME, lower(TG_OP), key, o, n,
           NULLIF(current_setting('strata.actor', true), ''), now());
-  -- One wake-up per tenant and transaction (identical payloads fold), delivered at commit.
-  PERFORM pg_notify('strata_changes', tenant);
+  -- Opt-in: one wake-up per tenant and transaction (identical payloads fold), delivered at commit.
+  -- Off by default: a notifying commit takes a cluster-wide lock until it is flushed, which
+  -- serializes every notifying writer (readers poll the id sequence instead; see change-feed.ts).
+  IF TG_ARGV[0] = 'notify' THEN
+    PERFORM pg_notify('strata_changes', tenant);
+  END IF;
   RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION strata.capture_change() FROM PUBLIC;
 
-/** Opt a table of schema public in: (re)creates its capture trigger with its current primary key. */
-CREATE FUNCTION strata.enable_capture(rel regclass) RETURNS void
+/**
+ * Opt a table of schema public in: (re)creates its capture trigger with its current primary key.
+ * `notify` adds a pg_notify per transaction (lower latency for LISTENers, at a cost to write throughput).
+ */
+CREATE FUNCTION strata.enable_capture(rel regclass, notify boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   cols text[];
@@ -172,7 +181,7 @@ BEGIN
   END IF;
   EXECUTE format('DROP TRIGGER IF EXISTS strata_capture ON %s', rel);
   EXECUTE format('CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION strata.capture_change(%s)',
-                 rel, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(cols) c));
+                 rel, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(array_prepend(CASE WHEN notify THEN 'notify' ELSE 'quiet' END, cols)) c));
 END $$;
 
 /** Opt a table out: its writes are no longer captured (its past events stay). */
@@ -181,7 +190,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   EXECUTE format('DROP TRIGGER IF EXISTS strata_capture ON %s', rel);
 END $$;
-REVOKE ALL ON FUNCTION strata.enable_capture(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION strata.enable_capture(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION strata.disable_capture(regclass) FROM PUBLIC;
 
 /** The captured tables (those with the capture trigger). */

@@ -172,7 +172,15 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
    * order, each event retried with backoff until delivered or dead-lettered. True when the whole
    * batch is done (the cursor may move past it); false when the lease was lost or we were stopped.
    */
-  async function deliverBatch(w: LeasedWebhook, token: string, events: ChangeEvent[], agent: http.Agent, signal: AbortSignal, stats: LoopStats): Promise<boolean> {
+  async function deliverBatch(
+    w: LeasedWebhook,
+    token: string,
+    events: ChangeEvent[],
+    agent: http.Agent,
+    signal: AbortSignal,
+    stats: LoopStats,
+    succeeded: Array<{ e: ChangeEvent; r: SendResult; attempt: number }>,
+  ): Promise<boolean> {
     const lanes = new Map<string, ChangeEvent[]>();
     for (const e of events) {
       const k = laneOf(w, e);
@@ -188,11 +196,13 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
           if (!ok || signal.aborted) return;
           const r = await send(w, e, attempt, false, agent);
           const status = r.ok ? 'succeeded' : attempt >= s.maxAttempts ? 'dead' : 'failed';
-          if (!(await record(w, token, e, r, attempt, status))) {
+          // successes are recorded with the batch's cursor move (one statement); failures at once
+          if (status === 'succeeded') succeeded.push({ e, r, attempt });
+          else if (!(await record(w, token, e, r, attempt, status))) {
             ok = false;
             return;
           }
-          stats[status === 'succeeded' ? 'delivered' : status]++;
+          if (status !== 'succeeded') stats[status]++;
           if (status !== 'failed') break;
           await sleep(backoffMs(attempt, s.backoffBaseMs, s.backoffMaxMs), undefined, { signal }).catch(() => undefined);
         }
@@ -251,13 +261,33 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
           }
           const last = events[events.length - 1]!.id;
           const agentFor = w.url.startsWith('https:') ? agents.https : agents.http;
-          if (!(await deliverBatch(w, token, events, agentFor, signal, stats))) return stats;
+          const succeeded: Array<{ e: ChangeEvent; r: SendResult; attempt: number }> = [];
+          const complete = await deliverBatch(w, token, events, agentFor, signal, stats, succeeded);
+          // Record the successes and, when the whole batch is done, move the cursor past it: one statement.
           const moved = await db.adminQuery<LeasedWebhook>(
-            `UPDATE strata.webhooks SET cursor = $3::bigint, attempt = 0, next_attempt_at = now(),
-                    lease_until = now() + make_interval(secs => $4::double precision / 1000)
-              WHERE id = $1 AND lease_owner = $2 AND active RETURNING ${RETURNING}`,
-            [webhookId, token, last, s.leaseMs],
+            `WITH w AS (
+               UPDATE strata.webhooks SET cursor = CASE WHEN $5 THEN $3::bigint ELSE cursor END, attempt = 0, next_attempt_at = now(),
+                      lease_until = now() + make_interval(secs => $4::double precision / 1000)
+                WHERE id = $1 AND lease_owner = $2 RETURNING ${RETURNING}, active),
+             d AS (
+               INSERT INTO strata.webhook_deliveries (webhook_id, tenant_id, change_id, attempt, status, http_status, duration_ms)
+               SELECT w.id, w.tenant_id, x.change_id, x.attempt, 'succeeded', x.http_status, x.ms
+                 FROM w, unnest($6::bigint[], $7::int[], $8::int[], $9::int[]) AS x(change_id, attempt, http_status, ms))
+             SELECT * FROM w WHERE active`,
+            [
+              webhookId,
+              token,
+              last,
+              s.leaseMs,
+              complete,
+              succeeded.map((x) => x.e.id),
+              succeeded.map((x) => x.attempt),
+              succeeded.map((x) => x.r.status),
+              succeeded.map((x) => x.r.ms),
+            ],
           );
+          stats.delivered += succeeded.length;
+          if (!complete) return stats;
           w = moved.rows[0];
           idleSince = Date.now();
         }
