@@ -48,6 +48,7 @@ export function createChangeFeed(opts: ChangeFeedOptions): ChangeFeed {
 
   /** One poll: wake everyone when the sequence moved, or when a second passed without a wake-up. */
   function tick() {
+    if (wakes.size === 0) return; // nobody to wake: no queries
     const c = client;
     if (!c || polling) {
       if (Date.now() - lastWake >= 1_000) wakeAll(null);
