@@ -219,7 +219,6 @@ const scenario: BenchScenario = {
       WEBHOOK_ALLOW_PRIVATE: 'true',
       WEBHOOK_BACKOFF_BASE_MS: '20',
       WEBHOOK_BACKOFF_MAX_MS: '1000',
-      CHANGES_POLL_MS: '500',
     });
     try {
       await waitHttp(`http://127.0.0.1:${API_PORT}/healthz`);
