@@ -6,8 +6,9 @@
 -- events at or below a visibility horizon (strata.change_horizon()): the capture trigger takes, once
 -- per transaction and BEFORE its first nextval, a shared transaction-level advisory lock whose key is
 -- a strict lower bound of every id that transaction will get; the horizon is the smallest such key
--- held, so no transaction still running can commit an id at or below it. Reading "after id X" in id
--- order, up to the horizon, never skips a later-committing lower id. Per row, ids follow commit
+-- held (capped by the sequence position read before it), so no transaction still running can commit
+-- an id at or below it. Reading "after id X" in id order, up to the horizon, in a snapshot taken
+-- after the horizon was computed, never skips a later-committing lower id. Per row, ids follow commit
 -- order because a writer waits for the row lock of the previous one.
 
 CREATE SEQUENCE strata.changes_id_seq AS bigint CACHE 1; -- CACHE 1: ids increase across sessions
@@ -95,25 +96,28 @@ SELECT strata.maintain_change_partitions(7, 0);
 
 -- Advisory lock namespace of capturing transactions: classid = 0x4344 ('CD') << 16 | id bits 32..47,
 -- objid = id bits 0..31 (two-int4 form, objsubid 2).
+--
+-- The horizon H: no transaction running now, or starting later, can commit an id <= H. A reader calls this in one statement and reads `id <= H` in a LATER
+-- statement (a later snapshot: READ COMMITTED, or a transaction begun after it): every event with
+-- id <= H is then committed-and-visible or will never exist. Why: V = the sequence's position, read
+-- first; then K = the smallest lock key held. A transaction holding ids <= min(K, V) and still
+-- running when the reader's snapshot is taken either held its lock when pg_locks was read (so its
+-- key, below its ids, is in K), or took it after V was read, so its key (the sequence position then)
+-- is >= V and its ids are > V.
 CREATE FUNCTION strata.change_horizon() RETURNS bigint
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  snap pg_snapshot := pg_current_snapshot();
-  h bigint;
+  v bigint;
+  k bigint;
 BEGIN
-  -- Every capturing transaction still running holds a key below all of its ids.
-  SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) INTO h
+  SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO v FROM strata.changes_id_seq;
+  SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) INTO k
     FROM pg_locks l
    WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND (l.classid::bigint >> 16) = 17220;
-  -- A transaction running at our snapshot that has ended since: its events are invisible to the
-  -- snapshot and its lock is gone, so nothing bounds them. The caller retries with a new snapshot.
-  IF EXISTS (SELECT 1 FROM pg_snapshot_xip(snap) x WHERE pg_xact_status(x) IS DISTINCT FROM 'in progress') THEN
-    RETURN NULL;
-  END IF;
-  RETURN coalesce(h, 9223372036854775807);
+  RETURN least(v, coalesce(k, v));
 END $$;
 COMMENT ON FUNCTION strata.change_horizon() IS
-  'Highest change id that is safe to expose to id-ordered readers in the current snapshot (events with id <= horizon). NULL: retry in a new snapshot.';
+  'Highest change id safe to expose to id-ordered readers: read events with id <= horizon in a LATER statement (snapshot taken after this call).';
 REVOKE ALL ON FUNCTION strata.change_horizon() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION strata.change_horizon() TO strata_tenant;
 

@@ -83,26 +83,13 @@ const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::te
 export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: ChangeFeed; settings: DeliverySettings }) {
   const { db, log, feed, settings: s } = deps;
 
-  /** Run `fn` in a REPEATABLE READ READ ONLY transaction of the admin pool. */
-  async function snapshot<T>(fn: (q: { query: Database['adminQuery'] }) => Promise<T>): Promise<T> {
-    return db.admin.with(async (c) => {
-      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      try {
-        const out = await fn({ query: (text, values) => c.query(text, values as unknown[] | undefined) as never });
-        await c.query('COMMIT');
-        return out;
-      } catch (err) {
-        await c.query('ROLLBACK').catch(() => undefined);
-        throw err;
-      }
-    });
+  /** Two statements on one admin connection, in order (the horizon, then the events after it). */
+  async function sequential<T>(fn: (q: { query: Database['adminQuery'] }) => Promise<T>): Promise<T> {
+    return db.admin.with((c) => fn({ query: (text, values) => c.query(text, values as unknown[] | undefined) as never }));
   }
 
   async function nextEvents(w: LeasedWebhook, after: string, limit: number, until?: string): Promise<ChangeEvent[]> {
-    for (;;) {
-      const rows = await snapshot((tx) => readChanges(tx, w.tenant_id, after, { tables: w.tables, ops: w.ops }, limit, { until }));
-      if (rows) return rows;
-    }
+    return sequential((q) => readChanges(q, w.tenant_id, after, { tables: w.tables, ops: w.ops }, limit, { until }));
   }
 
   /** POST one event. Never throws: the outcome is recorded by the caller. */
@@ -315,7 +302,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       const found = await db.adminQuery<LeasedWebhook>(`SELECT ${RETURNING} FROM strata.webhooks WHERE id = $1 AND tenant_id = $2`, [webhookId, tenantId]);
       const w = found.rows[0];
       if (!w) return { delivered: 0, dead: 0 };
-      const until = range.until ?? (await snapshot(async (tx) => (await tx.query<{ h: string }>('SELECT coalesce(strata.change_horizon(), 0)::text AS h')).rows[0]?.h ?? '0'));
+      const until = range.until ?? (await db.adminQuery<{ h: string }>('SELECT strata.change_horizon()::text AS h')).rows[0]?.h ?? '0';
       const { rows } = await db.adminQuery<{ n: string }>(
         `SELECT count(*)::text AS n FROM strata.changes WHERE tenant_id = $1 AND id > $2::bigint AND id <= $3::bigint
             AND (cardinality($4::text[]) = 0 OR table_name = ANY ($4)) AND op = ANY ($5)`,

@@ -79,9 +79,10 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       return db.withTenant(ctx, async (tx) => {
         // Start after the newest event under the horizon: everything not yet exposed is delivered.
+        const horizon = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
         const h = await tx.query<{ c: string }>(
-          `SELECT coalesce((SELECT max(id) FROM strata.changes WHERE tenant_id = $1 AND id <= coalesce(strata.change_horizon(), 9223372036854775807)), 0)::text AS c`,
-          [ctx.tenantId],
+          `SELECT coalesce((SELECT max(id) FROM strata.changes WHERE tenant_id = $1 AND id <= $2::bigint), 0)::text AS c`,
+          [ctx.tenantId, horizon.rows[0]?.h ?? '0'],
         );
         const { rows } = await tx.query<Webhook>(
           `INSERT INTO strata.webhooks (url, tables, ops, ordering, secret, active, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7::bigint) RETURNING ${COLUMNS}`,
