@@ -4,7 +4,8 @@
  * 1. Write cost: single-row inserts through Strata's REST API (`POST /v1/tables/cdc_bench/rows`,
  *    writer JWT, autocannon, 16 connections) into one table, with its capture trigger dropped
  *    (`strata.disable_capture`) and re-created (`strata.enable_capture`) between interleaved rounds:
- *    same table, same server, same run. Reported: req/s per mode (median of rounds) and the ratio.
+ *    same table, same server, same run (both modes warmed up, rounds in ABBA order). Reported: req/s per
+ *    mode (median of rounds) and the ratio.
  * 2. Delivery: a steady 500 inserts/s (one transaction each, as the application role in a tenant
  *    session, over 8 connections) for BENCH_CDC_SECONDS (20 s) to a table a webhook follows, delivered
  *    by a Strata worker process (dist/jobs/runtime.js on its own BullMQ prefix) to a local receiver.
@@ -224,11 +225,16 @@ const scenario: BenchScenario = {
       await waitHttp(`http://127.0.0.1:${API_PORT}/healthz`);
       // 1. write cost, interleaved rounds on the same table
       const rows: Array<{ mode: string; round: number; rps: number; p99: number; non2xx: number }> = [];
-      await admin.query("SELECT strata.enable_capture('public.cdc_bench')");
-      await cannon(insert, WARMUP, 16);
+      const setCapture = (mode: 'on' | 'off') =>
+        admin.query(mode === 'on' ? "SELECT strata.enable_capture('public.cdc_bench')" : "SELECT strata.disable_capture('public.cdc_bench')");
+      for (const mode of ['off', 'on'] as const) {
+        await setCapture(mode);
+        await cannon(insert, WARMUP, 16);
+      }
       for (let round = 1; round <= ROUNDS; round++) {
-        for (const mode of ['off', 'on'] as const) {
-          await admin.query(mode === 'on' ? "SELECT strata.enable_capture('public.cdc_bench')" : "SELECT strata.disable_capture('public.cdc_bench')");
+        // ABBA: off,on then on,off, so drift in the machine's load does not favour one mode
+        for (const mode of round % 2 ? (['off', 'on'] as const) : (['on', 'off'] as const)) {
+          await setCapture(mode);
           const m = await cannon(insert, DURATION, 16);
           rows.push({ mode, round, rps: m.rps, p99: m.p99, non2xx: m.non2xx });
           ctx.log(`cdc write cost: capture ${mode}, round ${round}: ${m.rps} req/s, p99 ${m.p99} ms, non-2xx ${m.non2xx}`);
