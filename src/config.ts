@@ -85,14 +85,17 @@ export const EnvSchema = Type.Object({
   CHANGES_RETENTION_DAYS: Int(30, 0, 36_500),
   CHANGES_PARTITIONS_AHEAD: Int(7, 1, 366),
   CHANGES_MAINTENANCE_CRON: Type.String({ default: '7 * * * *', minLength: 9 }),
-  /** SSE heartbeat comment interval, and the fallback re-read interval of change streams and dispatchers. */
+  /** SSE heartbeat comment interval; how often each process polls the change-id sequence to wake its readers. */
   CHANGES_HEARTBEAT_MS: Int(15_000, 100, 3_600_000),
-  CHANGES_POLL_MS: Int(1_000, 20, 60_000),
+  CHANGES_POLL_MS: Int(50, 5, 60_000),
   /** Webhook delivery: attempts per event before it is dead-lettered, backoff base/cap, request timeout. */
   WEBHOOK_MAX_ATTEMPTS: Int(8, 1, 100),
   WEBHOOK_BACKOFF_BASE_MS: Int(1_000, 1, 3_600_000),
   WEBHOOK_BACKOFF_MAX_MS: Int(300_000, 1, 86_400_000),
   WEBHOOK_TIMEOUT_MS: Int(10_000, 100, 300_000),
+  /** Lanes (rows, or tables) a webhook's delivery loop sends at once; events read per batch. */
+  WEBHOOK_CONCURRENCY: Int(16, 1, 256),
+  WEBHOOK_BATCH_SIZE: Int(200, 1, 10_000),
   /** How long a delivery loop holds a webhook without renewing (a killed worker's webhook resumes after it). */
   WEBHOOK_LEASE_MS: Int(30_000, 500, 3_600_000),
   /** Allow webhook URLs resolving to private, loopback or link-local addresses (tests, trusted networks). */

@@ -7,7 +7,7 @@ import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { RequestContext } from '../src/domain.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE } from './helpers/constants.js';
@@ -440,6 +440,27 @@ describe('change data capture', () => {
       expect(r.statusCode).toBe(400);
       expect(r.json<{ error: { code: string } }>().error.code).toBe('BAD_CURSOR');
     });
+  });
+
+  it('notifies LISTENers at commit only for tables captured with notify', async () => {
+    const listener = new pg.Client({ connectionString: t.database.url });
+    await listener.connect();
+    const got: string[] = [];
+    listener.on('notification', (m) => got.push(m.payload ?? ''));
+    try {
+      await listener.query('LISTEN strata_changes');
+      await insertPipeline('quiet-by-default');
+      await t.db.adminQuery("SELECT strata.enable_capture('public.pipelines', true)");
+      await insertPipeline('notifying');
+      await vi.waitFor(() => expect(got.length).toBeGreaterThan(0), { timeout: 5000, interval: 20 });
+      await listener.query('SELECT 1'); // every notification of both (committed) writes is in by now
+      expect(got).toEqual(['acme']);
+      // still captured the same way
+      expect((await allChanges()).at(-1)?.after?.['name']).toBe('notifying');
+    } finally {
+      await t.db.adminQuery("SELECT strata.enable_capture('public.pipelines')");
+      await listener.end();
+    }
   });
 
   it('creates partitions ahead and drops those past retention', async () => {

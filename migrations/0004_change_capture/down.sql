@@ -9,7 +9,7 @@ BEGIN
   END LOOP;
 END
 $$;
-DROP FUNCTION IF EXISTS strata.enable_capture(regclass);
+DROP FUNCTION IF EXISTS strata.enable_capture(regclass, boolean);
 DROP FUNCTION IF EXISTS strata.disable_capture(regclass);
 DROP FUNCTION IF EXISTS strata.capture_change();
 DROP FUNCTION IF EXISTS strata.change_horizon();

@@ -6,8 +6,9 @@
 -- events at or below a visibility horizon (strata.change_horizon()): the capture trigger takes, once
 -- per transaction and BEFORE its first nextval, a shared transaction-level advisory lock whose key is
 -- a strict lower bound of every id that transaction will get; the horizon is the smallest such key
--- held, so no transaction still running can commit an id at or below it. Reading "after id X" in id
--- order, up to the horizon, never skips a later-committing lower id. Per row, ids follow commit
+-- held (capped by the sequence position read before it), so no transaction still running can commit
+-- an id at or below it. Reading "after id X" in id order, up to the horizon, in a snapshot taken
+-- after the horizon was computed, never skips a later-committing lower id. Per row, ids follow commit
 -- order because a writer waits for the row lock of the previous one.
 
 CREATE SEQUENCE strata.changes_id_seq AS bigint CACHE 1; -- CACHE 1: ids increase across sessions
@@ -95,29 +96,33 @@ SELECT strata.maintain_change_partitions(7, 0);
 
 -- Advisory lock namespace of capturing transactions: classid = 0x4344 ('CD') << 16 | id bits 32..47,
 -- objid = id bits 0..31 (two-int4 form, objsubid 2).
+--
+-- The horizon H: no transaction running now, or starting later, can commit an id <= H. A reader calls this in one statement and reads `id <= H` in a LATER
+-- statement (a later snapshot: READ COMMITTED, or a transaction begun after it): every event with
+-- id <= H is then committed-and-visible or will never exist. Why: V = the sequence's position, read
+-- first; then K = the smallest lock key held. A transaction holding ids <= min(K, V) and still
+-- running when the reader's snapshot is taken either held its lock when pg_locks was read (so its
+-- key, below its ids, is in K), or took it after V was read, so its key (the sequence position then)
+-- is >= V and its ids are > V.
 CREATE FUNCTION strata.change_horizon() RETURNS bigint
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  snap pg_snapshot := pg_current_snapshot();
-  h bigint;
+  v bigint;
+  k bigint;
 BEGIN
-  -- Every capturing transaction still running holds a key below all of its ids.
-  SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) INTO h
+  SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO v FROM strata.changes_id_seq;
+  SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) INTO k
     FROM pg_locks l
    WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND (l.classid::bigint >> 16) = 17220;
-  -- A transaction running at our snapshot that has ended since: its events are invisible to the
-  -- snapshot and its lock is gone, so nothing bounds them. The caller retries with a new snapshot.
-  IF EXISTS (SELECT 1 FROM pg_snapshot_xip(snap) x WHERE pg_xact_status(x) IS DISTINCT FROM 'in progress') THEN
-    RETURN NULL;
-  END IF;
-  RETURN coalesce(h, 9223372036854775807);
+  RETURN least(v, coalesce(k, v));
 END $$;
 COMMENT ON FUNCTION strata.change_horizon() IS
-  'Highest change id that is safe to expose to id-ordered readers in the current snapshot (events with id <= horizon). NULL: retry in a new snapshot.';
+  'Highest change id safe to expose to id-ordered readers: read events with id <= horizon in a LATER statement (snapshot taken after this call).';
 REVOKE ALL ON FUNCTION strata.change_horizon() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION strata.change_horizon() TO strata_tenant;
 
--- The capture trigger. TG_ARGV holds the table's primary-key columns (set by enable_capture).
+-- The capture trigger. TG_ARGV[0] is 'notify' or 'quiet'; the rest are the table's primary-key columns
+-- (both set by enable_capture).
 CREATE FUNCTION strata.capture_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -132,7 +137,8 @@ BEGIN
   IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;
   IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;
   r := coalesce(n, o);
-  FOREACH col IN ARRAY TG_ARGV LOOP
+  FOR i IN 1 .. TG_NARGS - 1 LOOP
+    col := TG_ARGV[i];
     key := key || jsonb_build_object(col, r -> col);
   END LOOP;
   tenant := coalesce(r ->> 'tenant_id', NULLIF(current_setting('strata.tenant_id', true), ''));
@@ -146,14 +152,21 @@ BEGIN
   INSERT INTO strata.changes (id, txid, tenant_id, table_name, op, pk, before, after, actor, at)
   VALUES (nextval('strata.changes_id_seq'), pg_current_xact_id(), tenant, TG_TABLE_NAME, lower(TG_OP), key, o, n,
           NULLIF(current_setting('strata.actor', true), ''), now());
-  -- One wake-up per tenant and transaction (identical payloads fold), delivered at commit.
-  PERFORM pg_notify('strata_changes', tenant);
+  -- Opt-in: one wake-up per tenant and transaction (identical payloads fold), delivered at commit.
+  -- Off by default: a notifying commit takes a cluster-wide lock until it is flushed, which
+  -- serializes every notifying writer (readers poll the id sequence instead; see change-feed.ts).
+  IF TG_ARGV[0] = 'notify' THEN
+    PERFORM pg_notify('strata_changes', tenant);
+  END IF;
   RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION strata.capture_change() FROM PUBLIC;
 
-/** Opt a table of schema public in: (re)creates its capture trigger with its current primary key. */
-CREATE FUNCTION strata.enable_capture(rel regclass) RETURNS void
+/**
+ * Opt a table of schema public in: (re)creates its capture trigger with its current primary key.
+ * `notify` adds a pg_notify per transaction (lower latency for LISTENers, at a cost to write throughput).
+ */
+CREATE FUNCTION strata.enable_capture(rel regclass, notify boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   cols text[];
@@ -172,7 +185,7 @@ BEGIN
   END IF;
   EXECUTE format('DROP TRIGGER IF EXISTS strata_capture ON %s', rel);
   EXECUTE format('CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION strata.capture_change(%s)',
-                 rel, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(cols) c));
+                 rel, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(array_prepend(CASE WHEN notify THEN 'notify' ELSE 'quiet' END, cols)) c));
 END $$;
 
 /** Opt a table out: its writes are no longer captured (its past events stay). */
@@ -181,7 +194,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   EXECUTE format('DROP TRIGGER IF EXISTS strata_capture ON %s', rel);
 END $$;
-REVOKE ALL ON FUNCTION strata.enable_capture(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION strata.enable_capture(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION strata.disable_capture(regclass) FROM PUBLIC;
 
 /** The captured tables (those with the capture trigger). */
@@ -192,13 +205,15 @@ GRANT SELECT ON strata.captured_tables TO strata_tenant;
 
 SELECT strata.enable_capture(t::regclass) FROM unnest(ARRAY['public.pipelines', 'public.pipeline_runs', 'public.run_steps', 'public.run_logs']) t;
 
--- Webhooks: per tenant, delivered in id order by one delivery loop per webhook (lease below).
+-- Webhooks: per tenant, delivered by one delivery loop per webhook (lease below), in id order per lane.
 CREATE TABLE strata.webhooks (
   id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   tenant_id        text NOT NULL DEFAULT NULLIF(current_setting('strata.tenant_id', true), '') REFERENCES strata.tenants (id) ON DELETE CASCADE,
   url              text NOT NULL CHECK (url ~ '^https?://' AND length(url) <= 2048),
   tables           text[] NOT NULL DEFAULT '{}',  -- empty: every captured table
   ops              text[] NOT NULL DEFAULT '{insert,update,delete}' CHECK (ops <@ '{insert,update,delete}' AND cardinality(ops) > 0),
+  -- delivery lanes: events of one row (default), of one table, or all of the webhook, in id order
+  ordering         text NOT NULL DEFAULT 'row' CHECK (ordering IN ('row', 'table', 'webhook')),
   secret           text NOT NULL,
   active           boolean NOT NULL DEFAULT true,
   -- delivery state: last event acknowledged, retries of the next one, lease of the delivery loop
@@ -241,9 +256,9 @@ CREATE POLICY tenant_read ON strata.webhook_deliveries FOR SELECT TO strata_tena
 CREATE POLICY owner_all ON strata.webhook_deliveries TO CURRENT_USER USING (true) WITH CHECK (true);
 
 -- The secret is written by tenant sessions (creation) but read back only by the delivery workers.
-GRANT SELECT (id, tenant_id, url, tables, ops, active, cursor, attempt, next_attempt_at, created_by, created_at, updated_at),
-      INSERT (url, tables, ops, secret, active, cursor),
-      UPDATE (url, tables, ops, active, updated_at, cursor, attempt, next_attempt_at),
+GRANT SELECT (id, tenant_id, url, tables, ops, ordering, active, cursor, attempt, next_attempt_at, created_by, created_at, updated_at),
+      INSERT (url, tables, ops, ordering, secret, active, cursor),
+      UPDATE (url, tables, ops, ordering, active, updated_at, cursor, attempt, next_attempt_at),
       DELETE
    ON strata.webhooks TO strata_tenant;
 GRANT SELECT ON strata.webhook_deliveries TO strata_tenant;

@@ -76,6 +76,8 @@ export function createProcessorServices(db: Database, log: Logger, feed: ChangeF
         allowPrivate: c.WEBHOOK_ALLOW_PRIVATE,
         lingerMs: Math.min(2_000, c.WEBHOOK_LEASE_MS / 4),
         pollMs: c.CHANGES_POLL_MS,
+        concurrency: c.WEBHOOK_CONCURRENCY,
+        batchSize: c.WEBHOOK_BATCH_SIZE,
       },
     }),
   };

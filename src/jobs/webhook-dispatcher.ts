@@ -1,6 +1,6 @@
 /**
  * The webhook dispatcher, running beside the workers of queue `webhooks`: woken by the change feed
- * (LISTEN/NOTIFY, coalesced) and every CHANGES_POLL_MS, it finds webhooks with events to deliver
+ * (the id sequence moved, or a NOTIFY; coalesced), it finds webhooks with events to deliver
  * whose delivery loop is not running and enqueues one `deliver-webhook` job each. The job id is
  * `webhooks-<webhook id>`, so a loop already queued or running is not queued twice.
  */

@@ -2,9 +2,9 @@
  * The change log (strata.changes) as tenants see it: keyset pages in id order up to the visibility
  * horizon, a follow-forever stream, one row's history, and undo.
  *
- * Reads run in the caller's tenant session (row-level security keeps them to their own events) in a
- * REPEATABLE READ transaction: the horizon (strata.change_horizon()) and the page come from the same
- * snapshot, so a page never holds an id above which a lower one could still commit.
+ * Reads run in the caller's tenant session (row-level security keeps them to their own events): first
+ * the horizon (strata.change_horizon()), then, in a later statement and so a later snapshot, the
+ * page up to it; a page never holds an id above which a lower one could still commit.
  */
 import pg from 'pg';
 import type { Database } from '../db/database.js';
@@ -46,7 +46,6 @@ export interface ChangePage {
 }
 
 const CURSOR = /^(0|[1-9][0-9]{0,17})$/;
-const HORIZON_RETRIES = 10;
 
 /** Columns of strata.changes as ChangeEvent. */
 export const EVENT_COLUMNS = `c.id::text AS id, c.txid::text AS txid, c.tenant_id, c.table_name AS "table", c.op, c.pk, c.before, c.after, c.actor,
@@ -78,8 +77,9 @@ export function filterSql(filter: ChangeFilter, values: unknown[]): string {
 }
 
 /**
- * Events of one tenant after `after`, up to the horizon, in id order. `tx` must be a REPEATABLE READ
- * transaction (tenant session or admin); null when the horizon was unstable (retry in a new one).
+ * Events of one tenant after `after`, up to the horizon, in id order. The horizon is computed by one
+ * statement and the events read by the next (READ COMMITTED: its snapshot is taken after the
+ * horizon), which is what makes `id <= horizon` safe. Never inside a REPEATABLE READ transaction.
  */
 export async function readChanges(
   tx: Pick<Tx, 'query'>,
@@ -88,10 +88,9 @@ export async function readChanges(
   filter: ChangeFilter,
   limit: number,
   bounds: { until?: string } = {},
-): Promise<ChangeEvent[] | null> {
-  const { rows } = await tx.query<{ h: string | null }>('SELECT strata.change_horizon()::text AS h');
-  const h = rows[0]?.h ?? null;
-  if (h === null) return null;
+): Promise<ChangeEvent[]> {
+  const { rows } = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
+  const h = rows[0]?.h ?? '0';
   const values: unknown[] = [tenantId, after, h, limit];
   let until = '';
   if (bounds.until !== undefined) {
@@ -145,17 +144,13 @@ export function createChangeService(opts: ChangeServiceOptions) {
     return l;
   }
 
-  /** A page under the horizon, retried when the horizon is momentarily unknown. */
+  /** A page under the horizon. */
   async function page(ctx: SessionContext, after: string, filter: ChangeFilter, limit: number): Promise<ChangePage> {
     const tenantId = requireTenant(ctx);
-    for (let i = 0; i < HORIZON_RETRIES; i++) {
-      const rows = await db.withTenant(ctx, (tx) => readChanges(tx, tenantId, after, filter, limit + 1), { isolation: 'repeatable read', readOnly: true });
-      if (rows === null) continue;
-      const more = rows.length > limit;
-      const data = more ? rows.slice(0, limit) : rows;
-      return { data, next_cursor: more ? (data[data.length - 1]?.id ?? null) : null };
-    }
-    return { data: [], next_cursor: null }; // writers kept ending under us: nothing is safe to show yet
+    const rows = await db.withTenant(ctx, (tx) => readChanges(tx, tenantId, after, filter, limit + 1), { readOnly: true });
+    const more = rows.length > limit;
+    const data = more ? rows.slice(0, limit) : rows;
+    return { data, next_cursor: more ? (data[data.length - 1]?.id ?? null) : null };
   }
 
   async function rowKey(table: TableInfo, pk: string): Promise<Record<string, unknown>> {

@@ -17,6 +17,7 @@ export interface Webhook {
   url: string;
   tables: string[];
   ops: string[];
+  ordering: 'row' | 'table' | 'webhook';
   active: boolean;
   cursor: string;
   attempt: number;
@@ -42,10 +43,11 @@ export interface WebhookInput {
   url?: string;
   tables?: string[];
   ops?: string[];
+  ordering?: 'row' | 'table' | 'webhook';
   active?: boolean;
 }
 
-const COLUMNS = `id, tenant_id, url, tables, ops, active, cursor::text AS cursor, attempt, next_attempt_at, created_by, created_at, updated_at`;
+const COLUMNS = `id, tenant_id, url, tables, ops, ordering, active, cursor::text AS cursor, attempt, next_attempt_at, created_by, created_at, updated_at`;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const webhookNotFound = (id: string) => notFound('WEBHOOK_NOT_FOUND', `webhook ${id} does not exist`);
@@ -77,13 +79,14 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       return db.withTenant(ctx, async (tx) => {
         // Start after the newest event under the horizon: everything not yet exposed is delivered.
+        const horizon = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
         const h = await tx.query<{ c: string }>(
-          `SELECT coalesce((SELECT max(id) FROM strata.changes WHERE tenant_id = $1 AND id <= coalesce(strata.change_horizon(), 9223372036854775807)), 0)::text AS c`,
-          [ctx.tenantId],
+          `SELECT coalesce((SELECT max(id) FROM strata.changes WHERE tenant_id = $1 AND id <= $2::bigint), 0)::text AS c`,
+          [ctx.tenantId, horizon.rows[0]?.h ?? '0'],
         );
         const { rows } = await tx.query<Webhook>(
-          `INSERT INTO strata.webhooks (url, tables, ops, secret, active, cursor) VALUES ($1, $2, $3, $4, $5, $6::bigint) RETURNING ${COLUMNS}`,
-          [input.url, dedupe(input.tables) ?? [], dedupe(input.ops) ?? [...CHANGE_OPS], secret, input.active ?? true, h.rows[0]?.c ?? '0'],
+          `INSERT INTO strata.webhooks (url, tables, ops, ordering, secret, active, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7::bigint) RETURNING ${COLUMNS}`,
+          [input.url, dedupe(input.tables) ?? [], dedupe(input.ops) ?? [...CHANGE_OPS], input.ordering ?? 'row', secret, input.active ?? true, h.rows[0]?.c ?? '0'],
         );
         return { ...rows[0]!, secret };
       });
@@ -101,9 +104,9 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
       await checkInput(input);
       const { rows } = await db.tenantQuery<Webhook>(ctx, 
         `UPDATE strata.webhooks SET url = coalesce($2, url), tables = coalesce($3, tables), ops = coalesce($4, ops), active = coalesce($5, active),
-            next_attempt_at = CASE WHEN $5 IS TRUE THEN now() ELSE next_attempt_at END, updated_at = now()
+            ordering = coalesce($6, ordering), next_attempt_at = CASE WHEN $5 IS TRUE THEN now() ELSE next_attempt_at END, updated_at = now()
           WHERE id = $1 RETURNING ${COLUMNS}`,
-        [id, input.url ?? null, dedupe(input.tables) ?? null, dedupe(input.ops) ?? null, input.active ?? null],
+        [id, input.url ?? null, dedupe(input.tables) ?? null, dedupe(input.ops) ?? null, input.active ?? null, input.ordering ?? null],
       );
       if (!rows[0]) throw webhookNotFound(id);
       return rows[0];

@@ -16,6 +16,7 @@ const Webhook = Type.Object({
   url: Type.String(),
   tables: Type.Array(Type.String(), { description: 'Captured tables delivered (empty: all)' }),
   ops: Type.Array(Type.String()),
+  ordering: Type.String({ description: 'Delivery lanes: row (default), table or webhook; in id order within a lane' }),
   active: Type.Boolean(),
   cursor: Type.String({ description: 'Last change id acknowledged (or dead-lettered)' }),
   attempt: Type.Integer({ description: 'Failed attempts of the next event so far' }),
@@ -39,6 +40,9 @@ const Body = {
   url: Type.String({ minLength: 1, maxLength: 2048, description: 'http(s) URL; private addresses refused unless WEBHOOK_ALLOW_PRIVATE' }),
   tables: Type.Array(Type.String({ minLength: 1, maxLength: 63 }), { maxItems: 100, description: 'Captured tables (empty or absent: all)' }),
   ops: Type.Array(Op, { minItems: 1, maxItems: 3 }),
+  ordering: Type.Union([Type.Literal('row'), Type.Literal('table'), Type.Literal('webhook')], {
+    description: 'Events of one row (default), of one table, or all of the webhook are delivered one at a time in commit order; lanes go in parallel',
+  }),
   active: Type.Boolean(),
 };
 const Params = Type.Object({ id: Type.String() });
@@ -51,7 +55,10 @@ export default async function webhookRoutes(app: FastifyInstance) {
       config,
       schema: {
         tags,
-        body: Type.Object({ url: Body.url, tables: Type.Optional(Body.tables), ops: Type.Optional(Body.ops), active: Type.Optional(Body.active) }, { additionalProperties: false }),
+        body: Type.Object(
+          { url: Body.url, tables: Type.Optional(Body.tables), ops: Type.Optional(Body.ops), ordering: Type.Optional(Body.ordering), active: Type.Optional(Body.active) },
+          { additionalProperties: false },
+        ),
         response: { 201: Type.Object({ data: Type.Composite([Webhook, Type.Object({ secret: Type.String({ description: 'Signing secret; shown only here' }) })]) }), ...errorResponses },
       },
     },
@@ -70,7 +77,10 @@ export default async function webhookRoutes(app: FastifyInstance) {
       schema: {
         tags,
         params: Params,
-        body: Type.Object({ url: Type.Optional(Body.url), tables: Type.Optional(Body.tables), ops: Type.Optional(Body.ops), active: Type.Optional(Body.active) }, { additionalProperties: false }),
+        body: Type.Object(
+          { url: Type.Optional(Body.url), tables: Type.Optional(Body.tables), ops: Type.Optional(Body.ops), ordering: Type.Optional(Body.ordering), active: Type.Optional(Body.active) },
+          { additionalProperties: false },
+        ),
         response: one,
       },
     },
