@@ -54,7 +54,7 @@ export interface RestoreResult {
   duration_ms: number;
 }
 
-export function createRestoreService(deps: { backups: BackupService; redisUrl: string }) {
+export function createRestoreService(deps: { backups: BackupService; redisUrl: string; changeRetentionDays?: number }) {
   const { backups } = deps;
   const source = backups.database;
   const server = urlForDatabase(backups.adminUrl, 'postgres');
@@ -103,6 +103,16 @@ export function createRestoreService(deps: { backups: BackupService; redisUrl: s
       throw conflict('CHANGE_LOG_MISSING', 'a point-in-time restore replays the change log (strata.changes, migration 0004_change_capture), which this database does not have; restore a backup_id instead');
     }
     const incrementals = followingIncrementals(chain, base).filter((i) => i.snapshot_at !== null && Date.parse(i.snapshot_at) <= until.getTime());
+    // The live log drops whole days past CHANGES_RETENTION_DAYS: replaying across a dropped day would
+    // silently miss its events.
+    const covered = incrementals[incrementals.length - 1] ?? base;
+    const retentionDays = deps.changeRetentionDays ?? 0;
+    if (retentionDays > 0 && covered.snapshot_at && Date.parse(covered.snapshot_at) < now.getTime() - (retentionDays - 1) * 86_400_000) {
+      throw conflict(
+        'CHANGE_LOG_TRUNCATED',
+        `the change log keeps ${retentionDays} days (CHANGES_RETENTION_DAYS) and the last backup before until (${covered.id}, ${covered.snapshot_at}) is older; restore a backup_id, or take incremental backups more often than the retention`,
+      );
+    }
     return { base, incrementals, live: true, until: until.toISOString(), target: req.target, database };
   }
 
