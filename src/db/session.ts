@@ -33,7 +33,8 @@ export interface QueryStats {
   ms: number;
   /** The route pattern of the request (slow-query log, N+1 reports). */
   route?: string;
-  /** Executions per statement text in this request, for N+1 detection (made on first use). */
+  /** The first statement's text; then executions per statement text (N+1 detection). */
+  first?: string;
   shapes?: Map<string, number>;
   /** Slow-query log writes of this request: awaited before the response goes out. */
   pending?: Promise<unknown>[];
@@ -162,12 +163,16 @@ function account(
   if (stats) {
     stats.count++;
     stats.ms += ms;
-    // N+1: one map lookup per statement; the statement text is the key (values are $n parameters)
+    // N+1: the statement text is the key (values are $n parameters); a one-statement request keeps
+    // only a reference, the map is made at the second statement
     if (observer !== undefined && observer.repeatThreshold > 0) {
-      const shapes = (stats.shapes ??= new Map<string, number>());
-      const times = (shapes.get(text) ?? 0) + 1;
-      shapes.set(text, times);
-      if (times === observer.repeatThreshold + 1) observer.repeated(ctx, text, times);
+      if (stats.count === 1) stats.first = text;
+      else {
+        const shapes = (stats.shapes ??= new Map<string, number>([[stats.first ?? '', 1]]));
+        const times = (shapes.get(text) ?? 0) + 1;
+        shapes.set(text, times);
+        if (times === observer.repeatThreshold + 1) observer.repeated(ctx, text, times);
+      }
     }
   }
   if (deps.defaults.slowQueryMs > 0 && ms >= deps.defaults.slowQueryMs) {

@@ -104,7 +104,7 @@ export function createIndexAdvisor(deps: IndexAdviceDeps) {
          FROM unnest($1::text[]) AS r(ref)
          JOIN pg_class c ON c.oid = to_regclass(r.ref)
          JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p', 'm')`,
+        WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'`,
       [[...new Set(refs.map(refText))]],
     );
     return new Map(rows.map((r) => [r.ref, r]));
