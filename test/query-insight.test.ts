@@ -360,6 +360,7 @@ describe('query insight', () => {
         [h['acme']!, { sql: 'SELECT 1', table: 'insight_events' }, 400, 'EXPLAIN_INPUT_INVALID'],
         [h['acme']!, { table: 'insight_events', params: [1] }, 400, 'EXPLAIN_INPUT_INVALID'],
         [h['acme']!, { table: 'insight_events', query: 'nope=eq.1' }, 400, 'UNKNOWN_COLUMN'],
+        [h['acme']!, { table: 'no_such_table' }, 404, 'TABLE_NOT_FOUND'],
         [h['acme']!, { sql: 'SELECT 1', extra: true }, 400, 'VALIDATION_FAILED'],
         [h['reader']!, { sql: 'SELECT 1' }, 403, 'ROLE_FORBIDDEN'],
         [h['writer']!, { sql: 'SELECT 1' }, 403, 'ROLE_FORBIDDEN'],

@@ -49,7 +49,7 @@ const scenario: BenchScenario = {
     }
     const row = (name: string) => {
       const r = runs[name]!;
-      return { rps: median(r.rps), p50: median(r.p50), p99: median(r.p99) };
+      return { rps: Math.round(median(r.rps)), p50: +median(r.p50).toFixed(2), p99: +median(r.p99).toFixed(2) };
     };
     const a = row('INSIGHT-on');
     const b = row('INSIGHT-off');
