@@ -16,6 +16,9 @@ declare module 'fastify' {
   }
 }
 
+/** The longest a response waits for its slow-query log entries to be stored. */
+const SLOW_LOG_WAIT_MS = 250;
+
 /** The Server-Timing value for `stats` after `totalMs` of wall time. */
 export function serverTiming(stats: QueryStats, totalMs: number): string {
   const app = Math.max(0, totalMs - stats.ms);
@@ -37,7 +40,12 @@ export default fp(
       const stats = request.queryStats;
       if (stats) {
         // slow-query log entries of this request are in the store before the caller hears back
-        if (stats.pending) await Promise.allSettled(stats.pending);
+        // (bounded: a Redis that hangs must not hold the response)
+        if (stats.pending)
+          await Promise.race([
+            Promise.allSettled(stats.pending),
+            new Promise((r) => setTimeout(r, SLOW_LOG_WAIT_MS).unref()),
+          ]);
         void reply.header('server-timing', serverTiming(stats, performance.now() - request.startedAt));
       }
       return payload;
