@@ -186,6 +186,14 @@ describe('query insight', () => {
       expect(all.map((e) => e.request_id)).toEqual(expect.arrayContaining([acmeRequest, globexRequest]));
     });
 
+    it('skips stream entries it did not write', async () => {
+      await t.redis.client.xadd(key, '*', 'e', 'not json');
+      await t.redis.client.xadd(key, '*', 'other', '{}');
+      const entries = await slow(h['platform']!);
+      expect(entries.some((e) => e.request_id === acmeRequest)).toBe(true);
+      expect(entries.every((e) => typeof e.sql === 'string')).toBe(true);
+    });
+
     it('refuses non-admins and bad parameters with 4xx codes', async () => {
       const reader = await t.app.inject({
         method: 'GET',

@@ -53,6 +53,16 @@ export async function normalizeStatement(text: string): Promise<{ sql: string; f
   }
 }
 
+function parseEntry(fields: string[]): Omit<SlowQueryEntry, 'id'> | undefined {
+  if (fields[0] !== 'e' || fields[1] === undefined) return undefined;
+  try {
+    const e = JSON.parse(fields[1]) as Omit<SlowQueryEntry, 'id'> | null;
+    return e && typeof e.sql === 'string' && typeof e.request_id === 'string' ? e : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function createSlowQueryLog(opts: SlowQueryLogOptions) {
   const { redis, key, maxLen, log } = opts;
   const recorded = new Counter({
@@ -120,9 +130,8 @@ export function createSlowQueryLog(opts: SlowQueryLogOptions) {
       }
       const out: SlowQueryEntry[] = [];
       for (const [id, fields] of raw) {
-        const json = fields[1];
-        if (json === undefined) continue;
-        const e = JSON.parse(json) as Omit<SlowQueryEntry, 'id'>;
+        const e = parseEntry(fields);
+        if (!e) continue; // not written by Strata: skipped
         if (filter.tenant !== undefined && e.tenant !== filter.tenant) continue;
         if (filter.route !== undefined && e.route !== filter.route) continue;
         out.push({ id, ...e });
