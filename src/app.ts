@@ -33,6 +33,8 @@ import transactionRoutes from './api/rest/transactions/index.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
+import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
+import queryInsightRoutes from './api/rest/query-insight/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -41,6 +43,7 @@ export interface AppServices {
   rows: RowsService;
   transactions: TransactionService;
   migrations: MigrationService;
+  insight: QueryInsightService;
 }
 
 declare module 'fastify' {
@@ -108,7 +111,10 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     rows,
     transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
+    insight: createQueryInsightService({ db, redis: opts.redis, config, log: app.log, registry, rows }),
   };
+  db.observe(services.insight.observer);
+  app.addHook('onClose', async () => db.observe(undefined));
   app.decorate('config', config);
   app.decorate('db', db);
   app.decorate('redis', opts.redis);
@@ -131,5 +137,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
+  await app.register(queryInsightRoutes, { prefix: '/v1/admin' });
   return app;
 }

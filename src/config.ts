@@ -44,6 +44,11 @@ export const EnvSchema = Type.Object({
   DB_VALIDATE_AFTER_IDLE_MS: Int(5_000, 0, 3_600_000),
   DB_TX_MAX_RETRIES: Int(5, 0, 100),
   SLOW_QUERY_MS: Int(500, 0, 3_600_000),
+  /** Query insight: slow-query log (a capped Redis stream shared by API and workers), N+1, EXPLAIN. */
+  SLOW_QUERY_LOG_KEY: Type.String({ default: 'strata:slow-queries', minLength: 1, maxLength: 200 }),
+  SLOW_QUERY_LOG_MAX: Int(1000, 10, 100_000),
+  N_PLUS_ONE_THRESHOLD: Int(10, 0, 100_000),
+  EXPLAIN_LARGE_TABLE_ROWS: Int(10_000, 0, Number.MAX_SAFE_INTEGER),
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),

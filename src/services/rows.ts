@@ -99,26 +99,38 @@ export function createRowsService(opts: RowsServiceOptions) {
   const selectParam = (qs: QueryString): string | undefined =>
     typeof qs['select'] === 'string' ? qs['select'] : undefined;
 
+  /** The page statement of a rows-API read (shared by list and EXPLAIN of a rows query). */
+  async function buildList(table: string, qs: QueryString) {
+    const t = await schema.table(table);
+    const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
+    checkEmbedPaths(rq.select, rq.embeds);
+    const params = new Params();
+    const s = await scope(params, rq);
+    const order = totalOrder(t, rq.order);
+    const limit = rq.limit ?? opts.defaultLimit;
+    const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
+    const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
+    const countFilters = [...filters];
+    const countValues = [...params.values];
+    if (rq.cursor !== undefined)
+      filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
+    const json = rowJsonSql(t, 't0', rq.select, s);
+    const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
+    const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
+    const text = `SELECT ${json}::text AS j, ${keys} FROM ${t.qualified} t0 ${where} ORDER BY ${orderSql('t0', order)} LIMIT ${params.add(limit + 1)}`;
+    return { t, rq, params, order, limit, signature, text, countFilters, countValues };
+  }
+
   return {
+    /** The statement and values a rows-API read of `table` with query string `qs` runs (for EXPLAIN). */
+    async listStatement(table: string, qs: QueryString): Promise<{ text: string; values: unknown[] }> {
+      const { text, params } = await buildList(table, qs);
+      return { text, values: [...params.values] };
+    },
+
     /** A page of rows: `{ "data": [...], "next_cursor": ..., "total"? }` as JSON text. */
     async list(ctx: SessionContext, table: string, qs: QueryString, tx?: Tx): Promise<string> {
-      const t = await schema.table(table);
-      const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
-      checkEmbedPaths(rq.select, rq.embeds);
-      const params = new Params();
-      const s = await scope(params, rq);
-      const order = totalOrder(t, rq.order);
-      const limit = rq.limit ?? opts.defaultLimit;
-      const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
-      const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
-      const countFilters = [...filters];
-      const countValues = [...params.values];
-      if (rq.cursor !== undefined)
-        filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
-      const json = rowJsonSql(t, 't0', rq.select, s);
-      const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
-      const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
-      const text = `SELECT ${json}::text AS j, ${keys} FROM ${t.qualified} t0 ${where} ORDER BY ${orderSql('t0', order)} LIMIT ${params.add(limit + 1)}`;
+      const { t, rq, params, order, limit, signature, text, countFilters, countValues } = await buildList(table, qs);
       const countWhere = countFilters.length ? `WHERE ${countFilters.join(' AND ')}` : '';
       const countSql =
         rq.count === 'exact'
