@@ -68,6 +68,8 @@ export const EnvSchema = Type.Object({
   CACHE_ENABLED: Type.Boolean({ default: true }),
   CACHE_TTL_S: Int(300, 1, 86_400),
   CACHE_TABLES: Type.String({ default: '', pattern: '^[A-Za-z0-9_$, ]*$' }),
+  /** Redis key prefix of the cache (deployments sharing a Redis need their own). */
+  CACHE_PREFIX: Type.String({ default: 'strata:cache', minLength: 1, maxLength: 100 }),
   /** Largest number of buckets a time-series request may produce (more -> 400 TOO_MANY_BUCKETS). */
   TIMESERIES_MAX_BUCKETS: Int(10_000, 1, 1_000_000),
   /** Statement timeout of a materialized view refresh (admin connection). */

@@ -9,7 +9,7 @@ const Query = Type.Object(
     bucket: Type.String({ description: '<n>s, <n>m, <n>h, <n>d, <n>w (date_bin, aligned on from), month, quarter or year (date_trunc, UTC)' }),
     agg: Type.Optional(Type.String({ description: 'Comma-separated: count, count:<col>, sum:<col>, avg:<col>, min:<col>, max:<col> (or avg(col)); default count' })),
     group: Type.Optional(Type.String({ description: 'Up to 3 comma-separated columns' })),
-    fill: Type.Optional(Type.Union([Type.Literal('zero'), Type.Literal('null'), Type.Literal('previous')], { description: 'Gap filling; without it only non-empty buckets are returned' })),
+    fill: Type.Optional(Type.String({ description: 'zero, null or previous: gap filling; without it only non-empty buckets are returned' })),
     from: Type.Optional(Type.String({ description: 'ISO 8601, inclusive' })),
     to: Type.Optional(Type.String({ description: 'ISO 8601, exclusive' })),
   },
