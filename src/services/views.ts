@@ -96,7 +96,8 @@ export function debounceJobId(name: string): string {
   const h = createHash('sha256').update(`strata-view-debounce:${name}`).digest('hex');
   return `views-${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
-export const schedulerId = (name: string) => `view:${name}`;
+/** BullMQ reads ':' in a scheduler key as a separator: keep it out. */
+export const schedulerId = (name: string) => `view-${name}`;
 
 const viewNotFound = (name: string) => notFound('VIEW_NOT_FOUND', `view ${JSON.stringify(name)} does not exist`);
 
