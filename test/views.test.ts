@@ -52,7 +52,7 @@ describe('materialized views', () => {
       const state = r.json().data?.state as string | undefined;
       return state === 'completed' || state === 'failed' ? (r.json().data as { state: string; result: unknown; progress: unknown }) : undefined;
     });
-  const create = (body: unknown) => t.app.inject({ method: 'POST', url: '/v1/admin/views', headers: admin, payload: body });
+  const create = (body: Record<string, unknown>) => t.app.inject({ method: 'POST', url: '/v1/admin/views', headers: admin, payload: body });
   const nothingWritten = async (name: string) => {
     const r = await t.db.adminQuery<{ defs: string; mat: string | null; bar: string | null }>(
       "SELECT (SELECT count(*) FROM strata.views WHERE name = $1)::text AS defs, to_regclass('strata_matviews.' || $1)::text AS mat, to_regclass('strata_views.' || $1)::text AS bar",
@@ -195,7 +195,6 @@ describe('materialized views', () => {
     const r = await create({ name: 'cron_view', sql: 'SELECT tenant_id, count(*)::int AS n FROM pipelines GROUP BY 1', refresh: { cron: '*/5 * * * *' } });
     expect(r.statusCode).toBe(201);
     await jobDone(r.json().job_id);
-    const queue = t.jobs.queues.views;
     expect(await schedulers()).toContain(`${schedulerId('cron_view')}|*/5 * * * *`);
     const del = await t.app.inject({ method: 'DELETE', url: '/v1/admin/views/cron_view', headers: admin });
     expect(del.statusCode).toBe(204);
