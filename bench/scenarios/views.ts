@@ -50,7 +50,7 @@ async function prepareEvents(dbUrl: string, log: (m: string) => void): Promise<v
       await c.query('TRUNCATE bench_view_events');
       await c.query(
         `INSERT INTO bench_view_events (tenant_id, at, status, duration_ms)
-         SELECT '1', $1::timestamptz + (g * interval '1 second' * 2.592), CASE WHEN g % 10 = 0 THEN 'fail' ELSE 'ok' END, (g * 7919) % 5000
+         SELECT '1', $1::timestamptz + (g * interval '1 second' * 2.592), CASE WHEN g % 10 = 0 THEN 'fail' ELSE 'ok' END, ((g::bigint * 7919) % 5000)::int
            FROM generate_series(0, ${EVENTS - 1}) g`,
         [FROM],
       );
