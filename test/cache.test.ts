@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
 
@@ -223,5 +224,28 @@ describe('result cache with Redis down', () => {
       await new Promise((res) => setTimeout(res, 200));
     }
     expect(status).toBe('hit');
+  });
+
+  it('never serves a stale entry after a write whose version bump timed out (Redis paused for writes)', async () => {
+    const reader = await t.auth('reader');
+    const url = '/v1/tables/pipelines/rows?order=id.desc&limit=1&select=name';
+    await t.app.inject({ url, headers: reader });
+    expect((await t.app.inject({ url, headers: reader })).headers['x-cache']).toBe('hit');
+    const admin = new Redis(`redis://127.0.0.1:${port}`);
+    await admin.call('CLIENT', 'PAUSE', '1500', 'WRITE');
+    const w = await t.app.inject({ method: 'POST', url: '/v1/tables/pipelines/rows', headers: await t.auth('writer'), payload: { name: 'written-while-paused' } });
+    expect(w.statusCode).toBe(201);
+    const deadline = Date.now() + 10_000;
+    const seen: string[] = [];
+    while (Date.now() < deadline) {
+      const r = await t.app.inject({ url, headers: reader });
+      expect(r.json().data[0].name).toBe('written-while-paused');
+      seen.push(r.headers['x-cache'] as string);
+      if (seen[seen.length - 1] === 'hit') break;
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    await admin.quit();
+    expect(seen[0]).toBe('bypass');
+    expect(seen[seen.length - 1]).toBe('hit');
   });
 });

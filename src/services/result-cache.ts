@@ -8,8 +8,9 @@
  *
  * One round trip per read: MGET of the epoch, the counters and the entry. Redis is optional: while
  * it is down (client not ready, or a command slower than OP_TIMEOUT_MS) reads are served uncached
- * (`bypass`). A write whose bump failed marks the cache suspect; the epoch is bumped as soon as
- * Redis is back, which retires every entry written before.
+ * (`bypass`). A write whose bump failed (or timed out) marks the cache suspect: this process then
+ * serves reads uncached and retries bumping the epoch until it succeeds, which retires every entry
+ * written before. (Another process may serve such an entry until then; the TTL bounds that window.)
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
@@ -72,17 +73,31 @@ export function createResultCache(opts: ResultCacheOptions) {
   const staticTables = new Set(opts.staticTables);
   let optIn: { at: number; tables: Set<string> } | undefined;
   let suspect = false;
+  let retry: NodeJS.Timeout | undefined;
 
-  const onReady = () => {
+  /** Bump the epoch once Redis answers again; until then this process reads uncached. */
+  const retireAll = () => {
+    clearTimeout(retry);
+    retry = undefined;
     if (!suspect) return;
-    redis
-      .incr(epochKey)
+    if (redis.status !== 'ready') {
+      retry = setTimeout(retireAll, 1000).unref();
+      return;
+    }
+    bounded(redis.incr(epochKey))
       .then(() => {
         suspect = false;
-        log.warn('result cache: writes were not recorded while Redis was away; every earlier entry retired');
+        log.warn('result cache: a write could not be recorded; every earlier entry retired');
       })
-      .catch(() => undefined);
+      .catch(() => {
+        retry = setTimeout(retireAll, 1000).unref();
+      });
   };
+  const markSuspect = () => {
+    suspect = true;
+    retry ??= setTimeout(retireAll, 250).unref();
+  };
+  const onReady = () => retireAll();
   redis.on('ready', onReady);
 
   async function optedIn(table: string): Promise<boolean> {
@@ -131,7 +146,7 @@ export function createResultCache(opts: ResultCacheOptions) {
      */
     async read<T>(ctx: RequestContext, req: CacheRequest, compute: () => Promise<T>): Promise<{ value: T; status: CacheStatus }> {
       const bypass = async () => ({ value: await compute(), status: 'bypass' as const });
-      if (ctx.tenantId === null || !(await optedIn(req.table)) || redis.status !== 'ready') return bypass();
+      if (ctx.tenantId === null || suspect || !(await optedIn(req.table)) || redis.status !== 'ready') return bypass();
       const deps = await dependencies(req.table, req.qs);
       if (!deps) return bypass();
       const key = `${prefix}:e:${ctx.tenantId}:${ctx.role}:${req.table}:${normaliseRequest(req)}`;
@@ -164,7 +179,7 @@ export function createResultCache(opts: ResultCacheOptions) {
       const list = [...tables];
       if (!list.length) return;
       if (redis.status !== 'ready') {
-        suspect = true;
+        markSuspect();
         return;
       }
       try {
@@ -172,7 +187,7 @@ export function createResultCache(opts: ResultCacheOptions) {
         for (const t of list) multi.incr(verKey(tenantId, t));
         await bounded(multi.exec());
       } catch (err) {
-        suspect = true;
+        markSuspect();
         log.warn({ err: { message: (err as Error).message }, tables: list }, 'result cache: version bump failed; the cache is retired when Redis is back');
       }
     },
@@ -202,6 +217,7 @@ export function createResultCache(opts: ResultCacheOptions) {
       return (res.rowCount ?? 0) > 0;
     },
     close(): void {
+      clearTimeout(retry);
       redis.off('ready', onReady);
     },
   };
