@@ -181,6 +181,35 @@ describe('materialized views', () => {
     expect(r.json().data[0].runs).toBe(truth[0]!.n);
   });
 
+  it('runs a debounced refresh once more when a write lands while it runs, so no write is missed', async () => {
+    const r = await create({
+      name: 'slow_runs',
+      // the materialized CTE makes each refresh take 1.5 s, long enough to write during it
+      sql: 'WITH s AS MATERIALIZED (SELECT pg_sleep(1.5)) SELECT r.tenant_id, count(*)::int AS n FROM pipeline_runs r, s GROUP BY 1',
+      refresh: { after_writes_to: ['pipeline_runs'], debounce: 100 },
+    });
+    expect(r.statusCode).toBe(201);
+    await jobDone(r.json().job_id);
+    const before = (await view('slow_runs')).refresh_count;
+    const { rows } = await t.db.adminQuery<{ id: number }>("SELECT id FROM pipelines WHERE tenant_id = 'acme' ORDER BY id LIMIT 1");
+    const writer = await t.auth('writer', 'acme');
+    const write = () => t.app.inject({ method: 'POST', url: '/v1/tables/pipeline_runs/rows', headers: writer, payload: { pipeline_id: rows[0]!.id } });
+    expect((await write()).statusCode).toBe(201);
+    const queue = t.jobs.queues.views;
+    const id = debounceJobId('slow_runs');
+    await waitFor(async () => ((await (await queue.getJob(id))?.getState()) === 'active' ? true : undefined));
+    expect((await write()).statusCode).toBe(201); // the job is running: this add is a no-op, the dirty mark is not
+    const done = await waitFor(async () => {
+      const v = await view('slow_runs');
+      return v.refresh_count >= before + 2 && !(await queue.getJob(id)) ? v : undefined;
+    });
+    expect(done.refresh_count).toBe(before + 2);
+    expect(done.stale).toBe(false);
+    const got = await t.app.inject({ url: '/v1/views/slow_runs/rows', headers: await t.auth('reader', 'acme') });
+    expect(got.json().data[0].n).toBe((await runsByTenant())['acme']);
+    await t.app.inject({ method: 'DELETE', url: '/v1/admin/views/slow_runs', headers: admin });
+  });
+
   it('serves a time series of a view', async () => {
     const r = await create({ name: 'run_starts', sql: 'SELECT tenant_id, id, started_at FROM pipeline_runs WHERE started_at IS NOT NULL', unique_key: ['id'] });
     expect(r.statusCode).toBe(201);

@@ -120,7 +120,8 @@ export function createViewsService(deps: {
   log: Pick<Logger, 'info' | 'warn'>;
 }) {
   const { db, schema, log } = deps;
-  const relations = new Map<string, TableInfo>();
+  // Column lists of the barrier views, re-read after WATCH_RELOAD_MS (another process may drop and recreate a view).
+  const relations = new Map<string, { at: number; t: TableInfo }>();
   let watched: { at: number; views: Array<{ name: string; tables: string[]; debounce: number }> } | undefined;
 
   async function load(name: string): Promise<ViewRow> {
@@ -132,7 +133,7 @@ export function createViewsService(deps: {
   /** The tenant-filtered relation of a view, described like a registry table for the rows-API builder. */
   async function relation(name: string): Promise<TableInfo> {
     const known = relations.get(name);
-    if (known) return known;
+    if (known && Date.now() - known.at < WATCH_RELOAD_MS) return known.t;
     const row = await load(name);
     const { rows } = await db.adminQuery<{ name: string; type: string; udt: string; is_array: boolean }>(
       `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
@@ -159,7 +160,7 @@ export function createViewsService(deps: {
       qualified: `${q(VIEW_SCHEMA)}.${q(name)}`,
       comment: null,
     };
-    relations.set(name, t);
+    relations.set(name, { at: Date.now(), t });
     return t;
   }
 
