@@ -104,6 +104,32 @@ describe('materialized views', () => {
     expect(listed.json().data.map((x: ViewBody) => x.name)).toContain('runs_per_pipeline');
   });
 
+  it('takes only an EXCLUSIVE lock (CONCURRENTLY) with a unique key, so tenants keep reading; ACCESS EXCLUSIVE (plain) without', async () => {
+    const slow = 'WITH s AS MATERIALIZED (SELECT pg_sleep(1.5)) SELECT r.tenant_id, r.id, r.status FROM pipeline_runs r, s';
+    const lockModes = async (name: string) =>
+      (await t.db.adminQuery<{ mode: string }>("SELECT mode FROM pg_locks WHERE relation = to_regclass('strata_matviews.' || $1) AND granted", [name])).rows.map((r) => r.mode);
+    for (const [name, key, mode] of [['slow_uk', ['id'], 'ExclusiveLock'], ['slow_plain', undefined, 'AccessExclusiveLock']] as const) {
+      const created = await create({ name, sql: slow, ...(key ? { unique_key: key } : {}) });
+      expect(created.statusCode).toBe(201);
+      await jobDone(created.json().job_id);
+      const r = await t.app.inject({ method: 'POST', url: `/v1/admin/views/${name}/refresh`, headers: admin });
+      const modes = await waitFor(async () => {
+        const m = await lockModes(name);
+        return m.length ? m : undefined;
+      });
+      expect(modes).toContain(mode);
+      if (key) {
+        expect(modes).not.toContain('AccessExclusiveLock');
+        const read = await t.app.inject({ url: `/v1/views/${name}/rows?limit=1`, headers: await t.auth('reader', 'acme') });
+        expect(read.statusCode).toBe(200);
+        expect((await t.app.inject({ url: `/v1/jobs/${r.json().job_id}`, headers: admin })).json().data.state).toBe('active'); // read while refreshing
+      }
+      await jobDone(r.json().job_id);
+      expect((await view(name)).last_refresh_mode).toBe(key ? 'concurrently' : 'plain');
+      await t.app.inject({ method: 'DELETE', url: `/v1/admin/views/${name}`, headers: admin });
+    }
+  });
+
   it('refreshes plainly when the view has no unique index', async () => {
     const r = await create({ name: 'runs_by_status', sql: 'SELECT tenant_id, status, count(*)::int AS n FROM pipeline_runs GROUP BY 1, 2' });
     expect(r.statusCode).toBe(201);
