@@ -113,6 +113,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     enabled: config.CACHE_ENABLED,
     ttlS: config.CACHE_TTL_S,
     prefix: config.CACHE_PREFIX,
+    registry,
     staticTables: config.CACHE_TABLES.split(',').map((s) => s.trim()).filter(Boolean),
   });
   const hooks = createWriteHooks({ cache, schema, listeners: () => [services.views], log: app.log });

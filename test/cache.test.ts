@@ -155,6 +155,11 @@ describe('result cache', () => {
     expect((await get('/v1/tables/run_steps/rows?limit=3')).headers['x-cache']).toBe('bypass');
   });
 
+  it('counts reads by outcome in strata_cache_reads_total', async () => {
+    const text = await t.registry.metrics();
+    for (const status of ['hit', 'miss', 'bypass']) expect(text).toMatch(new RegExp(`strata_cache_reads_total\\{status="${status}"\\} [1-9]`));
+  });
+
   it('does not cache errors', async () => {
     const bad = await get('/v1/tables/pipelines/rows?nope=eq.1');
     expect(bad.statusCode).toBe(400);

@@ -124,6 +124,19 @@ describe('time series', () => {
     expect(r.json().data).toEqual(want);
   });
 
+  it("takes missing bounds from the data's first and last times when filling", async () => {
+    const r = await get('/v1/tables/metrics/timeseries?time=at&bucket=1d&fill=zero');
+    expect(r.statusCode).toBe(200);
+    const acme = EVENTS.filter((e) => e.tenant === 'acme').map((e) => Date.parse(e.at));
+    const first = Math.min(...acme);
+    const last = Math.max(...acme);
+    const data = r.json().data as Array<{ bucket: string; count: number }>;
+    expect(data[0]!.bucket).toBe(new Date(first).toISOString());
+    expect(data).toHaveLength(Math.floor((last - first) / 86_400_000) + 1);
+    data.forEach((p, i) => expect(Date.parse(p.bucket)).toBe(first + i * 86_400_000));
+    expect(data.reduce((a, p) => a + p.count, 0)).toBe(acme.length);
+  });
+
   it('uses calendar buckets for month', async () => {
     const r = await get('/v1/tables/metrics/timeseries?time=at&bucket=month&fill=zero&from=2026-01-01T00:00:00Z&to=2026-04-01T00:00:00Z');
     expect(r.statusCode).toBe(200);

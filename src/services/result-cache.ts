@@ -14,6 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { Counter, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import type { Database } from '../db/database.js';
@@ -41,6 +42,8 @@ export interface ResultCacheOptions {
   /** Tables opted in by configuration (CACHE_TABLES). */
   staticTables: readonly string[];
   prefix?: string;
+  /** Prometheus registry for `strata_cache_reads_total{status}`. */
+  registry?: Registry;
 }
 
 const OP_TIMEOUT_MS = 300;
@@ -72,6 +75,7 @@ export function createResultCache(opts: ResultCacheOptions) {
   const verKey = (tenant: string, table: string) => `${prefix}:ver:${tenant}:${table}`;
   const staticTables = new Set(opts.staticTables);
   let optIn: { at: number; tables: Set<string> } | undefined;
+  const reads = new Counter({ name: 'strata_cache_reads_total', help: 'Rows-API reads by result-cache outcome', labelNames: ['status'], registers: opts.registry ? [opts.registry] : [] });
   let suspect = false;
   let retry: NodeJS.Timeout | undefined;
 
@@ -136,7 +140,7 @@ export function createResultCache(opts: ResultCacheOptions) {
     return walk(root, items) ? [...out] : undefined;
   }
 
-  return {
+  const cache = {
     /** Whether reads of `table` are cached (CACHE_TABLES or strata.cache_tables). */
     optedIn,
 
@@ -145,6 +149,12 @@ export function createResultCache(opts: ResultCacheOptions) {
      * never cached; any Redis failure serves the computed value with status `bypass`.
      */
     async read<T>(ctx: RequestContext, req: CacheRequest, compute: () => Promise<T>): Promise<{ value: T; status: CacheStatus }> {
+      const r = await cache.lookup(ctx, req, compute);
+      reads.inc({ status: r.status });
+      return r;
+    },
+
+    async lookup<T>(ctx: RequestContext, req: CacheRequest, compute: () => Promise<T>): Promise<{ value: T; status: CacheStatus }> {
       const bypass = async () => ({ value: await compute(), status: 'bypass' as const });
       if (ctx.tenantId === null || suspect || !(await optedIn(req.table)) || redis.status !== 'ready') return bypass();
       const deps = await dependencies(req.table, req.qs);
@@ -221,6 +231,7 @@ export function createResultCache(opts: ResultCacheOptions) {
       redis.off('ready', onReady);
     },
   };
+  return cache;
 }
 
 export type ResultCache = ReturnType<typeof createResultCache>;

@@ -201,7 +201,7 @@ export function createViewsService(deps: {
     relation,
 
     /** Create the view (empty), its barrier view and its schedule, then enqueue its first refresh. */
-    async create(ctx: RequestContext, input: ViewInput): Promise<{ view: ViewView; job_id: string }> {
+    async create(ctx: RequestContext, input: ViewInput): Promise<{ view: ViewView; job_id: string | null }> {
       validate(input);
       const stmt = await guardStatement(input.sql);
       if (stmt.paramCount > 0) throw badRequest('INVALID_VIEW_SQL', 'a view definition cannot take parameters ($1...)');
@@ -263,7 +263,15 @@ export function createViewsService(deps: {
       watched = undefined;
       relations.delete(input.name);
       log.info({ view: input.name, actor: ctx.actor }, 'materialized view created');
-      const { job_id } = await deps.jobs().enqueue(ctx, 'refresh-view', { view: input.name, reason: 'created' });
+      // The view exists now; when the queue is down its first refresh waits for a manual one (job_id null).
+      const job_id = await deps
+        .jobs()
+        .enqueue(ctx, 'refresh-view', { view: input.name, reason: 'created' })
+        .then((j) => j.job_id)
+        .catch((err: unknown) => {
+          log.warn({ err, view: input.name }, 'view created but its first refresh could not be enqueued; refresh it with POST /v1/admin/views/{name}/refresh');
+          return null;
+        });
       return { view: present(await load(input.name)), job_id };
     },
 

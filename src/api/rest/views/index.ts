@@ -56,7 +56,7 @@ export default async function viewAdminRoutes(app: FastifyInstance) {
   const platform = { capability: 'platform' as const };
   app.post(
     '/',
-    { config: platform, schema: { tags, body: CreateBody, response: { 201: Type.Object({ data: View, job_id: Type.String() }), 409: ErrorBody, ...errorResponses } } },
+    { config: platform, schema: { tags, body: CreateBody, response: { 201: Type.Object({ data: View, job_id: Nullable(Type.String({ description: 'The first refresh; null when the queue was unavailable' })) }), 409: ErrorBody, ...errorResponses } } },
     async (request, reply) => {
       const r = await app.services.views.create(request.ctx, request.body as ViewInput);
       return reply.code(201).send({ data: r.view, job_id: r.job_id });
