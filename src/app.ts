@@ -35,6 +35,13 @@ import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
 import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
 import queryInsightRoutes from './api/rest/query-insight/index.js';
+import { createResultCache, type ResultCache } from './services/result-cache.js';
+import { createWriteHooks, type WriteHooks } from './services/write-hooks.js';
+import { createTimeseriesService, type TimeseriesService } from './services/timeseries.js';
+import { createViewsService, type ViewsService } from './services/views.js';
+import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
+import timeseriesRoutes from './api/rest/timeseries/index.js';
+import cacheRoutes from './api/rest/cache/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -44,6 +51,10 @@ export interface AppServices {
   transactions: TransactionService;
   migrations: MigrationService;
   insight: QueryInsightService;
+  cache: ResultCache;
+  hooks: WriteHooks;
+  timeseries: TimeseriesService;
+  views: ViewsService;
 }
 
 declare module 'fastify' {
@@ -97,24 +108,43 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
+  const cache = createResultCache({
+    redis: opts.redis,
+    db,
+    schema,
+    log: app.log,
+    enabled: config.CACHE_ENABLED,
+    ttlS: config.CACHE_TTL_S,
+    prefix: config.CACHE_PREFIX,
+    registry,
+    staticTables: config.CACHE_TABLES.split(',').map((s) => s.trim()).filter(Boolean),
+  });
+  const hooks = createWriteHooks({ cache, schema, listeners: () => [services.views], log: app.log });
   const rows = createRowsService({
     db,
     schema,
     cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
+    afterCommit: hooks.afterCommit,
   });
+  const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });
   const services: AppServices = {
     tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
     apiKeys: createApiKeyService({ kysely }),
     schema,
     rows,
-    transactions: createTransactionService({ db, rows }),
+    transactions: createTransactionService({ db, rows, afterCommit: hooks.afterCommit }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
     insight: createQueryInsightService({ db, redis: opts.redis, config, log: app.log, registry, rows }),
+    cache,
+    hooks,
+    timeseries,
+    views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
+  app.addHook('onClose', async () => cache.close());
   app.decorate('config', config);
   app.decorate('db', db);
   app.decorate('redis', opts.redis);
@@ -136,6 +166,10 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(migrationRoutes, { prefix: '/v1/admin/migrations' });
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
+  await app.register(timeseriesRoutes, { prefix: '/v1/tables' });
+  await app.register(viewAdminRoutes, { prefix: '/v1/admin/views' });
+  await app.register(viewReadRoutes, { prefix: '/v1/views' });
+  await app.register(cacheRoutes, { prefix: '/v1/admin/cache' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
   await app.register(queryInsightRoutes, { prefix: '/v1/admin' });
   return app;

@@ -69,6 +69,16 @@ export const EnvSchema = Type.Object({
   WORKER_CONCURRENCY: Int(4, 1, 256),
   /** The worker process serves /healthz, /readyz and /metrics on this port (0: none). */
   WORKER_HEALTH_PORT: Int(3001, 0, 65535),
+  /** Result cache (Redis) for rows-API reads of opted-in tables: on/off, entry TTL, tables opted in by configuration. */
+  CACHE_ENABLED: Type.Boolean({ default: true }),
+  CACHE_TTL_S: Int(300, 1, 86_400),
+  CACHE_TABLES: Type.String({ default: '', pattern: '^[A-Za-z0-9_$, ]*$' }),
+  /** Redis key prefix of the cache (deployments sharing a Redis need their own). */
+  CACHE_PREFIX: Type.String({ default: 'strata:cache', minLength: 1, maxLength: 100 }),
+  /** Largest number of buckets a time-series request may produce (more -> 400 TOO_MANY_BUCKETS). */
+  TIMESERIES_MAX_BUCKETS: Int(10_000, 1, 1_000_000),
+  /** Statement timeout of a materialized view refresh (admin connection). */
+  VIEW_REFRESH_TIMEOUT_MS: Int(600_000, 1000, 86_400_000),
 });
 
 export type Env = Static<typeof EnvSchema>;

@@ -24,6 +24,8 @@ export interface JobInputs {
   'expire-api-keys': Record<never, never>;
   /** Test and template job: sleeps `ms` in `steps`, reporting progress, honouring cancellation. */
   sleep: { ms: number; steps: number };
+  /** Refresh a materialized view (platform; src/services/view-refresh.ts). */
+  'refresh-view': { view: string; reason: 'manual' | 'created' | 'cron' | 'writes' };
 }
 export type JobName = keyof JobInputs;
 
@@ -31,6 +33,7 @@ export type JobName = keyof JobInputs;
 export const JOB_QUEUES = {
   'expire-api-keys': 'maintenance',
   sleep: 'noop',
+  'refresh-view': 'views',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

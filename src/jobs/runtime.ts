@@ -17,6 +17,7 @@ import { CANCELLED_REASON, QUEUE_NAMES, cancelKey, type JobData, type JobName, t
 import { redisOptions } from '../redis.js';
 import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
+import { refreshView } from './processors/refresh-view.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices {
@@ -34,6 +35,8 @@ export interface ProcessorContext<N extends JobName = JobName> {
   progress(done: number, total: number | null): Promise<void>;
   /** Whether cancellation was requested (the signal follows it within a poll interval). */
   isCancelled(): Promise<boolean>;
+  /** The worker's lock token of the job (for job.moveToDelayed). */
+  token: string | undefined;
 }
 
 export type Processor<N extends JobName> = (ctx: ProcessorContext<N>) => Promise<unknown>;
@@ -42,6 +45,7 @@ export type Processor<N extends JobName> = (ctx: ProcessorContext<N>) => Promise
 export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'expire-api-keys': expireApiKeys,
   sleep: sleepJob,
+  'refresh-view': refreshView,
 };
 
 export function createProcessorServices(db: Database): ProcessorServices {
@@ -85,7 +89,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   const active = new Map<string, Worker>();
   const cancelled = new Set<string>();
 
-  async function run(worker: Worker, job: Job<JobData>, signal: AbortSignal | undefined): Promise<unknown> {
+  async function run(worker: Worker, job: Job<JobData>, token: string | undefined, signal: AbortSignal | undefined): Promise<unknown> {
     const id = job.id ?? '';
     const name = job.name as JobName;
     const processor = PROCESSORS[name] as Processor<JobName> | undefined;
@@ -102,6 +106,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
         services,
         progress: (done, total) => job.updateProgress({ done, total, percent: percentOf(done, total) }),
         isCancelled: () => isCancelled(id),
+        token,
       });
       if (cancelled.has(id)) throw new UnrecoverableError(CANCELLED_REASON);
       return result;
@@ -115,7 +120,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   }
 
   const workers = (opts.queues ?? QUEUE_NAMES).map((queue) => {
-    const worker: Worker = new Worker(queue, (job: Job<JobData>, _token?: string, signal?: AbortSignal) => run(worker, job, signal), {
+    const worker: Worker = new Worker(queue, (job: Job<JobData>, token?: string, signal?: AbortSignal) => run(worker, job, token, signal), {
       connection: { url: opts.redisUrl, maxRetriesPerRequest: null },
       prefix,
       concurrency: opts.concurrency ?? 4,

@@ -101,7 +101,7 @@ function sumType(c: ColumnInfo): GraphQLScalarType {
 const canMinMax = (c: ColumnInfo) => !c.isArray && kindOf(c).ordered && !['bool', 'uuid'].includes(c.udt);
 
 /** Build the schema for the registry's tables (those with GraphQL-safe names). */
-export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: FastifyBaseLogger): GraphQLSchema {
+export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: FastifyBaseLogger, extra: Fields = {}): GraphQLSchema {
   const usable = new Map<string, TableInfo>();
   const taken = new Set(RESERVED);
   for (const t of tables.values()) {
@@ -246,6 +246,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
     mutation[`delete_${n}_by_pk`] = { type, args: pkArgs, resolve: deleteByPkResolver(m) };
     mutation[`delete_${n}`] = { type: nonNull(response), args: { where }, resolve: deleteWhereResolver(m) };
   }
+  for (const [k, v] of Object.entries(extra)) if (!(k in query)) query[k] = v; // views.ts: dashboards (a table of that name wins)
   if (!Object.keys(query).length) query['_empty'] = { type: GraphQLBoolean, description: 'No table is exposed yet.' };
   return new GraphQLSchema({
     query: new GraphQLObjectType({ name: 'Query', fields: query }),

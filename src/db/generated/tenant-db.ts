@@ -73,12 +73,36 @@ export interface StrataApiKeys {
   last_used_at: Timestamp | null;
 }
 
+export interface StrataCacheTables {
+  table_name: string;
+  enabled_by: string;
+  enabled_at: Defaulted<Timestamp>;
+}
+
 export interface StrataTenants {
   id: string;
   name: string;
   status: Defaulted<'active' | 'suspended'>;
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
+}
+
+export interface StrataViews {
+  name: string;
+  sql: string;
+  refresh_cron: string | null;
+  after_writes_to: Defaulted<string[]>;
+  debounce_ms: Defaulted<number>;
+  unique_key: string[] | null;
+  created_by: string;
+  created_at: Defaulted<Timestamp>;
+  last_refreshed_at: Timestamp | null;
+  last_refresh_ms: number | null;
+  last_refresh_mode: 'concurrently' | 'plain' | null;
+  last_job_id: string | null;
+  last_error: string | null;
+  last_write_at: Timestamp | null;
+  refresh_count: Defaulted<number>;
 }
 
 export interface TenantDB {
@@ -90,5 +114,7 @@ export interface TenantDB {
 
 export interface PlatformDB {
   'strata.api_keys': StrataApiKeys;
+  'strata.cache_tables': StrataCacheTables;
   'strata.tenants': StrataTenants;
+  'strata.views': StrataViews;
 }
