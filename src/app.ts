@@ -33,6 +33,7 @@ import transactionRoutes from './api/rest/transactions/index.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
+import exportRoutes from './api/rest/exports/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -131,5 +132,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
+  await app.register(exportRoutes);
   return app;
 }

@@ -2,6 +2,7 @@
  * Configuration: read from environment variables only, validated once at boot, frozen.
  * A wrong value fails the boot with a message naming the variable (ConfigError).
  */
+import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 
@@ -64,6 +65,12 @@ export const EnvSchema = Type.Object({
   WORKER_CONCURRENCY: Int(4, 1, 256),
   /** The worker process serves /healthz, /readyz and /metrics on this port (0: none). */
   WORKER_HEALTH_PORT: Int(3001, 0, 65535),
+  /** Where export jobs write their files (default: <DATA_DIR>/exports). */
+  EXPORT_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  /** statement_timeout of a streamed export when the request gives no timeout_ms (0: off). */
+  EXPORT_TIMEOUT_MS: Int(300_000, 0, 86_400_000),
+  /** The largest timeout_ms an export request may ask for; also the timeout of export jobs. */
+  EXPORT_MAX_TIMEOUT_MS: Int(3_600_000, 1, 86_400_000),
 });
 
 export type Env = Static<typeof EnvSchema>;
@@ -74,6 +81,8 @@ export interface Config extends Env {
   readonly migrateOnBoot: boolean;
   readonly seedDemo: boolean;
   readonly runWorkers: boolean;
+  /** EXPORT_DIR, or <DATA_DIR>/exports. */
+  readonly exportDir: string;
 }
 
 export class ConfigError extends Error {
@@ -122,6 +131,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     migrateOnBoot: env.MIGRATE_ON_BOOT ?? embedded,
     seedDemo: env.SEED_DEMO ?? embedded,
     runWorkers: env.RUN_WORKERS ?? embedded,
+    exportDir: env.EXPORT_DIR ?? join(env.DATA_DIR, 'exports'),
   });
 }
 

@@ -17,6 +17,7 @@ import type { BaseLogger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import { AppError, conflict, notFound, unavailable } from '../errors.js';
 import { redisOptions } from '../redis.js';
+import type { ExportJobInput } from './processors/export.js';
 
 /** Input of each job. Later capabilities (exports, backups) add their jobs here and in JOB_QUEUES. */
 export interface JobInputs {
@@ -24,6 +25,8 @@ export interface JobInputs {
   'expire-api-keys': Record<never, never>;
   /** Test and template job: sleeps `ms` in `steps`, reporting progress, honouring cancellation. */
   sleep: { ms: number; steps: number };
+  /** Write a table query or analyst SQL to a file in the export store (POST /v1/exports). */
+  export: ExportJobInput;
 }
 export type JobName = keyof JobInputs;
 
@@ -31,6 +34,7 @@ export type JobName = keyof JobInputs;
 export const JOB_QUEUES = {
   'expire-api-keys': 'maintenance',
   sleep: 'noop',
+  export: 'exports',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];
