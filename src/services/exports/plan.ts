@@ -61,14 +61,19 @@ export function sqlLiteral(v: unknown): string {
   if (Array.isArray(v)) return pg.escapeLiteral(arrayLiteral(v));
   if (v instanceof Date) return pg.escapeLiteral(v.toISOString());
   if (typeof v === 'object') return pg.escapeLiteral(JSON.stringify(v));
-  return pg.escapeLiteral(String(v as string | number | boolean | bigint));
+  return pg.escapeLiteral(scalarText(v));
+}
+
+/** Text of a scalar (string, number, boolean, bigint) as a parameter would send it. */
+function scalarText(v: unknown): string {
+  return typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint' ? v.toString() : JSON.stringify(v);
 }
 
 function arrayLiteral(items: unknown[]): string {
   const parts = items.map((x) => {
     if (x === null || x === undefined) return 'NULL';
     if (Array.isArray(x)) return arrayLiteral(x);
-    const s = typeof x === 'object' ? JSON.stringify(x) : String(x as string | number | boolean | bigint);
+    const s = typeof x === 'object' ? JSON.stringify(x) : scalarText(x);
     return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
   });
   return `{${parts.join(',')}}`;
