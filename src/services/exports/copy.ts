@@ -8,7 +8,7 @@
  * server (pg_cancel_backend, for a query still sorting before its first row) and the connection is
  * destroyed rather than returned: a half-read COPY cannot be reused.
  */
-import { Transform, type Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
@@ -50,6 +50,9 @@ async function abortBackend(db: Database, client: pg.PoolClient): Promise<void> 
   await cancel;
 }
 
+/** Read size of the COPY stream and of the pipes behind it. */
+export const CHUNK_BYTES = 64 * 1024;
+
 const isSqlError = (err: unknown) => typeof (err as { code?: unknown } | null)?.code === 'string' && /^[0-9A-Z]{5}$/.test((err as { code: string }).code);
 
 /** Stream the plan's rows into `sink`; resolves when PostgreSQL has sent the last row and the sink finished. */
@@ -59,17 +62,16 @@ export function runCopy(db: Database, ctx: SessionContext, plan: ExportPlan, sin
     async (tx) => {
       if (plan.analyst) await tx.query(`SET LOCAL ROLE ${ANALYST_ROLE}`);
       if (opts.before) await opts.before(tx);
-      const copy = tx.client.query(copyTo(copySql(plan)));
+      const copy = tx.client.query(copyTo(copySql(plan), { highWaterMark: CHUNK_BYTES }));
       let bytes = 0;
-      const meter = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          bytes += chunk.length;
-          opts.onChunk?.(chunk);
-          cb(null, chunk);
-        },
+      // A second 'data' listener observes the chunks without another stream hop; pipeline's pipe
+      // still decides when the copy stream flows (backpressure).
+      copy.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        opts.onChunk?.(chunk);
       });
       try {
-        await pipeline(copy, meter, sink, opts.signal ? { signal: opts.signal } : {});
+        await pipeline(copy, sink, opts.signal ? { signal: opts.signal } : {});
       } catch (err) {
         // A statement error (timeout, bad cast...) leaves the connection usable: the transaction
         // rolls back as usual. Anything else means the consumer left mid-COPY.

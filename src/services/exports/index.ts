@@ -20,7 +20,7 @@ import { Params, checkEmbedPaths, rowJsonSql } from '../rest-query/build.js';
 import { parseRowsQuery } from '../rest-query/parse.js';
 import { guardStatement, wrapWithLimit } from '../sql-guard.js';
 import { ANALYST_ROLE, MAX_PARAMS, toSqlError } from '../sql.js';
-import { runCopy, type CopyResult } from './copy.js';
+import { CHUNK_BYTES, runCopy, type CopyResult } from './copy.js';
 import { checkFormat, exportFilename, inlineBuilderParams, inlineStatementParams, tableSelect, type ExportFormat, type ExportPlan } from './plan.js';
 
 export { CONTENT_TYPES, EXPORT_FORMATS, type ExportFormat, type ExportPlan } from './plan.js';
@@ -197,7 +197,7 @@ export function createExportService(deps: ExportServiceDeps) {
      * stream; the HTTP layer then aborts the connection (the client sees a truncated transfer).
      */
     async stream(ctx: SessionContext, plan: ExportPlan): Promise<Readable> {
-      const out = new PassThrough();
+      const out = new PassThrough({ highWaterMark: CHUNK_BYTES });
       const started = performance.now();
       let markStarted!: () => void;
       const firstByte = new Promise<void>((resolve) => (markStarted = resolve));
@@ -240,7 +240,7 @@ export function createExportService(deps: ExportServiceDeps) {
         reporting = reporting.then(() => o.onProgress(counter.rows, Math.max(total, counter.rows))).catch(() => undefined);
       };
       try {
-        const r = await runCopy(db, ctx, plan, createWriteStream(tmp, { flags: 'w' }), {
+        const r = await runCopy(db, ctx, plan, createWriteStream(tmp, { flags: 'w', highWaterMark: CHUNK_BYTES }), {
           signal: o.signal,
           before: async (tx) => {
             total = await estimate(tx, plan);
