@@ -138,7 +138,12 @@ describe('export jobs', () => {
 
   it('cancels a running export: the query stops, the partial file is kept as .partial, the job ends cancelled', async () => {
     const { job_id } = await start({ sql: slowSql(200_000), format: 'csv' }, 'analyst');
-    await until(job_id, (v) => v.state === 'active' && typeof v.progress === 'object' && (v.progress as { done: number }).done > 0);
+    const running = await until(job_id, (v) => v.state === 'active' && typeof v.progress === 'object' && (v.progress as { done: number }).done > 0);
+    // While running: rows done against the planner's estimate, never 100% before the end.
+    const p = running.progress as { done: number; total: number; percent: number | null; estimated: boolean };
+    expect(p.estimated).toBe(true);
+    expect(p.total).toBeGreaterThan(0);
+    expect(p.percent).toBeLessThanOrEqual(99);
     const del = await t.app.inject({ method: 'DELETE', url: `/v1/jobs/${job_id}`, headers: await t.auth('writer', 'acme') });
     expect(del.statusCode).toBe(202);
     const ended = await until(job_id, (v) => ['cancelled', 'completed', 'failed'].includes(v.state));

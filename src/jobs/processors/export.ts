@@ -36,7 +36,12 @@ export async function exportJob(ctx: ProcessorContext<'export'>): Promise<Export
       jobId: job.id ?? '',
       attempt: job.attemptsStarted,
       signal: ctx.signal,
-      onProgress: (done, total) => ctx.progress(done, total),
+      // Running: the planner's estimate as total, percent held below 100 (an estimate can be exceeded).
+      // Done: the actual count as total, 100%.
+      onProgress: (done, estimate, final) =>
+        final
+          ? ctx.progress(done, done)
+          : job.updateProgress({ done, total: estimate, percent: estimate > 0 ? Math.min(99, Math.floor((done / estimate) * 100)) : null, estimated: true }),
     });
     ctx.log.info({ rows: result.rows, bytes: result.bytes, file: result.file }, 'export written');
     return result;

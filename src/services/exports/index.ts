@@ -226,7 +226,7 @@ export function createExportService(deps: ExportServiceDeps) {
     async writeFile(
       ctx: SessionContext,
       plan: ExportPlan,
-      o: { jobId: string; attempt: number; signal: AbortSignal; onProgress: (done: number, total: number) => Promise<void> },
+      o: { jobId: string; attempt: number; signal: AbortSignal; onProgress: (done: number, estimate: number, final: boolean) => Promise<void> },
     ): Promise<ExportFileResult> {
       await mkdir(config.exportDir, { recursive: true });
       const file = `${o.jobId}.${plan.format}`;
@@ -237,7 +237,7 @@ export function createExportService(deps: ExportServiceDeps) {
       let lastReport = 0;
       let reporting: Promise<void> = Promise.resolve();
       const report = () => {
-        reporting = reporting.then(() => o.onProgress(counter.rows, Math.max(total, counter.rows))).catch(() => undefined);
+        reporting = reporting.then(() => o.onProgress(counter.rows, total, false)).catch(() => undefined);
       };
       try {
         const r = await runCopy(db, ctx, plan, createWriteStream(tmp, { flags: 'w', highWaterMark: CHUNK_BYTES }), {
@@ -256,7 +256,7 @@ export function createExportService(deps: ExportServiceDeps) {
         });
         await reporting;
         await rename(tmp, final);
-        await o.onProgress(r.rows, r.rows);
+        await o.onProgress(r.rows, r.rows, true);
         return { file, format: plan.format, rows: r.rows, bytes: r.bytes };
       } catch (err) {
         await reporting;
