@@ -210,6 +210,21 @@ describe('streamed exports', () => {
       expect(next.body).toBe('id\n2\n');
     });
 
+    it('cancels the query when the client disconnects before the first row', async () => {
+      const marker = `early-${Date.now()}`;
+      const body = JSON.stringify({ sql: `SELECT '${marker}' AS m, pg_sleep(60)`, format: 'csv' });
+      const req = http.request(new URL('/v1/sql/export', base), {
+        method: 'POST',
+        headers: { ...analyst, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      });
+      req.on('error', () => undefined);
+      req.end(body);
+      await vi.waitFor(async () => expect(await activeBackends(marker)).toBe(1), { timeout: 5_000, interval: 50 });
+      req.destroy();
+      await vi.waitFor(async () => expect(await activeBackends(marker)).toBe(0), { timeout: 5_000, interval: 50 });
+      await expectNoCheckedOutClients(t.db);
+    });
+
     it('aborts the response (no clean end) when the timeout fires mid-stream, and frees the connection', async () => {
       const marker = `midstream-${Date.now()}`;
       const { res } = await startExport(marker, 1_000);

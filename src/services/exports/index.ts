@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
-import { badRequest, conflict, notFound } from '../../errors.js';
+import { AppError, badRequest, conflict, notFound } from '../../errors.js';
 import type { JobView } from '../../jobs/queues.js';
 import type { SchemaRegistry } from '../schema-registry.js';
 import { Params, checkEmbedPaths, rowJsonSql } from '../rest-query/build.js';
@@ -195,13 +195,14 @@ export function createExportService(deps: ExportServiceDeps) {
      * Start streaming a plan. Resolves with the body once the first bytes are read (or the result
      * ended empty), so an error before then is a normal 4xx/5xx. An error after that destroys the
      * stream; the HTTP layer then aborts the connection (the client sees a truncated transfer).
+     * `signal` (the client went away) stops the query at any point, before the first row included.
      */
-    async stream(ctx: SessionContext, plan: ExportPlan): Promise<Readable> {
+    async stream(ctx: SessionContext, plan: ExportPlan, signal?: AbortSignal): Promise<Readable> {
       const out = new PassThrough({ highWaterMark: CHUNK_BYTES });
       const started = performance.now();
       let markStarted!: () => void;
       const firstByte = new Promise<void>((resolve) => (markStarted = resolve));
-      const done = runCopy(db, ctx, plan, out, { onChunk: () => markStarted() });
+      const done = runCopy(db, ctx, plan, out, { onChunk: () => markStarted(), ...(signal ? { signal } : {}) });
       done.then(
         (r: CopyResult) =>
           log.info({ requestId: ctx.requestId, tenant: ctx.tenantId, format: plan.format, rows: r.rows, bytes: r.bytes, ms: Math.round(performance.now() - started) }, 'export streamed'),
@@ -213,6 +214,7 @@ export function createExportService(deps: ExportServiceDeps) {
       try {
         await Promise.race([firstByte, done]);
       } catch (err) {
+        if (signal?.aborted) throw new AppError(499, 'CLIENT_CLOSED_REQUEST', 'the client closed the connection before the export started', undefined, { cause: err });
         throw plan.analyst ? toSqlError(err, { prefixLength: Number.MAX_SAFE_INTEGER, offset: 0 }) : err;
       }
       return out;

@@ -36,6 +36,15 @@ const ExportJobBody = Type.Object(
   { additionalProperties: false },
 );
 
+/** Aborted when the client goes away before the response has finished (before the first row too). */
+function clientGone(reply: FastifyReply): AbortSignal {
+  const abort = new AbortController();
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) abort.abort();
+  });
+  return abort.signal;
+}
+
 function sendPlan(reply: FastifyReply, plan: ExportPlan) {
   return reply
     .header('content-type', CONTENT_TYPES[plan.format])
@@ -66,7 +75,7 @@ export default async function exportRoutes(app: FastifyInstance) {
       const { table } = request.params as { table: string };
       const qs = request.query as QueryString;
       const plan = await exports.planTable(table, qs, qs['format'] ?? 'csv', qs['timeout_ms']);
-      const body = await exports.stream(request.ctx, plan);
+      const body = await exports.stream(request.ctx, plan, clientGone(reply));
       return sendPlan(reply, plan).send(body);
     },
   );
@@ -89,7 +98,7 @@ export default async function exportRoutes(app: FastifyInstance) {
     async (request, reply) => {
       const input = request.body as Partial<SqlExportInput> & { sql: string };
       const plan = await exports.planSql({ ...input, format: input.format ?? 'csv' });
-      const body = await exports.stream(request.ctx, plan);
+      const body = await exports.stream(request.ctx, plan, clientGone(reply));
       return sendPlan(reply, plan).send(body);
     },
   );
