@@ -4,11 +4,10 @@
  * file in the export store by a job (POST /v1/exports). One COPY per export (see copy.ts); plans are
  * validated before anything runs, so bad input is a 4xx and nothing is written.
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
-import { createWriteStream } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from '../../config.js';
 import type { Database } from '../../db/database.js';
@@ -21,9 +20,11 @@ import { parseRowsQuery } from '../rest-query/parse.js';
 import { guardStatement, wrapWithLimit } from '../sql-guard.js';
 import { ANALYST_ROLE, MAX_PARAMS, toSqlError } from '../sql.js';
 import { CHUNK_BYTES, runCopy, type CopyResult } from './copy.js';
+import { rowCounter } from './row-counter.js';
 import { checkFormat, exportFilename, inlineBuilderParams, inlineStatementParams, tableSelect, type ExportFormat, type ExportPlan } from './plan.js';
 
 export { CONTENT_TYPES, EXPORT_FORMATS, type ExportFormat, type ExportPlan } from './plan.js';
+export { rowCounter } from './row-counter.js';
 
 export type QueryString = Record<string, string | string[] | undefined>;
 
@@ -64,50 +65,6 @@ export class ExportAborted extends Error {
 /** Parameters of the rows syntax that make no sense for an export. */
 const NOT_FOR_EXPORT = ['cursor', 'count'];
 const RESERVED = new Set(['format', 'timeout_ms']);
-const LF = 0x0a;
-const QUOTE = 0x22;
-
-/**
- * Counts rows in COPY output as it passes. NDJSON: one line per row. CSV: newlines outside quoted
- * fields (a quote inside a field is doubled, so quote parity tells inside from outside), less the
- * header. Uses Buffer.indexOf, so counting costs little next to the copy itself.
- */
-export function rowCounter(format: ExportFormat): { push(chunk: Buffer): void; readonly rows: number } {
-  let lines = 0;
-  let inQuotes = false;
-  return {
-    push(chunk) {
-      if (format === 'ndjson') {
-        for (let i = chunk.indexOf(LF); i !== -1; i = chunk.indexOf(LF, i + 1)) lines++;
-        return;
-      }
-      let i = 0;
-      while (i < chunk.length) {
-        if (inQuotes) {
-          const qpos = chunk.indexOf(QUOTE, i);
-          if (qpos === -1) return;
-          inQuotes = false;
-          i = qpos + 1;
-          continue;
-        }
-        const lf = chunk.indexOf(LF, i);
-        const qpos = chunk.indexOf(QUOTE, i);
-        if (lf === -1 && qpos === -1) return;
-        if (qpos !== -1 && (lf === -1 || qpos < lf)) {
-          inQuotes = true;
-          i = qpos + 1;
-        } else {
-          lines++;
-          i = lf + 1;
-        }
-      }
-    },
-    get rows() {
-      return format === 'csv' ? Math.max(0, lines - 1) : lines;
-    },
-  };
-}
-
 export function createExportService(deps: ExportServiceDeps) {
   const { db, schema, config, log } = deps;
 
