@@ -42,6 +42,7 @@ import { createViewsService, type ViewsService } from './services/views.js';
 import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
 import timeseriesRoutes from './api/rest/timeseries/index.js';
 import cacheRoutes from './api/rest/cache/index.js';
+import exportRoutes from './api/rest/exports/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -172,5 +173,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(cacheRoutes, { prefix: '/v1/admin/cache' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
   await app.register(queryInsightRoutes, { prefix: '/v1/admin' });
+  await app.register(exportRoutes);
   return app;
 }

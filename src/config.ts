@@ -2,6 +2,7 @@
  * Configuration: read from environment variables only, validated once at boot, frozen.
  * A wrong value fails the boot with a message naming the variable (ConfigError).
  */
+import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 
@@ -79,6 +80,12 @@ export const EnvSchema = Type.Object({
   TIMESERIES_MAX_BUCKETS: Int(10_000, 1, 1_000_000),
   /** Statement timeout of a materialized view refresh (admin connection). */
   VIEW_REFRESH_TIMEOUT_MS: Int(600_000, 1000, 86_400_000),
+  /** Where export jobs write their files (default: <DATA_DIR>/exports). */
+  EXPORT_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  /** statement_timeout of a streamed export when the request gives no timeout_ms (0: off). */
+  EXPORT_TIMEOUT_MS: Int(300_000, 0, 86_400_000),
+  /** The largest timeout_ms an export request may ask for; also the timeout of export jobs. */
+  EXPORT_MAX_TIMEOUT_MS: Int(3_600_000, 1, 86_400_000),
 });
 
 export type Env = Static<typeof EnvSchema>;
@@ -89,6 +96,8 @@ export interface Config extends Env {
   readonly migrateOnBoot: boolean;
   readonly seedDemo: boolean;
   readonly runWorkers: boolean;
+  /** EXPORT_DIR, or <DATA_DIR>/exports. */
+  readonly exportDir: string;
 }
 
 export class ConfigError extends Error {
@@ -137,6 +146,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     migrateOnBoot: env.MIGRATE_ON_BOOT ?? embedded,
     seedDemo: env.SEED_DEMO ?? embedded,
     runWorkers: env.RUN_WORKERS ?? embedded,
+    exportDir: env.EXPORT_DIR ?? join(env.DATA_DIR, 'exports'),
   });
 }
 

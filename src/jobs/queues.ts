@@ -17,6 +17,7 @@ import type { BaseLogger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import { AppError, conflict, notFound, unavailable } from '../errors.js';
 import { redisOptions } from '../redis.js';
+import type { ExportJobInput } from './processors/export.js';
 
 /** Input of each job. Later capabilities (exports, backups) add their jobs here and in JOB_QUEUES. */
 export interface JobInputs {
@@ -26,6 +27,8 @@ export interface JobInputs {
   sleep: { ms: number; steps: number };
   /** Refresh a materialized view (platform; src/services/view-refresh.ts). */
   'refresh-view': { view: string; reason: 'manual' | 'created' | 'cron' | 'writes' };
+  /** Write a table query or analyst SQL to a file in the export store (POST /v1/exports). */
+  export: ExportJobInput;
 }
 export type JobName = keyof JobInputs;
 
@@ -34,6 +37,7 @@ export const JOB_QUEUES = {
   'expire-api-keys': 'maintenance',
   sleep: 'noop',
   'refresh-view': 'views',
+  export: 'exports',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

@@ -18,10 +18,14 @@ import { redisOptions } from '../redis.js';
 import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
 import { refreshView } from './processors/refresh-view.js';
+import { exportJob } from './processors/export.js';
+import { createExportService, type ExportService } from '../services/exports/index.js';
+import { createRegistryService } from '../services/schema-registry.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices {
   apiKeys: ApiKeyService;
+  exports: ExportService;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {
@@ -46,10 +50,14 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'expire-api-keys': expireApiKeys,
   sleep: sleepJob,
   'refresh-view': refreshView,
+  export: exportJob,
 };
 
-export function createProcessorServices(db: Database): ProcessorServices {
-  return { apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }) };
+export function createProcessorServices(db: Database, log: Logger): ProcessorServices {
+  return {
+    apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
+    exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
+  };
 }
 
 export interface WorkerRuntimeOptions {
@@ -81,7 +89,7 @@ const percentOf = (done: number, total: number | null) =>
 export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   const prefix = opts.prefix ?? 'strata';
   const { log, db } = opts;
-  const services = opts.services ?? createProcessorServices(db);
+  const services = opts.services ?? createProcessorServices(db, log);
   // Fail-fast connection for cancellation flags: a poll during an outage is just skipped.
   const flags = new Redis(opts.redisUrl, redisOptions({ lazyConnect: false }));
   flags.on('error', () => undefined);
