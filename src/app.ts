@@ -43,6 +43,11 @@ import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
 import timeseriesRoutes from './api/rest/timeseries/index.js';
 import cacheRoutes from './api/rest/cache/index.js';
 import exportRoutes from './api/rest/exports/index.js';
+import { createChangeFeed, type ChangeFeed } from './services/change-feed.js';
+import { createChangeService, type ChangeService } from './services/changes.js';
+import { createWebhookService, type WebhookService } from './services/webhooks.js';
+import changeRoutes, { rowHistoryRoutes } from './api/rest/changes/index.js';
+import webhookRoutes from './api/rest/webhooks/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -56,6 +61,9 @@ export interface AppServices {
   hooks: WriteHooks;
   timeseries: TimeseriesService;
   views: ViewsService;
+  changeFeed: ChangeFeed;
+  changes: ChangeService;
+  webhooks: WebhookService;
 }
 
 declare module 'fastify' {
@@ -142,6 +150,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     hooks,
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
+    ...changeServices(config, db, schema, app.log),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -174,5 +183,17 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(jobsPlugin, { jobs: opts.jobs });
   await app.register(queryInsightRoutes, { prefix: '/v1/admin' });
   await app.register(exportRoutes);
+  await app.register(changeRoutes, { prefix: '/v1/changes' });
+  await app.register(rowHistoryRoutes, { prefix: '/v1/tables' });
+  await app.register(webhookRoutes, { prefix: '/v1/webhooks' });
+  app.addHook('onClose', () => services.changeFeed.close());
   return app;
+}
+
+/** Change data capture: the process's LISTEN connection, the change log and webhooks. */
+function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
+  const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT });
+  const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT });
+  return { changeFeed, changes, webhooks };
 }

@@ -86,6 +86,25 @@ export const EnvSchema = Type.Object({
   EXPORT_TIMEOUT_MS: Int(300_000, 0, 86_400_000),
   /** The largest timeout_ms an export request may ask for; also the timeout of export jobs. */
   EXPORT_MAX_TIMEOUT_MS: Int(3_600_000, 1, 86_400_000),
+  /** Change data capture: days of change events kept (0: forever); partitions created this many days ahead. */
+  CHANGES_RETENTION_DAYS: Int(30, 0, 36_500),
+  CHANGES_PARTITIONS_AHEAD: Int(7, 1, 366),
+  CHANGES_MAINTENANCE_CRON: Type.String({ default: '7 * * * *', minLength: 9 }),
+  /** SSE heartbeat comment interval; how often each process polls the change-id sequence to wake its readers. */
+  CHANGES_HEARTBEAT_MS: Int(15_000, 100, 3_600_000),
+  CHANGES_POLL_MS: Int(50, 5, 60_000),
+  /** Webhook delivery: attempts per event before it is dead-lettered, backoff base/cap, request timeout. */
+  WEBHOOK_MAX_ATTEMPTS: Int(8, 1, 100),
+  WEBHOOK_BACKOFF_BASE_MS: Int(1_000, 1, 3_600_000),
+  WEBHOOK_BACKOFF_MAX_MS: Int(300_000, 1, 86_400_000),
+  WEBHOOK_TIMEOUT_MS: Int(10_000, 100, 300_000),
+  /** Lanes (rows, or tables) a webhook's delivery loop sends at once; events read per batch. */
+  WEBHOOK_CONCURRENCY: Int(16, 1, 256),
+  WEBHOOK_BATCH_SIZE: Int(200, 1, 10_000),
+  /** How long a delivery loop holds a webhook without renewing (a killed worker's webhook resumes after it). */
+  WEBHOOK_LEASE_MS: Int(30_000, 500, 3_600_000),
+  /** Allow webhook URLs resolving to private, loopback or link-local addresses (tests, trusted networks). */
+  WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
 });
 
 export type Env = Static<typeof EnvSchema>;

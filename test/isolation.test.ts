@@ -115,7 +115,10 @@ describe('tenant isolation is enforced by PostgreSQL', () => {
       tx.query<{ rolsuper: boolean; rolbypassrls: boolean; owns: number; strata: boolean }>(
         `SELECT r.rolsuper, r.rolbypassrls,
                 (SELECT count(*)::int FROM pg_class c WHERE c.relowner = r.oid) AS owns,
-                has_schema_privilege('strata', 'USAGE') AS strata
+                -- schema strata is usable for the tenant-scoped (RLS) change log and webhooks only
+                EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = 'strata'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+                           AND c.relname NOT IN ('changes', 'webhooks', 'webhook_deliveries', 'captured_tables')
+                           AND has_table_privilege(c.oid, 'SELECT')) AS strata
            FROM pg_roles r WHERE r.rolname = current_user`,
       ),
     );

@@ -29,6 +29,12 @@ export interface JobInputs {
   'refresh-view': { view: string; reason: 'manual' | 'created' | 'cron' | 'writes' };
   /** Write a table query or analyst SQL to a file in the export store (POST /v1/exports). */
   export: ExportJobInput;
+  /** The ordered delivery loop of one webhook (job id `webhooks-<webhook id>`). */
+  'deliver-webhook': { webhookId: string };
+  /** Re-deliver a webhook's events in (after, until]. */
+  'replay-webhook': { webhookId: string; after: string; until?: string };
+  /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
+  'maintain-changes': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
 
@@ -38,6 +44,9 @@ export const JOB_QUEUES = {
   sleep: 'noop',
   'refresh-view': 'views',
   export: 'exports',
+  'deliver-webhook': 'webhooks',
+  'replay-webhook': 'webhooks',
+  'maintain-changes': 'maintenance',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

@@ -21,11 +21,17 @@ import { refreshView } from './processors/refresh-view.js';
 import { exportJob } from './processors/export.js';
 import { createExportService, type ExportService } from '../services/exports/index.js';
 import { createRegistryService } from '../services/schema-registry.js';
+import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
+import { maintainChanges } from './processors/maintain-changes.js';
+import { createChangeFeed, type ChangeFeed } from '../services/change-feed.js';
+import { createWebhookDelivery, type WebhookDelivery } from '../services/webhook-delivery.js';
+import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices {
   apiKeys: ApiKeyService;
   exports: ExportService;
+  webhookDelivery: WebhookDelivery;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {
@@ -51,12 +57,33 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   sleep: sleepJob,
   'refresh-view': refreshView,
   export: exportJob,
+  'deliver-webhook': deliverWebhook,
+  'replay-webhook': replayWebhook,
+  'maintain-changes': maintainChanges,
 };
 
-export function createProcessorServices(db: Database, log: Logger): ProcessorServices {
+export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
+  const c = db.config;
   return {
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
     exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
+    webhookDelivery: createWebhookDelivery({
+      db,
+      log,
+      feed,
+      settings: {
+        maxAttempts: c.WEBHOOK_MAX_ATTEMPTS,
+        backoffBaseMs: c.WEBHOOK_BACKOFF_BASE_MS,
+        backoffMaxMs: c.WEBHOOK_BACKOFF_MAX_MS,
+        timeoutMs: c.WEBHOOK_TIMEOUT_MS,
+        leaseMs: c.WEBHOOK_LEASE_MS,
+        allowPrivate: c.WEBHOOK_ALLOW_PRIVATE,
+        lingerMs: Math.min(2_000, c.WEBHOOK_LEASE_MS / 4),
+        pollMs: c.CHANGES_POLL_MS,
+        concurrency: c.WEBHOOK_CONCURRENCY,
+        batchSize: c.WEBHOOK_BATCH_SIZE,
+      },
+    }),
   };
 }
 
@@ -78,6 +105,8 @@ export interface WorkerRuntimeOptions {
 
 export interface WorkerRuntime {
   readonly workers: readonly Worker[];
+  /** The webhook dispatcher, when queue `webhooks` is served. */
+  readonly dispatcher: WebhookDispatcher | undefined;
   /** Stop taking jobs and wait for active ones (up to timeoutMs; then they are left to the stalled check). */
   close(opts?: { timeoutMs?: number }): Promise<void>;
 }
@@ -89,7 +118,12 @@ const percentOf = (done: number, total: number | null) =>
 export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   const prefix = opts.prefix ?? 'strata';
   const { log, db } = opts;
-  const services = opts.services ?? createProcessorServices(db, log);
+  const feed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: db.config.CHANGES_POLL_MS });
+  const services = opts.services ?? createProcessorServices(db, log, feed);
+  const queueNames = opts.queues ?? QUEUE_NAMES;
+  const dispatcher = queueNames.includes('webhooks')
+    ? startWebhookDispatcher({ redisUrl: opts.redisUrl, prefix, feed, delivery: services.webhookDelivery, log })
+    : undefined;
   // Fail-fast connection for cancellation flags: a poll during an outage is just skipped.
   const flags = new Redis(opts.redisUrl, redisOptions({ lazyConnect: false }));
   flags.on('error', () => undefined);
@@ -127,7 +161,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
     }
   }
 
-  const workers = (opts.queues ?? QUEUE_NAMES).map((queue) => {
+  const workers = queueNames.map((queue) => {
     const worker: Worker = new Worker(queue, (job: Job<JobData>, token?: string, signal?: AbortSignal) => run(worker, job, token, signal), {
       connection: { url: opts.redisUrl, maxRetriesPerRequest: null },
       prefix,
@@ -173,6 +207,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   log.info({ queues: workers.map((w) => w.name), prefix }, 'workers started');
   return {
     workers,
+    dispatcher,
     async close({ timeoutMs = 30_000 } = {}) {
       clearInterval(poller);
       let timer: NodeJS.Timeout | undefined;
@@ -187,6 +222,8 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
         log.warn({ timeoutMs, active: active.size }, 'active jobs did not finish in time; leaving them to be retried as stalled');
         graceful.catch(() => undefined);
       }
+      await dispatcher?.close();
+      await feed.close();
       await flags.quit().catch(() => flags.disconnect());
     },
   };

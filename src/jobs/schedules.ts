@@ -6,9 +6,14 @@ import type { Config } from '../config.js';
 import { DEFAULT_JOB_OPTIONS, type JobData, type JobsLogger, type JobsService } from './queues.js';
 
 export const API_KEY_SWEEP_SCHEDULER = 'expire-api-keys';
+export const CHANGES_MAINTENANCE_SCHEDULER = 'maintain-changes';
 
 /** Register (or update) every schedule. Throws, naming the variable, when a cron pattern is rejected. */
-export async function registerSchedules(jobs: JobsService, config: Pick<Config, 'API_KEY_SWEEP_CRON'>, log: JobsLogger): Promise<void> {
+export async function registerSchedules(
+  jobs: JobsService,
+  config: Pick<Config, 'API_KEY_SWEEP_CRON'> & Partial<Pick<Config, 'CHANGES_MAINTENANCE_CRON'>>,
+  log: JobsLogger,
+): Promise<void> {
   const data: JobData<'expire-api-keys'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${API_KEY_SWEEP_SCHEDULER}` };
   try {
     await jobs.queues.maintenance.upsertJobScheduler(
@@ -24,4 +29,18 @@ export async function registerSchedules(jobs: JobsService, config: Pick<Config, 
     throw new Error(`could not register the API-key expiry schedule (API_KEY_SWEEP_CRON=${config.API_KEY_SWEEP_CRON})`, { cause: err });
   }
   log.info({ cron: config.API_KEY_SWEEP_CRON }, 'schedule registered: expire-api-keys');
+  if (config.CHANGES_MAINTENANCE_CRON) {
+    const cron = config.CHANGES_MAINTENANCE_CRON;
+    const mdata: JobData<'maintain-changes'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${CHANGES_MAINTENANCE_SCHEDULER}` };
+    try {
+      await jobs.queues.maintenance.upsertJobScheduler(
+        CHANGES_MAINTENANCE_SCHEDULER,
+        { pattern: cron },
+        { name: 'maintain-changes', data: mdata, opts: { attempts: 3, backoff: DEFAULT_JOB_OPTIONS.backoff, removeOnComplete: { count: 100 }, removeOnFail: { count: 500 } } },
+      );
+    } catch (err) {
+      throw new Error(`could not register the change-log maintenance schedule (CHANGES_MAINTENANCE_CRON=${cron})`, { cause: err });
+    }
+    log.info({ cron }, 'schedule registered: maintain-changes');
+  }
 }

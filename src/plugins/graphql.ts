@@ -19,6 +19,7 @@ import { formatErrors } from '../api/graphql/errors.js';
 import { buildGraphqlSchema } from '../api/graphql/schema.js';
 import { viewFields } from '../api/graphql/views.js';
 import { normalizeLiterals } from '../api/graphql/normalize.js';
+import { changesSubscriptionOptions } from '../api/graphql/changes.js';
 
 declare module 'mercurius' {
   interface MercuriusContext {
@@ -78,6 +79,7 @@ export default fp(
       graphiql: true,
       jit: 1,
       queryDepth: INTROSPECTION_SAFE_DEPTH,
+      subscription: changesSubscriptionOptions(app),
       context: (request: FastifyRequest) => {
         const state = new GraphqlRequest(app.db, request.ctx ?? null, request.log, operationName(request));
         requests.set(request, state);
@@ -101,6 +103,8 @@ export default fp(
       additionalRouteOptions: {
         config: { capability: 'read' },
         preHandler: async (request: FastifyRequest) => {
+          // a subscription's WebSocket upgrade: the query comes over the socket, the schema must be built
+          if ((request as { ws?: boolean }).ws) return ensureSchema();
           const source = (request.method === 'GET' ? request.query : request.body) as { query?: unknown } | null | undefined;
           if (typeof source?.query !== 'string' || !source.query.trim()) {
             throw badRequest('GRAPHQL_BAD_REQUEST', 'the request has no GraphQL query (send { "query": "..." })');

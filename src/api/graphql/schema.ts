@@ -42,6 +42,7 @@ import {
   updateWhereResolver,
   type TableModel,
 } from './resolvers.js';
+import { changesSubscriptionType } from './changes.js';
 
 type Fields = GraphQLFieldConfigMap<Record<string, unknown>, GraphqlContext>;
 const NAME = /^[_A-Za-z][_0-9A-Za-z]*$/;
@@ -251,6 +252,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
   return new GraphQLSchema({
     query: new GraphQLObjectType({ name: 'Query', fields: query }),
     mutation: Object.keys(mutation).length ? new GraphQLObjectType({ name: 'Mutation', fields: mutation }) : undefined,
+    subscription: changesSubscriptionType(),
   });
 }
 

@@ -5,7 +5,7 @@
  * - TenantDB: the tenant tables of schema public (read and written through tenant sessions, under RLS).
  * - PlatformDB: the platform tables of schema strata (admin connection only).
  */
-import type { ColumnType, InsertType, SelectType, UpdateType } from 'kysely';
+import type { ColumnType, GeneratedAlways, InsertType, SelectType, UpdateType } from 'kysely';
 
 /** bigint: read as a string (node-postgres keeps all 64 bits). */
 export type Int8 = ColumnType<string, bigint | number | string, bigint | number | string>;
@@ -79,6 +79,23 @@ export interface StrataCacheTables {
   enabled_at: Defaulted<Timestamp>;
 }
 
+export interface StrataCapturedTables {
+  table_name: string | null;
+}
+
+export interface StrataChanges {
+  id: Defaulted<Int8>;
+  txid: unknown;
+  tenant_id: string;
+  table_name: string;
+  op: 'insert' | 'update' | 'delete';
+  pk: Json;
+  before: Json | null;
+  after: Json | null;
+  actor: string | null;
+  at: Timestamp;
+}
+
 export interface StrataTenants {
   id: string;
   name: string;
@@ -105,6 +122,39 @@ export interface StrataViews {
   refresh_count: Defaulted<number>;
 }
 
+export interface StrataWebhookDeliveries {
+  id: GeneratedAlways<Int8>;
+  webhook_id: string;
+  tenant_id: string;
+  change_id: Int8;
+  attempt: number;
+  status: 'succeeded' | 'failed' | 'dead';
+  http_status: number | null;
+  error: string | null;
+  duration_ms: number;
+  replay: Defaulted<boolean>;
+  at: Defaulted<Timestamp>;
+}
+
+export interface StrataWebhooks {
+  id: Defaulted<string>;
+  tenant_id: Defaulted<string>;
+  url: string;
+  tables: Defaulted<string[]>;
+  ops: Defaulted<string[]>;
+  ordering: Defaulted<'row' | 'table' | 'webhook'>;
+  secret: string;
+  active: Defaulted<boolean>;
+  cursor: Defaulted<Int8>;
+  attempt: Defaulted<number>;
+  next_attempt_at: Defaulted<Timestamp>;
+  lease_owner: string | null;
+  lease_until: Timestamp | null;
+  created_by: Defaulted<string>;
+  created_at: Defaulted<Timestamp>;
+  updated_at: Defaulted<Timestamp>;
+}
+
 export interface TenantDB {
   pipeline_runs: PipelineRuns;
   pipelines: Pipelines;
@@ -115,6 +165,10 @@ export interface TenantDB {
 export interface PlatformDB {
   'strata.api_keys': StrataApiKeys;
   'strata.cache_tables': StrataCacheTables;
+  'strata.captured_tables': StrataCapturedTables;
+  'strata.changes': StrataChanges;
   'strata.tenants': StrataTenants;
   'strata.views': StrataViews;
+  'strata.webhook_deliveries': StrataWebhookDeliveries;
+  'strata.webhooks': StrataWebhooks;
 }
