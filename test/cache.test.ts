@@ -62,6 +62,28 @@ describe('result cache', () => {
     expect(after.json().data[0].name).toBe('cache-tx-write');
   });
 
+  it('misses after an undo of a change (POST /v1/changes/{id}/undo) and shows the restored row', async () => {
+    const w = await t.app.inject({ method: 'POST', url: '/v1/tables/pipelines/rows', headers: await t.auth('writer'), payload: { name: 'cache-undo-before' } });
+    expect(w.statusCode).toBe(201);
+    const id = w.json().data.id as number;
+    const patch = await t.app.inject({ method: 'PATCH', url: `/v1/tables/pipelines/rows/${id}`, headers: await t.auth('writer'), payload: { name: 'cache-undo-after' } });
+    expect(patch.statusCode).toBe(200);
+    const url = `/v1/tables/pipelines/rows?id=eq.${id}&select=name`;
+    await get(url);
+    const cached = await get(url);
+    expect(cached.headers['x-cache']).toBe('hit');
+    expect(cached.json().data[0].name).toBe('cache-undo-after');
+    const changes = await t.app.inject({ url: '/v1/changes?table=pipelines&op=update&limit=1000', headers: await t.auth('reader') });
+    const change = (changes.json().data as Array<{ id: string; pk: { id: number } }>).filter((c) => Number(c.pk.id) === id).at(-1);
+    expect(change).toBeDefined();
+    const undo = await t.app.inject({ method: 'POST', url: `/v1/changes/${change!.id}/undo`, headers: await t.auth('writer') });
+    expect(undo.statusCode).toBe(200);
+    expect(undo.json().data.table).toBe('pipelines');
+    const after = await get(url);
+    expect(after.headers['x-cache']).toBe('miss');
+    expect(after.json().data[0].name).toBe('cache-undo-before');
+  });
+
   it('misses after a GraphQL mutation', async () => {
     const url = '/v1/tables/pipelines/rows?order=id.desc&limit=1&select=name';
     await get(url);
