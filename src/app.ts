@@ -33,6 +33,9 @@ import transactionRoutes from './api/rest/transactions/index.js';
 import { createMigrationService, type MigrationService } from './services/migrations.js';
 import migrationRoutes from './api/rest/migrations/index.js';
 import sqlRoutes from './api/rest/sql/index.js';
+import { createSearchService, type SearchService } from './services/search/index.js';
+import searchRoutes from './api/rest/search/index.js';
+import searchIndexRoutes from './api/rest/search-indexes/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -41,6 +44,7 @@ export interface AppServices {
   rows: RowsService;
   transactions: TransactionService;
   migrations: MigrationService;
+  search: SearchService;
 }
 
 declare module 'fastify' {
@@ -94,10 +98,11 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
+  const cursors = createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID());
   const rows = createRowsService({
     db,
     schema,
-    cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
+    cursors,
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
   });
@@ -108,6 +113,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     rows,
     transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
+    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   app.decorate('config', config);
   app.decorate('db', db);
@@ -131,5 +137,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
+  await app.register(searchRoutes, { prefix: '/v1/search' });
+  await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
   return app;
 }

@@ -24,6 +24,10 @@ export interface JobInputs {
   'expire-api-keys': Record<never, never>;
   /** Test and template job: sleeps `ms` in `steps`, reporting progress, honouring cancellation. */
   sleep: { ms: number; steps: number };
+  /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
+  'search-index-create': { table: string };
+  /** Drop the search index of `table` and its definition. */
+  'search-index-drop': { table: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -31,6 +35,8 @@ export type JobName = keyof JobInputs;
 export const JOB_QUEUES = {
   'expire-api-keys': 'maintenance',
   sleep: 'noop',
+  'search-index-create': 'search',
+  'search-index-drop': 'search',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

@@ -17,6 +17,7 @@ import { CANCELLED_REASON, QUEUE_NAMES, cancelKey, type JobData, type JobName, t
 import { redisOptions } from '../redis.js';
 import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
+import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices {
@@ -42,6 +43,8 @@ export type Processor<N extends JobName> = (ctx: ProcessorContext<N>) => Promise
 export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'expire-api-keys': expireApiKeys,
   sleep: sleepJob,
+  'search-index-create': searchIndexCreate,
+  'search-index-drop': searchIndexDrop,
 };
 
 export function createProcessorServices(db: Database): ProcessorServices {
