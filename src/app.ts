@@ -113,7 +113,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     rows,
     transactions: createTransactionService({ db, rows }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
-    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
+    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   app.decorate('config', config);
   app.decorate('db', db);

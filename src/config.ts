@@ -50,6 +50,8 @@ export const EnvSchema = Type.Object({
   /** Search (SPEC 10): fuzzy fallback when the text query finds fewer hits than this. */
   SEARCH_FUZZY_THRESHOLD: Int(10, 0, 10_000),
   SEARCH_MAX_QUERY_LENGTH: Int(256, 1, 10_000),
+  /** pg_trgm word_similarity a fuzzy match needs (pg_trgm.word_similarity_threshold for the query). */
+  SEARCH_FUZZY_SIMILARITY: Type.Number({ default: 0.5, minimum: 0.05, maximum: 1 }),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),
   OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Url(['http', 'https'])),
   OTEL_SERVICE_NAME: Type.String({ default: 'strata' }),

@@ -78,6 +78,8 @@ export interface SearchServiceOptions {
   schema: SchemaRegistry;
   cursors: CursorCodec;
   fuzzyThreshold: number;
+  /** word_similarity a fuzzy match needs (0..1). */
+  fuzzySimilarity: number;
   maxQueryLength: number;
 }
 
@@ -170,7 +172,7 @@ export function createSearchService(opts: SearchServiceOptions) {
     const plan: TextPlan = { table: t, def, pk, query, fuzzy: input.fuzzy === true, fuzzyThreshold: opts.fuzzyThreshold, filters, facets };
     const rowJson = rowJsonSql(t, 't0', rq.select, scope);
     const sql = textSearchSql(plan, params, { rowJson, after, limit });
-    const { rows } = await db.tenantQuery<ResultRow>(ctx, sql, params.values, { readOnly: true });
+    const rows = await run<ResultRow>(ctx, plan.fuzzy, sql, params.values);
     const hits = rows.filter((r) => r.kind === 'hit').sort((a, b) => Number(a.n) - Number(b.n));
     const page = hits.slice(0, limit);
     const last = page[page.length - 1];
@@ -201,6 +203,26 @@ export function createSearchService(opts: SearchServiceOptions) {
     if (vector.every((x) => x === 0)) throw badRequest('ZERO_VECTOR', 'the zero vector has no direction; cosine similarity is undefined');
     pgvector ??= hasPgvector(db);
     return { t, def, pk, column: v.column, dimensions: v.dimensions, pgvector: await pgvector };
+  }
+
+  /**
+   * Run a search statement in the caller's tenant session. With fuzzy matching, the trigram
+   * threshold is set LOCAL first (the `<%` operator reads it; GIN trigram indexes serve it), in the
+   * same pipelined round trip; otherwise the statement is a single-trip transaction.
+   */
+  async function run<R extends Record<string, unknown>>(ctx: SessionContext, fuzzy: boolean, sql: string, values: unknown[]) {
+    if (!fuzzy) return (await db.tenantQuery<R>(ctx, sql, values, { readOnly: true })).rows;
+    return db.withTenant(
+      ctx,
+      async (tx) => {
+        const [, res] = await Promise.all([
+          tx.query("SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)", [String(opts.fuzzySimilarity)]),
+          tx.query<R>(sql, values, { final: true }),
+        ]);
+        return res.rows;
+      },
+      { readOnly: true },
+    );
   }
 
   function checkK(k: number | undefined): number {
@@ -246,7 +268,7 @@ export function createSearchService(opts: SearchServiceOptions) {
                 FROM text_ranked t FULL JOIN vector_ranked v ON t.pk = v.pk ORDER BY score DESC, pk LIMIT ${params.add(k)})
       SELECT ${rowJson}::text AS j, f.score::text AS score, f.tr, f.vr FROM fused f JOIN ${vp.t.qualified} t0 ON t0.${pgIdent(vp.pk.name)} = f.pk
       ORDER BY f.score DESC, f.pk`;
-    const { rows } = await db.tenantQuery<{ j: string; score: string; tr: string | null; vr: string | null }>(ctx, sql, params.values, { readOnly: true });
+    const rows = await run<{ j: string; score: string; tr: string | null; vr: string | null }>(ctx, input.fuzzy === true, sql, params.values);
     return {
       data: rows.map((r) => ({
         row: JSON.parse(r.j) as unknown,
@@ -364,7 +386,7 @@ export function createSearchService(opts: SearchServiceOptions) {
 
 const pgIdent = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
-interface ResultRow {
+type ResultRow = {
   kind: 'hit' | 'facet' | 'total';
   facet: number | null;
   value: string | null;
@@ -374,6 +396,6 @@ interface ResultRow {
   tier: number | null;
   score: string;
   pk: string;
-}
+};
 
 export type SearchService = ReturnType<typeof createSearchService>;
