@@ -84,9 +84,16 @@ export async function buildSearchIndex(db: Database, table: string, p: DdlProgre
       const pk = pkRows[0]?.pk;
       if (!pk) throw new Error(`${table} has no primary key`);
       const indexSteps = (def.columns.length ? 1 + def.columns.length : 0) + (vector ? 1 : 0);
-      const total = (def.maintenance === 'trigger' && def.columns.length ? (est[0]?.n ?? 0) : 0) + indexSteps;
-      let done = 0;
-      await p.progress(0, total);
+      // The row estimate (reltuples) may be stale: the total grows if the backfill finds more rows.
+      const estimate = def.maintenance === 'trigger' && def.columns.length ? (est[0]?.n ?? 0) : 0;
+      let backfilled = 0;
+      let indexed = 0;
+      const report = () => {
+        const rows = Math.max(estimate, backfilled);
+        return p.progress(Math.min(backfilled, rows) + indexed, rows + indexSteps);
+      };
+      const finishedRows = () => Math.max(estimate, backfilled);
+      await report();
       const created: string[] = [];
       if (def.columns.length) {
         if (def.maintenance === 'trigger') {
@@ -113,21 +120,22 @@ export async function buildSearchIndex(db: Database, table: string, p: DdlProgre
             const batch = res.rows[0];
             if (!batch || batch.n === 0 || batch.last === null) break;
             last = batch.last;
-            done += batch.n;
-            await p.progress(Math.min(done, total - indexSteps), total);
+            backfilled += batch.n;
+            await report();
           }
-          done = total - indexSteps;
         }
         const tenant = (await c.query("SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'tenant_id' AND NOT attisdropped", [rel])).rowCount ? 'tenant_id, ' : '';
         await createIndexConcurrently(c, names.tsvIndex, `CREATE INDEX CONCURRENTLY ${q(names.tsvIndex)} ON ${rel} USING gin (${tenant}${q(def.tsvColumn)})`);
         created.push(names.tsvIndex);
-        await p.progress(++done, total);
+        indexed++;
+        await report();
         for (const [i, col] of def.columns.entries()) {
           if (p.signal.aborted) throw new Error('cancelled');
           const name = names.trgmIndexes[i]!;
           await createIndexConcurrently(c, name, `CREATE INDEX CONCURRENTLY ${q(name)} ON ${rel} USING gin (${tenant}${q(col.name)} gin_trgm_ops)`);
           created.push(name);
-          await p.progress(++done, total);
+          indexed++;
+          await report();
         }
       }
       if (vector && def.vector && names.hnswIndex) {
@@ -138,12 +146,15 @@ export async function buildSearchIndex(db: Database, table: string, p: DdlProgre
           `CREATE INDEX CONCURRENTLY ${q(names.hnswIndex)} ON ${rel} USING hnsw ((${q(def.vector.column)}::vector(${d})) vector_cosine_ops)`,
         );
         created.push(names.hnswIndex);
-        await p.progress(++done, total);
+        indexed++;
       }
+      // the estimate may have been above the rows found: end at 100%
+      await p.progress(finishedRows() + indexSteps, finishedRows() + indexSteps);
       await c.query('RESET statement_timeout; RESET lock_timeout');
       await setStatus(db, table, 'ready');
-      p.log.info({ table, rows: done, indexes: created }, 'search index built');
-      return { rows: Math.max(0, done - indexSteps), indexes: created };
+      const rows = def.maintenance === 'trigger' ? backfilled : 0;
+      p.log.info({ table, indexes: created }, 'search index built');
+      return { rows, indexes: created };
     });
   } catch (err) {
     await setStatus(db, table, 'failed', err instanceof Error ? err.message : String(err)).catch(() => undefined);
