@@ -77,7 +77,7 @@ describe('search indexes', () => {
       payload: { table: 'run_steps', columns: [{ name: 'name', weight: 'A' }], language: 'simple' },
     });
     expect(created.statusCode).toBe(202);
-    const { job_id, data } = created.json() as { job_id: string; data: { status: string; job_id: string } };
+    const { job_id, data } = created.json<{ job_id: string; data: { status: string; job_id: string } }>();
     expect(job_id).toMatch(/^search-/);
     expect(data).toMatchObject({ status: 'building', job_id });
     const job = await finished(job_id);

@@ -112,7 +112,7 @@ describe('search', () => {
   it('ranks title (weight A) matches above body (weight B) matches, with highlighted snippets', async () => {
     const res = await get('table=documents&q=pipeline&limit=100');
     expect(res.statusCode).toBe(200);
-    const body = res.json() as { data: Array<{ row: { title: string; id: string }; score: number; match: string; highlights: Record<string, string> }>; total: number };
+    const body = res.json<{ data: Array<{ row: { title: string; id: string }; score: number; match: string; highlights: Record<string, string> }>; total: number }>();
     const acmeText = [...ACME_TEXT, ...ACME_VECTORS].filter((d) => mentions(d, 'pipeline'));
     expect(body.total).toBe(acmeText.length);
     const inTitle = body.data.filter((h) => words(h.row.title).some((w) => w.startsWith('pipeline')));
@@ -160,7 +160,7 @@ describe('search', () => {
   it('counts facets under the same query and filters', async () => {
     const res = await get('table=documents&q=pipeline&facets=kind,status&status=neq.archived&limit=1');
     expect(res.statusCode).toBe(200);
-    const body = res.json() as { facets: Record<string, Array<{ value: string; count: number }>>; total: number; data: unknown[] };
+    const body = res.json<{ facets: Record<string, Array<{ value: string; count: number }>>; total: number; data: unknown[] }>();
     const matching = [...ACME_TEXT, ...ACME_VECTORS].filter((d) => mentions(d, 'pipeline') && d.status !== 'archived');
     const count = (key: 'kind' | 'status') => {
       const m = new Map<string, number>();
@@ -185,7 +185,7 @@ describe('search', () => {
 
   it("never shows another tenant's documents in hits, facets or totals", async () => {
     const acme = await get('table=documents&q=pipeline&facets=kind&limit=100');
-    const body = acme.json() as { data: Array<{ row: { id: string; tenant_id: string } }>; facets: { kind: Array<{ count: number }> }; total: number };
+    const body = acme.json<{ data: Array<{ row: { id: string; tenant_id: string } }>; facets: { kind: Array<{ count: number }> }; total: number }>();
     expect(body.data.every((h) => h.row.tenant_id === 'acme' && tenantOfId.get(Number(h.row.id)) === 'acme')).toBe(true);
     const acmeCount = [...ACME_TEXT, ...ACME_VECTORS].filter((d) => mentions(d, 'pipeline')).length;
     expect(body.total).toBe(acmeCount);

@@ -5,7 +5,7 @@
  * - TenantDB: the tenant tables of schema public (read and written through tenant sessions, under RLS).
  * - PlatformDB: the platform tables of schema strata (admin connection only).
  */
-import type { ColumnType, InsertType, SelectType, UpdateType } from 'kysely';
+import type { ColumnType, GeneratedAlways, InsertType, SelectType, UpdateType } from 'kysely';
 
 /** bigint: read as a string (node-postgres keeps all 64 bits). */
 export type Int8 = ColumnType<string, bigint | number | string, bigint | number | string>;
@@ -21,6 +21,18 @@ export type Json = ColumnType<JsonValue, string, string>;
 
 /** Kysely's Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */
 export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;
+
+export interface Documents {
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
+  title: string;
+  body: string | null;
+  kind: Defaulted<'article' | 'note' | 'faq'>;
+  status: Defaulted<'draft' | 'published' | 'archived'>;
+  embedding: number[] | null;
+  created_at: Defaulted<Timestamp>;
+  search_tsv: GeneratedAlways<string | null>;
+}
 
 export interface PipelineRuns {
   id: Defaulted<Int8>;
@@ -39,6 +51,7 @@ export interface Pipelines {
   description: string | null;
   status: Defaulted<'active' | 'paused' | 'archived'>;
   created_at: Defaulted<Timestamp>;
+  search_tsv: GeneratedAlways<string | null>;
 }
 
 export interface RunLogs {
@@ -48,6 +61,7 @@ export interface RunLogs {
   level: Defaulted<'debug' | 'info' | 'warn' | 'error'>;
   message: string;
   at: Defaulted<Timestamp>;
+  search_tsv: GeneratedAlways<string | null>;
 }
 
 export interface RunSteps {
@@ -73,6 +87,22 @@ export interface StrataApiKeys {
   last_used_at: Timestamp | null;
 }
 
+export interface StrataSearchIndexes {
+  table_name: string;
+  columns: Json;
+  language: Defaulted<string>;
+  tsv_column: Defaulted<string>;
+  maintenance: Defaulted<'generated' | 'trigger'>;
+  vector_column: string | null;
+  vector_dimensions: number | null;
+  status: Defaulted<'building' | 'ready' | 'failed' | 'dropping'>;
+  job_id: string | null;
+  error: string | null;
+  created_by: string;
+  created_at: Defaulted<Timestamp>;
+  updated_at: Defaulted<Timestamp>;
+}
+
 export interface StrataTenants {
   id: string;
   name: string;
@@ -82,6 +112,7 @@ export interface StrataTenants {
 }
 
 export interface TenantDB {
+  documents: Documents;
   pipeline_runs: PipelineRuns;
   pipelines: Pipelines;
   run_logs: RunLogs;
@@ -90,5 +121,6 @@ export interface TenantDB {
 
 export interface PlatformDB {
   'strata.api_keys': StrataApiKeys;
+  'strata.search_indexes': StrataSearchIndexes;
   'strata.tenants': StrataTenants;
 }
