@@ -283,6 +283,20 @@ describe('search', () => {
     expect(written.rows[0]!['n']).toBe(0);
   });
 
+  it('marks the match operators LEAKPROOF so GIN indexes serve searches under row-level security', async () => {
+    // Under RLS a condition becomes an index condition ahead of the tenant policy only when its
+    // function is leakproof; otherwise every row of the tenant is filtered instead.
+    const { rows } = await t.db.adminQuery<{ proname: string; proleakproof: boolean }>(
+      "SELECT proname, proleakproof FROM pg_proc WHERE proname IN ('ts_match_vq', 'word_similarity_op', 'word_similarity_commutator_op') AND pronargs = 2 AND proargtypes[0] IN ('tsvector'::regtype, 'text'::regtype) ORDER BY 1",
+    );
+    expect(rows).toEqual([
+      { proname: 'ts_match_vq', proleakproof: true },
+      { proname: 'word_similarity_commutator_op', proleakproof: true },
+      { proname: 'word_similarity_op', proleakproof: true },
+    ]);
+    // (the plans themselves are looked at in bench/scenarios/search.ts, on 1M rows)
+  });
+
   describe('bad input -> 400 with a stable code', () => {
     const cases: Array<[string, string, number, string]> = [
       ['empty q', 'table=documents&q=%20%20', 400, 'EMPTY_QUERY'],

@@ -8,5 +8,12 @@ DROP INDEX IF EXISTS public.pipelines_description_trgm_idx;
 ALTER TABLE public.run_logs DROP COLUMN IF EXISTS search_tsv;
 DROP INDEX IF EXISTS public.run_logs_message_trgm_idx;
 DROP TABLE IF EXISTS strata.search_indexes;
+DO $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    ALTER FUNCTION pg_catalog.ts_match_vq(tsvector, tsquery) NOT LEAKPROOF;
+  END IF;
+END
+$$;
 DROP EXTENSION IF EXISTS btree_gin;
 DROP EXTENSION IF EXISTS pg_trgm;

@@ -25,12 +25,19 @@ export interface TextPlan {
   facets: ColumnInfo[];
 }
 
+const tsquery = (lang: string, text: string) => `websearch_to_tsquery(${lang}::regconfig, ${text}::text)`;
+
 /**
- * CTEs `q` (the tsquery), `text_hits`, `fuzzy_hits` (trigram matches of the text that the text query
+ * CTEs `text_hits`, `fuzzy_hits` (trigram matches of the text that the text query
  * missed; only computed when fuzzy and the text query found fewer than the threshold) and `hits`
  * (tier 0 = text, 1 = fuzzy; score = ts_rank_cd or word_similarity; the facet columns f0..fn).
  */
 export function hitsCtes(p: TextPlan, params: Params): string {
+  return hitsCtesWithQuery(p, params).ctes;
+}
+
+/** hitsCtes, and the tsquery expression it used (for ts_headline). */
+export function hitsCtesWithQuery(p: TextPlan, params: Params): { ctes: string; query: string } {
   const rel = p.table.qualified;
   const tsv = `t0.${q(p.def.tsvColumn)}`;
   const pk = `t0.${q(p.pk.name)}`;
@@ -38,24 +45,26 @@ export function hitsCtes(p: TextPlan, params: Params): string {
   const facetCols = p.facets.map((c, i) => `, t0.${q(c.name)}::text AS f${i}`).join('');
   const lang = params.add(p.def.language);
   const text = params.add(p.query);
+  // The tsquery is written out where it is used (not read from a CTE): as a stable expression of
+  // parameters it can be a GIN index condition; from a CTE it would only be a join filter.
+  const query = tsquery(lang, text);
   const ctes = [
-    `q AS MATERIALIZED (SELECT websearch_to_tsquery(${lang}::regconfig, ${text}::text) AS query)`,
-    `text_hits AS (SELECT ${pk} AS pk, 0 AS tier, ts_rank_cd(${tsv}, q.query)::float8 AS score${facetCols} FROM ${rel} t0, q WHERE ${tsv} @@ q.query${where})`,
+    `text_hits AS (SELECT ${pk} AS pk, 0 AS tier, ts_rank_cd(${tsv}, ${query})::float8 AS score${facetCols} FROM ${rel} t0 WHERE ${tsv} @@ ${query}${where})`,
   ];
   if (p.fuzzy) {
     const threshold = params.add(p.fuzzyThreshold);
     const cols = p.def.columns.map((c) => `t0.${q(c.name)}`);
     const sim = cols.length === 1 ? `word_similarity(${text}::text, ${cols[0]})` : `greatest(${cols.map((c) => `word_similarity(${text}::text, ${c})`).join(', ')})`;
     ctes.push(
-      `fuzzy_hits AS (SELECT ${pk} AS pk, 1 AS tier, ${sim}::float8 AS score${facetCols} FROM ${rel} t0, q
-        WHERE (${cols.map((c) => `${text}::text <% ${c}`).join(' OR ')}) AND ${tsv} IS NOT NULL AND NOT (${tsv} @@ q.query)${where}
+      `fuzzy_hits AS (SELECT ${pk} AS pk, 1 AS tier, ${sim}::float8 AS score${facetCols} FROM ${rel} t0
+        WHERE (${cols.map((c) => `${text}::text <% ${c}`).join(' OR ')}) AND ${tsv} IS NOT NULL AND NOT (${tsv} @@ ${query})${where}
           AND (SELECT count(*) FROM (SELECT 1 FROM text_hits LIMIT ${threshold}::int) x) < ${threshold}::int)`,
     );
     ctes.push('hits AS MATERIALIZED (SELECT * FROM text_hits UNION ALL SELECT * FROM fuzzy_hits)');
   } else {
     ctes.push('hits AS MATERIALIZED (SELECT * FROM text_hits)');
   }
-  return ctes.join(',\n');
+  return { ctes: ctes.join(',\n'), query };
 }
 
 /**
@@ -64,12 +73,12 @@ export function hitsCtes(p: TextPlan, params: Params): string {
  * computed for the page's rows only.
  */
 export function textSearchSql(p: TextPlan, params: Params, opts: { rowJson: string; after?: { tier: string; score: string; pk: string }; limit: number }): string {
-  const ctes = hitsCtes(p, params);
+  const { ctes, query } = hitsCtesWithQuery(p, params);
   const keyset = opts.after
     ? `WHERE (h.tier > ${params.add(opts.after.tier)}::int OR (h.tier = ${params.add(opts.after.tier)}::int AND (h.score < ${params.add(opts.after.score)}::float8 OR (h.score = ${params.add(opts.after.score)}::float8 AND h.pk > ${params.add(opts.after.pk)}))))`
     : '';
   const headline = p.def.columns
-    .map((c) => `${pg.escapeLiteral(c.name)}, ts_headline(${params.add(p.def.language)}::regconfig, coalesce(t0.${q(c.name)}::text, ''), q.query, ${pg.escapeLiteral(HEADLINE_OPTIONS)})`)
+    .map((c) => `${pg.escapeLiteral(c.name)}, ts_headline(${params.add(p.def.language)}::regconfig, coalesce(t0.${q(c.name)}::text, ''), ${query}, ${pg.escapeLiteral(HEADLINE_OPTIONS)})`)
     .join(', ');
   const facets = p.facets
     .map((_, i) => `(SELECT 'facet'::text, ${i}, f${i}, count(*)::bigint FROM hits GROUP BY f${i} ORDER BY 4 DESC, 3 NULLS LAST LIMIT 100)`)
@@ -78,7 +87,7 @@ export function textSearchSql(p: TextPlan, params: Params, opts: { rowJson: stri
 page AS (SELECT h.pk, h.tier, h.score, row_number() OVER (ORDER BY h.tier, h.score DESC, h.pk) AS rn FROM hits h ${keyset} ORDER BY h.tier, h.score DESC, h.pk LIMIT ${params.add(opts.limit + 1)})
 SELECT 'hit'::text AS kind, NULL::int AS facet, NULL::text AS value, pg.rn::bigint AS n,
   ${opts.rowJson}::text AS j, json_build_object(${headline})::text AS hl, pg.tier, pg.score::text AS score, pg.pk::text AS pk
-FROM page pg JOIN ${p.table.qualified} t0 ON t0.${q(p.pk.name)} = pg.pk CROSS JOIN q
+FROM page pg JOIN ${p.table.qualified} t0 ON t0.${q(p.pk.name)} = pg.pk
 UNION ALL (SELECT 'total', NULL, NULL, count(*)::bigint, NULL, NULL, NULL, NULL, NULL FROM hits)
 ${facets ? `UNION ALL SELECT kind, facet, value, n, NULL, NULL, NULL, NULL, NULL FROM (${facets}) f(kind, facet, value, n)` : ''}`;
 }
