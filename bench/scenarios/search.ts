@@ -34,7 +34,7 @@ const VECTOR_ROWS = 100_000;
 const DIMS = 384;
 const PORT = 3260;
 const N = Number(process.env['BENCH_SEARCH_REQUESTS'] ?? 200);
-const VECTOR_N = Number(process.env['BENCH_SEARCH_VECTOR_REQUESTS'] ?? 30);
+const VECTOR_N = Number(process.env['BENCH_SEARCH_VECTOR_REQUESTS'] ?? 20);
 
 /** Real words placed at fixed frequency ranks of the vocabulary (rank 0 = most frequent). */
 const REAL: Record<number, string> = {
@@ -164,7 +164,7 @@ const scenario: BenchScenario = {
       TENANTS.map(async (t) => `Bearer ${await new SignJWT({ tenant_id: t, role: 'reader' }).setProtectedHeader({ alg: 'HS256' }).setSubject(`bench-${t}`).setExpirationTime('2h').sign(key)}`),
     );
     const tokenOf = (i: number) => tokens[i % tokens.length]!;
-    const target = strataTarget('STRATA-search', PORT, ctx.dbUrl, ctx.appUrl, ctx.tokens, { DB_POOL_MAX: '8', DB_POOL_MIN: '2' });
+    const target = strataTarget('STRATA-search', PORT, ctx.dbUrl, ctx.appUrl, ctx.tokens, { DB_POOL_MAX: '8', DB_POOL_MIN: '2', DB_STATEMENT_TIMEOUT_MS: '120000' });
     const server = await startAndCheck(target);
     const enc = encodeURIComponent;
     const results: Record<string, { p50: number; p95: number; n: number }> = {};

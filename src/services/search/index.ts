@@ -367,8 +367,8 @@ export function createSearchService(opts: SearchServiceOptions) {
 
     /** Mark the index dropping and enqueue the drop job. */
     async dropIndex(ctx: RequestContext, table: string, jobs: JobsService): Promise<{ job_id: string }> {
-      const { rows } = await db.adminQuery<{ status: string }>(
-        "UPDATE strata.search_indexes SET status = 'dropping', updated_at = now() WHERE table_name = $1 AND status <> 'building' RETURNING (SELECT status FROM strata.search_indexes WHERE table_name = $1) AS status",
+      const { rows } = await db.adminQuery(
+        "UPDATE strata.search_indexes SET status = 'dropping', updated_at = now() WHERE table_name = $1 AND status <> 'building' RETURNING table_name",
         [table],
       );
       if (!rows[0]) {
