@@ -401,7 +401,7 @@ describe('jobs', () => {
     expect(page.headers['content-type']).toMatch(/text\/html/);
     const queues = await app.inject({ url: '/admin/queues/api/queues', headers: admin });
     expect(queues.statusCode).toBe(200);
-    expect(queues.json().queues.map((q: { name: string }) => q.name).sort()).toEqual(['maintenance', 'noop']);
+    expect(queues.json().queues.map((q: { name: string }) => q.name).sort()).toEqual(['maintenance', 'noop', 'search']);
     // Not part of the public API description.
     const spec = await app.inject({ url: '/docs/json' });
     expect(Object.keys(spec.json().paths).some((p) => p.startsWith('/admin/queues'))).toBe(false);
