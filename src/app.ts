@@ -48,6 +48,9 @@ import { createChangeService, type ChangeService } from './services/changes.js';
 import { createWebhookService, type WebhookService } from './services/webhooks.js';
 import changeRoutes, { rowHistoryRoutes } from './api/rest/changes/index.js';
 import webhookRoutes from './api/rest/webhooks/index.js';
+import { createSearchService, type SearchService } from './services/search/index.js';
+import searchRoutes from './api/rest/search/index.js';
+import searchIndexRoutes from './api/rest/search-indexes/index.js';
 
 export interface AppServices {
   tenants: TenantService;
@@ -64,6 +67,7 @@ export interface AppServices {
   changeFeed: ChangeFeed;
   changes: ChangeService;
   webhooks: WebhookService;
+  search: SearchService;
 }
 
 declare module 'fastify' {
@@ -129,10 +133,11 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     staticTables: config.CACHE_TABLES.split(',').map((s) => s.trim()).filter(Boolean),
   });
   const hooks = createWriteHooks({ cache, schema, listeners: () => [services.views], log: app.log });
+  const cursors = createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID());
   const rows = createRowsService({
     db,
     schema,
-    cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
+    cursors,
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
     afterCommit: hooks.afterCommit,
@@ -151,6 +156,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
+    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -187,6 +193,8 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(rowHistoryRoutes, { prefix: '/v1/tables' });
   await app.register(webhookRoutes, { prefix: '/v1/webhooks' });
   app.addHook('onClose', () => services.changeFeed.close());
+  await app.register(searchRoutes, { prefix: '/v1/search' });
+  await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
   return app;
 }
 

@@ -53,6 +53,11 @@ export const EnvSchema = Type.Object({
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
+  /** Search (SPEC 10): fuzzy fallback when the text query finds fewer hits than this. */
+  SEARCH_FUZZY_THRESHOLD: Int(10, 0, 10_000),
+  SEARCH_MAX_QUERY_LENGTH: Int(256, 1, 10_000),
+  /** pg_trgm word_similarity a fuzzy match needs (pg_trgm.word_similarity_threshold for the query). */
+  SEARCH_FUZZY_SIMILARITY: Type.Number({ default: 0.5, minimum: 0.05, maximum: 1 }),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),
   OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Url(['http', 'https'])),
   OTEL_SERVICE_NAME: Type.String({ default: 'strata' }),

@@ -35,6 +35,10 @@ export interface JobInputs {
   'replay-webhook': { webhookId: string; after: string; until?: string };
   /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
   'maintain-changes': Record<never, never>;
+  /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
+  'search-index-create': { table: string };
+  /** Drop the search index of `table` and its definition. */
+  'search-index-drop': { table: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -47,6 +51,8 @@ export const JOB_QUEUES = {
   'deliver-webhook': 'webhooks',
   'replay-webhook': 'webhooks',
   'maintain-changes': 'maintenance',
+  'search-index-create': 'search',
+  'search-index-drop': 'search',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

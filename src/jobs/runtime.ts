@@ -26,6 +26,7 @@ import { maintainChanges } from './processors/maintain-changes.js';
 import { createChangeFeed, type ChangeFeed } from '../services/change-feed.js';
 import { createWebhookDelivery, type WebhookDelivery } from '../services/webhook-delivery.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
+import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices {
@@ -60,6 +61,8 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'deliver-webhook': deliverWebhook,
   'replay-webhook': replayWebhook,
   'maintain-changes': maintainChanges,
+  'search-index-create': searchIndexCreate,
+  'search-index-drop': searchIndexDrop,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {

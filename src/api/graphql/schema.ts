@@ -43,6 +43,7 @@ import {
   type TableModel,
 } from './resolvers.js';
 import { changesSubscriptionType } from './changes.js';
+import { SEARCH_TYPE_NAMES, searchField } from './search.js';
 
 type Fields = GraphQLFieldConfigMap<Record<string, unknown>, GraphqlContext>;
 const NAME = /^[_A-Za-z][_0-9A-Za-z]*$/;
@@ -69,7 +70,7 @@ const PageInfo = new GraphQLObjectType({
   fields: { hasNextPage: { type: nonNull(GraphQLBoolean) }, endCursor: { type: GraphQLString } },
 });
 
-const RESERVED = new Set(['Query', 'Mutation', 'Subscription', 'PageInfo', 'order_by', 'BigInt', 'JSON', 'DateTime', 'String', 'Int', 'Float', 'Boolean', 'ID']);
+const RESERVED = new Set(['Query', 'Mutation', 'Subscription', 'PageInfo', 'order_by', 'BigInt', 'JSON', 'DateTime', 'String', 'Int', 'Float', 'Boolean', 'ID', ...SEARCH_TYPE_NAMES]);
 
 /** Comparison inputs per scalar (`String_comparison_exp`...), made once per schema. */
 function comparisons() {
@@ -248,6 +249,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
     mutation[`delete_${n}`] = { type: nonNull(response), args: { where }, resolve: deleteWhereResolver(m) };
   }
   for (const [k, v] of Object.entries(extra)) if (!(k in query)) query[k] = v; // views.ts: dashboards (a table of that name wins)
+  query['search'] = searchField();
   if (!Object.keys(query).length) query['_empty'] = { type: GraphQLBoolean, description: 'No table is exposed yet.' };
   return new GraphQLSchema({
     query: new GraphQLObjectType({ name: 'Query', fields: query }),
