@@ -36,11 +36,24 @@ import sqlRoutes from './api/rest/sql/index.js';
 import { createBackupServices, type BackupServices } from './services/backups/index.js';
 import backupRoutes, { restoreRoutes } from './api/rest/backups/index.js';
 import maintenancePlugin from './plugins/maintenance.js';
+import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
+import queryInsightRoutes from './api/rest/query-insight/index.js';
+import { createResultCache, type ResultCache } from './services/result-cache.js';
+import { createWriteHooks, type WriteHooks } from './services/write-hooks.js';
+import { createTimeseriesService, type TimeseriesService } from './services/timeseries.js';
+import { createViewsService, type ViewsService } from './services/views.js';
+import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
+import timeseriesRoutes from './api/rest/timeseries/index.js';
+import cacheRoutes from './api/rest/cache/index.js';
+import exportRoutes from './api/rest/exports/index.js';
 import { createChangeFeed, type ChangeFeed } from './services/change-feed.js';
 import { createChangeService, type ChangeService } from './services/changes.js';
 import { createWebhookService, type WebhookService } from './services/webhooks.js';
 import changeRoutes, { rowHistoryRoutes } from './api/rest/changes/index.js';
 import webhookRoutes from './api/rest/webhooks/index.js';
+import { createSearchService, type SearchService } from './services/search/index.js';
+import searchRoutes from './api/rest/search/index.js';
+import searchIndexRoutes from './api/rest/search-indexes/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -49,9 +62,15 @@ export interface AppServices extends BackupServices {
   rows: RowsService;
   transactions: TransactionService;
   migrations: MigrationService;
+  insight: QueryInsightService;
+  cache: ResultCache;
+  hooks: WriteHooks;
+  timeseries: TimeseriesService;
+  views: ViewsService;
   changeFeed: ChangeFeed;
   changes: ChangeService;
   webhooks: WebhookService;
+  search: SearchService;
 }
 
 declare module 'fastify' {
@@ -105,23 +124,47 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
+  const cache = createResultCache({
+    redis: opts.redis,
+    db,
+    schema,
+    log: app.log,
+    enabled: config.CACHE_ENABLED,
+    ttlS: config.CACHE_TTL_S,
+    prefix: config.CACHE_PREFIX,
+    registry,
+    staticTables: config.CACHE_TABLES.split(',').map((s) => s.trim()).filter(Boolean),
+  });
+  const hooks = createWriteHooks({ cache, schema, listeners: () => [services.views], log: app.log });
+  const cursors = createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID());
   const rows = createRowsService({
     db,
     schema,
-    cursors: createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID()),
+    cursors,
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
+    afterCommit: hooks.afterCommit,
   });
+  const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });
   const services: AppServices = {
     tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
     apiKeys: createApiKeyService({ kysely }),
     schema,
     rows,
-    transactions: createTransactionService({ db, rows }),
+    transactions: createTransactionService({ db, rows, afterCommit: hooks.afterCommit }),
     migrations: createMigrationService({ migrator: opts.migrator, schema }),
     ...createBackupServices(db, app.log),
+    insight: createQueryInsightService({ db, redis: opts.redis, config, log: app.log, registry, rows }),
+    cache,
+    hooks,
+    timeseries,
+    views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
+    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
+  db.observe(services.insight.observer);
+  app.addHook('onClose', async () => db.observe(undefined));
+  app.addHook('onClose', async () => cache.close());
   app.decorate('config', config);
   app.decorate('db', db);
   app.decorate('redis', opts.redis);
@@ -144,13 +187,21 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(migrationRoutes, { prefix: '/v1/admin/migrations' });
   await app.register(transactionRoutes, { prefix: '/v1/transactions' });
   await app.register(sqlRoutes, { prefix: '/v1/sql' });
+  await app.register(timeseriesRoutes, { prefix: '/v1/tables' });
+  await app.register(viewAdminRoutes, { prefix: '/v1/admin/views' });
+  await app.register(viewReadRoutes, { prefix: '/v1/views' });
+  await app.register(cacheRoutes, { prefix: '/v1/admin/cache' });
   await app.register(jobsPlugin, { jobs: opts.jobs });
   await app.register(backupRoutes, { prefix: '/v1/admin/backups' });
   await app.register(restoreRoutes, { prefix: '/v1/admin/restores' });
+  await app.register(queryInsightRoutes, { prefix: '/v1/admin' });
+  await app.register(exportRoutes);
   await app.register(changeRoutes, { prefix: '/v1/changes' });
   await app.register(rowHistoryRoutes, { prefix: '/v1/tables' });
   await app.register(webhookRoutes, { prefix: '/v1/webhooks' });
   app.addHook('onClose', () => services.changeFeed.close());
+  await app.register(searchRoutes, { prefix: '/v1/search' });
+  await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
   return app;
 }
 

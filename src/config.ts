@@ -2,6 +2,7 @@
  * Configuration: read from environment variables only, validated once at boot, frozen.
  * A wrong value fails the boot with a message naming the variable (ConfigError).
  */
+import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 
@@ -44,9 +45,19 @@ export const EnvSchema = Type.Object({
   DB_VALIDATE_AFTER_IDLE_MS: Int(5_000, 0, 3_600_000),
   DB_TX_MAX_RETRIES: Int(5, 0, 100),
   SLOW_QUERY_MS: Int(500, 0, 3_600_000),
+  /** Query insight: slow-query log (a capped Redis stream shared by API and workers), N+1, EXPLAIN. */
+  SLOW_QUERY_LOG_KEY: Type.String({ default: 'strata:slow-queries', minLength: 1, maxLength: 200 }),
+  SLOW_QUERY_LOG_MAX: Int(1000, 10, 100_000),
+  N_PLUS_ONE_THRESHOLD: Int(10, 0, 100_000),
+  EXPLAIN_LARGE_TABLE_ROWS: Int(10_000, 0, Number.MAX_SAFE_INTEGER),
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
+  /** Search (SPEC 10): fuzzy fallback when the text query finds fewer hits than this. */
+  SEARCH_FUZZY_THRESHOLD: Int(10, 0, 10_000),
+  SEARCH_MAX_QUERY_LENGTH: Int(256, 1, 10_000),
+  /** pg_trgm word_similarity a fuzzy match needs (pg_trgm.word_similarity_threshold for the query). */
+  SEARCH_FUZZY_SIMILARITY: Type.Number({ default: 0.5, minimum: 0.05, maximum: 1 }),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),
   OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Url(['http', 'https'])),
   OTEL_SERVICE_NAME: Type.String({ default: 'strata' }),
@@ -81,6 +92,22 @@ export const EnvSchema = Type.Object({
   BACKUP_S3_ACCESS_KEY_ID: Type.Optional(Type.String({ minLength: 1 })),
   BACKUP_S3_SECRET_ACCESS_KEY: Type.Optional(Type.String({ minLength: 1 })),
   BACKUP_S3_FORCE_PATH_STYLE: Type.Boolean({ default: false }),
+  /** Result cache (Redis) for rows-API reads of opted-in tables: on/off, entry TTL, tables opted in by configuration. */
+  CACHE_ENABLED: Type.Boolean({ default: true }),
+  CACHE_TTL_S: Int(300, 1, 86_400),
+  CACHE_TABLES: Type.String({ default: '', pattern: '^[A-Za-z0-9_$, ]*$' }),
+  /** Redis key prefix of the cache (deployments sharing a Redis need their own). */
+  CACHE_PREFIX: Type.String({ default: 'strata:cache', minLength: 1, maxLength: 100 }),
+  /** Largest number of buckets a time-series request may produce (more -> 400 TOO_MANY_BUCKETS). */
+  TIMESERIES_MAX_BUCKETS: Int(10_000, 1, 1_000_000),
+  /** Statement timeout of a materialized view refresh (admin connection). */
+  VIEW_REFRESH_TIMEOUT_MS: Int(600_000, 1000, 86_400_000),
+  /** Where export jobs write their files (default: <DATA_DIR>/exports). */
+  EXPORT_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  /** statement_timeout of a streamed export when the request gives no timeout_ms (0: off). */
+  EXPORT_TIMEOUT_MS: Int(300_000, 0, 86_400_000),
+  /** The largest timeout_ms an export request may ask for; also the timeout of export jobs. */
+  EXPORT_MAX_TIMEOUT_MS: Int(3_600_000, 1, 86_400_000),
   /** Change data capture: days of change events kept (0: forever); partitions created this many days ahead. */
   CHANGES_RETENTION_DAYS: Int(30, 0, 36_500),
   CHANGES_PARTITIONS_AHEAD: Int(7, 1, 366),
@@ -110,6 +137,8 @@ export interface Config extends Env {
   readonly migrateOnBoot: boolean;
   readonly seedDemo: boolean;
   readonly runWorkers: boolean;
+  /** EXPORT_DIR, or <DATA_DIR>/exports. */
+  readonly exportDir: string;
 }
 
 export class ConfigError extends Error {
@@ -158,6 +187,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     migrateOnBoot: env.MIGRATE_ON_BOOT ?? embedded,
     seedDemo: env.SEED_DEMO ?? embedded,
     runWorkers: env.RUN_WORKERS ?? embedded,
+    exportDir: env.EXPORT_DIR ?? join(env.DATA_DIR, 'exports'),
   });
 }
 

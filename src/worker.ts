@@ -30,6 +30,9 @@ async function main(): Promise<void> {
   ]);
   const log = pino(loggerOptions(config)).child({ process: 'worker' });
   const runtime = await createRuntime(config, log, { role: 'worker' });
+  // jobs' slow statements go to the same slow-query log as the API's (a shared Redis stream)
+  const { createInsightObserver } = await import('./services/query-insight/index.js');
+  runtime.db.observe(createInsightObserver({ db: runtime.db, redis: runtime.redis.client, config, log, registry: runtime.registry }).observer);
   const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
   const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });
   await registerSchedules(jobs, config, log);

@@ -463,6 +463,37 @@ describe('change data capture', () => {
     }
   });
 
+  it('ends open change streams cleanly when the server shuts down', async () => {
+    const other = await createTestApp();
+    let closed = false;
+    let closing: Promise<void> = Promise.resolve();
+    try {
+      await other.app.listen({ port: 3227, host: '127.0.0.1' });
+      const headers = await other.auth('reader', 'acme');
+      const ended = new Promise<string>((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port: 3227, path: '/v1/changes/stream', headers }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => {
+            body += c;
+            // the stream is open: now shut the server down under it
+            if (body.includes(': stream of change events') && !closed) {
+              closed = true;
+              closing = other.close();
+            }
+          });
+          res.on('end', () => resolve(body));
+        });
+        req.on('error', reject);
+      });
+      const body = await ended;
+      expect(body.startsWith(': stream of change events')).toBe(true);
+      await closing; // the app's close completes: nothing held it open
+    } finally {
+      if (!closed) await other.close();
+    }
+  });
+
   it('creates partitions ahead and drops those past retention', async () => {
     await t.db.adminQuery("SELECT strata.ensure_change_partition(((now() AT TIME ZONE 'UTC')::date - 40))");
     const parts = async () =>

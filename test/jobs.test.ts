@@ -14,7 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { build } from '../src/app.js';
 import type { RequestContext } from '../src/domain.js';
 import { AppError } from '../src/errors.js';
-import { createJobs, type JobsService, type JobView } from '../src/jobs/queues.js';
+import { QUEUE_NAMES, createJobs, type JobsService, type JobView } from '../src/jobs/queues.js';
 import { startWorkers, type WorkerRuntime } from '../src/jobs/runtime.js';
 import { API_KEY_SWEEP_SCHEDULER, registerSchedules } from '../src/jobs/schedules.js';
 import { hashApiKey } from '../src/services/auth.js';
@@ -401,7 +401,7 @@ describe('jobs', () => {
     expect(page.headers['content-type']).toMatch(/text\/html/);
     const queues = await app.inject({ url: '/admin/queues/api/queues', headers: admin });
     expect(queues.statusCode).toBe(200);
-    expect(queues.json().queues.map((q: { name: string }) => q.name).sort()).toEqual(['backups', 'maintenance', 'noop', 'webhooks']);
+    expect(queues.json().queues.map((q: { name: string }) => q.name).sort()).toEqual([...QUEUE_NAMES].sort());
     // Not part of the public API description.
     const spec = await app.inject({ url: '/docs/json' });
     expect(Object.keys(spec.json().paths).some((p) => p.startsWith('/admin/queues'))).toBe(false);

@@ -331,7 +331,7 @@ describe('POST /v1/sql', () => {
            FROM pg_class c, LATERAL aclexplode(c.relacl) p
           WHERE p.grantee = 'strata_analyst'::regrole ORDER BY 1`,
       );
-      expect(rows.map((r) => r.priv)).toEqual(['pipeline_runs:SELECT', 'pipelines:SELECT', 'run_logs:SELECT', 'run_steps:SELECT']);
+      expect(rows.map((r) => r.priv)).toEqual(['documents:SELECT', 'pipeline_runs:SELECT', 'pipelines:SELECT', 'run_logs:SELECT', 'run_steps:SELECT']);
       const { rows: role } = await t.db.adminQuery('SELECT rolsuper, rolbypassrls, rolcanlogin, rolinherit FROM pg_roles WHERE rolname = $1', ['strata_analyst']);
       expect(role[0]).toEqual({ rolsuper: false, rolbypassrls: false, rolcanlogin: false, rolinherit: false });
     });

@@ -11,7 +11,15 @@ import type { Config } from '../config.js';
 import { unavailable } from '../errors.js';
 import { createDbMetrics, type DbMetrics } from './metrics.js';
 import { StrataPool, type PoolOptions } from './pool.js';
-import { runInTransaction, runSingleStatement, type SessionContext, type SessionDeps, type Tx, type TxOptions } from './session.js';
+import {
+  runInTransaction,
+  runSingleStatement,
+  type QueryObserver,
+  type SessionContext,
+  type SessionDeps,
+  type Tx,
+  type TxOptions,
+} from './session.js';
 
 export const DEFAULT_SHARD = 'default';
 
@@ -76,6 +84,11 @@ export class Database {
   /** The owner/admin connection string (backups run pg_dump/pg_restore with it). */
   get adminUrl(): string {
     return this.opts.adminUrl;
+  }
+
+  /** Attach (or detach) the slow-query log and N+1 detection for every tenant statement. */
+  observe(observer: QueryObserver | undefined): void {
+    this.deps.observer = observer;
   }
 
   /** Prewarm pools and verify the application role cannot bypass row-level security. */

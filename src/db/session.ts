@@ -31,6 +31,26 @@ export interface TxOptions {
 export interface QueryStats {
   count: number;
   ms: number;
+  /** The route pattern of the request (slow-query log, N+1 reports). */
+  route?: string;
+  /** The first statement's text; then executions per statement text (N+1 detection). */
+  first?: string;
+  shapes?: Map<string, number>;
+  /** Slow-query log writes of this request: awaited before the response goes out. */
+  pending?: Promise<unknown>[];
+}
+
+/**
+ * Told about slow and repeated statements (src/services/query-insight/observer.ts). Called on the
+ * hot path only past a threshold; both calls must return at once and never throw.
+ */
+export interface QueryObserver {
+  /** A statement ran `times` times in one request (called once, when it first passes the threshold). */
+  repeated(ctx: SessionContext, text: string, times: number): void;
+  /** A statement took at least SLOW_QUERY_MS. */
+  slow(ctx: SessionContext, text: string, ms: number, rows: number | null): void;
+  /** Repeats of one statement per request above which `repeated` is called (0: off). */
+  readonly repeatThreshold: number;
 }
 
 export interface SessionContext extends RequestContext {
@@ -61,6 +81,8 @@ export interface SessionDeps {
   log: Logger;
   metrics: DbMetrics;
   defaults: { retries: number; statementTimeoutMs: number; lockTimeoutMs: number; slowQueryMs: number };
+  /** Slow-query log and N+1 detection, attached once the app has Redis (Database.observe). */
+  observer?: QueryObserver;
 }
 
 const SETUP_SQL =
@@ -136,16 +158,31 @@ function account(
 ): void {
   const ms = performance.now() - started;
   deps.metrics.queryHistogram(poolName).observe(ms / 1000);
-  if (ctx.stats) {
-    ctx.stats.count++;
-    ctx.stats.ms += ms;
+  const stats = ctx.stats;
+  const observer = deps.observer;
+  if (stats) {
+    stats.count++;
+    stats.ms += ms;
+    // N+1: the statement text is the key (values are $n parameters); a one-statement request keeps
+    // only a reference, the map is made at the second statement
+    if (observer !== undefined && observer.repeatThreshold > 0) {
+      if (stats.count === 1) stats.first = text;
+      else {
+        const shapes = (stats.shapes ??= new Map<string, number>([[stats.first ?? '', 1]]));
+        const times = (shapes.get(text) ?? 0) + 1;
+        shapes.set(text, times);
+        if (times === observer.repeatThreshold + 1) observer.repeated(ctx, text, times);
+      }
+    }
   }
   if (deps.defaults.slowQueryMs > 0 && ms >= deps.defaults.slowQueryMs) {
+    observer?.slow(ctx, text, ms, rows);
     deps.log.warn(
       {
         requestId: ctx.requestId,
         tenant: ctx.tenantId,
         actor: ctx.actor,
+        route: stats?.route,
         durationMs: Math.round(ms),
         rows,
         sql: normalizeSql(text),

@@ -17,6 +17,7 @@ import type { BaseLogger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import { AppError, conflict, notFound, unavailable } from '../errors.js';
 import { redisOptions } from '../redis.js';
+import type { ExportJobInput } from './processors/export.js';
 
 /** Input of each job. Later capabilities (exports, backups) add their jobs here and in JOB_QUEUES. */
 export interface JobInputs {
@@ -30,12 +31,20 @@ export interface JobInputs {
   'backup-verify': { backup_id: string };
   /** Restore a backup or an instant into a new database or in place. */
   restore: { backup_id?: string; until?: string; target: 'new_database' | 'in_place'; database?: string };
+  /** Refresh a materialized view (platform; src/services/view-refresh.ts). */
+  'refresh-view': { view: string; reason: 'manual' | 'created' | 'cron' | 'writes' };
+  /** Write a table query or analyst SQL to a file in the export store (POST /v1/exports). */
+  export: ExportJobInput;
   /** The ordered delivery loop of one webhook (job id `webhooks-<webhook id>`). */
   'deliver-webhook': { webhookId: string };
   /** Re-deliver a webhook's events in (after, until]. */
   'replay-webhook': { webhookId: string; after: string; until?: string };
   /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
   'maintain-changes': Record<never, never>;
+  /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
+  'search-index-create': { table: string };
+  /** Drop the search index of `table` and its definition. */
+  'search-index-drop': { table: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -46,9 +55,13 @@ export const JOB_QUEUES = {
   backup: 'backups',
   'backup-verify': 'backups',
   restore: 'backups',
+  'refresh-view': 'views',
+  export: 'exports',
   'deliver-webhook': 'webhooks',
   'replay-webhook': 'webhooks',
   'maintain-changes': 'maintenance',
+  'search-index-create': 'search',
+  'search-index-drop': 'search',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

@@ -19,15 +19,21 @@ import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
 import { backupJob, backupVerifyJob, restoreJob } from './processors/backups.js';
 import { createBackupServices, type BackupServices } from '../services/backups/index.js';
+import { refreshView } from './processors/refresh-view.js';
+import { exportJob } from './processors/export.js';
+import { createExportService, type ExportService } from '../services/exports/index.js';
+import { createRegistryService } from '../services/schema-registry.js';
 import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
 import { maintainChanges } from './processors/maintain-changes.js';
 import { createChangeFeed, type ChangeFeed } from '../services/change-feed.js';
 import { createWebhookDelivery, type WebhookDelivery } from '../services/webhook-delivery.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
+import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices extends BackupServices {
   apiKeys: ApiKeyService;
+  exports: ExportService;
   webhookDelivery: WebhookDelivery;
 }
 
@@ -42,6 +48,8 @@ export interface ProcessorContext<N extends JobName = JobName> {
   progress(done: number, total: number | null): Promise<void>;
   /** Whether cancellation was requested (the signal follows it within a poll interval). */
   isCancelled(): Promise<boolean>;
+  /** The worker's lock token of the job (for job.moveToDelayed). */
+  token: string | undefined;
 }
 
 export type Processor<N extends JobName> = (ctx: ProcessorContext<N>) => Promise<unknown>;
@@ -53,9 +61,13 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   backup: backupJob,
   'backup-verify': backupVerifyJob,
   restore: restoreJob,
+  'refresh-view': refreshView,
+  export: exportJob,
   'deliver-webhook': deliverWebhook,
   'replay-webhook': replayWebhook,
   'maintain-changes': maintainChanges,
+  'search-index-create': searchIndexCreate,
+  'search-index-drop': searchIndexDrop,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
@@ -63,6 +75,7 @@ export function createProcessorServices(db: Database, log: Logger, feed: ChangeF
   return {
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
     ...createBackupServices(db, log),
+    exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
     webhookDelivery: createWebhookDelivery({
       db,
       log,
@@ -127,7 +140,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   const active = new Map<string, Worker>();
   const cancelled = new Set<string>();
 
-  async function run(worker: Worker, job: Job<JobData>, signal: AbortSignal | undefined): Promise<unknown> {
+  async function run(worker: Worker, job: Job<JobData>, token: string | undefined, signal: AbortSignal | undefined): Promise<unknown> {
     const id = job.id ?? '';
     const name = job.name as JobName;
     const processor = PROCESSORS[name] as Processor<JobName> | undefined;
@@ -144,6 +157,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
         services,
         progress: (done, total) => job.updateProgress({ done, total, percent: percentOf(done, total) }),
         isCancelled: () => isCancelled(id),
+        token,
       });
       if (cancelled.has(id)) throw new UnrecoverableError(CANCELLED_REASON);
       return result;
@@ -157,7 +171,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   }
 
   const workers = queueNames.map((queue) => {
-    const worker: Worker = new Worker(queue, (job: Job<JobData>, _token?: string, signal?: AbortSignal) => run(worker, job, signal), {
+    const worker: Worker = new Worker(queue, (job: Job<JobData>, token?: string, signal?: AbortSignal) => run(worker, job, token, signal), {
       connection: { url: opts.redisUrl, maxRetriesPerRequest: null },
       prefix,
       concurrency: opts.concurrency ?? 4,

@@ -32,7 +32,7 @@ export default fp(
       if (!capability) return;
       const principal = await opts.authenticator.authenticate(request.headers);
       const allowed = CAN[capability] as readonly string[];
-      request.ctx = { ...principal, requestId: request.id, stats: request.ctx?.stats ?? { count: 0, ms: 0 } };
+      request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
       // request.log is already this request's child logger: add bindings rather than another child
       (request.log as unknown as Logger).setBindings({ tenant: principal.tenantId, actor: principal.actor, role: principal.role });
       if (!allowed.includes(principal.role)) {

@@ -17,6 +17,7 @@ import { GraphqlRequest } from '../api/graphql/context.js';
 import { checkLimits } from '../api/graphql/cost.js';
 import { formatErrors } from '../api/graphql/errors.js';
 import { buildGraphqlSchema } from '../api/graphql/schema.js';
+import { viewFields } from '../api/graphql/views.js';
 import { normalizeLiterals } from '../api/graphql/normalize.js';
 import { changesSubscriptionOptions } from '../api/graphql/changes.js';
 
@@ -49,7 +50,7 @@ export default fp(
       const tables = await registry.tables();
       if (builtVersion === registry.version) return;
       const version = registry.version;
-      app.graphql.replaceSchema(buildGraphqlSchema(tables, app.log));
+      app.graphql.replaceSchema(buildGraphqlSchema(tables, app.log, viewFields(app.services)));
       builtVersion = version;
     }
     const unsubscribe = registry.onChange(() => {
@@ -141,7 +142,10 @@ export default fp(
       if (!state?.isMutation) return;
       const ok = !execution.errors?.length;
       const commitError = await state.endMutation(ok);
-      if (ok && commitError === undefined) return;
+      if (ok && commitError === undefined) {
+        await app.services.hooks.afterCommit(state.ctx, state.written);
+        return;
+      }
       // all or nothing: a failed mutation request reports its errors and no data
       execution.data = null;
       if (commitError !== undefined) {

@@ -12,7 +12,8 @@ import { maintenanceReader } from '../services/backups/maintenance.js';
 import { databaseOf } from '../services/backups/pg.js';
 
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
-const OPEN_PREFIXES = ['/v1/admin/backups', '/v1/admin/restores', '/v1/jobs', '/v1/sql', '/admin/queues', '/graphql'];
+// Reads sent as POST (raw SQL, search, exports) stay open; GraphQL is checked per operation below.
+const OPEN_PREFIXES = ['/v1/admin/backups', '/v1/admin/restores', '/v1/jobs', '/v1/sql', '/v1/search', '/v1/exports', '/admin/queues', '/graphql'];
 
 export default fp(
   async function maintenancePlugin(app: FastifyInstance) {

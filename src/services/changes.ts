@@ -217,7 +217,7 @@ export function createChangeService(opts: ChangeServiceOptions) {
     },
 
     /** POST /v1/changes/{id}/undo: apply the inverse when the row is still as the change left it. */
-    async undo(ctx: SessionContext, id: string): Promise<{ undone: string; op: ChangeOp; change_id: string | null; row: Record<string, unknown> | null }> {
+    async undo(ctx: SessionContext, id: string): Promise<{ undone: string; table: string; op: ChangeOp; change_id: string | null; row: Record<string, unknown> | null }> {
       const changeId = parseCursor(id, 'id');
       return db.withTenant(ctx, async (tx) => {
         const { rows } = await tx.query<ChangeEvent>(`SELECT ${EVENT_COLUMNS} FROM strata.changes c WHERE c.id = $1::bigint`, [changeId]);
@@ -264,7 +264,7 @@ export function createChangeService(opts: ChangeServiceOptions) {
         }
         // The undo is captured like any write: its event is this transaction's last one.
         const ev = await tx.query<{ id: string }>('SELECT max(id)::text AS id FROM strata.changes WHERE txid = pg_current_xact_id()');
-        return { undone: changeId, op: inverse, change_id: ev.rows[0]?.id ?? null, row };
+        return { undone: changeId, table: t.name, op: inverse, change_id: ev.rows[0]?.id ?? null, row };
       });
     },
   };

@@ -42,6 +42,8 @@ export interface RowsServiceOptions {
   cursors: CursorCodec;
   defaultLimit: number;
   maxLimit: number;
+  /** Called after a write of its own transaction commits (src/services/write-hooks.ts); not inside a caller's transaction. */
+  afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
 
 interface Runner {
@@ -99,26 +101,42 @@ export function createRowsService(opts: RowsServiceOptions) {
   const selectParam = (qs: QueryString): string | undefined =>
     typeof qs['select'] === 'string' ? qs['select'] : undefined;
 
-  return {
+  /** The page statement of a rows-API read (shared by list and EXPLAIN of a rows query). */
+  async function buildList(t: TableInfo, qs: QueryString) {
+    const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
+    checkEmbedPaths(rq.select, rq.embeds);
+    const params = new Params();
+    const s = await scope(params, rq);
+    const order = totalOrder(t, rq.order);
+    const limit = rq.limit ?? opts.defaultLimit;
+    const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
+    const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
+    const countFilters = [...filters];
+    const countValues = [...params.values];
+    if (rq.cursor !== undefined)
+      filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
+    const json = rowJsonSql(t, 't0', rq.select, s);
+    const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
+    const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
+    const text = `SELECT ${json}::text AS j, ${keys} FROM ${t.qualified} t0 ${where} ORDER BY ${orderSql('t0', order)} LIMIT ${params.add(limit + 1)}`;
+    return { t, rq, params, order, limit, signature, text, countFilters, countValues };
+  }
+
+  const service = {
+    /** The statement and values a rows-API read of `table` with query string `qs` runs (for EXPLAIN). */
+    async listStatement(table: string, qs: QueryString): Promise<{ text: string; values: unknown[] }> {
+      const { text, params } = await buildList(await schema.table(table), qs);
+      return { text, values: [...params.values] };
+    },
+
     /** A page of rows: `{ "data": [...], "next_cursor": ..., "total"? }` as JSON text. */
     async list(ctx: SessionContext, table: string, qs: QueryString, tx?: Tx): Promise<string> {
-      const t = await schema.table(table);
-      const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
-      checkEmbedPaths(rq.select, rq.embeds);
-      const params = new Params();
-      const s = await scope(params, rq);
-      const order = totalOrder(t, rq.order);
-      const limit = rq.limit ?? opts.defaultLimit;
-      const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
-      const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
-      const countFilters = [...filters];
-      const countValues = [...params.values];
-      if (rq.cursor !== undefined)
-        filters.push(keysetSql('t0', order, cursors.decode(signature, rq.cursor, order.length), params));
-      const json = rowJsonSql(t, 't0', rq.select, s);
-      const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
-      const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
-      const text = `SELECT ${json}::text AS j, ${keys} FROM ${t.qualified} t0 ${where} ORDER BY ${orderSql('t0', order)} LIMIT ${params.add(limit + 1)}`;
+      return service.listTable(ctx, await schema.table(table), qs, tx);
+    },
+
+    /** list() over a relation described outside the registry (the tenant-filtered view of a materialized view). */
+    async listTable(ctx: SessionContext, table: TableInfo, qs: QueryString, tx?: Tx): Promise<string> {
+      const { t, rq, params, order, limit, signature, text, countFilters, countValues } = await buildList(table, qs);
       const countWhere = countFilters.length ? `WHERE ${countFilters.join(' AND ')}` : '';
       const countSql =
         rq.count === 'exact'
@@ -240,6 +258,7 @@ export function createRowsService(opts: RowsServiceOptions) {
         throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
       const text = `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict} RETURNING ${returningSql(t, o.select, s)}`;
       const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
+      if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return result(res.rows, many, o.returning);
     },
 
@@ -263,7 +282,9 @@ export function createRowsService(opts: RowsServiceOptions) {
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
       const text = `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
-      return write(ctx, t, target, text, params, single, o, tx);
+      const r = await write(ctx, t, target, text, params, single, o, tx);
+      if (!tx) await opts.afterCommit?.(ctx, [t.name]);
+      return r;
     },
 
     /** Delete by primary key or by filters; an unfiltered mass delete is refused. */
@@ -281,9 +302,12 @@ export function createRowsService(opts: RowsServiceOptions) {
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
       const text = `DELETE FROM ${t.qualified} AS t0 ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
-      return write(ctx, t, target, text, params, single, o, tx);
+      const r = await write(ctx, t, target, text, params, single, o, tx);
+      if (!tx) await opts.afterCommit?.(ctx, [t.name]);
+      return r;
     },
   };
+  return service;
 
   function writeTarget(
     t: TableInfo,

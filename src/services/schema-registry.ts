@@ -70,6 +70,13 @@ export interface Relationship {
 
 export const EXPOSED_SCHEMAS = ['public'];
 
+/**
+ * The tsvector column search indexes add (SPEC 10). It is an implementation detail of search, so the
+ * registry hides it: not in rows, JSON Schemas, GraphQL types or writable columns.
+ */
+export const SEARCH_TSV_COLUMN = 'search_tsv';
+const hidden = (c: { name: string; udt: string }) => c.name === SEARCH_TSV_COLUMN && c.udt === 'tsvector';
+
 const INTROSPECT = `
 SELECT c.oid::int AS oid, c.relname AS name, n.nspname AS schema, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced,
   obj_description(c.oid, 'pg_class') AS comment,
@@ -127,7 +134,7 @@ function build(rows: Row[]): Map<string, TableInfo> {
   const map = new Map<string, TableInfo>();
   for (const r of rows) {
     const checks = r.checks ?? [];
-    const columns: ColumnInfo[] = (r.columns ?? []).map((c) => ({ ...c, enum: enumFromChecks(c.name, checks) }));
+    const columns: ColumnInfo[] = (r.columns ?? []).filter((c) => !hidden(c)).map((c) => ({ ...c, enum: enumFromChecks(c.name, checks) }));
     const indexes = r.indexes ?? [];
     map.set(r.name, {
       schema: r.schema,

@@ -129,7 +129,7 @@ interface PgErrorLike {
 }
 
 /** Maps an error of the analyst statement to a 4xx; anything else is rethrown to the error handler. */
-function toSqlError(err: unknown, where: { prefixLength: number; offset: number }): unknown {
+export function toSqlError(err: unknown, where: { prefixLength: number; offset: number }): unknown {
   if (err instanceof AppError || !err || typeof err !== 'object') return err;
   const e = err as PgErrorLike;
   const code = e.code ?? '';

@@ -33,7 +33,7 @@ export interface OperationResult {
   error?: { code: string; message: string; details?: unknown };
 }
 
-export function createTransactionService(deps: { db: Database; rows: RowsService }) {
+export function createTransactionService(deps: { db: Database; rows: RowsService; afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void> }) {
   const { db, rows } = deps;
 
   async function runOne(ctx: SessionContext, tx: Tx, o: Operation): Promise<WriteResult> {
@@ -90,6 +90,7 @@ export function createTransactionService(deps: { db: Database; rows: RowsService
         },
         { isolation: input.isolation },
       );
+      await deps.afterCommit?.(ctx, results.filter((r) => r.status === 'ok').map((r) => r.table));
       return { attempts, results };
     },
   };

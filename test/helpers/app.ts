@@ -44,6 +44,8 @@ export interface TestAppOptions {
   logLevel?: string;
   /** Share a JobsService (e.g. with workers started by the test); otherwise one is made and closed. */
   jobs?: JobsService;
+  /** Where the app's pino logger writes (to read its log lines in a test). */
+  logStream?: pino.DestinationStream;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
@@ -61,7 +63,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   };
   const config = loadConfig(env);
-  const log = pino({ level: config.LOG_LEVEL });
+  const log = opts.logStream ? pino({ level: config.LOG_LEVEL }, opts.logStream) : pino({ level: config.LOG_LEVEL });
   const registry = new Registry();
   const db = new Database({ config, adminUrl: database.url, appUrl: env.APP_DATABASE_URL, log, registry });
   const migrator = createMigrator({ pool: db.admin.pg, dir: defaultMigrationsDir(), log });

@@ -31,7 +31,9 @@ export function migrationsHash(dir = path.resolve('migrations')): string {
   return h.digest('hex').slice(0, 12);
 }
 
-export const templateName = () => `strata_tpl_${migrationsHash()}`;
+/** Template names start with this (TEST_TEMPLATE_PREFIX: lets runs sharing one server keep apart). */
+export const TEMPLATE_PREFIX = process.env['TEST_TEMPLATE_PREFIX'] ?? 'strata_tpl';
+export const templateName = () => `${TEMPLATE_PREFIX}_${migrationsHash()}`;
 
 export async function withServer<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: SERVER_URL });

@@ -3,7 +3,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { createMigrator, defaultMigrationsDir } from '../../src/db/migrations/index.js';
 import { ensureAppRole } from '../../src/db/database.js';
-import { SERVER_URL, templateName, urlFor, withServer } from './databases.js';
+import { SERVER_URL, TEMPLATE_PREFIX, templateName, urlFor, withServer } from './databases.js';
 import { TEST_APP_ROLE, TEST_APP_PASSWORD } from './constants.js';
 
 export default async function setup(): Promise<void> {
@@ -12,7 +12,7 @@ export default async function setup(): Promise<void> {
   if (exists) return;
   await withServer(async (c) => {
     // Old templates from earlier migration sets are dropped so they do not pile up.
-    const { rows } = await c.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datname LIKE 'strata_tpl_%'");
+    const { rows } = await c.query<{ datname: string }>('SELECT datname FROM pg_database WHERE starts_with(datname, $1)', [`${TEMPLATE_PREFIX}_`]);
     for (const r of rows) {
       await c.query(`ALTER DATABASE ${r.datname} IS_TEMPLATE false`).catch(() => undefined);
       await c.query(`DROP DATABASE IF EXISTS ${r.datname} WITH (FORCE)`).catch(() => undefined);

@@ -70,6 +70,8 @@ class MutationTransaction {
 
 export class GraphqlRequest {
   readonly loaders = new Map<string, BatchLoader<unknown>>();
+  /** Tables the mutation fields of this request wrote to (told to the write hook after commit). */
+  readonly written = new Set<string>();
   private mutation: MutationTransaction | undefined;
   /** The operation is a mutation (set before execution). */
   isMutation = false;

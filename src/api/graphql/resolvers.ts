@@ -303,12 +303,13 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
 }
 
 /** Mutation root fields: writer role, serial, sharing the request transaction; one failure dooms the rest. */
-function mutation(fn: Resolver): Resolver {
+function mutation(m: TableModel, fn: Resolver): Resolver {
   return async (src, args, context, info) => {
     const { strata } = context;
     strata.assertCanWrite();
     if (strata.mutationFailed) throw new AppError(409, 'MUTATION_ABORTED', 'not run: an earlier mutation of this request failed, and the request is rolled back');
     strata.loaders.clear(); // reads after a write must not see rows cached before it
+    strata.written.add(m.table.name); // for the after-commit hook (result cache, views)
     try {
       return await fn(src, args, context, info);
     } catch (err) {
@@ -322,7 +323,7 @@ const refuseUnfiltered = (field: string) =>
   badRequest('UNFILTERED_MASS_WRITE', `${field} needs a non-empty where: an unfiltered mass write is refused`, { field: `${field}.where` });
 
 export function insertResolver(m: TableModel, one: boolean): Resolver {
-  return mutation(async (_src, args, { strata }, info) => {
+  return mutation(m, async (_src, args, { strata }, info) => {
     const objects = one ? [args['object'] as Row] : (args['objects'] as Row[]);
     objects.forEach((o, i) => validateWrite(m.table, o, one ? 'object' : `objects[${i}]`));
     if (!objects.length) return [];
@@ -340,7 +341,7 @@ function setArg(m: TableModel, args: Args): Row {
 }
 
 export function updateByPkResolver(m: TableModel): Resolver {
-  return mutation(async (_src, args, { strata }, info) => {
+  return mutation(m, async (_src, args, { strata }, info) => {
     const set = setArg(m, args);
     const p = new Params();
     const text = updateByPkSql(m.table, args['pk_columns'] as Row, set, rowPlan(m, info).columns, p);
@@ -349,7 +350,7 @@ export function updateByPkResolver(m: TableModel): Resolver {
 }
 
 export function updateWhereResolver(m: TableModel): Resolver {
-  return mutation(async (_src, args, { strata }, info) => {
+  return mutation(m, async (_src, args, { strata }, info) => {
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);
@@ -360,7 +361,7 @@ export function updateWhereResolver(m: TableModel): Resolver {
 }
 
 export function deleteByPkResolver(m: TableModel): Resolver {
-  return mutation(async (_src, args, { strata }, info) => {
+  return mutation(m, async (_src, args, { strata }, info) => {
     const p = new Params();
     const text = deleteByPkSql(m.table, pkArgs(m.table, args), rowPlan(m, info).columns, p);
     return (await strata.query(info, text, p.values)).rows[0] ?? null;
@@ -368,7 +369,7 @@ export function deleteByPkResolver(m: TableModel): Resolver {
 }
 
 export function deleteWhereResolver(m: TableModel): Resolver {
-  return mutation(async (_src, args, { strata }, info) => {
+  return mutation(m, async (_src, args, { strata }, info) => {
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);

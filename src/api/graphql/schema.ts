@@ -43,6 +43,7 @@ import {
   type TableModel,
 } from './resolvers.js';
 import { changesSubscriptionType } from './changes.js';
+import { SEARCH_TYPE_NAMES, searchField } from './search.js';
 
 type Fields = GraphQLFieldConfigMap<Record<string, unknown>, GraphqlContext>;
 const NAME = /^[_A-Za-z][_0-9A-Za-z]*$/;
@@ -69,7 +70,7 @@ const PageInfo = new GraphQLObjectType({
   fields: { hasNextPage: { type: nonNull(GraphQLBoolean) }, endCursor: { type: GraphQLString } },
 });
 
-const RESERVED = new Set(['Query', 'Mutation', 'Subscription', 'PageInfo', 'order_by', 'BigInt', 'JSON', 'DateTime', 'String', 'Int', 'Float', 'Boolean', 'ID']);
+const RESERVED = new Set(['Query', 'Mutation', 'Subscription', 'PageInfo', 'order_by', 'BigInt', 'JSON', 'DateTime', 'String', 'Int', 'Float', 'Boolean', 'ID', ...SEARCH_TYPE_NAMES]);
 
 /** Comparison inputs per scalar (`String_comparison_exp`...), made once per schema. */
 function comparisons() {
@@ -102,7 +103,7 @@ function sumType(c: ColumnInfo): GraphQLScalarType {
 const canMinMax = (c: ColumnInfo) => !c.isArray && kindOf(c).ordered && !['bool', 'uuid'].includes(c.udt);
 
 /** Build the schema for the registry's tables (those with GraphQL-safe names). */
-export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: FastifyBaseLogger): GraphQLSchema {
+export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: FastifyBaseLogger, extra: Fields = {}): GraphQLSchema {
   const usable = new Map<string, TableInfo>();
   const taken = new Set(RESERVED);
   for (const t of tables.values()) {
@@ -247,6 +248,8 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
     mutation[`delete_${n}_by_pk`] = { type, args: pkArgs, resolve: deleteByPkResolver(m) };
     mutation[`delete_${n}`] = { type: nonNull(response), args: { where }, resolve: deleteWhereResolver(m) };
   }
+  for (const [k, v] of Object.entries(extra)) if (!(k in query)) query[k] = v; // views.ts: dashboards (a table of that name wins)
+  query['search'] = searchField();
   if (!Object.keys(query).length) query['_empty'] = { type: GraphQLBoolean, description: 'No table is exposed yet.' };
   return new GraphQLSchema({
     query: new GraphQLObjectType({ name: 'Query', fields: query }),

@@ -22,6 +22,18 @@ export type Json = ColumnType<JsonValue, string, string>;
 /** Kysely's Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */
 export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;
 
+export interface Documents {
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
+  title: string;
+  body: string | null;
+  kind: Defaulted<'article' | 'note' | 'faq'>;
+  status: Defaulted<'draft' | 'published' | 'archived'>;
+  embedding: number[] | null;
+  created_at: Defaulted<Timestamp>;
+  search_tsv: GeneratedAlways<string | null>;
+}
+
 export interface PipelineRuns {
   id: Defaulted<Int8>;
   tenant_id: Defaulted<string>;
@@ -39,6 +51,7 @@ export interface Pipelines {
   description: string | null;
   status: Defaulted<'active' | 'paused' | 'archived'>;
   created_at: Defaulted<Timestamp>;
+  search_tsv: GeneratedAlways<string | null>;
 }
 
 export interface RunLogs {
@@ -48,6 +61,7 @@ export interface RunLogs {
   level: Defaulted<'debug' | 'info' | 'warn' | 'error'>;
   message: string;
   at: Defaulted<Timestamp>;
+  search_tsv: GeneratedAlways<string | null>;
 }
 
 export interface RunSteps {
@@ -73,6 +87,12 @@ export interface StrataApiKeys {
   last_used_at: Timestamp | null;
 }
 
+export interface StrataCacheTables {
+  table_name: string;
+  enabled_by: string;
+  enabled_at: Defaulted<Timestamp>;
+}
+
 export interface StrataCapturedTables {
   table_name: string | null;
 }
@@ -90,12 +110,46 @@ export interface StrataChanges {
   at: Timestamp;
 }
 
+export interface StrataSearchIndexes {
+  table_name: string;
+  columns: Json;
+  language: Defaulted<string>;
+  tsv_column: Defaulted<string>;
+  maintenance: Defaulted<'generated' | 'trigger'>;
+  vector_column: string | null;
+  vector_dimensions: number | null;
+  status: Defaulted<'building' | 'ready' | 'failed' | 'dropping'>;
+  job_id: string | null;
+  error: string | null;
+  created_by: string;
+  created_at: Defaulted<Timestamp>;
+  updated_at: Defaulted<Timestamp>;
+}
+
 export interface StrataTenants {
   id: string;
   name: string;
   status: Defaulted<'active' | 'suspended'>;
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
+}
+
+export interface StrataViews {
+  name: string;
+  sql: string;
+  refresh_cron: string | null;
+  after_writes_to: Defaulted<string[]>;
+  debounce_ms: Defaulted<number>;
+  unique_key: string[] | null;
+  created_by: string;
+  created_at: Defaulted<Timestamp>;
+  last_refreshed_at: Timestamp | null;
+  last_refresh_ms: number | null;
+  last_refresh_mode: 'concurrently' | 'plain' | null;
+  last_job_id: string | null;
+  last_error: string | null;
+  last_write_at: Timestamp | null;
+  refresh_count: Defaulted<number>;
 }
 
 export interface StrataWebhookDeliveries {
@@ -132,6 +186,7 @@ export interface StrataWebhooks {
 }
 
 export interface TenantDB {
+  documents: Documents;
   pipeline_runs: PipelineRuns;
   pipelines: Pipelines;
   run_logs: RunLogs;
@@ -140,9 +195,12 @@ export interface TenantDB {
 
 export interface PlatformDB {
   'strata.api_keys': StrataApiKeys;
+  'strata.cache_tables': StrataCacheTables;
   'strata.captured_tables': StrataCapturedTables;
   'strata.changes': StrataChanges;
+  'strata.search_indexes': StrataSearchIndexes;
   'strata.tenants': StrataTenants;
+  'strata.views': StrataViews;
   'strata.webhook_deliveries': StrataWebhookDeliveries;
   'strata.webhooks': StrataWebhooks;
 }

@@ -95,6 +95,7 @@ export default async function changeRoutes(app: FastifyInstance) {
           200: Type.Object({
             data: Type.Object({
               undone: Type.String(),
+              table: Type.String({ description: 'The table the undo wrote' }),
               op: Type.String({ description: 'The inverse operation applied' }),
               change_id: Type.Union([Type.String(), Type.Null()], { description: 'The change event of the undo' }),
               row: Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()]),
@@ -105,7 +106,12 @@ export default async function changeRoutes(app: FastifyInstance) {
         },
       },
     },
-    async (request) => ({ data: await app.services.changes.undo(request.ctx, (request.params as { id: string }).id) }),
+    async (request) => {
+      const data = await app.services.changes.undo(request.ctx, (request.params as { id: string }).id);
+      // Like every write path: cached reads of the table are retired, debounced view refreshes scheduled.
+      await app.services.hooks.afterCommit(request.ctx, [data.table]);
+      return { data };
+    },
   );
 }
 

@@ -93,7 +93,9 @@ export default async function tableRoutes(app: FastifyInstance) {
     { config: read, schema: { tags, params: TableParams, querystring: ReadQuery, response: { 200: Page, ...errorResponses } } },
     async (request, reply) => {
       const { table } = request.params as { table: string };
-      return json(reply).send(await rows().list(request.ctx, table, request.query as QueryString));
+      const qs = request.query as QueryString;
+      const r = await app.services.cache.read(request.ctx, { route: 'list', table, qs }, () => rows().list(request.ctx, table, qs));
+      return json(reply).header('x-cache', r.status).send(r.value);
     },
   );
 
@@ -105,8 +107,9 @@ export default async function tableRoutes(app: FastifyInstance) {
     },
     async (request, reply) => {
       const { table, pk } = request.params as { table: string; pk: string };
-      const r = await rows().get(request.ctx, table, pk, request.query as QueryString);
-      return json(reply).header('etag', r.etag).send(r.body);
+      const qs = request.query as QueryString;
+      const { value: r, status } = await app.services.cache.read(request.ctx, { route: 'get', table, pk, qs }, () => rows().get(request.ctx, table, pk, qs));
+      return json(reply).header('etag', r.etag).header('x-cache', status).send(r.body);
     },
   );
 
