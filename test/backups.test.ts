@@ -306,6 +306,10 @@ describe('backups', () => {
     }
     const job = await env.waitJob(res.json().job_id, 120_000);
     expect(job.state, job.error ?? '').toBe('completed');
+    // Every cached read from before is retired (the result cache's epoch moved).
+    const epochRedis = new Redis(REDIS_URL);
+    expect(Number(await epochRedis.get(`${env.t.config.CACHE_PREFIX}:epoch`))).toBeGreaterThanOrEqual(1);
+    await epochRedis.quit();
     const result = job.result as { database: string; safety_backup_id: string };
     expect(result.database).toBe(source);
     const safety = (await inject('GET', `/v1/admin/backups/${result.safety_backup_id}`)).json().data as BackupManifest;

@@ -113,7 +113,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
       ...(values.until !== undefined ? { until: values.until } : {}),
       ...(values.database !== undefined ? { database: values.database } : {}),
     };
-    const restores = createRestoreService({ backups, redisUrl: config.REDIS_URL, changeRetentionDays: config.CHANGES_RETENTION_DAYS });
+    const restores = createRestoreService({ backups, redisUrl: config.REDIS_URL, changeRetentionDays: config.CHANGES_RETENTION_DAYS, cachePrefix: config.CACHE_PREFIX });
     const plan = await restores.plan(req);
     process.stderr.write(
       `restoring ${plan.base.id}${plan.incrementals.length ? ` + ${plan.incrementals.length} incremental(s)` : ''}${plan.until ? `, replaying the change log up to ${plan.until}` : ''} into ${plan.database}${target === 'in_place' ? ' (in place)' : ''}\n`,

@@ -29,7 +29,8 @@ export interface BackupTestEnv {
 
 export async function createBackupTestEnv(opts: TestAppOptions = {}): Promise<BackupTestEnv> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'strata-backups-'));
-  const t = await createTestApp({ seed: true, ...opts, env: { BACKUP_DIR: dir, ...opts.env } });
+  // A cache prefix of its own: an in-place restore retires every cached read under it.
+  const t = await createTestApp({ seed: true, ...opts, env: { BACKUP_DIR: dir, CACHE_PREFIX: `test-cache-${path.basename(dir)}`, ...opts.env } });
   const workers = startWorkers({ redisUrl: REDIS_URL, prefix: t.jobs.prefix, log: pino({ level: 'silent' }), db: t.db, concurrency: 2, queues: ['backups'] });
   const created = new Set<string>();
   const headers = () => t.auth('platform_admin', null);
@@ -55,7 +56,7 @@ export async function createBackupTestEnv(opts: TestAppOptions = {}): Promise<Ba
       await workers.close({ timeoutMs: 10_000 });
       for (const q of Object.values(t.jobs.queues)) await q.obliterate({ force: true }).catch(() => undefined);
       const r = new Redis(REDIS_URL);
-      const keys = await r.keys(`${t.jobs.prefix}:*`);
+      const keys = [...(await r.keys(`${t.jobs.prefix}:*`)), ...(await r.keys(`${t.config.CACHE_PREFIX}:*`))];
       if (keys.length) await r.del(...keys);
       await r.quit();
       await t.close();

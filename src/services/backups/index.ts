@@ -11,7 +11,7 @@ export interface BackupServices {
 
 export function createBackupServices(db: Database, log?: BackupServiceDeps['log']): BackupServices {
   const backups = createBackupService({ config: db.config, adminUrl: db.adminUrl, log: log ?? pino({ level: 'silent' }) });
-  return { backups, restores: createRestoreService({ backups, redisUrl: db.config.REDIS_URL, changeRetentionDays: db.config.CHANGES_RETENTION_DAYS }) };
+  return { backups, restores: createRestoreService({ backups, redisUrl: db.config.REDIS_URL, changeRetentionDays: db.config.CHANGES_RETENTION_DAYS, cachePrefix: db.config.CACHE_PREFIX }) };
 }
 
 export type { BackupService, RestoreService };

@@ -54,7 +54,13 @@ export interface RestoreResult {
   duration_ms: number;
 }
 
-export function createRestoreService(deps: { backups: BackupService; redisUrl: string; changeRetentionDays?: number }) {
+export function createRestoreService(deps: {
+  backups: BackupService;
+  redisUrl: string;
+  changeRetentionDays?: number;
+  /** CACHE_PREFIX of the result cache: its epoch is bumped after an in-place restore (every cached read retired). */
+  cachePrefix?: string;
+}) {
   const { backups } = deps;
   const source = backups.database;
   const server = urlForDatabase(backups.adminUrl, 'postgres');
@@ -298,6 +304,8 @@ export function createRestoreService(deps: { backups: BackupService; redisUrl: s
         await dropDatabase(backups.adminUrl, fresh).catch(() => undefined);
         throw err;
       }
+      // The data changed under the result cache without passing its write hooks: retire every entry.
+      if (deps.cachePrefix) await redis.incr(`${deps.cachePrefix}:epoch`);
       await progress({ phase: 'swap', done: 1, total: 1 });
       return result(p, stats, safety.id, started);
     } finally {
