@@ -30,7 +30,10 @@ export interface BackupTestEnv {
 export async function createBackupTestEnv(opts: TestAppOptions = {}): Promise<BackupTestEnv> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'strata-backups-'));
   // A cache prefix of its own: an in-place restore retires every cached read under it.
-  const t = await createTestApp({ seed: true, ...opts, env: { BACKUP_DIR: dir, CACHE_PREFIX: `test-cache-${path.basename(dir)}`, ...opts.env } });
+  const t = await createTestApp({ seed: true, ...opts, env: { BACKUP_DIR: dir, CACHE_PREFIX: `test-cache-${path.basename(dir)}`, ...opts.env } }).catch(async (err: unknown) => {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  });
   const workers = startWorkers({ redisUrl: REDIS_URL, prefix: t.jobs.prefix, log: pino({ level: 'silent' }), db: t.db, concurrency: 2, queues: ['backups'] });
   const created = new Set<string>();
   const headers = () => t.auth('platform_admin', null);
