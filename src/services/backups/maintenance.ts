@@ -6,7 +6,8 @@
  */
 import type { Redis } from 'ioredis';
 
-export const maintenanceKey = (database: string) => `strata:maintenance:${database}`;
+// Not `strata:maintenance:*`: that is the BullMQ namespace of the queue named maintenance.
+export const maintenanceKey = (database: string) => `strata:maintenance-mode:${database}`;
 /** Lifetime of the flag without a refresh. */
 export const MAINTENANCE_TTL_S = 600;
 /** How long the API may cache the flag; a restore waits longer than this before it starts. */
