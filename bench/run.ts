@@ -183,9 +183,18 @@ async function main(): Promise<void> {
   for (const scenario of await loadScenarios()) {
     if (!SCENARIOS.includes('all') && !SCENARIOS.includes(scenario.name)) continue;
     log(`scenario ${scenario.name}`);
-    const out = await scenario.run(ctx);
-    md.push(...out.md, '');
-    report[scenario.name] = out.json;
+    try {
+      const out = await scenario.run(ctx);
+      md.push(...out.md, '');
+      report[scenario.name] = out.json;
+    } catch (err) {
+      // One failing scenario is reported, not allowed to lose the figures of the others.
+      const message = err instanceof Error ? (err.stack ?? err.message) : String(err);
+      log(`scenario ${scenario.name} FAILED: ${message}`);
+      md.push(`## ${scenario.name}: FAILED`, '', '```', message.slice(0, 2000), '```', '');
+      report[scenario.name] = { error: message };
+    }
+    writeFileSync(path.join(OUT, 'latest.md'), md.join('\n') + '\n');
   }
 
   const text = md.join('\n') + '\n';
