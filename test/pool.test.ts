@@ -201,3 +201,20 @@ describe('StrataPool on its own', () => {
     await expect(pool.acquire()).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
   });
 });
+
+describe('leak detection of stream leases', () => {
+  it('does not call an export-length stream lease a leak, while the same hold on the app pool is one', async () => {
+    const t = await createTestApp({ env: { DB_LEAK_THRESHOLD_MS: '100', EXPORT_MAX_TIMEOUT_MS: '60000' } });
+    try {
+      const ctx = { tenantId: 'acme', actor: 'leak-test', role: 'reader' as const, requestId: 'leak-test' };
+      const hold = () => new Promise((r) => setTimeout(r, 300));
+      await t.db.withTenantStream(ctx, hold);
+      await t.db.withTenant(ctx, hold);
+      const text = await t.registry.getSingleMetricAsString('strata_db_pool_leaked_clients_total');
+      expect(text).toMatch(/pool="default\/app"} 1/);
+      expect(text).not.toMatch(/pool="default\/stream"} [1-9]/);
+    } finally {
+      await t.close();
+    }
+  });
+});

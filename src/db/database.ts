@@ -70,7 +70,16 @@ export class Database {
       id: DEFAULT_SHARD,
       app: new StrataPool({ ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true }, log, this.metrics),
       stream: new StrataPool(
-        { ...base, name: `${DEFAULT_SHARD}/stream`, connectionString: opts.appUrl, max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 2)), min: 0 },
+        {
+          ...base,
+          name: `${DEFAULT_SHARD}/stream`,
+          connectionString: opts.appUrl,
+          max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 2)),
+          min: 0,
+          // A stream (export, cursor) holds its connection as long as its statement may run: only a
+          // lease past the longest allowed export plus the threshold is a leak.
+          leakThresholdMs: base.leakThresholdMs > 0 ? base.leakThresholdMs + config.EXPORT_MAX_TIMEOUT_MS : 0,
+        },
         log,
         this.metrics,
       ),
