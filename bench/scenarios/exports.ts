@@ -21,7 +21,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import pg from 'pg';
-import { ROOT, median, sleep, spawnLogged, stop } from '../lib.js';
+import { ROOT, STRATA_NODE_FLAGS, median, sleep, spawnLogged, stop } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
 
 const TENANT = 'bench-export';
@@ -66,7 +66,7 @@ async function seed(dbUrl: string, log: (m: string) => void): Promise<void> {
 }
 
 function startStrata(ctx: BenchContext, name: string): ChildProcess {
-  return spawnLogged(name, process.execPath, [path.join(ROOT, 'dist', 'server.js')], {
+  return spawnLogged(name, process.execPath, [...STRATA_NODE_FLAGS, path.join(ROOT, 'dist', 'server.js')], {
     DATABASE_URL: ctx.dbUrl,
     APP_DATABASE_URL: ctx.appUrl,
     JWT_SECRET: ctx.secret,
