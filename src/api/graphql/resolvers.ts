@@ -30,6 +30,7 @@ import {
   type AggregateFn,
   type AggregatePlan,
   type BoolExp,
+  type OrderItem,
   type OrderSpec,
 } from './sql.js';
 import { deleteByPkSql, deleteWhereSql, insertSql, updateByPkSql, updateWhereSql } from './sql-write.js';
@@ -83,6 +84,19 @@ const returningPlan = (m: TableModel, info: GraphQLResolveInfo) =>
 
 const pkArgs = (t: TableInfo, args: Args) => Object.fromEntries(t.primaryKey.map((k) => [k, args[k]]));
 
+/** A connection from a page fetched with one row more than `first` (that row only says hasNextPage). */
+function connectionPage(t: TableInfo, signature: string, items: OrderItem[], rows: Row[], first: number, edges: boolean, totalCount: number | undefined) {
+  const nodes = rows.length > first ? rows.slice(0, first) : rows;
+  const cursorOf = (r: Row) => encodeCursor(t.name, signature, items.map((_, i) => (r[keyName(i)] ?? null) as string | null));
+  const last = nodes[nodes.length - 1];
+  return {
+    nodes,
+    edges: edges ? nodes.map((node) => ({ cursor: cursorOf(node), node })) : [],
+    pageInfo: { hasNextPage: rows.length > first, endCursor: last ? cursorOf(last) : null },
+    totalCount,
+  };
+}
+
 export function listResolver(m: TableModel): Resolver {
   const t = m.table;
   return async (_src, args, { strata }, info) => {
@@ -108,15 +122,7 @@ export function listResolver(m: TableModel): Resolver {
     } else if (plan.count) {
       totalCount = (await strata.query<{ n: number }>(info, countSql(t, where), whereValues)).rows[0]?.n ?? 0;
     }
-    const nodes = rows.length > first ? rows.slice(0, first) : rows;
-    const cursorOf = (r: Row) => encodeCursor(t.name, signature, items.map((_, i) => (r[keyName(i)] ?? null) as string | null));
-    const last = nodes[nodes.length - 1];
-    return {
-      nodes,
-      edges: plan.edges ? nodes.map((node) => ({ cursor: cursorOf(node), node })) : [],
-      pageInfo: { hasNextPage: rows.length > first, endCursor: last ? cursorOf(last) : null },
-      totalCount,
-    };
+    return connectionPage(t, signature, items, rows, first, plan.edges, totalCount);
   };
 }
 
@@ -288,17 +294,7 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
         }, () => ({ rows: [], total: 0 })),
     );
     const page: Promise<Page> = values.some((v) => v === null || v === undefined) ? Promise.resolve({ rows: [], total: 0 }) : l.load(keyOf(values), values);
-    return page.then(({ rows, total }) => {
-      const nodes = rows.length > first ? rows.slice(0, first) : rows;
-      const cursorOf = (r: Row) => encodeCursor(t.name, signature, items.map((_, i) => (r[keyName(i)] ?? null) as string | null));
-      const last = nodes[nodes.length - 1];
-      return {
-        nodes,
-        edges: plan.edges ? nodes.map((node) => ({ cursor: cursorOf(node), node })) : [],
-        pageInfo: { hasNextPage: rows.length > first, endCursor: last ? cursorOf(last) : null },
-        totalCount: total ?? 0,
-      };
-    });
+    return page.then(({ rows, total }) => connectionPage(t, signature, items, rows, first, plan.edges, total ?? 0));
   };
 }
 
