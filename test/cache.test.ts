@@ -4,11 +4,13 @@
  * embedded table), entries never shared between tenants or roles, the opt-in API, and reads served
  * uncached while Redis is down.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
+import { startRedis, stopRedis } from './helpers/redis-server.js';
+import { freePort } from './helpers/net.js';
 
 type Reply = Awaited<ReturnType<TestApp['app']['inject']>>;
 const ids = (r: Reply) => (r.json().data as Array<{ id: number }>).map((x) => x.id);
@@ -190,32 +192,12 @@ describe('result cache', () => {
   });
 });
 
-function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('redis-server did not start')), 5000);
-    child.stdout.on('data', (d: Buffer) => {
-      if (d.toString().includes('Ready to accept connections')) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.on('exit', () => reject(new Error('redis-server exited')));
-  });
-}
-
-async function stopRedis(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const done = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await done;
-}
-
 describe('result cache with Redis down', () => {
-  const port = 3311;
+  let port: number;
   let t: TestApp;
   let redis: ChildProcess;
   beforeAll(async () => {
+    port = await freePort();
     redis = await startRedis(port);
     t = await createTestApp({ seed: true, env: { REDIS_URL: `redis://127.0.0.1:${port}`, CACHE_TABLES: 'pipelines' } });
   });
