@@ -201,7 +201,7 @@ describe('POST /v1/sql', () => {
       try {
         for (const { client } of leases) {
           const { rows } = await client.query<{ locks: number; tenant: string | null; who: string }>(
-            "SELECT (SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory') AS locks, current_setting('strata.tenant_id', true) AS tenant, current_user AS who",
+            "SELECT (SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, current_setting('strata.tenant_id', true) AS tenant, current_user AS who",
           );
           expect(rows[0]!.locks).toBe(0);
           expect(rows[0]!.tenant ?? '').toBe('');
