@@ -60,25 +60,29 @@ export function spawnLogged(name: string, cmd: string, args: string[], extraEnv:
   return spawn(cmd, args, { env: { ...env, ...extraEnv }, stdio: ['ignore', out, out] });
 }
 
+/** A Strata API server from dist/ (no migrations, seed or workers: the bench database is ready). */
+export function spawnStrata(name: string, o: { dbUrl: string; appUrl: string; secret: string; port: number; env?: Record<string, string> }): ChildProcess {
+  return spawnLogged(name, process.execPath, [...STRATA_NODE_FLAGS, path.join(ROOT, 'dist', 'server.js')], {
+    DATABASE_URL: o.dbUrl,
+    APP_DATABASE_URL: o.appUrl,
+    JWT_SECRET: o.secret,
+    PORT: String(o.port),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'warn',
+    MIGRATE_ON_BOOT: 'false',
+    SEED_DEMO: 'false',
+    RUN_WORKERS: 'false',
+    NODE_ENV: 'production',
+    ...o.env,
+  });
+}
+
 export function strataTarget(name: string, port: number, dbUrl: string, appUrl: string, tokens: string[], pool: Record<string, string>): Target {
   return {
     name,
     desc: 'Strata GET /v1/tables/items/rows/{id}, Bearer JWT, pipelined tenant transaction under RLS',
     port,
-    start: () =>
-      spawnLogged(name, process.execPath, [...STRATA_NODE_FLAGS, path.join(ROOT, 'dist', 'server.js')], {
-        DATABASE_URL: dbUrl,
-        APP_DATABASE_URL: appUrl,
-        JWT_SECRET: SECRET,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        LOG_LEVEL: 'warn',
-        MIGRATE_ON_BOOT: 'false',
-        SEED_DEMO: 'false',
-        RUN_WORKERS: 'false',
-        NODE_ENV: 'production',
-        ...pool,
-      }),
+    start: () => spawnStrata(name, { dbUrl, appUrl, secret: SECRET, port, env: pool }),
     request: (id) => ({ method: 'GET', path: `/v1/tables/items/rows/${id}`, headers: { authorization: tokens[tenantOf(id)]! } }),
     check: (id, body) => String((JSON.parse(body) as { data: { id: string | number } }).data.id) === String(id),
   };

@@ -18,10 +18,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
 import { SignJWT } from 'jose';
 import pg from 'pg';
-import { ROOT, STRATA_NODE_FLAGS, median, sleep, spawnLogged, stop } from '../lib.js';
+import { median, sleep, spawnStrata, stop } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
 
 const TENANT = 'bench-export';
@@ -66,20 +65,7 @@ async function seed(dbUrl: string, log: (m: string) => void): Promise<void> {
 }
 
 function startStrata(ctx: BenchContext, name: string): ChildProcess {
-  return spawnLogged(name, process.execPath, [...STRATA_NODE_FLAGS, path.join(ROOT, 'dist', 'server.js')], {
-    DATABASE_URL: ctx.dbUrl,
-    APP_DATABASE_URL: ctx.appUrl,
-    JWT_SECRET: ctx.secret,
-    PORT: String(PORT),
-    HOST: '127.0.0.1',
-    LOG_LEVEL: 'warn',
-    MIGRATE_ON_BOOT: 'false',
-    SEED_DEMO: 'false',
-    RUN_WORKERS: 'false',
-    NODE_ENV: 'production',
-    DB_POOL_MAX: '4',
-    DB_POOL_MIN: '1',
-  });
+  return spawnStrata(name, { dbUrl: ctx.dbUrl, appUrl: ctx.appUrl, secret: ctx.secret, port: PORT, env: { DB_POOL_MAX: '4', DB_POOL_MIN: '1' } });
 }
 
 async function waitUp(child: ChildProcess): Promise<void> {
