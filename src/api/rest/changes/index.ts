@@ -7,6 +7,7 @@ import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
 import { parseCursor } from '../../../services/changes.js';
 import { ChangePage, PageQuery } from './schemas.js';
+import { sendEventStream } from '../event-stream.js';
 
 const tags = ['changes'];
 const Filters = {
@@ -51,34 +52,17 @@ export default async function changeRoutes(app: FastifyInstance) {
       await app.services.changes.checkFilter(filter); // 400 as JSON, before streaming
       const abort = new AbortController();
       streams.add(abort);
-      reply.hijack();
-      const res = reply.raw;
-      res.on('close', () => abort.abort());
-      res.writeHead(200, {
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        connection: 'keep-alive',
-        'x-accel-buffering': 'no',
-        'x-request-id': request.id,
-      });
-      res.write(': stream of change events\n\n');
-      const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), app.config.CHANGES_HEARTBEAT_MS);
       try {
-        for await (const e of app.services.changes.follow(request.ctx, after, filter, abort.signal)) {
-          if (res.destroyed) break;
-          res.write(`id: ${e.id}\nevent: change\ndata: ${JSON.stringify(e)}\n\n`);
-        }
-      } catch (err) {
-        if (!abort.signal.aborted) {
-          request.log.warn({ err, tenant: request.ctx.tenantId }, 'change stream ended by an error');
-          const code = (err as { code?: unknown }).code;
-          if (!res.destroyed) res.write(`event: error\ndata: ${JSON.stringify({ code: typeof code === 'string' ? code : 'INTERNAL' })}\n\n`);
-        }
+        await sendEventStream(request, reply, {
+          comment: 'stream of change events',
+          heartbeatMs: app.config.CHANGES_HEARTBEAT_MS,
+          label: 'change stream',
+          abort,
+          events: (signal) => app.services.changes.follow(request.ctx, after, filter, signal),
+          frame: (e) => `id: ${e.id}\nevent: change\ndata: ${JSON.stringify(e)}\n\n`,
+        });
       } finally {
-        clearInterval(heartbeat);
         streams.delete(abort);
-        abort.abort();
-        res.end();
       }
     },
   );

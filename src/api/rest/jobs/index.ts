@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { errorResponses, ErrorBody } from '../../schemas/common.js';
 import type { JobEvent } from '../../../jobs/queues.js';
+import { sendEventStream } from '../event-stream.js';
 
 export const JobView = Type.Object({
   id: Type.String({ description: 'Job id: `<queue>-<uuid>`' }),
@@ -54,36 +55,14 @@ export default async function jobRoutes(app: FastifyInstance) {
     async (request, reply) => {
       const { id } = request.params as { id: string };
       await app.jobs.get(request.ctx, id); // 404 (or 503) as a normal JSON error, before streaming
-      const abort = new AbortController();
-      reply.hijack();
-      const res = reply.raw;
-      res.on('close', () => abort.abort()); // the client went away (or the stream ended)
-      res.writeHead(200, {
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        connection: 'keep-alive',
-        'x-accel-buffering': 'no',
-        'x-request-id': request.id,
-      });
-      res.write(': stream of job events\n\n');
-      const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), HEARTBEAT_MS);
       let seq = 0;
-      try {
-        for await (const event of app.jobs.events(request.ctx, id, { signal: abort.signal })) {
-          if (res.destroyed) break;
-          res.write(frame(++seq, event));
-        }
-      } catch (err) {
-        request.log.warn({ err }, 'job event stream ended by an error');
-        if (!res.destroyed) {
-          const code = (err as { code?: unknown }).code;
-          res.write(`event: error\ndata: ${JSON.stringify({ code: typeof code === 'string' ? code : 'INTERNAL' })}\n\n`);
-        }
-      } finally {
-        clearInterval(heartbeat);
-        abort.abort();
-        res.end();
-      }
+      await sendEventStream(request, reply, {
+        comment: 'stream of job events',
+        heartbeatMs: HEARTBEAT_MS,
+        label: 'job event stream',
+        events: (signal) => app.jobs.events(request.ctx, id, { signal }),
+        frame: (event) => frame(++seq, event),
+      });
     },
   );
 
