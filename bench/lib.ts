@@ -24,9 +24,10 @@ export const stamp = new Date().toISOString().replace(/[:.]/g, '-');
 
 /**
  * V8 flags Strata runs with (package.json start scripts, Dockerfile): a 8 MB young-generation
- * semi-space instead of 16 MB keeps a streaming export's peak RSS about 12 MB lower.
+ * semi-space instead of 16 MB keeps a streaming export's peak RSS about 12 MB lower. Extra flags for
+ * a run (say `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile the server) go in BENCH_NODE_FLAGS.
  */
-export const STRATA_NODE_FLAGS = ['--max-semi-space-size=8'];
+export const STRATA_NODE_FLAGS = ['--max-semi-space-size=8', ...(env['BENCH_NODE_FLAGS'] ?? '').split(' ').filter(Boolean)];
 
 export const log = (m: string) => process.stdout.write(`[bench] ${m}\n`);
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -131,7 +131,7 @@ describe('StrataPool on its own', () => {
 
   it('reports a client held past the leak threshold with the borrower stack, and counts it', async () => {
     const { log, lines } = capturingLogger();
-    const { pool, registry } = makePool({ leakThresholdMs: 100 }, log);
+    const { pool, registry } = makePool({ leakThresholdMs: 100, leakStackSample: 1 }, log);
     const lease = await pool.acquire();
     await new Promise((r) => setTimeout(r, 250));
     lease.release();
@@ -139,6 +139,23 @@ describe('StrataPool on its own', () => {
     expect(leak).toBeDefined();
     expect(String(leak!['borrowStack'])).toContain('pool.test.ts');
     expect(await registry.getSingleMetricAsString('strata_db_pool_leaked_clients_total')).toMatch(/pool="unit"} 1/);
+  });
+
+  it('samples borrower stacks, and records every borrow once the pool has seen a leak', async () => {
+    const { log, lines } = capturingLogger();
+    const { pool, registry } = makePool({ leakThresholdMs: 60, leakStackSample: 1000 }, log);
+    const leaks = () => lines.filter((l) => l['msg'] === 'database client held past DB_LEAK_THRESHOLD_MS (possible leak)');
+    const first = await pool.acquire();
+    await new Promise((r) => setTimeout(r, 150));
+    first.release();
+    expect(leaks()).toHaveLength(1);
+    expect(String(leaks()[0]!['borrowStack'])).toMatch(/not captured for this borrow/);
+    const second = await pool.acquire();
+    await new Promise((r) => setTimeout(r, 150));
+    second.release();
+    expect(leaks()).toHaveLength(2);
+    expect(String(leaks()[1]!['borrowStack'])).toContain('pool.test.ts');
+    expect(await registry.getSingleMetricAsString('strata_db_pool_leaked_clients_total')).toMatch(/pool="unit"} 2/);
   });
 
   it('does not report a client released before the threshold', async () => {

@@ -195,6 +195,7 @@ function poolOptions(config: Config): Omit<PoolOptions, 'name' | 'connectionStri
     idleTimeoutMs: config.DB_IDLE_TIMEOUT_MS,
     maxLifetimeMs: config.DB_MAX_LIFETIME_MS,
     leakThresholdMs: config.DB_LEAK_THRESHOLD_MS,
+    leakStackSample: config.DB_LEAK_STACK_SAMPLE,
     validateAfterIdleMs: config.DB_VALIDATE_AFTER_IDLE_MS,
     healthCheckIntervalMs: config.DB_HEALTHCHECK_INTERVAL_MS,
   };

@@ -20,6 +20,12 @@ export interface PoolOptions {
   readonly idleTimeoutMs: number;
   readonly maxLifetimeMs: number;
   readonly leakThresholdMs: number;
+  /**
+   * Capture the borrower's stack on one borrow in this many (1: every borrow). Capturing a stack
+   * costs more than the rest of a borrow, so by default it is sampled; once a pool has seen a leak
+   * it captures on every borrow, so the next report of a recurring leak names its borrower.
+   */
+  readonly leakStackSample?: number;
   readonly validateAfterIdleMs: number;
   readonly healthCheckIntervalMs: number;
   /** Send queries without waiting for the previous answer (one round trip for a whole transaction). */
@@ -31,9 +37,8 @@ interface ClientState {
   expiresAt: number;
   lastReleasedAt: number;
   borrowedAt: number;
-  /** Captured at borrow time; formatted only when a leak is reported. */
+  /** Captured at borrow time (sampled, see leakStackSample); formatted only when a leak is reported. */
   borrowStack: Error | undefined;
-  leakTimer: NodeJS.Timeout | undefined;
   leaked: boolean;
 }
 
@@ -45,12 +50,18 @@ export interface Lease {
 
 const LIFETIME_JITTER = 0.2;
 const MAX_BACKOFF_MS = 5_000;
+/** Borrows per captured borrower stack, unless PoolOptions.leakStackSample says otherwise. */
+const DEFAULT_STACK_SAMPLE = 64;
 
 export class StrataPool {
   readonly pg: pg.Pool;
   private readonly state = new WeakMap<pg.PoolClient, ClientState>();
   private readonly borrowed = new Set<pg.PoolClient>();
   private healthTimer: NodeJS.Timeout | undefined;
+  /** One sweep over the borrowed clients finds those held past the threshold (no timer per borrow). */
+  private leakSweep: NodeJS.Timeout | undefined;
+  private borrows = 0;
+  private stackEvery: number;
   private downUntil = 0;
   private backoffMs = 0;
   private closing = false;
@@ -91,10 +102,14 @@ export class StrataPool {
         lastReleasedAt: Date.now(),
         borrowedAt: 0,
         borrowStack: undefined,
-        leakTimer: undefined,
         leaked: false,
       });
     });
+    this.stackEvery = Math.max(1, options.leakStackSample ?? DEFAULT_STACK_SAMPLE);
+    if (options.leakThresholdMs > 0) {
+      this.leakSweep = setInterval(() => this.sweepLeaks(), Math.max(10, Math.min(1000, options.leakThresholdMs / 4)));
+      this.leakSweep.unref();
+    }
     metrics.registerPool(this);
     this.acquireHistogram = metrics.acquireSeconds.labels(options.name);
   }
@@ -200,12 +215,9 @@ export class StrataPool {
     if (st) {
       st.borrowedAt = Date.now();
       st.leaked = false;
-      if (this.options.leakThresholdMs > 0) {
-        // Capture the borrower's stack only when leak detection is on; it is read only on a leak.
-        st.borrowStack = new Error('database client borrowed here');
-        st.leakTimer = setTimeout(() => this.reportLeak(client), this.options.leakThresholdMs);
-        st.leakTimer.unref();
-      }
+      // the borrower's stack is read only on a leak; capturing it is sampled (see leakStackSample)
+      st.borrowStack =
+        this.leakSweep !== undefined && ++this.borrows % this.stackEvery === 0 ? new Error('database client borrowed here') : undefined;
     }
     let released = false;
     return {
@@ -215,9 +227,8 @@ export class StrataPool {
         released = true;
         this.borrowed.delete(client);
         if (st) {
-          if (st.leakTimer) clearTimeout(st.leakTimer);
-          st.leakTimer = undefined;
           st.lastReleasedAt = Date.now();
+          st.borrowStack = undefined;
         }
         const status = client.getTransactionStatus?.() ?? 'I';
         const inTransaction = status === 'T' || status === 'E';
@@ -231,13 +242,28 @@ export class StrataPool {
     };
   }
 
-  private reportLeak(client: pg.PoolClient): void {
-    const st = this.state.get(client);
-    if (!st || !this.borrowed.has(client)) return;
+  private sweepLeaks(): void {
+    const now = Date.now();
+    for (const client of this.borrowed) {
+      const st = this.state.get(client);
+      if (st && !st.leaked && now - st.borrowedAt >= this.options.leakThresholdMs) this.reportLeak(st, now);
+    }
+  }
+
+  private reportLeak(st: ClientState, now: number): void {
     st.leaked = true;
+    const sampled = this.stackEvery > 1;
+    // a leak tends to recur: from now on every borrow of this pool records its stack
+    this.stackEvery = 1;
     this.metrics.leaks.inc({ pool: this.options.name });
     this.log.warn(
-      { pool: this.options.name, heldMs: Date.now() - st.borrowedAt, borrowStack: st.borrowStack?.stack },
+      {
+        pool: this.options.name,
+        heldMs: now - st.borrowedAt,
+        borrowStack:
+          st.borrowStack?.stack ??
+          (sampled ? 'not captured for this borrow (stacks are sampled); every borrow of this pool records its stack from now on' : undefined),
+      },
       'database client held past DB_LEAK_THRESHOLD_MS (possible leak)',
     );
   }
@@ -279,6 +305,7 @@ export class StrataPool {
 
   private async drainNow(timeoutMs: number): Promise<void> {
     if (this.healthTimer) clearInterval(this.healthTimer);
+    if (this.leakSweep) clearInterval(this.leakSweep);
     const deadline = Date.now() + timeoutMs;
     while (this.borrowed.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
     if (this.borrowed.size > 0) {

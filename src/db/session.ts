@@ -85,9 +85,15 @@ export interface SessionDeps {
   observer?: QueryObserver;
 }
 
-const SETUP_SQL =
-  "SELECT set_config('strata.tenant_id', $1, true), set_config('strata.actor', $2, true), " +
+/**
+ * The tenant settings of one transaction. The values are of no use to us, so the statement returns
+ * a row of no columns: the settings are made in a subquery, which PostgreSQL never flattens nor
+ * prunes while its outputs call volatile functions (set_config is volatile), so every call runs.
+ */
+const SETUP_LIST =
+  "set_config('strata.tenant_id', $1, true), set_config('strata.actor', $2, true), " +
   "set_config('strata.role', $3, true), set_config('statement_timeout', $4, true), set_config('lock_timeout', $5, true)";
+const SETUP_SQL = `SELECT FROM (SELECT ${SETUP_LIST}) s`;
 const ISOLATIONS: Record<Isolation, string> = {
   'read committed': 'READ COMMITTED',
   'repeatable read': 'REPEATABLE READ',
@@ -195,7 +201,7 @@ function account(
 const SETUP_RW: SetupStatement = { name: 'strata_setup_rw', text: SETUP_SQL };
 const SETUP_RO: SetupStatement = {
   name: 'strata_setup_ro',
-  text: `${SETUP_SQL}, set_config('transaction_read_only', 'on', true)`,
+  text: `SELECT FROM (SELECT ${SETUP_LIST}, set_config('transaction_read_only', 'on', true)) s`,
 };
 
 /**

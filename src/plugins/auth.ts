@@ -4,11 +4,11 @@
  * request logger's bindings. Routes without a capability are public.
  */
 import fp from 'fastify-plugin';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { CAN, type Capability } from '../domain.js';
 import { forbidden } from '../errors.js';
-import type { Authenticator } from '../services/auth.js';
+import type { Authenticator, Principal } from '../services/auth.js';
 import type { SessionContext } from '../db/session.js';
 
 declare module 'fastify' {
@@ -27,17 +27,36 @@ export default fp(
   async function authPlugin(app: FastifyInstance, opts: { authenticator: Authenticator }) {
     app.decorate('auth', opts.authenticator);
     app.decorateRequest('ctx', null as unknown as SessionContext);
-    app.addHook('onRequest', async (request) => {
-      const capability = request.routeOptions.config.capability;
-      if (!capability) return;
-      const principal = await opts.authenticator.authenticate(request.headers);
-      const allowed = CAN[capability] as readonly string[];
+    const admit = (request: FastifyRequest, capability: Capability, principal: Principal) => {
       request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
       // request.log is already this request's child logger: add bindings rather than another child
       (request.log as unknown as Logger).setBindings({ tenant: principal.tenantId, actor: principal.actor, role: principal.role });
+      const allowed = CAN[capability] as readonly string[];
       if (!allowed.includes(principal.role)) {
         throw forbidden('ROLE_FORBIDDEN', `role ${principal.role} may not do this (needs one of ${allowed.join(', ')})`);
       }
+    };
+    // callback style: a credential seen before is admitted without a promise or a microtask
+    app.addHook('onRequest', (request, _reply, done) => {
+      const capability = request.routeOptions.config.capability;
+      if (!capability) return done();
+      const known = opts.authenticator.cached(request.headers);
+      if (known) {
+        try {
+          admit(request, capability, known);
+        } catch (err) {
+          return done(err as Error);
+        }
+        return done();
+      }
+      opts.authenticator.authenticate(request.headers).then((principal) => {
+        try {
+          admit(request, capability, principal);
+        } catch (err) {
+          return done(err as Error);
+        }
+        done();
+      }, done);
     });
   },
   { name: 'strata-auth' },

@@ -24,8 +24,7 @@ export default fp(
       request.log.info({ since: state.since, job: state.job_id }, 'write refused: maintenance in progress');
       throw unavailable('MAINTENANCE_IN_PROGRESS', `the service is in maintenance (${state.reason}, since ${state.since}); writes are refused until it ends`, 30);
     };
-    app.addHook('preHandler', async (request) => {
-      if (!WRITE_METHODS.has(request.method)) return;
+    const guard = async (request: FastifyRequest) => {
       const url = request.url.split('?')[0] ?? '';
       if (url === '/graphql') {
         const query = (request.body as { query?: unknown } | undefined)?.query;
@@ -34,6 +33,11 @@ export default fp(
       }
       if (OPEN_PREFIXES.some((p) => url === p || url.startsWith(`${p}/`))) return;
       await check(request);
+    };
+    // callback style: reads pass without a promise
+    app.addHook('preHandler', (request, _reply, done) => {
+      if (!WRITE_METHODS.has(request.method)) return done();
+      guard(request).then(() => done(), done);
     });
   },
   { name: 'strata-maintenance' },

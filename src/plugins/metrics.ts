@@ -14,11 +14,17 @@ export default fp(
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
       registers: [registry],
     });
-    app.addHook('onResponse', async (request, reply) => {
-      http.observe(
-        { method: request.method, route: request.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) },
-        reply.elapsedTime / 1000,
-      );
+    // label-bound children per (method, route, status): prom-client hashes a label object on every
+    // observe otherwise
+    const children = new Map<string, { observe(v: number): void }>();
+    app.addHook('onResponse', (request, reply, done) => {
+      const route = request.routeOptions.url ?? 'unmatched';
+      const status = reply.statusCode;
+      const key = `${request.method} ${status} ${route}`;
+      let child = children.get(key);
+      if (!child) children.set(key, (child = http.labels({ method: request.method, route, status: String(status) })));
+      child.observe(reply.elapsedTime / 1000);
+      done();
     });
     app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
       void reply.type(registry.contentType);

@@ -35,20 +35,19 @@ export default fp(
       request.queryStats = { count: 0, ms: 0, route: request.routeOptions.url ?? 'unmatched' };
       done();
     });
-    app.addHook('onSend', async (request, reply, payload) => {
+    // callback style too: only a request with slow-query log writes in flight waits for anything
+    app.addHook('onSend', (request, reply, payload, done) => {
       void reply.header('x-request-id', request.id);
       const stats = request.queryStats;
-      if (stats) {
-        // slow-query log entries of this request are in the store before the caller hears back
-        // (bounded: a Redis that hangs must not hold the response)
-        if (stats.pending)
-          await Promise.race([
-            Promise.allSettled(stats.pending),
-            new Promise((r) => setTimeout(r, SLOW_LOG_WAIT_MS).unref()),
-          ]);
+      if (!stats) return done(null, payload);
+      const finish = () => {
         void reply.header('server-timing', serverTiming(stats, performance.now() - request.startedAt));
-      }
-      return payload;
+        done(null, payload);
+      };
+      if (!stats.pending) return finish();
+      // slow-query log entries of this request are in the store before the caller hears back
+      // (bounded: a Redis that hangs must not hold the response)
+      void Promise.race([Promise.allSettled(stats.pending), new Promise((r) => setTimeout(r, SLOW_LOG_WAIT_MS).unref())]).then(finish);
     });
   },
   { name: 'strata-request-context' },

@@ -15,13 +15,21 @@ export interface Principal {
   role: Role;
 }
 
+type AuthHeaders = { authorization?: string | undefined; 'x-api-key'?: string | string[] | undefined };
+
 export interface Authenticator {
-  authenticate(headers: { authorization?: string | undefined; 'x-api-key'?: string | string[] | undefined }): Promise<Principal>;
+  authenticate(headers: AuthHeaders): Promise<Principal>;
+  /**
+   * The principal of a bearer token verified before, whose tenant is known to be active, without
+   * waiting: undefined whenever anything is not already known (then call authenticate()).
+   */
+  cached(headers: AuthHeaders): Principal | undefined;
   /** Forget a tenant's cached status (after PATCH /v1/admin/tenants/{id}). */
   forgetTenant(id: string): void;
 }
 
 const TENANT_CACHE_MS = 5_000;
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
 /** Verified tokens are remembered (bounded) until their expiry or this long, whichever is sooner. */
 const TOKEN_CACHE_MS = 60_000;
 const TOKEN_CACHE_MAX = 10_000;
@@ -132,11 +140,24 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
   }
 
   return {
+    cached(headers) {
+      const auth = headers.authorization;
+      if (auth === undefined || headers['x-api-key'] !== undefined) return undefined;
+      const m = BEARER.exec(auth);
+      const hit = m?.[1] === undefined ? undefined : verified.get(m[1]);
+      if (!hit) return undefined;
+      const now = Date.now();
+      if (hit.until <= now) return undefined;
+      const p = hit.principal;
+      if (p.role === 'platform_admin' || p.tenantId === null) return p;
+      const t = tenants.get(p.tenantId);
+      return t !== undefined && t.status === 'active' && now - t.at < TENANT_CACHE_MS ? p : undefined;
+    },
     async authenticate(headers) {
       const auth = headers.authorization;
       const apiKey = headers['x-api-key'];
       if (auth !== undefined) {
-        const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+        const m = BEARER.exec(auth);
         if (!m?.[1]) throw unauthorized('AUTH_MALFORMED', 'the Authorization header must be "Bearer <token>"');
         return checkTenant(await fromJwtCached(m[1]));
       }

@@ -104,6 +104,19 @@ export function createResultCache(opts: ResultCacheOptions) {
   const onReady = () => retireAll();
   redis.on('ready', onReady);
 
+  const readChildren = new Map<CacheStatus, { inc(): void }>();
+  const readsBy = (status: CacheStatus) => {
+    let c = readChildren.get(status);
+    if (!c) readChildren.set(status, (c = reads.labels({ status })));
+    return c;
+  };
+
+  /** True when `table` is certainly not cached right now (no lookup needed to know it). */
+  function knownUncached(table: string): boolean {
+    if (!opts.enabled) return true;
+    return !staticTables.has(table) && optIn !== undefined && Date.now() - optIn.at <= OPT_IN_RELOAD_MS && !optIn.tables.has(table);
+  }
+
   async function optedIn(table: string): Promise<boolean> {
     if (!opts.enabled) return false;
     if (staticTables.has(table)) return true;
@@ -149,8 +162,9 @@ export function createResultCache(opts: ResultCacheOptions) {
      * never cached; any Redis failure serves the computed value with status `bypass`.
      */
     async read<T>(ctx: RequestContext, req: CacheRequest, compute: () => Promise<T>): Promise<{ value: T; status: CacheStatus }> {
-      const r = await cache.lookup(ctx, req, compute);
-      reads.inc({ status: r.status });
+      // a table known not to be cached goes straight to the database
+      const r = knownUncached(req.table) ? { value: await compute(), status: 'bypass' as const } : await cache.lookup(ctx, req, compute);
+      readsBy(r.status).inc();
       return r;
     },
 

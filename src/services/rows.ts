@@ -56,6 +56,8 @@ interface Runner {
 
 export function createRowsService(opts: RowsServiceOptions) {
   const { db, schema, cursors } = opts;
+  /** The statement of a plain read by primary key, per table (a schema refresh makes new TableInfo). */
+  const plainGets = new WeakMap<TableInfo, string>();
 
   const scope = async (params: Params, rq: RowsQuery): Promise<BuildScope> => ({
     tables: await schema.tables(),
@@ -192,13 +194,22 @@ export function createRowsService(opts: RowsServiceOptions) {
       tx?: Tx,
     ): Promise<{ body: string; etag: string }> {
       const t = await schema.table(table);
-      const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
-      const params = new Params();
-      const s = await scope(params, rq);
-      checkEmbedPaths(rq.select, s.embeds);
-      const where = filterSql(t, 't0', pkFilter(t, pk), params);
-      const text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
-      const { rows } = await singleStatement<{ j: string; v: string }>(ctx, tx, true, text, params.values);
+      const filter = pkFilter(t, pk);
+      // the plain read (no select, no other parameters) has one statement per table: built once
+      const plain = Object.keys(qs).length === 0;
+      let text = plain ? plainGets.get(t) : undefined;
+      let values: unknown[] = [pk];
+      if (text === undefined) {
+        const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
+        const params = new Params();
+        const s = await scope(params, rq);
+        checkEmbedPaths(rq.select, s.embeds);
+        const where = filterSql(t, 't0', filter, params);
+        text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
+        values = params.values;
+        if (plain && values.length === 1 && values[0] === pk) plainGets.set(t, text);
+      }
+      const { rows } = await singleStatement<{ j: string; v: string }>(ctx, tx, true, text, values);
       const row = rows[0];
       if (!row) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(pk)} in ${t.name}`);
       return { body: `{"data":${row.j}}`, etag: `"${row.v}"` };
