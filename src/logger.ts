@@ -1,6 +1,27 @@
-/** pino options shared by the API and the worker: structured, with credentials redacted. */
-import type { LoggerOptions } from 'pino';
+/**
+ * pino options shared by the API and the worker: structured, with credentials redacted, and with
+ * the tenant, actor and role of the request on every line its logger writes.
+ */
+import type { Logger, LoggerOptions } from 'pino';
 import type { Config } from './config.js';
+
+/** Where a request logger keeps the request's principal (see attachPrincipal). */
+const PRINCIPAL = Symbol('strata.principal');
+
+interface PrincipalFields {
+  tenantId: string | null;
+  actor: string;
+  role: string;
+}
+
+/**
+ * Put `tenant`, `actor` and `role` on every line `log` (a request's child logger) and its children
+ * write. Unlike pino's setBindings, nothing is serialized until a line is actually written, which
+ * on most requests is never.
+ */
+export function attachPrincipal(log: unknown, p: PrincipalFields): void {
+  (log as { [PRINCIPAL]?: PrincipalFields })[PRINCIPAL] = p;
+}
 
 export function loggerOptions(config: Pick<Config, 'LOG_LEVEL'>): LoggerOptions {
   return {
@@ -8,6 +29,11 @@ export function loggerOptions(config: Pick<Config, 'LOG_LEVEL'>): LoggerOptions 
     redact: {
       paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', '*.password', '*.key', '*.secret'],
       censor: '[redacted]',
+    },
+    // called once per written line with the logger that writes it (children inherit the property)
+    mixin: (_merge: object, _level: number, logger: Logger) => {
+      const p = (logger as { [PRINCIPAL]?: PrincipalFields })[PRINCIPAL];
+      return p ? { tenant: p.tenantId, actor: p.actor, role: p.role } : {};
     },
   };
 }

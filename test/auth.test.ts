@@ -344,8 +344,15 @@ describe('authentication and authorization', () => {
         for (const secret of [good, expired, forged, apiKey, String(t.config.JWT_SECRET)]) {
           expect(out).not.toContain(secret); // ...without their credentials
         }
-        // Log lines carry tenant and actor once authenticated.
+        // Log lines carry the request id, and tenant, actor and role once authenticated.
         expect(out).toMatch(/"tenant":"acme"/);
+        const parsed = lines.flatMap((l) => l.split('\n')).filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+        const refused = parsed.find((l) => l['code'] === 'FORBIDDEN_BY_DATABASE');
+        expect(refused).toMatchObject({ tenant: 'acme', role: 'writer', actor: 'user-writer@acme' });
+        expect(refused!['reqId']).toEqual(expect.any(String));
+        const expiredLine = parsed.find((l) => l['code'] === 'TOKEN_EXPIRED');
+        expect(expiredLine).toBeDefined();
+        expect(expiredLine).not.toHaveProperty('tenant');
       } finally {
         await app.close();
       }

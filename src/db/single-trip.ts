@@ -39,7 +39,7 @@ interface QueryInternals {
 
 const require = createRequire(import.meta.url);
 const { prepareValue } = require('pg/lib/utils.js') as { prepareValue: (v: unknown) => unknown };
-const BaseQuery = (pg as unknown as { Query: new (config: { text: string; values?: unknown[] }) => QueryInternals }).Query;
+const BaseQuery = (pg as unknown as { Query: new (text: string, values?: unknown[]) => QueryInternals }).Query;
 
 /** What is prepared on one connection (named statements live as long as the connection). */
 interface ConnectionState {
@@ -77,7 +77,8 @@ class SingleTripQuery extends BaseQuery {
     text: string,
     values: readonly unknown[] | undefined,
   ) {
-    super({ text, values: values as unknown[] | undefined });
+    // text and values as separate arguments: a config object would be deep-copied by pg
+    super(text, values as unknown[] | undefined);
   }
 
   requiresPreparation(): boolean {

@@ -5,7 +5,7 @@
  */
 import fp from 'fastify-plugin';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Logger } from 'pino';
+import { attachPrincipal } from '../logger.js';
 import { CAN, type Capability } from '../domain.js';
 import { forbidden } from '../errors.js';
 import type { Authenticator, Principal } from '../services/auth.js';
@@ -29,8 +29,8 @@ export default fp(
     app.decorateRequest('ctx', null as unknown as SessionContext);
     const admit = (request: FastifyRequest, capability: Capability, principal: Principal) => {
       request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
-      // request.log is already this request's child logger: add bindings rather than another child
-      (request.log as unknown as Logger).setBindings({ tenant: principal.tenantId, actor: principal.actor, role: principal.role });
+      // request.log is already this request's child logger: its lines now carry tenant, actor, role
+      attachPrincipal(request.log, principal);
       const allowed = CAN[capability] as readonly string[];
       if (!allowed.includes(principal.role)) {
         throw forbidden('ROLE_FORBIDDEN', `role ${principal.role} may not do this (needs one of ${allowed.join(', ')})`);

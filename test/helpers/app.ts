@@ -7,6 +7,7 @@ import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { Registry } from 'prom-client';
 import { build } from '../../src/app.js';
+import { loggerOptions } from '../../src/logger.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { Database } from '../../src/db/database.js';
 import { createMigrator, defaultMigrationsDir, type Migrator } from '../../src/db/migrations/index.js';
@@ -63,7 +64,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   };
   const config = loadConfig(env);
-  const log = opts.logStream ? pino({ level: config.LOG_LEVEL }, opts.logStream) : pino({ level: config.LOG_LEVEL });
+  const log = opts.logStream ? pino(loggerOptions(config), opts.logStream) : pino(loggerOptions(config));
   const registry = new Registry();
   const db = new Database({ config, adminUrl: database.url, appUrl: env.APP_DATABASE_URL, log, registry });
   const migrator = createMigrator({ pool: db.admin.pg, dir: defaultMigrationsDir(), log });
