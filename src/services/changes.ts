@@ -256,8 +256,11 @@ export function createChangeService(opts: ChangeServiceOptions) {
           row = res.rows[0]?.row ?? null;
         } else {
           inverse = 'insert';
+          // the row comes back as it was, identity values included (a new identity would be another row)
+          const restore = t.columns.filter((c) => !c.generated || c.identityAlways).map((c) => pg.escapeIdentifier(c.name));
+          const overriding = t.columns.some((c) => c.identityAlways) ? 'OVERRIDING SYSTEM VALUE' : '';
           const res = await tx.query<{ row: Record<string, unknown> }>(
-            `INSERT INTO ${t.qualified} AS t (${cols.join(', ')}) SELECT ${cols.map((c) => `b.${c}`).join(', ')} FROM jsonb_populate_record(NULL::${t.qualified}, $1::jsonb) b RETURNING to_jsonb(t) AS row`,
+            `INSERT INTO ${t.qualified} AS t (${restore.join(', ')}) ${overriding} SELECT ${restore.map((c) => `b.${c}`).join(', ')} FROM jsonb_populate_record(NULL::${t.qualified}, $1::jsonb) b RETURNING to_jsonb(t) AS row`,
             [JSON.stringify(e.before)],
           );
           row = res.rows[0]?.row ?? null;

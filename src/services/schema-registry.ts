@@ -19,6 +19,8 @@ export interface ColumnInfo {
   hasDefault: boolean;
   /** Identity or generated column: never written by clients. */
   generated: boolean;
+  /** GENERATED ALWAYS AS IDENTITY (a subset of `generated`): written only with OVERRIDING SYSTEM VALUE. */
+  identityAlways?: boolean;
   maxLength: number | null;
   /** Values allowed by a `CHECK (col IN (...))`, when there is one. */
   enum: string[] | null;
@@ -85,7 +87,7 @@ SELECT c.oid::int AS oid, c.relname AS name, n.nspname AS schema, c.relrowsecuri
       'udt', CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN et.typname ELSE t.typname END,
       'isArray', t.typelem <> 0 AND t.typlen = -1,
       'nullable', NOT a.attnotnull, 'hasDefault', a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-      'generated', a.attidentity = 'a' OR a.attgenerated <> '',
+      'generated', a.attidentity = 'a' OR a.attgenerated <> '', 'identityAlways', a.attidentity = 'a',
       'maxLength', CASE WHEN a.atttypmod > 4 AND a.atttypid IN (1043, 1042) THEN a.atttypmod - 4 END) ORDER BY a.attnum)
      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type et ON et.oid = t.typelem
      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
