@@ -3,7 +3,7 @@
  * infrastructure (database, Redis) and never listens; src/server.ts does.
  */
 import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import type { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import type { Config } from './config.js';
@@ -101,6 +101,7 @@ export interface BuildOptions {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const MAX_PARAM_LENGTH = 1024;
 
 import { loggerOptions } from './logger.js';
 
@@ -119,6 +120,19 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // a path parameter longer than this is refused before routing (414 PARAM_TOO_LONG)
+    maxParamLength: MAX_PARAM_LENGTH,
+    // errors raised by the router itself, before any handler: the same error shape as every other
+    frameworkErrors: (err, request, reply) => {
+      const [status, code, message] =
+        err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? [414, 'PARAM_TOO_LONG', `a path parameter is longer than ${MAX_PARAM_LENGTH} characters`]
+          : err.code === 'FST_ERR_BAD_URL'
+            ? [400, 'BAD_URL', 'the URL has a malformed percent-encoded component']
+            : [400, 'BAD_REQUEST', err.message];
+      request.log.info({ code, status }, message);
+      void (reply as unknown as FastifyReply).code(status).header('x-request-id', request.id).send({ error: { code, message } });
+    },
   });
   const registry = opts.registry ?? new Registry();
   const kysely = createKysely(db.admin);

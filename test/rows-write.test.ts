@@ -120,6 +120,11 @@ describe('rows API: validated writes', () => {
       ['a foreign key to a missing row', 'POST', '/v1/tables/pipeline_runs/rows', { pipeline_id: 999999999 }, 409, 'FOREIGN_KEY_VIOLATION'],
       ['a duplicate primary key', 'POST', '/v1/tables/pipelines/rows', { id: 1, name: 'dup' }, 409, 'UNIQUE_VIOLATION'],
       ['SQL in a column name', 'POST', '/v1/tables/pipelines/rows', { 'name") VALUES (1); --': 'x' }, 400, 'UNKNOWN_COLUMN'],
+      ['a limit on a filtered delete (it would delete every match)', 'DELETE', '/v1/tables/pipelines/rows?status=eq.active&limit=1', undefined, 400, 'UNSUPPORTED_PARAMETER'],
+      ['an order on a filtered update', 'PATCH', '/v1/tables/pipelines/rows?status=eq.active&order=id.desc', { status: 'paused' }, 400, 'UNSUPPORTED_PARAMETER'],
+      ['a filter beside a primary key on a delete', 'DELETE', '/v1/tables/pipelines/rows/1?status=eq.paused', undefined, 400, 'UNSUPPORTED_PARAMETER'],
+      ['a limit on a delete by primary key', 'DELETE', '/v1/tables/pipelines/rows/1?limit=99999999999999999999&offset=abc', undefined, 400, 'UNSUPPORTED_PARAMETER'],
+      ['a stray parameter on an update by primary key', 'PATCH', '/v1/tables/pipelines/rows/1?bucket=fortnight', { status: 'paused' }, 400, 'UNSUPPORTED_PARAMETER'],
     ])('%s -> %i %s', async (_what, method, url, payload, status, expected, headers = {}) => {
       const before = await snapshot();
       const runsBefore = await sql('SELECT count(*)::int AS n FROM pipeline_runs');

@@ -15,6 +15,8 @@ export const SQLSTATE = {
   NUMERIC_OUT_OF_RANGE: '22003',
   INVALID_DATETIME: '22007',
   DATETIME_OVERFLOW: '22008',
+  CHARACTER_NOT_IN_REPERTOIRE: '22021',
+  UNTRANSLATABLE_CHARACTER: '22P05',
   SERIALIZATION_FAILURE: '40001',
   DEADLOCK_DETECTED: '40P01',
   QUERY_CANCELED: '57014',
@@ -86,6 +88,9 @@ export function toAppError(err: unknown): AppError | undefined {
     case SQLSTATE.INVALID_DATETIME:
     case SQLSTATE.DATETIME_OVERFLOW:
       return badRequest('INVALID_VALUE', 'a value has the wrong type or is out of range');
+    case SQLSTATE.CHARACTER_NOT_IN_REPERTOIRE:
+    case SQLSTATE.UNTRANSLATABLE_CHARACTER:
+      return badRequest('INVALID_TEXT', 'a value holds a character PostgreSQL cannot store in text (such as NUL, \\u0000)');
     case SQLSTATE.SERIALIZATION_FAILURE:
     case SQLSTATE.DEADLOCK_DETECTED:
       return conflict('TRANSACTION_CONFLICT', 'the transaction kept conflicting with concurrent ones; retry budget exhausted');

@@ -25,6 +25,8 @@ import { parseRowsQuery, parseSelect, type Filter, type RowsQuery } from './rest
 import { validateRow } from './rest-query/validate.js';
 
 const q = pg.escapeIdentifier;
+/** Read-only query parameters an update or delete by filter refuses rather than ignores. */
+const WRITE_UNSUPPORTED = new Set(['limit', 'order', 'cursor', 'count', 'on_conflict', 'columns']);
 
 export type QueryString = Record<string, string | string[] | undefined>;
 export type ReturnPreference = 'representation' | 'minimal';
@@ -325,6 +327,15 @@ export function createRowsService(opts: RowsServiceOptions) {
     target: { pk?: string; qs: QueryString },
     params: Params,
   ): { where: string; single: boolean } {
+    // A parameter a write would silently ignore is refused: `limit=1` on a filtered DELETE must
+    // not delete every matching row, and a filter beside a primary key must not be dropped.
+    for (const k of Object.keys(target.qs)) {
+      if (k === 'select') continue;
+      if (target.pk !== undefined)
+        throw badRequest('UNSUPPORTED_PARAMETER', `query parameter ${JSON.stringify(k)} does not apply to a write by primary key (only select does)`, { parameter: k });
+      if (WRITE_UNSUPPORTED.has(k))
+        throw badRequest('UNSUPPORTED_PARAMETER', `query parameter ${JSON.stringify(k)} does not apply to an update or delete: it changes every row the filters match`, { parameter: k });
+    }
     if (target.pk !== undefined)
       return { where: whereSql(t, [pkFilter(t, target.pk)], params), single: true };
     const filterOnly: QueryString = {};

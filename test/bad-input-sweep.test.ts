@@ -1,0 +1,161 @@
+/**
+ * A sweep of malformed input over every route in openapi/openapi.json, as an outside client would
+ * send it: hostile path parameters, nonsense query strings, bodies that are not JSON, not objects,
+ * too deep, or of the wrong types, under every role. No answer may be a 5xx (501 for an optional
+ * extension that is absent and 503 for a dependency that is down are the only server answers
+ * allowed, and they must carry an error code), every error has the `{ error: { code, message } }`
+ * shape, and nothing is written anywhere.
+ *
+ * The per-route tests elsewhere assert the exact code of each bad input; this one makes sure no
+ * route was left out.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestApp, type TestApp } from './helpers/app.js';
+import { expectNoCheckedOutClients } from './helpers/leaks.js';
+
+interface OpenApi {
+  paths: Record<string, Record<string, unknown>>;
+}
+
+const spec = JSON.parse(readFileSync(path.join(import.meta.dirname, '..', 'openapi', 'openapi.json'), 'utf8')) as OpenApi;
+
+/** Routes that change the whole database or never end by design: covered by their own tests. */
+const SKIP = new Set(['post /v1/admin/migrations/up', 'post /v1/admin/migrations/down', 'post /v1/admin/migrations/redo', 'post /v1/admin/restores/']);
+
+const HOSTILE_SEGMENTS = [
+  "x'; DROP TABLE public.pipelines; --",
+  '..%2F..%2Fetc%2Fpasswd',
+  '%00',
+  'a'.repeat(3000),
+  'b'.repeat(500),
+  '%F0%9F%92%A5',
+  '-1',
+  '99999999999999999999999999',
+];
+
+const HOSTILE_QUERIES = [
+  'limit=-1&after=%25%25%25&select=(((&order=id.sideways',
+  'limit=99999999999999999999&offset=abc&format=xml&from=yesterday&to=never&bucket=fortnight',
+  "q=%27%29%3B%20DROP%20TABLE%20x%3B--&id=in.(1,2&name=zz.3&or=(id.eq.1",
+  `select=${'a,'.repeat(2000)}a&cursor=eyJub3QiOiJ2YWxpZCJ9`,
+  'table=no_such_table&op=truncate&after=-5&kind=nonsense&status=what',
+];
+
+const deep = (n: number): unknown => (n === 0 ? 1 : { a: deep(n - 1) });
+
+const HOSTILE_BODIES: { body: string; type: string }[] = [
+  { body: '{"unterminated": ', type: 'application/json' },
+  { body: 'not json at all', type: 'application/json' },
+  { body: '[]', type: 'application/json' },
+  { body: 'null', type: 'application/json' },
+  { body: '"a string"', type: 'application/json' },
+  { body: JSON.stringify(deep(200)), type: 'application/json' },
+  { body: JSON.stringify({ name: 12, sql: 5, operations: 'x', query: { nested: true }, url: 7, table: ['a'], rows: 'no' }), type: 'application/json' },
+  { body: '<xml/>', type: 'application/xml' },
+];
+
+describe('bad input sweep over every route', () => {
+  let t: TestApp;
+  let base: string;
+  const headers: Record<string, Record<string, string>> = {};
+
+  const snapshot = async () =>
+    (
+      await t.db.adminQuery<{ s: string }>(
+        `SELECT string_agg(n || '=' || c, ',' ORDER BY n) AS s FROM (
+           SELECT 'pipelines' AS n, count(*) AS c FROM public.pipelines
+           UNION ALL SELECT 'pipeline_runs', count(*) FROM public.pipeline_runs
+           UNION ALL SELECT 'run_steps', count(*) FROM public.run_steps
+           UNION ALL SELECT 'run_logs', count(*) FROM public.run_logs
+           UNION ALL SELECT 'tenants', count(*) FROM strata.tenants
+           UNION ALL SELECT 'api_keys', count(*) FROM strata.api_keys
+           UNION ALL SELECT 'webhooks', count(*) FROM strata.webhooks
+           UNION ALL SELECT 'views', count(*) FROM strata.views
+           UNION ALL SELECT 'changes', count(*) FROM strata.changes) x`,
+      )
+    ).rows[0]!.s;
+
+  beforeAll(async () => {
+    t = await createTestApp({ seed: true });
+    for (const role of ['reader', 'writer', 'admin', 'analyst'] as const) headers[role] = await t.auth(role, 'acme');
+    headers['platform_admin'] = await t.auth('platform_admin', null);
+    headers['none'] = {};
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    const addr = t.app.server.address();
+    base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+  });
+  afterAll(() => t?.close());
+
+  const routes = [
+    ...Object.entries(spec.paths).flatMap(([p, methods]) =>
+      Object.keys(methods)
+        .filter((m) => !SKIP.has(`${m} ${p}`))
+        .map((m) => ({ method: m.toUpperCase(), path: p })),
+    ),
+    // GraphQL is served by mercurius, outside the OpenAPI document
+    { method: 'POST', path: '/graphql' },
+    { method: 'GET', path: '/graphql' },
+  ];
+
+  /** Every concrete URL to try for one route: hostile values in each path parameter, then hostile query strings. */
+  function urls(p: string): string[] {
+    const params = p.match(/\{[^}]+\}/g) ?? [];
+    // an existing row for {pk} (a write that ignored a bad parameter would show in the snapshot);
+    // ids of other things match nothing, since a valid command with an ignored parameter is no bad input
+    const fill = (u: string) => u.replace(/\{table\}/g, 'pipelines').replace(/\{pk\}/g, '1').replace(/\{[^}]+\}/g, '999999999');
+    const plain = fill(p);
+    const out = new Set<string>();
+    for (const param of params) for (const v of HOSTILE_SEGMENTS) out.add(fill(p.replace(param, v)));
+    for (const q of HOSTILE_QUERIES) out.add(`${plain}?${q}`);
+    return [...out];
+  }
+
+  it('answers every malformed request with a 4xx (or a coded 501/503), writing nothing', async () => {
+    const before = await snapshot();
+    const failures: string[] = [];
+    let sent = 0;
+    for (const r of routes) {
+      const withBody = ['POST', 'PUT', 'PATCH', 'DELETE'].includes(r.method);
+      for (const role of ['none', 'reader', 'writer', 'admin', 'analyst', 'platform_admin']) {
+        const attempts: { url: string; body?: { body: string; type: string } }[] = urls(r.path).map((url) => ({ url }));
+        if (withBody) {
+          // a key that matches no row: a route that rightly ignores a body (DELETE) then changes nothing
+          const plain = r.path.replace(/\{table\}/g, 'pipelines').replace(/\{[^}]+\}/g, '999999999');
+          for (const b of HOSTILE_BODIES) attempts.push({ url: plain, body: b });
+        }
+        for (const a of attempts) {
+          sent++;
+          const res = await fetch(`${base}${a.url}`, {
+            method: r.method,
+            headers: { ...headers[role], ...(a.body ? { 'content-type': a.body.type } : {}) },
+            body: a.body?.body,
+            signal: AbortSignal.timeout(5000),
+          });
+          const text = res.headers.get('content-type')?.includes('text/event-stream') ? '' : await res.text();
+          if (res.headers.get('content-type')?.includes('text/event-stream')) await res.body?.cancel();
+          const where = `${role} ${r.method} ${a.url.slice(0, 120)}${a.body ? ` body=${a.body.body.slice(0, 40)}` : ''}`;
+          if (res.status >= 500) {
+            let code: unknown;
+            try {
+              code = (JSON.parse(text) as { error?: { code?: unknown } }).error?.code;
+            } catch {
+              code = undefined;
+            }
+            if (!((res.status === 501 || res.status === 503) && typeof code === 'string')) failures.push(`${res.status} ${where}: ${text.slice(0, 200)}`);
+          } else if (res.status >= 400 && res.headers.get('content-type')?.includes('application/json')) {
+            const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown }; errors?: { message?: unknown; extensions?: { code?: unknown } }[] };
+            // REST: { error: { code, message } }; GraphQL: { errors: [{ message, extensions: { code } }] }
+            const err = body.error ?? { code: body.errors?.[0]?.extensions?.code, message: body.errors?.[0]?.message };
+            if (typeof err?.code !== 'string' || typeof err.message !== 'string') failures.push(`${res.status} without an error code: ${where}: ${text.slice(0, 200)}`);
+          }
+        }
+      }
+    }
+    expect(sent).toBeGreaterThan(1000);
+    expect(failures).toEqual([]);
+    expect(await snapshot()).toBe(before);
+    await expectNoCheckedOutClients(t.db);
+  }, 300_000);
+});
