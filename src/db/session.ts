@@ -242,15 +242,24 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
     } catch (err) {
       account(deps, pool.options.name, ctx, text, started, null);
       deps.metrics.errors.inc({ pool: pool.options.name, sqlstate: sqlstateOf(err) });
-      lease.release(isConnectionError(err) ? true : undefined);
+      const lost = isConnectionError(err);
+      lease.release(lost ? true : undefined);
       // a prepared statement invalidated by a schema change is re-prepared once, transparently
       if (attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err))) return REPLAN;
+      // a read whose connection died under it (a restarted or terminated backend) is simply run
+      // again on another connection; a write is not, since whether it committed is unknown
+      if (lost && opts.readOnly && attempt <= READ_RECONNECTS) {
+        deps.log.debug({ requestId: ctx.requestId, tenant: ctx.tenantId, attempt, err }, 'read lost its connection; retrying on another');
+        return REPLAN;
+      }
       throw err;
     }
   });
 }
 
 const REPLAN = Symbol('replan');
+/** A read-only statement whose connection is lost is retried this many times on other connections. */
+const READ_RECONNECTS = 3;
 
 /**
  * Run `attempt` until it succeeds; serialization failures and deadlocks are retried up to `retries`
