@@ -121,7 +121,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     // a path parameter longer than this is refused before routing (414 PARAM_TOO_LONG)
-    maxParamLength: MAX_PARAM_LENGTH,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // errors raised by the router itself, before any handler: the same error shape as every other
     frameworkErrors: (err, request, reply) => {
       const [status, code, message] =

@@ -12,8 +12,9 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
-import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import type * as S3 from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { Upload as S3Upload } from '@aws-sdk/lib-storage';
 import type { Config } from '../../config.js';
 
 export interface BackupStore {
@@ -95,19 +96,27 @@ export function createDirectoryStore(root: string): BackupStore {
 export function createS3Store(config: Config): BackupStore {
   const bucket = config.BACKUP_S3_BUCKET ?? '';
   const prefix = config.BACKUP_S3_PREFIX.replace(/\/+$/, '');
-  const client = new S3Client({
-    region: config.BACKUP_S3_REGION,
-    ...(config.BACKUP_S3_ENDPOINT ? { endpoint: config.BACKUP_S3_ENDPOINT } : {}),
-    forcePathStyle: config.BACKUP_S3_FORCE_PATH_STYLE,
-    ...(config.BACKUP_S3_ACCESS_KEY_ID && config.BACKUP_S3_SECRET_ACCESS_KEY
-      ? { credentials: { accessKeyId: config.BACKUP_S3_ACCESS_KEY_ID, secretAccessKey: config.BACKUP_S3_SECRET_ACCESS_KEY } }
-      : {}),
-  });
+  // The AWS SDK (about 25 MB of resident memory) is loaded only when an S3 store is first used.
+  let loaded: Promise<{ s3: typeof S3; Upload: typeof S3Upload; client: S3Client }> | undefined;
+  const sdk = () =>
+    (loaded ??= Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]).then(([s3, storage]) => ({
+      s3,
+      Upload: storage.Upload,
+      client: new s3.S3Client({
+        region: config.BACKUP_S3_REGION,
+        ...(config.BACKUP_S3_ENDPOINT ? { endpoint: config.BACKUP_S3_ENDPOINT } : {}),
+        forcePathStyle: config.BACKUP_S3_FORCE_PATH_STYLE,
+        ...(config.BACKUP_S3_ACCESS_KEY_ID && config.BACKUP_S3_SECRET_ACCESS_KEY
+          ? { credentials: { accessKeyId: config.BACKUP_S3_ACCESS_KEY_ID, secretAccessKey: config.BACKUP_S3_SECRET_ACCESS_KEY } }
+          : {}),
+      }),
+    })));
   const objectKey = (key: string) => (prefix ? `${prefix}/${key}` : key);
   const tmpDir = path.join(path.resolve(config.BACKUP_DIR ?? path.join(config.DATA_DIR, 'backups')), '.tmp');
   async function get(key: string): Promise<Readable | undefined> {
+    const { s3, client } = await sdk();
     try {
-      const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: objectKey(key) }));
+      const out = await client.send(new s3.GetObjectCommand({ Bucket: bucket, Key: objectKey(key) }));
       return out.Body as Readable;
     } catch (err) {
       if ((err as { name?: string }).name === 'NoSuchKey') return undefined;
@@ -120,12 +129,14 @@ export function createS3Store(config: Config): BackupStore {
     tmpDir,
     async putFile(key, localPath) {
       // Multipart for large files; the object exists only once the upload completes.
+      const { Upload, client } = await sdk();
       await new Upload({ client, params: { Bucket: bucket, Key: objectKey(key), Body: createReadStream(localPath) }, queueSize: 2 }).done();
       await rm(localPath, { force: true });
     },
     async putJson(key, value) {
+      const { s3, client } = await sdk();
       await client.send(
-        new PutObjectCommand({ Bucket: bucket, Key: objectKey(key), Body: JSON.stringify(value, null, 2), ContentType: 'application/json' }),
+        new s3.PutObjectCommand({ Bucket: bucket, Key: objectKey(key), Body: JSON.stringify(value, null, 2), ContentType: 'application/json' }),
       );
     },
     async getJson<T>(key: string) {
@@ -145,11 +156,12 @@ export function createS3Store(config: Config): BackupStore {
       await pipeline(body, createWriteStream(localPath));
     },
     async listIds() {
+      const { s3, client } = await sdk();
       const ids: string[] = [];
       let token: string | undefined;
       do {
         const out = await client.send(
-          new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix ? `${prefix}/` : undefined, Delimiter: '/', ContinuationToken: token }),
+          new s3.ListObjectsV2Command({ Bucket: bucket, Prefix: prefix ? `${prefix}/` : undefined, Delimiter: '/', ContinuationToken: token }),
         );
         for (const p of out.CommonPrefixes ?? []) {
           const id = (p.Prefix ?? '').slice(prefix ? prefix.length + 1 : 0).replace(/\/$/, '');
@@ -160,10 +172,11 @@ export function createS3Store(config: Config): BackupStore {
       return ids;
     },
     async removeBackup(id) {
-      await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: objectKey(`${id}/manifest.json`) }] } }));
-      const out = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: objectKey(`${id}/`) }));
+      const { s3, client } = await sdk();
+      await client.send(new s3.DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: objectKey(`${id}/manifest.json`) }] } }));
+      const out = await client.send(new s3.ListObjectsV2Command({ Bucket: bucket, Prefix: objectKey(`${id}/`) }));
       const keys = (out.Contents ?? []).map((o) => ({ Key: o.Key ?? '' })).filter((o) => o.Key);
-      if (keys.length) await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys } }));
+      if (keys.length) await client.send(new s3.DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys } }));
     },
   };
 }
