@@ -12,7 +12,7 @@
  * pg_sleep, pg_sleep_for and pg_sleep_until are allowed on purpose: the statement_timeout of the
  * analyst transaction (at most DB_STATEMENT_TIMEOUT_MS) bounds them as it bounds any slow query.
  */
-import { parse, SqlError } from 'libpg-query';
+import { libpgQuery, parse } from './pg-parser.js';
 import { AppError, badRequest, forbidden } from '../errors.js';
 
 /** A statement that passed the guard. */
@@ -194,7 +194,7 @@ async function parseOrThrow(sql: string) {
   try {
     return await parse(sql);
   } catch (err) {
-    if (err instanceof SqlError) {
+    if (err instanceof (await libpgQuery()).SqlError) {
       const pos = err.sqlDetails?.cursorPosition;
       throw new AppError(400, 'SQL_SYNTAX_ERROR', err.message, pos === undefined ? undefined : { position: pos + 1 }, { cause: err });
     }

@@ -9,7 +9,7 @@
  * PostgreSQL's own parser (libpg-query) reports.
  */
 import pg from 'pg';
-import { parse } from 'libpg-query';
+import { parse } from '../pg-parser.js';
 import { badRequest } from '../../errors.js';
 import type { TableInfo } from '../schema-registry.js';
 import { filterSql, orderSql, totalOrder, type Params } from '../rest-query/build.js';

@@ -5,7 +5,7 @@
  * back, so EXPLAIN ANALYZE leaves nothing behind. The plan comes back as PostgreSQL's JSON with a
  * short summary: sequential scans on large tables, the costliest node, row misestimates over 10x.
  */
-import { parse } from 'libpg-query';
+import { parse } from '../pg-parser.js';
 import type pg from 'pg';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
