@@ -195,7 +195,7 @@ const scenario: BenchScenario = {
     const growth = +(m5.peak_rss_mb - m1.peak_rss_mb).toFixed(1);
 
     const md = [
-      '## exports',
+      '## Exports',
       '',
       `Throughput: ${ROWS.toLocaleString('en')} run_logs rows as CSV, medians of ${RUNS} interleaved runs (noisy when the machine is shared).`,
       '',

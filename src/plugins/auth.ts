@@ -40,23 +40,17 @@ export default fp(
     app.addHook('onRequest', (request, _reply, done) => {
       const capability = request.routeOptions.config.capability;
       if (!capability) return done();
-      const known = opts.authenticator.cached(request.headers);
-      if (known) {
-        try {
-          admit(request, capability, known);
-        } catch (err) {
-          return done(err as Error);
-        }
-        return done();
-      }
-      opts.authenticator.authenticate(request.headers).then((principal) => {
+      const finish = (principal: Principal) => {
         try {
           admit(request, capability, principal);
         } catch (err) {
           return done(err as Error);
         }
         done();
-      }, done);
+      };
+      const known = opts.authenticator.cached(request.headers);
+      if (known) return finish(known);
+      opts.authenticator.authenticate(request.headers).then(finish, done);
     });
   },
   { name: 'strata-auth' },
