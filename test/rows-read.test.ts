@@ -174,6 +174,12 @@ describe('rows API: reads with the PostgREST syntax', () => {
       ['/v1/tables/pipelines/rows?pipeline_runs.limit=2', 400, 'UNKNOWN_EMBED'],
       ['/v1/tables/pipelines/rows?or=a.eq.1', 400, 'INVALID_FILTER'],
       ['/v1/tables/pipelines/rows/abc', 400, 'INVALID_FILTER_VALUE'],
+      // values only PostgreSQL can judge: its error, answered as a 400
+      ['/v1/tables/pipelines/rows?name=fts.%21%21', 400, 'INVALID_FTS_QUERY'],
+      ['/v1/tables/pipelines/rows?name=fts.a%20%26%20%7C', 400, 'INVALID_FTS_QUERY'],
+      ['/v1/tables/pipelines/rows?name=fts(no_such_config).x', 400, 'UNKNOWN_NAME'],
+      ['/v1/tables/pipelines/rows?name=like.%5C', 400, 'INVALID_VALUE'],
+      ['/v1/tables/pipelines/rows?name=eq.a%00b', 400, 'INVALID_TEXT'],
       // SQL in identifiers, values, order and select
       ['/v1/tables/pipelines%3BDROP%20TABLE%20pipelines/rows', 404, 'TABLE_NOT_FOUND'],
       ['/v1/tables/pipelines/rows?select=id,name%3Bdrop%20table%20pipelines', 400, 'INVALID_SELECT'],

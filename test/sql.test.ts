@@ -108,6 +108,42 @@ describe('POST /v1/sql', () => {
       expect(body.data[9_999]).toEqual({ g: 10_000 });
     });
 
+    it('says the row cap cut it (truncated_by rows), and keeps the order of the rows', async () => {
+      const body = (await run('SELECT g FROM generate_series(1, 10005) g ORDER BY g DESC')).json<SqlBody & { truncated_by?: string }>();
+      expect(body.truncated_by).toBe('rows');
+      expect(body.data.slice(0, 3)).toEqual([{ g: 10_005 }, { g: 10_004 }, { g: 10_003 }]);
+      const whole = (await run('SELECT 1 AS one WHERE false')).json<SqlBody & { truncated_by?: string }>();
+      expect(whole).toMatchObject({ data: [], row_count: 0, truncated: false });
+      expect(whole.truncated_by).toBeUndefined();
+      const nulls = (await run('SELECT NULL::int AS a')).json<SqlBody>();
+      expect(nulls).toMatchObject({ data: [{ a: null }], row_count: 1, truncated: false });
+    });
+
+    it('cuts a result at SQL_MAX_RESULT_BYTES inside PostgreSQL: a huge value never reaches the service', async () => {
+      const small = await createTestApp({ seed: false, env: { SQL_MAX_RESULT_BYTES: '4096' } });
+      try {
+        const headers = await small.auth('analyst', 'acme');
+        const send = async (sql: string) =>
+          (await small.app.inject({ method: 'POST', url: '/v1/sql', headers, payload: { sql } })).json<SqlBody & { truncated_by?: string }>();
+        // 100 rows of ~1 KB: only the first few fit, in order
+        const some = await send("SELECT g, repeat('y', 1000) AS pad FROM generate_series(1, 100) g ORDER BY g");
+        expect(some.truncated).toBe(true);
+        expect(some.truncated_by).toBe('bytes');
+        expect(some.row_count).toBeGreaterThan(0);
+        expect(some.row_count).toBeLessThan(5);
+        expect(some.data.map((r) => r['g'])).toEqual(Array.from({ length: some.row_count }, (_, i) => i + 1));
+        expect(some.fields.map((f) => f.name)).toEqual(['g', 'pad']);
+        // one row of 50 MB: nothing of it is sent, and the answer says why
+        const started = process.memoryUsage().rss;
+        const huge = await send("SELECT repeat('x', 50000000) AS big");
+        expect(huge).toMatchObject({ data: [], row_count: 0, truncated: true, truncated_by: 'bytes' });
+        expect(huge.fields).toEqual([{ name: 'big', type: 'text' }]);
+        expect(process.memoryUsage().rss - started).toBeLessThan(40_000_000);
+      } finally {
+        await small.close();
+      }
+    });
+
     it('keeps trailing semicolons and comments harmless', async () => {
       const res = await run('SELECT 1 AS one; -- trailing comment');
       expect(res.statusCode).toBe(200);

@@ -16,6 +16,9 @@ export const SQLSTATE = {
   INVALID_DATETIME: '22007',
   DATETIME_OVERFLOW: '22008',
   CHARACTER_NOT_IN_REPERTOIRE: '22021',
+  INVALID_ESCAPE_SEQUENCE: '22025',
+  SYNTAX_ERROR: '42601',
+  UNDEFINED_OBJECT: '42704',
   UNTRANSLATABLE_CHARACTER: '22P05',
   SERIALIZATION_FAILURE: '40001',
   DEADLOCK_DETECTED: '40P01',
@@ -40,6 +43,8 @@ const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIME
 
 interface PgErrorLike {
   code?: string;
+  /** The PostgreSQL source file that raised it (the `F` field of the error message). */
+  file?: string;
   constraint?: string;
   column?: string;
   table?: string;
@@ -88,6 +93,17 @@ export function toAppError(err: unknown): AppError | undefined {
     case SQLSTATE.INVALID_DATETIME:
     case SQLSTATE.DATETIME_OVERFLOW:
       return badRequest('INVALID_VALUE', 'a value has the wrong type or is out of range');
+    case SQLSTATE.INVALID_ESCAPE_SEQUENCE:
+      return badRequest('INVALID_VALUE', 'a LIKE pattern ends with an escape character (\\); escape it as \\\\');
+    case SQLSTATE.SYNTAX_ERROR:
+      // the text search parsers raise 42601 for a malformed query string given to fts; a syntax
+      // error anywhere else comes from SQL the service built and stays a 500
+      if (e.file === 'tsquery.c' || e.file === 'tsvector_parser.c')
+        return badRequest('INVALID_FTS_QUERY', 'the full-text query is malformed (use plfts or wfts for plain words)');
+      return undefined;
+    case SQLSTATE.UNDEFINED_OBJECT:
+      // a name the request gave (a text search configuration, `fts(nope)`) that the database lacks
+      return badRequest('UNKNOWN_NAME', 'a name in the request does not exist in the database (such as a text search configuration)');
     case SQLSTATE.CHARACTER_NOT_IN_REPERTOIRE:
     case SQLSTATE.UNTRANSLATABLE_CHARACTER:
       return badRequest('INVALID_TEXT', 'a value holds a character PostgreSQL cannot store in text (such as NUL, \\u0000)');

@@ -44,14 +44,30 @@ export interface SqlQueryResult {
   fields: SqlField[];
   row_count: number;
   truncated: boolean;
+  /** Why the rows stop early: `rows` (the row cap) or `bytes` (SQL_MAX_RESULT_BYTES); absent when complete. */
+  truncated_by?: 'rows' | 'bytes';
 }
 
 export interface SqlServiceDeps {
   db: Database;
-  config: Pick<Config, 'DB_STATEMENT_TIMEOUT_MS'>;
+  config: Pick<Config, 'DB_STATEMENT_TIMEOUT_MS'> & Partial<Pick<Config, 'SQL_MAX_RESULT_BYTES'>>;
   log?: Pick<Logger, 'warn'>;
   rowCap?: number;
 }
+
+/**
+ * Caps the bytes a result may carry, inside PostgreSQL: rows are kept while the running total of
+ * their text size stays under the cap, so a row of a gigabyte never reaches the service. The
+ * wrapped statement is a CTE read twice (so PostgreSQL materializes it and runs it once); the
+ * left join from its one-row summary keeps one row even when no row fits, to tell that apart from
+ * an empty result. The nested loop that a non-equality left join needs keeps the rows in order.
+ */
+const CAP_PREFIX =
+  'WITH strata_r AS (SELECT strata_rows.*, sum(octet_length(strata_rows::text)) OVER (ROWS UNBOUNDED PRECEDING) AS "strata$bytes" FROM (\n';
+const capSuffix = (capParam: number) =>
+  `\n) AS strata_rows), strata_m AS (SELECT count(*) AS "strata$rows" FROM strata_r)
+SELECT strata_r.*, strata_m."strata$rows" FROM strata_m LEFT JOIN strata_r ON strata_r."strata$bytes" <= $${capParam}`;
+const DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024;
 
 /** The largest timeout_ms a caller may ask for. */
 export const maxTimeoutMs = (config: Pick<Config, 'DB_STATEMENT_TIMEOUT_MS'>): number =>
@@ -185,6 +201,7 @@ export type SqlService = ReturnType<typeof createSqlService>;
 export function createSqlService(deps: SqlServiceDeps) {
   const { db } = deps;
   const rowCap = deps.rowCap ?? DEFAULT_ROW_CAP;
+  const maxBytes = deps.config.SQL_MAX_RESULT_BYTES ?? DEFAULT_MAX_RESULT_BYTES;
   const typeNames = new Map<number, string>(Object.entries(BUILTIN_TYPES).map(([oid, name]) => [Number(oid), name]));
   let sandboxReady: Promise<void> | undefined;
 
@@ -242,13 +259,21 @@ export function createSqlService(deps: SqlServiceDeps) {
         });
       }
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
+      const text = `${CAP_PREFIX}${wrapped.text}${capSuffix(params.length + 2)}`;
       await ensureSandbox(ctx);
       let res: pg.QueryResult;
       try {
-        res = await runAsAnalyst(db, ctx, wrapped.text, [...params, rowCap + 1], { statementTimeoutMs: timeout });
+        res = await runAsAnalyst(db, ctx, text, [...params, rowCap + 1, maxBytes], { statementTimeoutMs: timeout });
       } catch (err) {
-        throw toSqlError(err, { prefixLength: wrapped.prefixLength, offset: stmt.offset });
+        throw toSqlError(err, { prefixLength: CAP_PREFIX.length + wrapped.prefixLength, offset: stmt.offset });
       }
+      // the last two columns are the cap's own: running bytes, and the rows before the cap
+      const meta = res.fields.slice(-2).map((f) => f.name);
+      res.fields = res.fields.slice(0, -2);
+      const rows = res.rows as Record<string, unknown>[];
+      const before = Number(rows[0]?.['strata$rows'] ?? 0);
+      if (rows.length === 1 && rows[0]?.['strata$bytes'] === null) rows.length = 0; // no row fits, or none at all
+      for (const r of rows) for (const m of meta) delete r[m];
       const names = res.fields.map((f) => f.name);
       const dup = names.find((n, i) => names.indexOf(n) !== i);
       if (dup !== undefined) {
@@ -258,13 +283,15 @@ export function createSqlService(deps: SqlServiceDeps) {
         ctx,
         res.fields.map((f) => f.dataTypeID),
       );
-      const truncated = res.rows.length > rowCap;
-      const data = (truncated ? res.rows.slice(0, rowCap) : res.rows).map(toJsonRow);
+      const byBytes = res.rows.length < Math.min(before, rowCap);
+      const truncated = byBytes || res.rows.length > rowCap;
+      const data = (res.rows.length > rowCap ? res.rows.slice(0, rowCap) : res.rows).map(toJsonRow);
       return {
         data,
         fields: res.fields.map((f) => ({ name: f.name, type: typeNames.get(f.dataTypeID) ?? `oid:${f.dataTypeID}` })),
         row_count: data.length,
         truncated,
+        ...(truncated ? { truncated_by: byBytes ? ('bytes' as const) : ('rows' as const) } : {}),
       };
     },
   };

@@ -22,7 +22,8 @@ const SqlResult = Type.Object({
   data: Type.Array(Type.Record(Type.String(), Type.Unknown())),
   fields: Type.Array(Type.Object({ name: Type.String(), type: Type.String({ description: 'PostgreSQL type, as format_type() names it' }) })),
   row_count: Type.Integer(),
-  truncated: Type.Boolean({ description: 'True when the result had more rows than the row cap and was cut' }),
+  truncated: Type.Boolean({ description: 'True when the result was cut: more rows than the row cap, or more bytes than SQL_MAX_RESULT_BYTES' }),
+  truncated_by: Type.Optional(Type.Union([Type.Literal('rows'), Type.Literal('bytes')], { description: 'What cut it, when truncated' })),
 });
 
 export default async function sqlRoutes(app: FastifyInstance) {
