@@ -223,7 +223,14 @@ describe('materialized views', () => {
     expect((await write()).statusCode).toBe(201);
     const queue = t.jobs.queues.views;
     const id = debounceJobId('slow_runs');
-    await waitFor(async () => ((await (await queue.getJob(id))?.getState()) === 'active' ? true : undefined));
+    // the REFRESH itself must be running (BullMQ calls a job active a moment before it starts it)
+    const refreshing = async () =>
+      (
+        await t.db.adminQuery<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query ILIKE 'REFRESH MATERIALIZED VIEW%slow_runs%'",
+        )
+      ).rows[0]!.n > 0;
+    await waitFor(async () => ((await (await queue.getJob(id))?.getState()) === 'active' && (await refreshing()) ? true : undefined));
     expect((await write()).statusCode).toBe(201); // the job is running: this add is a no-op, the dirty mark is not
     const done = await waitFor(async () => {
       const v = await view('slow_runs');
