@@ -18,7 +18,7 @@ import type { Config } from '../config.js';
 import type { Database } from '../db/database.js';
 import type { SessionContext } from '../db/session.js';
 import { AppError, badRequest, unavailable } from '../errors.js';
-import { guardStatement, wrapWithLimit } from './sql-guard.js';
+import { guardStatement, wrapWithLimit, type GuardedStatement } from './sql-guard.js';
 
 /** The role analyst SQL runs under (migrations/0003_analyst_role). */
 export const ANALYST_ROLE = 'strata_analyst';
@@ -68,6 +68,22 @@ const capSuffix = (capParam: number) =>
   `\n) AS strata_rows), strata_m AS (SELECT count(*) AS "strata$rows" FROM strata_r)
 SELECT strata_r.*, strata_m."strata$rows" FROM strata_m LEFT JOIN strata_r ON strata_r."strata$bytes" <= $${capParam}`;
 const DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The one statement of `sql` (see guardStatement), checked against the parameters given for it:
+ * 400 SQL_TOO_MANY_PARAMS past MAX_PARAMS, 400 SQL_PARAMS_MISMATCH when the counts differ.
+ */
+export async function guardWithParams(sql: string, params: readonly unknown[]): Promise<GuardedStatement> {
+  if (params.length > MAX_PARAMS) throw badRequest('SQL_TOO_MANY_PARAMS', `at most ${MAX_PARAMS} parameters`);
+  const stmt = await guardStatement(sql);
+  if (stmt.paramCount !== params.length) {
+    throw badRequest('SQL_PARAMS_MISMATCH', `the statement uses ${stmt.paramCount} parameter(s) ($1..$${stmt.paramCount}) but ${params.length} were given`, {
+      expected: stmt.paramCount,
+      given: params.length,
+    });
+  }
+  return stmt;
+}
 
 /** The largest timeout_ms a caller may ask for. */
 export const maxTimeoutMs = (config: Pick<Config, 'DB_STATEMENT_TIMEOUT_MS'>): number =>
@@ -245,19 +261,12 @@ export function createSqlService(deps: SqlServiceDeps) {
      */
     async query(ctx: SessionContext, input: SqlQueryInput): Promise<SqlQueryResult> {
       const params = input.params ?? [];
-      if (params.length > MAX_PARAMS) throw badRequest('SQL_TOO_MANY_PARAMS', `at most ${MAX_PARAMS} parameters`);
       const ceiling = maxTimeoutMs(deps.config);
       const timeout = input.timeout_ms ?? ceiling;
       if (!Number.isInteger(timeout) || timeout < 1 || timeout > ceiling) {
         throw badRequest('VALIDATION_FAILED', `body.timeout_ms must be an integer between 1 and ${ceiling}`, { field: 'body.timeout_ms' });
       }
-      const stmt = await guardStatement(input.sql);
-      if (stmt.paramCount !== params.length) {
-        throw badRequest('SQL_PARAMS_MISMATCH', `the statement uses ${stmt.paramCount} parameter(s) ($1..$${stmt.paramCount}) but ${params.length} were given`, {
-          expected: stmt.paramCount,
-          given: params.length,
-        });
-      }
+      const stmt = await guardWithParams(input.sql, params);
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
       const text = `${CAP_PREFIX}${wrapped.text}${capSuffix(params.length + 2)}`;
       await ensureSandbox(ctx);

@@ -17,8 +17,8 @@ import type { JobView } from '../../jobs/queues.js';
 import type { SchemaRegistry } from '../schema-registry.js';
 import { Params, checkEmbedPaths, rowJsonSql } from '../rest-query/build.js';
 import { parseRowsQuery } from '../rest-query/parse.js';
-import { guardStatement, wrapWithLimit } from '../sql-guard.js';
-import { ANALYST_ROLE, MAX_PARAMS, toSqlError } from '../sql.js';
+import { wrapWithLimit } from '../sql-guard.js';
+import { ANALYST_ROLE, guardWithParams, toSqlError } from '../sql.js';
 import { CHUNK_BYTES, runCopy, type CopyResult } from './copy.js';
 import { rowCounter } from './row-counter.js';
 import { checkFormat, exportFilename, inlineBuilderParams, inlineStatementParams, tableSelect, type ExportFormat, type ExportPlan } from './plan.js';
@@ -113,14 +113,7 @@ export function createExportService(deps: ExportServiceDeps) {
       const fmt = checkFormat(input.format);
       const timeout = timeoutOf(input.timeout_ms);
       const params = input.params ?? [];
-      if (params.length > MAX_PARAMS) throw badRequest('SQL_TOO_MANY_PARAMS', `at most ${MAX_PARAMS} parameters`);
-      const stmt = await guardStatement(input.sql);
-      if (stmt.paramCount !== params.length) {
-        throw badRequest('SQL_PARAMS_MISMATCH', `the statement uses ${stmt.paramCount} parameter(s) ($1..$${stmt.paramCount}) but ${params.length} were given`, {
-          expected: stmt.paramCount,
-          given: params.length,
-        });
-      }
+      const stmt = await guardWithParams(input.sql, params);
       // The guard proves `SELECT * FROM (<statement>) AS strata_sql LIMIT $n` is one query over that
       // one subquery; LIMIT NULL is no limit. NDJSON swaps only the target list.
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
