@@ -5,6 +5,7 @@
 import js from '@eslint/js';
 import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
+import strata from './eslint-rules/capability-imports.js';
 
 export default defineConfig(
   {
@@ -24,6 +25,7 @@ export default defineConfig(
         tsconfigRootDir: import.meta.dirname,
       },
     },
+    plugins: { strata },
     linterOptions: {
       reportUnusedDisableDirectives: 'warn',
     },
@@ -33,6 +35,8 @@ export default defineConfig(
         { prefer: 'type-imports', fixStyle: 'inline-type-imports' },
       ],
       '@typescript-eslint/no-floating-promises': 'error',
+      // Capabilities (src/services/<capability>/) are imported only through their index.ts.
+      'strata/capability-imports': 'error',
       '@typescript-eslint/no-misused-promises': ['error', { checksVoidReturn: { arguments: false } }],
       '@typescript-eslint/no-explicit-any': 'warn',
       '@typescript-eslint/no-unused-vars': [

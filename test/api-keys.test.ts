@@ -5,7 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Role } from '../src/domain.js';
-import { hashApiKey } from '../src/services/auth.js';
+import { hashApiKey } from '../src/services/identity/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { expectNoCheckedOutClients } from './helpers/leaks.js';
 

@@ -12,8 +12,8 @@ import pino from 'pino';
 import S3rver from 's3rver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { createBackupService, type BackupService } from '../src/services/backups/backups.js';
-import { createRestoreService } from '../src/services/backups/restore.js';
+import { createBackupService, type BackupService } from '../src/services/backups/index.js';
+import { createRestoreService } from '../src/services/backups/index.js';
 import { createTestDatabase, withServer, type TestDatabase } from './helpers/databases.js';
 import { readDatabase, sqlOn } from './helpers/backups.js';
 

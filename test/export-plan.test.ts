@@ -4,7 +4,7 @@
  * test/exports.test.ts and test/export-jobs.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { inlineBuilderParams, inlineStatementParams, sqlLiteral } from '../src/services/exports/plan.js';
+import { inlineBuilderParams, inlineStatementParams, sqlLiteral } from '../src/services/exports/index.js';
 import { rowCounter } from '../src/services/exports/index.js';
 import { csvField } from './helpers/export-data.js';
 

@@ -17,7 +17,7 @@ import { AppError } from '../src/errors.js';
 import { QUEUE_NAMES, createJobs, type JobsService, type JobView } from '../src/jobs/queues.js';
 import { startWorkers, type WorkerRuntime } from '../src/jobs/runtime.js';
 import { API_KEY_SWEEP_SCHEDULER, registerSchedules } from '../src/jobs/schedules.js';
-import { hashApiKey } from '../src/services/auth.js';
+import { hashApiKey } from '../src/services/identity/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { TEST_JWT_SECRET } from './helpers/constants.js';
 import { REDIS_URL } from './helpers/databases.js';

@@ -1,6 +1,6 @@
 /** Dexter's first step: the indexable predicates read from PostgreSQL's parse tree (libpg-query). */
 import { describe, expect, it } from 'vitest';
-import { queryPredicates, type ColumnUse } from '../src/services/query-insight/predicates.js';
+import { queryPredicates, type ColumnUse } from '../src/services/query-insight/index.js';
 
 const uses = async (sql: string) =>
   (await queryPredicates(sql))!.uses

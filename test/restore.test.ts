@@ -6,8 +6,8 @@
  * 0004_change_capture; without it these tests are skipped, saying so.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BackupManifest } from '../src/services/backups/manifest.js';
-import { createRestoreService } from '../src/services/backups/restore.js';
+import type { BackupManifest } from '../src/services/backups/index.js';
+import { createRestoreService } from '../src/services/backups/index.js';
 import { createBackupTestEnv, readDatabase, sqlOn, type BackupTestEnv } from './helpers/backups.js';
 
 describe('point-in-time restore', () => {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
-import { createSqlService, runAsAnalyst } from '../src/services/sql.js';
-import { guardStatement, isDeniedFunction } from '../src/services/sql-guard.js';
+import { createSqlService, runAsAnalyst } from '../src/services/data/index.js';
+import { guardStatement, isDeniedFunction } from '../src/services/data/index.js';
 
 interface SqlBody {
   data: Record<string, unknown>[];

@@ -7,7 +7,7 @@
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers, type WorkerRuntime } from '../src/jobs/runtime.js';
-import { debounceJobId, schedulerId } from '../src/services/views.js';
+import { debounceJobId, schedulerId } from '../src/services/analytics/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { REDIS_URL } from './helpers/databases.js';
 

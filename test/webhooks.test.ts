@@ -12,7 +12,7 @@ import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startWorkers, type WorkerRuntime } from '../src/jobs/runtime.js';
 import { createJobs, type JobsService } from '../src/jobs/queues.js';
-import { checkWebhookUrl, guardedLookup, isPrivateAddress } from '../src/services/webhook-url.js';
+import { checkWebhookUrl, guardedLookup, isPrivateAddress } from '../src/services/changes/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE, TEST_JWT_SECRET } from './helpers/constants.js';
 import { REDIS_URL } from './helpers/databases.js';

@@ -18,9 +18,9 @@ import pg from 'pg';
 import pino from 'pino';
 import { loadConfig } from '../../src/config.js';
 import { createMigrator, defaultMigrationsDir } from '../../src/db/migrations/index.js';
-import { createBackupService, type ProgressUpdate } from '../../src/services/backups/backups.js';
-import { findPgTools, libpqEnv } from '../../src/services/backups/pg-tools.js';
-import { createRestoreService } from '../../src/services/backups/restore.js';
+import { createBackupService, type ProgressUpdate } from '../../src/services/backups/index.js';
+import { findPgTools, libpqEnv } from '../../src/services/backups/index.js';
+import { createRestoreService } from '../../src/services/backups/index.js';
 import { median, SERVER_URL } from '../lib.js';
 import type { BenchScenario } from './types.js';
 

@@ -8,8 +8,8 @@
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError } from '../config.js';
 import { isAppError } from '../errors.js';
-import { createBackupService, type ProgressUpdate } from '../services/backups/backups.js';
-import { createRestoreService, type RestoreRequest } from '../services/backups/restore.js';
+import { createBackupService, type ProgressUpdate } from '../services/backups/index.js';
+import { createRestoreService, type RestoreRequest } from '../services/backups/index.js';
 
 const USAGE = `usage: strata backup <command> [options]
   create [--kind full|incremental]          take a backup (default full), then apply retention

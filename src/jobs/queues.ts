@@ -11,143 +11,39 @@
  */
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Queue, type Job, type JobsOptions } from 'bullmq';
+import { Queue, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { BaseLogger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import { AppError, conflict, notFound, unavailable } from '../errors.js';
 import { redisOptions } from '../redis.js';
-import type { ExportJobInput } from './processors/export.js';
+import {
+  FINAL_STATES,
+  JOB_QUEUES,
+  DEFAULT_JOB_OPTIONS,
+  QUEUE_NAMES,
+  cancelKey,
+  queueOfJobId,
+  type JobEnvelope,
+  type JobProgress,
+  type JobState,
+  type JobView,
+  type JobsLogger,
+  type JobsService,
+  type QueueName,
+} from '../services/jobs/index.js';
 
-/** Input of each job. Later capabilities (exports, backups) add their jobs here and in JOB_QUEUES. */
-export interface JobInputs {
-  /** Revoke every API key past its expiry (scheduled; platform). */
-  'expire-api-keys': Record<never, never>;
-  /** Test and template job: sleeps `ms` in `steps`, reporting progress, honouring cancellation. */
-  sleep: { ms: number; steps: number };
-  /** Take a backup (SPEC 8), then apply the retention policy. */
-  backup: { kind: 'full' | 'incremental'; trigger?: string };
-  /** Verify a backup: checksum, real restore into a scratch database, row counts. */
-  'backup-verify': { backup_id: string };
-  /** Restore a backup or an instant into a new database or in place. */
-  restore: { backup_id?: string; until?: string; target: 'new_database' | 'in_place'; database?: string };
-  /** Refresh a materialized view (platform; src/services/view-refresh.ts). */
-  'refresh-view': { view: string; reason: 'manual' | 'created' | 'cron' | 'writes' };
-  /** Write a table query or analyst SQL to a file in the export store (POST /v1/exports). */
-  export: ExportJobInput;
-  /** The ordered delivery loop of one webhook (job id `webhooks-<webhook id>`). */
-  'deliver-webhook': { webhookId: string };
-  /** Re-deliver a webhook's events in (after, until]. */
-  'replay-webhook': { webhookId: string; after: string; until?: string };
-  /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
-  'maintain-changes': Record<never, never>;
-  /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
-  'search-index-create': { table: string };
-  /** Drop the search index of `table` and its definition. */
-  'search-index-drop': { table: string };
-}
-export type JobName = keyof JobInputs;
+/** The job contract lives with the services that enqueue jobs; re-exported for the jobs layer. */
+export * from '../services/jobs/index.js';
 
-/** The queue each job runs on. */
-export const JOB_QUEUES = {
-  'expire-api-keys': 'maintenance',
-  sleep: 'noop',
-  backup: 'backups',
-  'backup-verify': 'backups',
-  restore: 'backups',
-  'refresh-view': 'views',
-  export: 'exports',
-  'deliver-webhook': 'webhooks',
-  'replay-webhook': 'webhooks',
-  'maintain-changes': 'maintenance',
-  'search-index-create': 'search',
-  'search-index-drop': 'search',
-} as const satisfies Record<JobName, string>;
-export type QueueName = (typeof JOB_QUEUES)[JobName];
-export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];
-
-/** Who asked for the job: carried in every job's data, set from the request context only. */
-export interface JobEnvelope {
-  tenantId: string | null;
-  actor: string;
-  requestId: string;
-}
-export type JobData<N extends JobName = JobName> = JobInputs[N] & JobEnvelope;
-
-export type JobState = 'waiting' | 'delayed' | 'active' | 'completed' | 'failed' | 'cancelling' | 'cancelled' | 'unknown';
-export const FINAL_STATES: ReadonlySet<JobState> = new Set(['completed', 'failed', 'cancelled']);
-
-/** Progress as processors report it: `{ done, total, percent }` by convention, or a number. */
-export type JobProgress = number | Record<string, unknown>;
-
-export interface JobView {
-  id: string;
-  name: string;
-  queue: string;
-  state: JobState;
-  progress: JobProgress;
-  result: unknown;
-  error: string | null;
-  attempts: number;
-  created_at: string;
-  finished_at: string | null;
-}
-
-export type JobEvent =
-  | { type: 'state'; state: JobState }
-  | { type: 'progress'; progress: JobProgress }
-  | { type: 'done' | 'failed' | 'cancelled'; job: JobView };
-
-/** Retries with backoff (a killed worker's job is re-run as stalled); finished jobs kept a week. */
-export const DEFAULT_JOB_OPTIONS: JobsOptions = {
-  attempts: 3,
-  backoff: { type: 'exponential', delay: 1000 },
-  removeOnComplete: { age: 7 * 86_400, count: 10_000 },
-  removeOnFail: { age: 7 * 86_400, count: 10_000 },
-};
 const CANCEL_TTL_S = 7 * 86_400;
 /** Longest a queue operation may take before the caller gets 503. */
 const OP_TIMEOUT_MS = 2_000;
-/** The reason a cancelled job fails with (it is then shown as `cancelled`). */
-export const CANCELLED_REASON = 'cancelled';
-
-const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const JOB_ID = new RegExp(`^(${QUEUE_NAMES.map(escape).join('|')})-${UUID}$`);
-
-/** The queue a job id belongs to, or undefined when the id is not one of ours. */
-export function queueOfJobId(id: string): QueueName | undefined {
-  return JOB_ID.exec(id)?.[1] as QueueName | undefined;
-}
-
-/** The Redis key flagging a job as cancelled (shared by the API and the workers). */
-export const cancelKey = (prefix: string, jobId: string) => `${prefix}:strata-cancel:${jobId}`;
-
 interface CancelRecord {
   at: number;
   by: string;
   tenantId: string | null;
   /** Kept when the job was removed before it ran: its last view, state cancelled. */
   view?: JobView;
-}
-
-/** The logging the job system needs (pino and Fastify's logger both fit). */
-export type JobsLogger = Pick<BaseLogger, 'debug' | 'info' | 'warn' | 'error'>;
-
-export interface JobsService {
-  readonly prefix: string;
-  /** The queues, for bull-board, schedules and tests. */
-  readonly queues: Readonly<Record<QueueName, Queue>>;
-  /** Enqueue a job owned by the caller's tenant. 503 JOBS_UNAVAILABLE when Redis is down. */
-  enqueue<N extends JobName>(ctx: RequestContext, name: N, data: JobInputs[N], opts?: Pick<JobsOptions, 'delay' | 'priority'>): Promise<{ job_id: string }>;
-  /** A job of the caller's tenant (any tenant for platform_admin); otherwise 404 JOB_NOT_FOUND. */
-  get(ctx: RequestContext, id: string): Promise<JobView>;
-  /** Cancel a job: removed when not started, flagged (state `cancelling`) when running. */
-  cancel(ctx: RequestContext, id: string): Promise<JobView>;
-  /** Progress and state changes, polled, ending after the final `done|failed|cancelled` event. */
-  events(ctx: RequestContext, id: string, opts?: { signal?: AbortSignal; intervalMs?: number }): AsyncGenerator<JobEvent>;
-  isCancelled(jobId: string): Promise<boolean>;
-  close(): Promise<void>;
 }
 
 const jobNotFound = (id: string) => notFound('JOB_NOT_FOUND', `job ${id} does not exist`);

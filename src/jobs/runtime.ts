@@ -12,7 +12,7 @@ import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Database } from '../db/database.js';
 import { createKysely } from '../db/kysely.js';
-import { createApiKeyService, type ApiKeyService } from '../services/api-keys.js';
+import { createApiKeyService, type ApiKeyService } from '../services/identity/index.js';
 import { CANCELLED_REASON, QUEUE_NAMES, cancelKey, type JobData, type JobName, type QueueName } from './queues.js';
 import { redisOptions } from '../redis.js';
 import { expireApiKeys } from './processors/expire-api-keys.js';
@@ -22,11 +22,11 @@ import { createBackupServices, type BackupServices } from '../services/backups/i
 import { refreshView } from './processors/refresh-view.js';
 import { exportJob } from './processors/export.js';
 import { createExportService, type ExportService } from '../services/exports/index.js';
-import { createRegistryService } from '../services/schema-registry.js';
+import { createRegistryService } from '../services/data/index.js';
 import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
 import { maintainChanges } from './processors/maintain-changes.js';
-import { createChangeFeed, type ChangeFeed } from '../services/change-feed.js';
-import { createWebhookDelivery, type WebhookDelivery } from '../services/webhook-delivery.js';
+import { createChangeFeed, type ChangeFeed } from '../services/changes/index.js';
+import { createWebhookDelivery, type WebhookDeliveryService } from '../services/changes/index.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
 import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
 
@@ -34,7 +34,7 @@ import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js
 export interface ProcessorServices extends BackupServices {
   apiKeys: ApiKeyService;
   exports: ExportService;
-  webhookDelivery: WebhookDelivery;
+  webhookDelivery: WebhookDeliveryService;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {

@@ -6,8 +6,8 @@
  */
 import { Queue } from 'bullmq';
 import type { Logger } from 'pino';
-import type { ChangeFeed } from '../services/change-feed.js';
-import type { WebhookDelivery } from '../services/webhook-delivery.js';
+import type { ChangeFeed } from '../services/changes/index.js';
+import type { WebhookDeliveryService } from '../services/changes/index.js';
 import type { JobData } from './queues.js';
 
 export interface WebhookDispatcher {
@@ -16,7 +16,7 @@ export interface WebhookDispatcher {
   close(): Promise<void>;
 }
 
-export function startWebhookDispatcher(opts: { redisUrl: string; prefix: string; feed: ChangeFeed; delivery: WebhookDelivery; log: Logger }): WebhookDispatcher {
+export function startWebhookDispatcher(opts: { redisUrl: string; prefix: string; feed: ChangeFeed; delivery: WebhookDeliveryService; log: Logger }): WebhookDispatcher {
   const queue = new Queue('webhooks', { connection: { url: opts.redisUrl, maxRetriesPerRequest: null }, prefix: opts.prefix });
   queue.on('error', () => undefined);
   let running: Promise<void> | undefined;

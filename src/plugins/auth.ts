@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { attachPrincipal } from '../logger.js';
 import { CAN, type Capability } from '../domain.js';
 import { forbidden } from '../errors.js';
-import type { Authenticator, Principal } from '../services/auth.js';
+import type { Authenticator, Principal } from '../services/identity/index.js';
 import type { SessionContext } from '../db/session.js';
 
 declare module 'fastify' {

@@ -8,8 +8,8 @@
 import fp from 'fastify-plugin';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { unavailable } from '../errors.js';
-import { maintenanceReader } from '../services/backups/maintenance.js';
-import { databaseOf } from '../services/backups/pg.js';
+import { maintenanceReader } from '../services/backups/index.js';
+import { databaseOf } from '../services/backups/index.js';
 
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 // Reads sent as POST (raw SQL, search, exports) stay open; GraphQL is checked per operation below.

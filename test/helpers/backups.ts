@@ -12,7 +12,7 @@ import { Redis } from 'ioredis';
 import { expect } from 'vitest';
 import { startWorkers, type WorkerRuntime } from '../../src/jobs/runtime.js';
 import type { JobView } from '../../src/jobs/queues.js';
-import { listTables, quoteIdent, urlForDatabase } from '../../src/services/backups/pg.js';
+import { listTables, quoteIdent, urlForDatabase } from '../../src/services/backups/index.js';
 import { createTestApp, type TestApp, type TestAppOptions } from './app.js';
 import { REDIS_URL, SERVER_URL, withServer } from './databases.js';
 

@@ -7,7 +7,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GraphQLID, GraphQLList, GraphQLNonNull, GraphQLObjectType, GraphQLString } from 'graphql/index.js';
 import type { RequestContext } from '../../domain.js';
-import { parseCursor, type ChangeEvent, type ChangeService } from '../../services/changes.js';
+import { parseCursor, type ChangeEvent, type ChangeService } from '../../services/changes/index.js';
 import { JSONScalar } from './scalars.js';
 
 interface SubscriptionContext {

@@ -5,7 +5,7 @@
  */
 import pg from 'pg';
 import { GraphQLBoolean, GraphQLFloat, GraphQLInt, GraphQLString, type GraphQLScalarType } from 'graphql/index.js';
-import type { ColumnInfo } from '../../services/schema-registry.js';
+import type { ColumnInfo } from '../../services/data/index.js';
 import { BigIntScalar, DateTimeScalar, JSONScalar } from './scalars.js';
 
 export interface ColumnKind {

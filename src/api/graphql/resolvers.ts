@@ -4,7 +4,7 @@
  * one query whatever the row count; mutations share the request's one transaction.
  */
 import type { GraphQLFieldResolver, GraphQLResolveInfo } from 'graphql';
-import type { ColumnInfo, Relationship, TableInfo } from '../../services/schema-registry.js';
+import type { ColumnInfo, Relationship, TableInfo } from '../../services/data/index.js';
 import { AppError, badRequest } from '../../errors.js';
 import type { GraphqlContext, GraphqlRequest } from './context.js';
 import { checkFirst } from './cost.js';

@@ -25,7 +25,7 @@ import {
   type GraphQLScalarType,
 } from 'graphql/index.js';
 import type { FastifyBaseLogger } from 'fastify';
-import { relationships, type ColumnInfo, type TableInfo } from '../../services/schema-registry.js';
+import { relationships, type ColumnInfo, type TableInfo } from '../../services/data/index.js';
 import type { GraphqlContext } from './context.js';
 import { kindOf } from './columns.js';
 import { BigIntScalar, JSONScalar } from './scalars.js';

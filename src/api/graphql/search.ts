@@ -16,7 +16,7 @@ import {
   type GraphQLFieldConfig,
 } from 'graphql/index.js';
 import { badRequest } from '../../errors.js';
-import type { QueryString } from '../../services/rows.js';
+import type { QueryString } from '../../services/data/index.js';
 import type { GraphqlContext } from './context.js';
 import { JSONScalar } from './scalars.js';
 

@@ -6,7 +6,7 @@
  * ignored: selecting a superset of columns is harmless.
  */
 import { Kind, type FieldNode, type GraphQLResolveInfo, type SelectionSetNode } from 'graphql/index.js';
-import type { ColumnInfo, Relationship, TableInfo } from '../../services/schema-registry.js';
+import type { ColumnInfo, Relationship, TableInfo } from '../../services/data/index.js';
 
 /** Sub-fields by field name (not alias), merged across fragments and repeated fields. */
 export function subFields(info: Pick<GraphQLResolveInfo, 'fragments'>, nodes: readonly FieldNode[]): Map<string, FieldNode[]> {

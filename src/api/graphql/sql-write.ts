@@ -3,7 +3,7 @@
  * DELETE by primary key or by filter, RETURNING only the columns the selection needs. Identifiers
  * from the registry, values as $n parameters.
  */
-import type { ColumnInfo, TableInfo } from '../../services/schema-registry.js';
+import type { ColumnInfo, TableInfo } from '../../services/data/index.js';
 import { paramValue, q } from './columns.js';
 import { pkCondition, selectList, type Params } from './sql.js';
 

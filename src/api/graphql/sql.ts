@@ -4,7 +4,7 @@
  * Identifiers come only from the schema registry (quoted with pg.escapeIdentifier); every value is
  * a $n parameter.
  */
-import type { ColumnInfo, TableInfo } from '../../services/schema-registry.js';
+import type { ColumnInfo, TableInfo } from '../../services/data/index.js';
 import { badRequest } from '../../errors.js';
 import { kindOf, paramValue, q, ref, selectItem, valueExpr } from './columns.js';
 

@@ -4,7 +4,7 @@
  * date-time formats, nulls in NOT NULL columns. Types are already enforced by the GraphQL input
  * types; errors name the field (`objects[1].name`).
  */
-import type { ColumnInfo, TableInfo } from '../../services/schema-registry.js';
+import type { ColumnInfo, TableInfo } from '../../services/data/index.js';
 import { badRequest } from '../../errors.js';
 
 const DECIMAL = /^-?[0-9]+(\.[0-9]+)?$/;

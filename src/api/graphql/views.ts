@@ -6,8 +6,8 @@
  */
 import { GraphQLInt, GraphQLNonNull, GraphQLString, type GraphQLFieldConfigMap } from 'graphql/index.js';
 import { badRequest } from '../../errors.js';
-import type { TimeseriesService } from '../../services/timeseries.js';
-import type { ViewsService } from '../../services/views.js';
+import type { TimeseriesService } from '../../services/analytics/index.js';
+import type { ViewsService } from '../../services/analytics/index.js';
 import type { GraphqlContext } from './context.js';
 import { checkFirst } from './cost.js';
 import { JSONScalar } from './scalars.js';

@@ -3,7 +3,7 @@
  * the work is in src/services/backups/*; progress is `{ phase, done, total, percent }`.
  */
 import { UnrecoverableError } from 'bullmq';
-import type { ProgressFn } from '../../services/backups/backups.js';
+import type { ProgressFn } from '../../services/backups/index.js';
 import type { ProcessorContext } from '../runtime.js';
 import type { JobName } from '../queues.js';
 

@@ -4,22 +4,9 @@
  * planner's estimate. A retry (stalled worker) starts from scratch and overwrites. Cancelled, it
  * records the partial file in the job's progress and ends cancelled, never completed.
  */
-import type { Role } from '../../domain.js';
-import { ExportAborted, type ExportFileResult, type ExportFormat } from '../../services/exports/index.js';
+import { ExportAborted, type ExportFileResult } from '../../services/exports/index.js';
 import type { ProcessorContext } from '../runtime.js';
 
-export interface ExportJobInput {
-  format: ExportFormat;
-  /** A table export: the table and its rows-API parameters (select, filters, order, limit). */
-  table?: string;
-  filters?: Record<string, string | string[]>;
-  /** An analyst SQL export. */
-  sql?: string;
-  params?: unknown[];
-  timeout_ms?: number;
-  /** The requester's role (analyst SQL was allowed for it when enqueued). */
-  role: Role;
-}
 
 export async function exportJob(ctx: ProcessorContext<'export'>): Promise<ExportFileResult> {
   const { job } = ctx;

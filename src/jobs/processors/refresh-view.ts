@@ -3,7 +3,7 @@
  * finds a write landed after it began goes back to delayed for another round, so no write is missed.
  */
 import { DelayedError } from 'bullmq';
-import { refreshMaterializedView, type RefreshOutcome } from '../../services/view-refresh.js';
+import { refreshMaterializedView, type RefreshOutcome } from '../../services/analytics/index.js';
 import type { ProcessorContext } from '../runtime.js';
 
 export async function refreshView(ctx: ProcessorContext<'refresh-view'>): Promise<RefreshOutcome> {

@@ -1,5 +1,5 @@
 /** Build or drop a search index (SPEC 10): the DDL lives in src/services/search/ddl.ts. */
-import { buildSearchIndex, dropSearchIndex } from '../../services/search/ddl.js';
+import { buildSearchIndex, dropSearchIndex } from '../../services/search/index.js';
 import type { ProcessorContext } from '../runtime.js';
 
 export function searchIndexCreate(ctx: ProcessorContext<'search-index-create'>) {

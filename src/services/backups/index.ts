@@ -15,3 +15,9 @@ export function createBackupServices(db: Database, log?: BackupServiceDeps['log'
 }
 
 export type { BackupService, RestoreService };
+export * from './backups.js';
+export * from './maintenance.js';
+export * from './manifest.js';
+export * from './pg-tools.js';
+export * from './pg.js';
+export * from './restore.js';

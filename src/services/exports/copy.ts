@@ -14,7 +14,7 @@ import type pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
-import { ANALYST_ROLE } from '../sql.js';
+import { ANALYST_ROLE } from '../data/index.js';
 import { copySql, type ExportPlan } from './plan.js';
 
 export interface CopyOptions {

@@ -10,15 +10,16 @@ import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Config } from '../../config.js';
+import type { Role } from '../../domain.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, badRequest, conflict, notFound } from '../../errors.js';
-import type { JobView } from '../../jobs/queues.js';
-import type { SchemaRegistry } from '../schema-registry.js';
-import { Params, checkEmbedPaths, rowJsonSql } from '../rest-query/build.js';
-import { parseRowsQuery } from '../rest-query/parse.js';
-import { wrapWithLimit } from '../sql-guard.js';
-import { ANALYST_ROLE, guardWithParams, toSqlError } from '../sql.js';
+import type { JobView } from '../jobs/index.js';
+import type { SchemaRegistry } from '../data/index.js';
+import { Params, checkEmbedPaths, rowJsonSql } from '../data/index.js';
+import { parseRowsQuery } from '../data/index.js';
+import { wrapWithLimit } from '../data/index.js';
+import { ANALYST_ROLE, guardWithParams, toSqlError } from '../data/index.js';
 import { CHUNK_BYTES, runCopy, type CopyResult } from './copy.js';
 import { rowCounter } from './row-counter.js';
 import { checkFormat, exportFilename, inlineBuilderParams, inlineStatementParams, tableSelect, type ExportFormat, type ExportPlan } from './plan.js';
@@ -240,3 +241,18 @@ export function createExportService(deps: ExportServiceDeps) {
 }
 
 export type ExportService = ReturnType<typeof createExportService>;
+
+/** Input of the export job (POST /v1/exports): what the worker plans again and writes. */
+export interface ExportJobInput {
+  format: ExportFormat;
+  /** A table export: the table and its rows-API parameters (select, filters, order, limit). */
+  table?: string;
+  filters?: Record<string, string | string[]>;
+  /** An analyst SQL export. */
+  sql?: string;
+  params?: unknown[];
+  timeout_ms?: number;
+  /** The requester's role (analyst SQL was allowed for it when enqueued). */
+  role: Role;
+}
+export * from './plan.js';

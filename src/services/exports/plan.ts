@@ -9,11 +9,11 @@
  * PostgreSQL's own parser (libpg-query) reports.
  */
 import pg from 'pg';
-import { parse } from '../pg-parser.js';
+import { parse } from '../data/index.js';
 import { badRequest } from '../../errors.js';
-import type { TableInfo } from '../schema-registry.js';
-import { filterSql, orderSql, totalOrder, type Params } from '../rest-query/build.js';
-import type { RowsQuery } from '../rest-query/parse.js';
+import type { TableInfo } from '../data/index.js';
+import { filterSql, orderSql, totalOrder, type Params } from '../data/index.js';
+import type { RowsQuery } from '../data/index.js';
 
 export const EXPORT_FORMATS = ['csv', 'ndjson'] as const;
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];

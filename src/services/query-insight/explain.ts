@@ -5,14 +5,14 @@
  * back, so EXPLAIN ANALYZE leaves nothing behind. The plan comes back as PostgreSQL's JSON with a
  * short summary: sequential scans on large tables, the costliest node, row misestimates over 10x.
  */
-import { parse } from '../pg-parser.js';
+import { parse } from '../data/index.js';
 import type pg from 'pg';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import { badRequest } from '../../errors.js';
-import type { QueryString, RowsService } from '../rows.js';
-import { guardStatement } from '../sql-guard.js';
-import { ANALYST_ROLE, MAX_PARAMS, toSqlError } from '../sql.js';
+import type { QueryString, RowsService } from '../data/index.js';
+import { guardStatement } from '../data/index.js';
+import { ANALYST_ROLE, MAX_PARAMS, toSqlError } from '../data/index.js';
 
 export interface ExplainInput {
   sql?: string;

@@ -19,7 +19,7 @@
 import pg from 'pg';
 import type { Database } from '../../db/database.js';
 import { AppError } from '../../errors.js';
-import { ANALYST_ROLE } from '../sql.js';
+import { ANALYST_ROLE } from '../data/index.js';
 import type { ExtensionProbe } from './extensions.js';
 import { queryPredicates, type ColumnUse, type TableRef } from './predicates.js';
 import type { SlowQueryEntry } from './slow-log.js';

@@ -9,7 +9,7 @@ import type { Registry } from 'prom-client';
 import type { Config } from '../../config.js';
 import type { Database } from '../../db/database.js';
 import type { QueryObserver, SessionContext } from '../../db/session.js';
-import type { RowsService } from '../rows.js';
+import type { RowsService } from '../data/index.js';
 import { createExplainService, type ExplainInput, type ExplainResult } from './explain.js';
 import { createExtensionProbe } from './extensions.js';
 import { createIndexAdvisor, type IndexAdvice } from './index-advice.js';
@@ -84,3 +84,6 @@ export function createQueryInsightService(deps: QueryInsightDeps) {
 }
 
 export type QueryInsightService = ReturnType<typeof createQueryInsightService>;
+export * from './explain.js';
+export * from './predicates.js';
+export * from './top-queries.js';

@@ -3,7 +3,7 @@
  * table, the columns compared for equality (WHERE col = x, col IN (...), JOIN ... ON a.x = b.y),
  * by range (<, <=, >, >=, BETWEEN, LIKE) and sorted on (ORDER BY). Dexter's first step.
  */
-import { parse } from '../pg-parser.js';
+import { parse } from '../data/index.js';
 
 /** A table as the query names it: `schema` is null when unqualified (resolved by search_path). */
 export interface TableRef {

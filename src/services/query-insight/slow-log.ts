@@ -4,7 +4,7 @@
  * capped Redis stream (`XADD ... MAXLEN ~ SLOW_QUERY_LOG_MAX`) so the API and the worker processes
  * share one log. Redis down: the entry is dropped and counted, the request never fails for it.
  */
-import { fingerprint, normalize } from '../pg-parser.js';
+import { fingerprint, normalize } from '../data/index.js';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { Counter, type Registry } from 'prom-client';

@@ -9,13 +9,13 @@ import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import type { RequestContext } from '../../domain.js';
 import { badRequest, conflict, notFound } from '../../errors.js';
-import type { JobsService } from '../../jobs/queues.js';
-import type { ColumnInfo, SchemaRegistry, TableInfo } from '../schema-registry.js';
-import { SEARCH_TSV_COLUMN } from '../schema-registry.js';
-import { Params, checkEmbedPaths, filterSql, rowJsonSql, type BuildScope } from '../rest-query/build.js';
-import type { CursorCodec } from '../rest-query/cursor.js';
-import { parseRowsQuery, type RowsQuery } from '../rest-query/parse.js';
-import type { QueryString } from '../rows.js';
+import type { JobsService } from '../jobs/index.js';
+import type { ColumnInfo, SchemaRegistry, TableInfo } from '../data/index.js';
+import { SEARCH_TSV_COLUMN } from '../data/index.js';
+import { Params, checkEmbedPaths, filterSql, rowJsonSql, type BuildScope } from '../data/index.js';
+import type { CursorCodec } from '../data/index.js';
+import { parseRowsQuery, type RowsQuery } from '../data/index.js';
+import type { QueryString } from '../data/index.js';
 import { createDefinitionCache, readDefinition, type SearchIndexDef, type Weight } from './definitions.js';
 import { hasPgvector } from './ddl.js';
 import { hitsCtes, textSearchSql, vectorHitsCte, type TextPlan } from './sql.js';
@@ -399,3 +399,5 @@ type ResultRow = {
 };
 
 export type SearchService = ReturnType<typeof createSearchService>;
+export * from './ddl.js';
+export * from './definitions.js';

@@ -4,8 +4,8 @@
  * tenant session, so row-level security limits hits, facets and totals to the caller's tenant.
  */
 import pg from 'pg';
-import type { ColumnInfo, TableInfo } from '../schema-registry.js';
-import type { Params } from '../rest-query/build.js';
+import type { ColumnInfo, TableInfo } from '../data/index.js';
+import type { Params } from '../data/index.js';
 import type { SearchIndexDef } from './definitions.js';
 
 const q = pg.escapeIdentifier;

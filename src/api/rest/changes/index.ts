@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import { parseCursor } from '../../../services/changes.js';
+import { parseCursor } from '../../../services/changes/index.js';
 import { ChangePage, PageQuery } from './schemas.js';
 import { sendEventStream } from '../event-stream.js';
 

@@ -9,7 +9,7 @@ import { CAN } from '../../../domain.js';
 import { badRequest, forbidden } from '../../../errors.js';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
 import { CONTENT_TYPES, createExportService, type ExportPlan, type QueryString, type SqlExportInput } from '../../../services/exports/index.js';
-import { MAX_PARAMS } from '../../../services/sql.js';
+import { MAX_PARAMS } from '../../../services/data/index.js';
 
 const tags = ['exports'];
 const Format = Type.String({ description: 'csv (header row, RFC 4180 quoting; NULL is an empty unquoted field, an empty string is "") or ndjson (one JSON object per line)' });

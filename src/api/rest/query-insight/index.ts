@@ -5,9 +5,9 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import { MAX_PARAMS } from '../../../services/sql.js';
-import type { ExplainInput } from '../../../services/query-insight/explain.js';
-import type { TopOrder } from '../../../services/query-insight/top-queries.js';
+import { MAX_PARAMS } from '../../../services/data/index.js';
+import type { ExplainInput } from '../../../services/query-insight/index.js';
+import type { TopOrder } from '../../../services/query-insight/index.js';
 
 const SlowQuery = Type.Object({
   id: Type.String({ description: 'Redis stream id (time-ordered)' }),

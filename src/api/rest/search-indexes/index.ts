@@ -6,7 +6,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import { WEIGHTS } from '../../../services/search/definitions.js';
+import { WEIGHTS } from '../../../services/search/index.js';
 
 const tags = ['search'];
 const Weight = Type.Union(WEIGHTS.map((w) => Type.Literal(w)));

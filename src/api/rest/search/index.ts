@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import type { QueryString } from '../../../services/rows.js';
+import type { QueryString } from '../../../services/data/index.js';
 
 const tags = ['search'];
 const Hit = Type.Object({

@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import { createSqlService, MAX_PARAMS, maxTimeoutMs, type SqlQueryInput } from '../../../services/sql.js';
+import { createSqlService, MAX_PARAMS, maxTimeoutMs, type SqlQueryInput } from '../../../services/data/index.js';
 
 /** The body; the timeout ceiling comes from the configuration (DB_STATEMENT_TIMEOUT_MS). */
 const sqlBody = (maxTimeout: number) =>

@@ -6,8 +6,8 @@
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import { jsonSchemaFor, relationships, type TableInfo } from '../../../services/schema-registry.js';
-import type { QueryString, ReturnPreference, WriteResult } from '../../../services/rows.js';
+import { jsonSchemaFor, relationships, type TableInfo } from '../../../services/data/index.js';
+import type { QueryString, ReturnPreference, WriteResult } from '../../../services/data/index.js';
 
 const tags = ['tables'];
 const TableName = Type.String({ minLength: 1, maxLength: 63 });

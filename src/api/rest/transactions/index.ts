@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import type { Operation } from '../../../services/transactions.js';
+import type { Operation } from '../../../services/data/index.js';
 import type { Isolation } from '../../../db/session.js';
 
 const Name = Type.String({ minLength: 1, maxLength: 63 });

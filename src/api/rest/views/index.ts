@@ -6,7 +6,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, errorResponses } from '../../schemas/common.js';
-import type { ViewInput } from '../../../services/views.js';
+import type { ViewInput } from '../../../services/analytics/index.js';
 
 const tags = ['views'];
 const Name = Type.Object({ name: Type.String({ minLength: 1, maxLength: 63 }) });

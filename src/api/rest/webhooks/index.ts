@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { errorResponses } from '../../schemas/common.js';
-import type { WebhookInput } from '../../../services/webhooks.js';
+import type { WebhookInput } from '../../../services/changes/index.js';
 
 const tags = ['webhooks'];
 const config = { capability: 'admin' as const };

@@ -16,10 +16,10 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { Counter, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
-import type { RequestContext } from '../domain.js';
-import type { Database } from '../db/database.js';
-import { parseSelect, type SelectItem } from './rest-query/parse.js';
-import { relationships, type SchemaRegistry, type TableInfo } from './schema-registry.js';
+import type { RequestContext } from '../../domain.js';
+import type { Database } from '../../db/database.js';
+import { parseSelect, type SelectItem } from '../data/index.js';
+import { relationships, type SchemaRegistry, type TableInfo } from '../data/index.js';
 
 export type CacheStatus = 'hit' | 'miss' | 'bypass';
 type QueryString = Record<string, string | string[] | undefined>;

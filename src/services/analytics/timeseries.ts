@@ -8,12 +8,12 @@
  * rows. The number of buckets is capped (TIMESERIES_MAX_BUCKETS).
  */
 import pg from 'pg';
-import type { Database } from '../db/database.js';
-import type { SessionContext, Tx } from '../db/session.js';
-import { badRequest } from '../errors.js';
-import { filterSql, Params } from './rest-query/build.js';
-import { parseRowsQuery } from './rest-query/parse.js';
-import type { ColumnInfo, SchemaRegistry, TableInfo } from './schema-registry.js';
+import type { Database } from '../../db/database.js';
+import type { SessionContext, Tx } from '../../db/session.js';
+import { badRequest } from '../../errors.js';
+import { filterSql, Params } from '../data/index.js';
+import { parseRowsQuery } from '../data/index.js';
+import type { ColumnInfo, SchemaRegistry, TableInfo } from '../data/index.js';
 
 const q = pg.escapeIdentifier;
 type QueryString = Record<string, string | string[] | undefined>;

@@ -3,7 +3,7 @@
  * signed with HMAC so a tampered or foreign cursor is refused (400 INVALID_CURSOR), never trusted.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { badRequest } from '../../errors.js';
+import { badRequest } from '../../../errors.js';
 
 export interface CursorCodec {
   encode(scope: string, values: Array<string | null>): string;

@@ -5,9 +5,9 @@
  * PostgreSQL's row-level security decides what exists. Responses are JSON rendered by PostgreSQL.
  */
 import pg from 'pg';
-import type { Database } from '../db/database.js';
-import type { SessionContext, Tx } from '../db/session.js';
-import { badRequest, notFound, preconditionFailed } from '../errors.js';
+import type { Database } from '../../db/database.js';
+import type { SessionContext, Tx } from '../../db/session.js';
+import { badRequest, notFound, preconditionFailed } from '../../errors.js';
 import type { SchemaRegistry, TableInfo } from './schema-registry.js';
 import {
   checkEmbedPaths,

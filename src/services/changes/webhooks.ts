@@ -5,9 +5,9 @@
  * not readable by tenant sessions at all (only the delivery workers, as owner, read it).
  */
 import { randomBytes } from 'node:crypto';
-import type { Database } from '../db/database.js';
-import type { SessionContext } from '../db/session.js';
-import { badRequest, notFound } from '../errors.js';
+import type { Database } from '../../db/database.js';
+import type { SessionContext } from '../../db/session.js';
+import { badRequest, notFound } from '../../errors.js';
 import { CHANGE_OPS, parseCursor, type ChangeService } from './changes.js';
 import { checkWebhookUrl } from './webhook-url.js';
 

@@ -7,12 +7,12 @@
  * page up to it; a page never holds an id above which a lower one could still commit.
  */
 import pg from 'pg';
-import type { Database } from '../db/database.js';
-import type { SessionContext, Tx } from '../db/session.js';
-import { sqlstateOf } from '../db/pool.js';
-import { SQLSTATE } from '../db/errors.js';
-import { badRequest, conflict, notFound } from '../errors.js';
-import type { SchemaRegistry, TableInfo } from './schema-registry.js';
+import type { Database } from '../../db/database.js';
+import type { SessionContext, Tx } from '../../db/session.js';
+import { sqlstateOf } from '../../db/pool.js';
+import { SQLSTATE } from '../../db/errors.js';
+import { badRequest, conflict, notFound } from '../../errors.js';
+import type { SchemaRegistry, TableInfo } from '../data/index.js';
 import { createLatch, type ChangeFeed } from './change-feed.js';
 
 export const CHANGE_OPS = ['insert', 'update', 'delete'] as const;

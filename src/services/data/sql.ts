@@ -14,10 +14,10 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import type { Config } from '../config.js';
-import type { Database } from '../db/database.js';
-import type { SessionContext } from '../db/session.js';
-import { AppError, badRequest, unavailable } from '../errors.js';
+import type { Config } from '../../config.js';
+import type { Database } from '../../db/database.js';
+import type { SessionContext } from '../../db/session.js';
+import { AppError, badRequest, unavailable } from '../../errors.js';
 import { guardStatement, wrapWithLimit, type GuardedStatement } from './sql-guard.js';
 
 /** The role analyst SQL runs under (migrations/0003_analyst_role). */

@@ -5,8 +5,8 @@
  * Refreshed after migrations.
  */
 import pg from 'pg';
-import type { Database } from '../db/database.js';
-import { badRequest, notFound } from '../errors.js';
+import type { Database } from '../../db/database.js';
+import { badRequest, notFound } from '../../errors.js';
 
 export interface ColumnInfo {
   name: string;

@@ -12,16 +12,16 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import type { RequestContext } from '../domain.js';
-import type { Database } from '../db/database.js';
-import { badRequest, conflict, notFound } from '../errors.js';
-import { DEFAULT_JOB_OPTIONS, type JobData, type JobsService } from '../jobs/queues.js';
-import type { RowsService } from './rows.js';
-import type { SchemaRegistry, TableInfo } from './schema-registry.js';
-import { guardStatement } from './sql-guard.js';
+import type { RequestContext } from '../../domain.js';
+import type { Database } from '../../db/database.js';
+import { badRequest, conflict, notFound } from '../../errors.js';
+import { DEFAULT_JOB_OPTIONS, type JobData, type JobsService } from '../jobs/index.js';
+import type { RowsService } from '../data/index.js';
+import type { SchemaRegistry, TableInfo } from '../data/index.js';
+import { guardStatement } from '../data/index.js';
 import type { TimeseriesService } from './timeseries.js';
 import { MATVIEW_SCHEMA, VIEW_SCHEMA } from './view-refresh.js';
-import type { WriteListener } from './write-hooks.js';
+import type { WriteListener } from '../changes/index.js';
 
 const q = pg.escapeIdentifier;
 const NAME = /^[a-z_][a-z0-9_]{0,62}$/;

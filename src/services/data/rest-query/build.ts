@@ -5,7 +5,7 @@
  * a page with two levels of embedding is still one statement.
  */
 import pg from 'pg';
-import { badRequest } from '../../errors.js';
+import { badRequest } from '../../../errors.js';
 import { relationships, type ColumnInfo, type Relationship, type TableInfo } from '../schema-registry.js';
 import { parseInList, type EmbedOptions, type Filter, type OrderItem, type SelectItem } from './parse.js';
 

@@ -5,7 +5,7 @@
  */
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
-import { badRequest, type AppError } from '../../errors.js';
+import { badRequest, type AppError } from '../../../errors.js';
 import { jsonSchemaFor, type TableInfo } from '../schema-registry.js';
 
 // ajv-formats is CommonJS with a default export

@@ -2,9 +2,9 @@
  * Migrations as an admin service (platform_admin): the runner's refusals become 4xx answers with
  * the runner's code, and the schema registry is refreshed after every change.
  */
-import { AppError } from '../errors.js';
-import { MigrationError, type Migrator, type PlanStep } from '../db/migrations/index.js';
-import type { SchemaRegistry } from './schema-registry.js';
+import { AppError } from '../../errors.js';
+import { MigrationError, type Migrator, type PlanStep } from '../../db/migrations/index.js';
+import type { SchemaRegistry } from '../data/index.js';
 
 const STATUS: Record<string, number> = {
   UNKNOWN_TARGET: 400,

@@ -4,10 +4,10 @@
  */
 import { createHash, createSecretKey } from 'node:crypto';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
-import type { Config } from '../config.js';
-import type { Database } from '../db/database.js';
-import { ROLES, TENANT_ID_PATTERN, type Role } from '../domain.js';
-import { forbidden, unauthorized } from '../errors.js';
+import type { Config } from '../../config.js';
+import type { Database } from '../../db/database.js';
+import { ROLES, TENANT_ID_PATTERN, type Role } from '../../domain.js';
+import { forbidden, unauthorized } from '../../errors.js';
 
 export interface Principal {
   tenantId: string | null;

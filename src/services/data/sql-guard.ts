@@ -13,7 +13,7 @@
  * analyst transaction (at most DB_STATEMENT_TIMEOUT_MS) bounds them as it bounds any slow query.
  */
 import { libpgQuery, parse } from './pg-parser.js';
-import { AppError, badRequest, forbidden } from '../errors.js';
+import { AppError, badRequest, forbidden } from '../../errors.js';
 
 /** A statement that passed the guard. */
 export interface GuardedStatement {

@@ -23,7 +23,7 @@ import https from 'node:https';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { Database } from '../db/database.js';
+import type { Database } from '../../db/database.js';
 import { createLatch, type ChangeFeed } from './change-feed.js';
 import { readChanges, type ChangeEvent } from './changes.js';
 import { guardedLookup, isPrivateAddress, parseWebhookUrl } from './webhook-url.js';
@@ -351,4 +351,4 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
   };
 }
 
-export type WebhookDelivery = ReturnType<typeof createWebhookDelivery>;
+export type WebhookDeliveryService = ReturnType<typeof createWebhookDelivery>;

@@ -6,7 +6,7 @@
  */
 import dns from 'node:dns';
 import net from 'node:net';
-import { badRequest } from '../errors.js';
+import { badRequest } from '../../errors.js';
 
 const blocked = new net.BlockList();
 for (const [addr, prefix] of [

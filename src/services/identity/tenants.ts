@@ -1,7 +1,7 @@
 /** Tenant registry (platform_admin): register, list, suspend and reactivate tenants. */
 import type { Kysely } from 'kysely';
-import type { PlatformDB } from '../db/generated/tenant-db.js';
-import { conflict, notFound } from '../errors.js';
+import type { PlatformDB } from '../../db/generated/tenant-db.js';
+import { conflict, notFound } from '../../errors.js';
 
 export interface Tenant {
   id: string;

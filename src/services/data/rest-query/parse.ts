@@ -7,7 +7,7 @@
  *   <embed>.order=...  <embed>.limit=...  <embed>.<column>=op.value
  * Produces a syntax tree only; names are checked against the schema registry by the builder.
  */
-import { badRequest } from '../../errors.js';
+import { badRequest } from '../../../errors.js';
 
 export const OPERATORS = ['eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'like', 'ilike', 'in', 'is', 'cs', 'cd', 'ov', 'fts', 'plfts', 'phfts', 'wfts'] as const;
 export type Operator = (typeof OPERATORS)[number];

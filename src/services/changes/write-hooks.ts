@@ -8,9 +8,9 @@
  * The hook never fails the request: its own failures are logged.
  */
 import type { Logger } from 'pino';
-import type { RequestContext } from '../domain.js';
-import type { ResultCache } from './result-cache.js';
-import type { SchemaRegistry } from './schema-registry.js';
+import type { RequestContext } from '../../domain.js';
+import type { ResultCache } from '../analytics/index.js';
+import type { SchemaRegistry } from '../data/index.js';
 
 export interface WriteListener {
   afterWrites(ctx: RequestContext, tables: ReadonlySet<string>): Promise<void>;

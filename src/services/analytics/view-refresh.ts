@@ -6,7 +6,7 @@
  * refresh began (its snapshot misses that write, so a debounced refresh runs again).
  */
 import pg from 'pg';
-import type { Database } from '../db/database.js';
+import type { Database } from '../../db/database.js';
 
 export const MATVIEW_SCHEMA = 'strata_matviews';
 export const VIEW_SCHEMA = 'strata_views';

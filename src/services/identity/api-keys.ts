@@ -1,9 +1,9 @@
 /** API keys: created by a tenant admin for its own tenant, stored hashed, shown once, revocable. */
 import { randomBytes } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
-import type { PlatformDB } from '../db/generated/tenant-db.js';
-import type { RequestContext, Role } from '../domain.js';
-import { badRequest, forbidden, notFound } from '../errors.js';
+import type { PlatformDB } from '../../db/generated/tenant-db.js';
+import type { RequestContext, Role } from '../../domain.js';
+import { badRequest, forbidden, notFound } from '../../errors.js';
 import { hashApiKey } from './auth.js';
 
 export interface ApiKey {

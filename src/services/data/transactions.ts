@@ -4,10 +4,10 @@
  * in a named savepoint with `on_error: rollback_to_savepoint`, so its failure undoes only itself.
  * Serialization failures and deadlocks retry the whole batch; the attempt count is returned.
  */
-import type { Database } from '../db/database.js';
-import { toAppError } from '../db/errors.js';
-import type { Isolation, SessionContext, Tx } from '../db/session.js';
-import { AppError, badRequest } from '../errors.js';
+import type { Database } from '../../db/database.js';
+import { toAppError } from '../../db/errors.js';
+import type { Isolation, SessionContext, Tx } from '../../db/session.js';
+import { AppError, badRequest } from '../../errors.js';
 import type { QueryString, RowsService, WriteResult } from './rows.js';
 
 export interface Operation {
