@@ -103,9 +103,9 @@ export interface BuildOptions {
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const MAX_PARAM_LENGTH = 1024;
 
-import { loggerOptions } from './logger.js';
+import { createLogger, loggerOptions } from './logger.js';
 
-export { loggerOptions };
+export { createLogger, loggerOptions };
 
 export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const { config, db } = opts;

@@ -33,6 +33,8 @@ export const EnvSchema = Type.Object({
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' },
   ),
+  /** Log line format: `pretty` (pino-pretty, for a terminal), `json`, or `auto` (pretty in development, JSON otherwise). */
+  LOG_FORMAT: Type.Union([Type.Literal('auto'), Type.Literal('json'), Type.Literal('pretty')], { default: 'auto' }),
   DB_POOL_MAX: Int(10, 1, 1000),
   DB_POOL_MIN: Int(2, 0, 1000),
   DB_ACQUIRE_TIMEOUT_MS: Int(2000, 1, 600_000),
