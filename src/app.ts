@@ -39,7 +39,7 @@ import maintenancePlugin from './plugins/maintenance.js';
 import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
-import { createWriteHooks, type WriteHooks } from './services/changes/index.js';
+import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
 import { createTimeseriesService, type TimeseriesService } from './services/analytics/index.js';
 import { createViewsService, type ViewsService } from './services/analytics/index.js';
 import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';

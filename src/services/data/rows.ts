@@ -44,7 +44,7 @@ export interface RowsServiceOptions {
   cursors: CursorCodec;
   defaultLimit: number;
   maxLimit: number;
-  /** Called after a write of its own transaction commits (src/services/write-hooks.ts); not inside a caller's transaction. */
+  /** Called after a write of its own transaction commits (src/services/analytics/write-hooks.ts); not inside a caller's transaction. */
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
 
