@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { CONFIG_DESCRIPTIONS } from './config-descriptions.js';
 
 const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   Type.Integer({ default: def, minimum: min, maximum: max });
@@ -134,6 +135,12 @@ export const EnvSchema = Type.Object({
 });
 
 export type Env = Static<typeof EnvSchema>;
+
+// Every variable's meaning becomes the `description` of its schema property (docs/configuration.md).
+for (const [name, description] of Object.entries(CONFIG_DESCRIPTIONS)) {
+  const prop = (EnvSchema.properties as Record<string, { description?: string }>)[name];
+  if (prop) prop.description ??= description;
+}
 
 export interface Config extends Env {
   /** True when no DATABASE_URL was given and the embedded PostgreSQL is used. */
