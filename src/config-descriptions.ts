@@ -20,6 +20,7 @@ export const CONFIG_DESCRIPTIONS: { readonly [K in keyof Env]-?: string } = {
   PORT: 'Listen address.',
   HOST: 'Listen address.',
   LOG_LEVEL: 'pino level (`silent` to trace).',
+  ENCRYPTION_MASTER_KEYS: 'Master key ring of encrypted columns: `id:base64key` entries, comma separated, each key 32 random bytes (AES-256), e.g. `k2026:$(openssl rand -base64 32)`. The first entry is the active key (new tenant data keys are wrapped with it); the others only unwrap keys wrapped before a rotation. Unset: declaring an encrypted column answers `501 ENCRYPTION_NOT_CONFIGURED`. Never logged.',
   LOG_FORMAT: 'Log line format: `pretty` (pino-pretty, for a terminal), `json`, or `auto`: pretty in development, JSON otherwise. Where pino-pretty is not installed (a production install), lines stay JSON.',
   DB_POOL_MAX: 'Pool size per shard (tenant sessions); the minimum is opened at boot.',
   DB_POOL_MIN: 'Pool size per shard (tenant sessions); the minimum is opened at boot.',

@@ -35,6 +35,8 @@ export const EnvSchema = Type.Object({
     { default: 'info' },
   ),
   /** Log line format: `pretty` (pino-pretty, for a terminal), `json`, or `auto` (pretty in development, JSON otherwise). */
+  /** Master key ring for encrypted columns: `id:base64key,...` (32-byte keys); the first is active. */
+  ENCRYPTION_MASTER_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   LOG_FORMAT: Type.Union([Type.Literal('auto'), Type.Literal('json'), Type.Literal('pretty')], { default: 'auto' }),
   DB_POOL_MAX: Int(10, 1, 1000),
   DB_POOL_MIN: Int(2, 0, 1000),
