@@ -26,7 +26,8 @@ export interface StateDiff {
 
 const LIST = `
 SELECT n.nspname AS schema, c.relname AS name,
-  (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+  (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i
+     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = c.oid AND i.indisprimary) AS pk
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
