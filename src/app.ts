@@ -54,6 +54,8 @@ import webhookRoutes from './api/rest/webhooks/index.js';
 import { createSearchService, type SearchService } from './services/search/index.js';
 import searchRoutes from './api/rest/search/index.js';
 import searchIndexRoutes from './api/rest/search-indexes/index.js';
+import { createTestingService, type TestingService } from './services/testing/index.js';
+import testingRoutes from './api/rest/testing/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -71,6 +73,7 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
+  testing: TestingService;
 }
 
 declare module 'fastify' {
@@ -174,6 +177,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
+    testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   db.observe(services.insight.observer);
@@ -216,6 +220,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   app.addHook('onClose', () => services.changeFeed.close());
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
+  await app.register(testingRoutes, { prefix: '/v1/testing' });
   return app;
 }
 
