@@ -126,14 +126,14 @@ export class Factory {
 
   /** One row, not written (foreign keys are filled only from associations). */
   async build(ctx: FactoryContext, overrides: Overrides = {}): Promise<Row> {
-    return this.draft(ctx, await ctx.runtime.schema(), overrides, false, 0);
+    return this.draft(ctx, await ctx.runtime.schema(), overrides);
   }
 
   async buildList(ctx: FactoryContext, count: number, overrides: Overrides = {}): Promise<Row[]> {
     checkCount(count);
     const schema = await ctx.runtime.schema();
     const out: Row[] = [];
-    for (let i = 0; i < count; i++) out.push(await this.draft(ctx, schema, overrides, false, 0));
+    for (let i = 0; i < count; i++) out.push(await this.draft(ctx, schema, overrides));
     return out;
   }
 
@@ -161,21 +161,41 @@ export class Factory {
   }
 
   private async insertMany(ctx: FactoryContext, count: number, overrides: Overrides, depth: number): Promise<Row[]> {
-    const schema = await ctx.runtime.schema();
-    const table = tableOf(schema, this.table);
-    const drafts: Row[] = [];
-    for (let i = 0; i < count; i++) drafts.push(await this.draft(ctx, schema, overrides, true, depth));
-    return insertRows(ctx.query, table, drafts);
-  }
-
-  private async draft(ctx: FactoryContext, schema: FactorySchema, overrides: Overrides, write: boolean, depth: number): Promise<Row> {
     if (depth > MAX_DEPTH) {
       throw new FactoryError('FACTORY_TOO_DEEP', `creating parents for ${this.table} went ${MAX_DEPTH} levels deep (a cycle of NOT NULL foreign keys?); pass associations`);
     }
+    const schema = await ctx.runtime.schema();
+    const table = tableOf(schema, this.table);
+    const given = this.merged(overrides);
+    // parents on demand: one batch per foreign key for the whole list, not one INSERT per row
+    const parents = new Map<string, Row[]>();
+    for (const fk of table.foreignKeys) {
+      if (this.needsParent(table, fk, given)) parents.set(fk.name, await new Factory(fk.table).insertMany(ctx, count, {}, depth + 1));
+    }
+    const drafts: Row[] = [];
+    for (let i = 0; i < count; i++) {
+      const own = new Map([...parents].map(([name, rows]) => [name, rows[i]!]));
+      drafts.push(await this.draft(ctx, schema, overrides, own));
+    }
+    return insertRows(ctx.query, table, drafts);
+  }
+
+  private merged(overrides: Overrides): Overrides {
+    return Object.assign({}, ...this.def.defaults, overrides) as Overrides;
+  }
+
+  /** A NOT NULL foreign key that neither the overrides nor an association fill. */
+  private needsParent(table: FactoryTable, fk: FactoryTable['foreignKeys'][number], given: Overrides): boolean {
+    if (fk.columns.some((col) => col in given) || this.association(fk)) return false;
+    const needed = fk.columns.filter((col) => !table.columnMap.get(col)?.hasDefault);
+    return needed.length > 0 && !needed.every((col) => table.columnMap.get(col)?.nullable);
+  }
+
+  private async draft(ctx: FactoryContext, schema: FactorySchema, overrides: Overrides, parents?: Map<string, Row>): Promise<Row> {
     const table = tableOf(schema, this.table);
     const { faker } = ctx.runtime;
     const seq = ctx.runtime.nextSeq(table.name);
-    const given: Overrides = Object.assign({}, ...this.def.defaults, overrides) as Overrides;
+    const given = this.merged(overrides);
     for (const name of Object.keys(given)) {
       if (!table.columnMap.has(name)) {
         throw new FactoryError('UNKNOWN_COLUMN', `column ${JSON.stringify(name)} does not exist in ${table.name}`, { column: name, table: table.name });
@@ -195,15 +215,9 @@ export class Factory {
     }
     for (const fk of table.foreignKeys) {
       if (fk.columns.some((col) => col in given)) continue;
-      const needed = fk.columns.filter((col) => !table.columnMap.get(col)?.hasDefault);
-      if (needed.length === 0) continue;
-      let parent = this.association(fk);
-      if (!parent) {
-        const optional = needed.every((col) => table.columnMap.get(col)?.nullable);
-        if (optional || !write) continue; // NULL (no parent), or a build that writes nothing
-        const [created] = await new Factory(fk.table).insertMany(ctx, 1, {}, depth + 1);
-        parent = created!;
-      }
+      // an association, else the parent made for this row (create), else NULL / left out (build)
+      const parent = this.association(fk) ?? parents?.get(fk.name);
+      if (!parent) continue;
       fk.columns.forEach((col, i) => {
         const v = parent[fk.refColumns[i]!];
         if (v !== undefined) row[col] = v;
