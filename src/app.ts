@@ -56,6 +56,8 @@ import webhookRoutes from './api/rest/webhooks/index.js';
 import { createSearchService, type SearchService } from './services/search/index.js';
 import searchRoutes from './api/rest/search/index.js';
 import searchIndexRoutes from './api/rest/search-indexes/index.js';
+import { createTestingService, type TestingService } from './services/testing/index.js';
+import testingRoutes from './api/rest/testing/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -74,6 +76,7 @@ export interface AppServices extends BackupServices {
   webhooks: WebhookService;
   search: SearchService;
   compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
+  testing: TestingService;
 }
 
 declare module 'fastify' {
@@ -183,6 +186,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
       keys: createTenantKeys({ db, keys: masterKeys }),
       masterKeys,
     },
+    testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   db.observe(services.insight.observer);
@@ -226,6 +230,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
   await app.register(complianceRoutes, { prefix: '/v1/admin/compliance' });
+  await app.register(testingRoutes, { prefix: '/v1/testing' });
   return app;
 }
 

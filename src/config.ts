@@ -134,6 +134,14 @@ export const EnvSchema = Type.Object({
   WEBHOOK_LEASE_MS: Int(30_000, 500, 3_600_000),
   /** Allow webhook URLs resolving to private, loopback or link-local addresses (tests, trusted networks). */
   WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  /**
+   * Testing mode: the /v1/testing endpoints (factories, tenant snapshots, wiping a tenant's rows) for
+   * end-to-end suites. Off by default; refused together with NODE_ENV=production.
+   */
+  TESTING_MODE: Type.Boolean({ default: false, description: 'Enable the /v1/testing endpoints (factories, snapshots, DELETE data) for end-to-end test suites; never with NODE_ENV=production' }),
+  /** Testing mode: most rows one tenant snapshot may hold (more -> 413 SNAPSHOT_TOO_LARGE), and how long snapshots are kept. */
+  TESTING_SNAPSHOT_MAX_ROWS: Type.Integer({ default: 100_000, minimum: 1, maximum: 10_000_000, description: "Testing mode: most rows one tenant snapshot may hold (more: 413 SNAPSHOT_TOO_LARGE)" }),
+  TESTING_SNAPSHOT_TTL_S: Type.Integer({ default: 86_400, minimum: 60, maximum: 2_592_000, description: "Testing mode: seconds a tenant snapshot is kept (in Redis)" }),
 });
 
 export type Env = Static<typeof EnvSchema>;
@@ -189,6 +197,9 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
   const env = converted as Env;
   if (env.DB_POOL_MIN > env.DB_POOL_MAX) {
     throw new ConfigError('DB_POOL_MIN', `must not exceed DB_POOL_MAX (${env.DB_POOL_MAX})`);
+  }
+  if (env.TESTING_MODE && env.NODE_ENV === 'production') {
+    throw new ConfigError('TESTING_MODE', 'must not be true with NODE_ENV=production (it lets tenants wipe and forge their data)');
   }
   const embedded = env.DATABASE_URL === undefined;
   if (!embedded && !env.JWT_SECRET && !env.JWT_JWKS_URL) {
