@@ -6,8 +6,11 @@
  * consume sequences or run SQL given as text, and no reference to the platform schema `strata`.
  *
  * The database is the second wall (src/services/sql.ts): a READ ONLY transaction under the role
- * strata_analyst, which cannot EXECUTE set_config and has no USAGE on schema strata. Each wall holds
- * on its own; this one gives clear 4xx answers before anything is sent.
+ * strata_analyst, which cannot EXECUTE set_config nor any function of migration 0008's list (locks,
+ * large objects, notifications, SQL given as text...) and has no USAGE on schema strata. Each wall
+ * holds on its own; this one gives clear 4xx answers before anything is sent. Functions are found
+ * however they are spelled: a call `f(x)`, and the field selection `(x).f` / `alias.f` that PostgreSQL
+ * also resolves to a call of a one-argument function.
  *
  * pg_sleep, pg_sleep_for and pg_sleep_until are allowed on purpose: the statement_timeout of the
  * analyst transaction (at most DB_STATEMENT_TIMEOUT_MS) bounds them as it bounds any slow query.
@@ -63,6 +66,16 @@ const DENIED_FUNCTIONS = new Set([
   // run SQL given as text
   'ts_stat',
   'ts_rewrite',
+  // session state that would outlive the statement on a pooled connection
+  'setseed',
+  'set_limit',
+  'pg_current_snapshot',
+  'txid_current_snapshot',
+  // writes to indexes
+  'brin_summarize_new_values',
+  'brin_summarize_range',
+  'brin_desummarize_range',
+  'gin_clean_pending_list',
   // network access from the server (pgsql-http)
   'http',
 ]);
@@ -85,6 +98,16 @@ const DENIED_PATTERNS: readonly RegExp[] = [
   /^pg_(backup_start|backup_stop|start_backup|stop_backup)$/,
   /^pg_wal_replay_/,
 ];
+
+/**
+ * Denied functions the database leaves to other privileges: a sequence function needs a privilege
+ * on the sequence, and strata_analyst holds none. Every other denied function must be revoked from
+ * strata_analyst in the database itself (migration 0008), which the SQL service checks at first use.
+ */
+export const GUARD_ONLY_FUNCTIONS: ReadonlySet<string> = new Set(['nextval', 'setval', 'currval', 'lastval']);
+
+/** A PostgreSQL regular expression matching every denied function name (for catalog checks). */
+export const DENIED_FUNCTION_REGEX = `^(${[...DENIED_FUNCTIONS].join('|')})$|${DENIED_PATTERNS.map((p) => p.source).join('|')}`;
 
 /** True when analyst SQL may not call the function `name` (unqualified, any case). */
 export function isDeniedFunction(name: string): boolean {
@@ -168,6 +191,16 @@ function inspect(root: unknown): Findings {
         const name = parts[parts.length - 1] ?? '';
         if (parts.length > 1 && parts[parts.length - 2] === FORBIDDEN_SCHEMA) f.schemas.add(FORBIDDEN_SCHEMA);
         if (isDeniedFunction(name)) f.functions.add(name.toLowerCase());
+      } else if ((key === 'A_Indirection' || key === 'ColumnRef') && isObject(value)) {
+        // PostgreSQL calls a one-argument function written as field selection: `(expr).fname` or
+        // `alias.fname` (when no column has that name). Any field named after a denied function is
+        // refused, whatever it would resolve to.
+        const fields = nameParts(key === 'ColumnRef' ? value['fields'] : value['indirection']);
+        if (key === 'ColumnRef' && fields.length < 2) {
+          // a bare name is a column, never a call
+        } else {
+          for (const field of fields) if (field !== '' && isDeniedFunction(field)) f.functions.add(field.toLowerCase());
+        }
       } else if (key === 'RangeVar' && isObject(value)) {
         if (value['schemaname'] === FORBIDDEN_SCHEMA) f.schemas.add(FORBIDDEN_SCHEMA);
       } else if (key === 'TypeName' && isObject(value)) {
