@@ -52,6 +52,14 @@ export const EnvSchema = Type.Object({
   SLOW_QUERY_LOG_MAX: Int(1000, 10, 100_000),
   N_PLUS_ONE_THRESHOLD: Int(10, 0, 100_000),
   EXPLAIN_LARGE_TABLE_ROWS: Int(10_000, 0, Number.MAX_SAFE_INTEGER),
+  /** Estimated counts a tenant sees are exact counts stopped at this cap (planner statistics span every tenant). */
+  COUNT_ESTIMATE_CAP: Type.Integer({
+    default: 10_000,
+    minimum: 1,
+    maximum: 10_000_000,
+    description:
+      "count=estimated on the rows API and an export's estimated_rows, for tenant roles: an exact count of the caller's rows that stops at this cap (the answer is then the cap, meaning at least that many). Planner estimates are computed over every tenant, so they are never shown to one.",
+  }),
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
