@@ -27,6 +27,20 @@ export const EnvSchema = Type.Object({
   JWT_JWKS_URL: Type.Optional(Url(['https', 'http'])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  JWT_MAX_AGE_S: Type.Integer({
+    default: 0,
+    minimum: 0,
+    maximum: 31_536_000,
+    description:
+      'Bearer tokens without an exp claim are refused (401 TOKEN_NO_EXPIRY) unless this is set: then such a token must carry iat and is accepted until iat + JWT_MAX_AGE_S (401 TOKEN_EXPIRED after). 0: no token without exp is accepted.',
+  }),
+  STREAM_AUTH_RECHECK_MS: Type.Integer({
+    default: 10_000,
+    minimum: 50,
+    maximum: 25_000,
+    description:
+      "How often a long-lived stream (SSE change and job event streams, GraphQL subscriptions) re-reads its credential: an API key's revocation or the tenant's suspension ends the stream within this interval (plus one query); a token's expiry ends it at the expiry itself, checked before every event.",
+  }),
   PORT: Int(3000, 0, 65535),
   HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
   LOG_LEVEL: Type.Union(
