@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { CONFIG_DESCRIPTIONS } from './config-descriptions.js';
 
 const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   Type.Integer({ default: def, minimum: min, maximum: max });
@@ -27,26 +28,18 @@ export const EnvSchema = Type.Object({
   JWT_JWKS_URL: Type.Optional(Url(['https', 'http'])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
-  JWT_MAX_AGE_S: Type.Integer({
-    default: 0,
-    minimum: 0,
-    maximum: 31_536_000,
-    description:
-      'Bearer tokens without an exp claim are refused (401 TOKEN_NO_EXPIRY) unless this is set: then such a token must carry iat and is accepted until iat + JWT_MAX_AGE_S (401 TOKEN_EXPIRED after). 0: no token without exp is accepted.',
-  }),
-  STREAM_AUTH_RECHECK_MS: Type.Integer({
-    default: 10_000,
-    minimum: 50,
-    maximum: 25_000,
-    description:
-      "How often a long-lived stream (SSE change and job event streams, GraphQL subscriptions) re-reads its credential: an API key's revocation or the tenant's suspension ends the stream within this interval (plus one query); a token's expiry ends it at the expiry itself, checked before every event.",
-  }),
+  JWT_MAX_AGE_S: Int(0, 0, 31_536_000),
+  STREAM_AUTH_RECHECK_MS: Int(10_000, 50, 25_000),
   PORT: Int(3000, 0, 65535),
   HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' },
   ),
+  /** Log line format: `pretty` (pino-pretty, for a terminal), `json`, or `auto` (pretty in development, JSON otherwise). */
+  /** Master key ring for encrypted columns: `id:base64key,...` (32-byte keys); the first is active. */
+  ENCRYPTION_MASTER_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  LOG_FORMAT: Type.Union([Type.Literal('auto'), Type.Literal('json'), Type.Literal('pretty')], { default: 'auto' }),
   DB_POOL_MAX: Int(10, 1, 1000),
   DB_POOL_MIN: Int(2, 0, 1000),
   DB_ACQUIRE_TIMEOUT_MS: Int(2000, 1, 600_000),
@@ -67,13 +60,7 @@ export const EnvSchema = Type.Object({
   N_PLUS_ONE_THRESHOLD: Int(10, 0, 100_000),
   EXPLAIN_LARGE_TABLE_ROWS: Int(10_000, 0, Number.MAX_SAFE_INTEGER),
   /** Estimated counts a tenant sees are exact counts stopped at this cap (planner statistics span every tenant). */
-  COUNT_ESTIMATE_CAP: Type.Integer({
-    default: 10_000,
-    minimum: 1,
-    maximum: 10_000_000,
-    description:
-      "count=estimated on the rows API and an export's estimated_rows, for tenant roles: an exact count of the caller's rows that stops at this cap (the answer is then the cap, meaning at least that many). Planner estimates are computed over every tenant, so they are never shown to one.",
-  }),
+  COUNT_ESTIMATE_CAP: Int(10_000, 1, 10_000_000),
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
@@ -154,6 +141,12 @@ export const EnvSchema = Type.Object({
 });
 
 export type Env = Static<typeof EnvSchema>;
+
+// Every variable's meaning becomes the `description` of its schema property (docs/configuration.md).
+for (const [name, description] of Object.entries(CONFIG_DESCRIPTIONS)) {
+  const prop = (EnvSchema.properties as Record<string, { description?: string }>)[name];
+  if (prop) prop.description ??= description;
+}
 
 export interface Config extends Env {
   /** True when no DATABASE_URL was given and the embedded PostgreSQL is used. */

@@ -1,5 +1,5 @@
 /**
- * Issue 13, item 5: the analyst sandbox is closed in PostgreSQL itself (migration 0008). Every
+ * Issue 13, item 5: the analyst sandbox is closed in PostgreSQL itself (migration 0009). Every
  * function taken from PUBLIC is called as strata_analyst through each spelling PostgreSQL accepts
  * (call, field selection, operator and cast where one exists): the database refuses it without the
  * guard, and the guard refuses it before it is sent. Nothing an analyst runs leaves a lock, a large
@@ -38,7 +38,7 @@ const LITERALS: Record<string, string> = {
 };
 const literal = (type: string) => LITERALS[type] ?? `NULL::${type}`;
 
-describe('the analyst sandbox in PostgreSQL (migration 0008)', () => {
+describe('the analyst sandbox in PostgreSQL (migration 0009)', () => {
   let t: TestApp;
   let analyst: Record<string, string>;
   let revoked: Revoked[];
@@ -257,7 +257,7 @@ describe('the analyst sandbox in PostgreSQL (migration 0008)', () => {
         )
       ).rows[0]!.ok;
     expect(await canLock()).toBe(false);
-    await t.migrator.down({ to: '0007_views' });
+    await t.migrator.down({ to: '0008_compliance' });
     try {
       expect(await canLock()).toBe(true);
     } finally {

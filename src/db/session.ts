@@ -34,7 +34,7 @@ export interface TxOptions {
   releaseClean?: boolean;
 }
 
-/** Drops the session-level advisory locks of a connection (strata_tenant may EXECUTE it: migration 0008). */
+/** Drops the session-level advisory locks of a connection (strata_tenant may EXECUTE it: migration 0009). */
 export const RELEASE_CLEAN_SQL = 'SELECT FROM pg_catalog.pg_advisory_unlock_all()';
 
 /** Per-request accounting for Server-Timing and N+1 detection. */

@@ -46,7 +46,7 @@ export interface RowsServiceOptions {
   maxLimit: number;
   /** count=estimated for tenant roles: an exact count stopped at this cap (COUNT_ESTIMATE_CAP; default 10,000). */
   countCap?: number;
-  /** Called after a write of its own transaction commits (src/services/write-hooks.ts); not inside a caller's transaction. */
+  /** Called after a write of its own transaction commits (src/services/analytics/write-hooks.ts); not inside a caller's transaction. */
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
 

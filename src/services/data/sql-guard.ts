@@ -5,8 +5,8 @@
  * settings or roles, reach files, other servers or large objects, hold locks beyond the statement,
  * consume sequences or run SQL given as text, and no reference to the platform schema `strata`.
  *
- * The database is the second wall (src/services/sql.ts): a READ ONLY transaction under the role
- * strata_analyst, which cannot EXECUTE set_config nor any function of migration 0008's list (locks,
+ * The database is the second wall (src/services/data/sql.ts): a READ ONLY transaction under the role
+ * strata_analyst, which cannot EXECUTE set_config nor any function of migration 0009's list (locks,
  * large objects, notifications, SQL given as text...) and has no USAGE on schema strata. Each wall
  * holds on its own; this one gives clear 4xx answers before anything is sent. Functions are found
  * however they are spelled: a call `f(x)`, and the field selection `(x).f` / `alias.f` that PostgreSQL
@@ -102,7 +102,7 @@ const DENIED_PATTERNS: readonly RegExp[] = [
 /**
  * Denied functions the database leaves to other privileges: a sequence function needs a privilege
  * on the sequence, and strata_analyst holds none. Every other denied function must be revoked from
- * strata_analyst in the database itself (migration 0008), which the SQL service checks at first use.
+ * strata_analyst in the database itself (migration 0009), which the SQL service checks at first use.
  */
 export const GUARD_ONLY_FUNCTIONS: ReadonlySet<string> = new Set(['nextval', 'setval', 'currval', 'lastval']);
 
@@ -114,7 +114,7 @@ export const DENIED_FUNCTION_REGEX = `^(${[...DENIED_FUNCTIONS].join('|')})$|${D
  * argument (or one plus defaults). Listed from the catalog of PostgreSQL 15 (pg_proc, names matching
  * the denied names with pronargs - pronargdefaults <= 1 <= pronargs) and the extensions named above.
  * Only these are refused as field names, so a column such as `lo_priority` or `http_status` stays
- * readable as `t.lo_priority`; the database refuses every one of them anyway (migration 0008).
+ * readable as `t.lo_priority`; the database refuses every one of them anyway (migration 0009).
  */
 const FIELD_CALLABLE = new Set([
   'brin_summarize_new_values', 'currval', 'gin_clean_pending_list', 'lo_close', 'lo_creat', 'lo_create', 'lo_get',

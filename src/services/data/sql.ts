@@ -2,7 +2,7 @@
  * Raw read-only SQL for analysts (POST /v1/sql). One statement, with parameters, in the caller's
  * tenant session, behind two walls that each hold alone:
  *
- * 1. src/services/sql-guard.ts parses it with PostgreSQL's parser: one plain query, no locks, no
+ * 1. src/services/data/sql-guard.ts parses it with PostgreSQL's parser: one plain query, no locks, no
  *    INTO, no deny-listed function, nothing of schema strata.
  * 2. PostgreSQL runs it in a READ ONLY transaction with the caller's statement_timeout, after
  *    `SET LOCAL ROLE strata_analyst` (migration 0003): a role that can SELECT the tenant tables under
@@ -153,7 +153,7 @@ function sandboxProblems(r: SandboxRow): string[] {
   if (r.strata_usage) out.push(`${ANALYST_ROLE} has USAGE on schema strata`);
   if (r.owns_relations) out.push(`${ANALYST_ROLE} owns relations`);
   if (r.callable.length > 0) {
-    out.push(`${ANALYST_ROLE} may EXECUTE ${r.callable.join(', ')} (run migration 0008_analyst_sandbox as a superuser, or revoke them from PUBLIC)`);
+    out.push(`${ANALYST_ROLE} may EXECUTE ${r.callable.join(', ')} (run migration 0009_analyst_sandbox as a superuser, or revoke them from PUBLIC)`);
   }
   return out;
 }

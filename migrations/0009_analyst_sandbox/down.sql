@@ -1,4 +1,4 @@
--- Undo 0008: EXECUTE goes back to PUBLIC on exactly the functions the up migration took it from,
+-- Undo 0009: EXECUTE goes back to PUBLIC on exactly the functions the up migration took it from,
 -- and the grants it made are taken back.
 DO $$
 DECLARE
