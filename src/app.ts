@@ -164,6 +164,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     cursors,
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
+    countCap: config.COUNT_ESTIMATE_CAP,
     afterCommit: hooks.afterCommit,
   });
   const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });

@@ -28,6 +28,8 @@ export const EnvSchema = Type.Object({
   JWT_JWKS_URL: Type.Optional(Url(['https', 'http'])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  JWT_MAX_AGE_S: Int(0, 0, 31_536_000),
+  STREAM_AUTH_RECHECK_MS: Int(10_000, 50, 25_000),
   PORT: Int(3000, 0, 65535),
   HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
   LOG_LEVEL: Type.Union(
@@ -57,6 +59,8 @@ export const EnvSchema = Type.Object({
   SLOW_QUERY_LOG_MAX: Int(1000, 10, 100_000),
   N_PLUS_ONE_THRESHOLD: Int(10, 0, 100_000),
   EXPLAIN_LARGE_TABLE_ROWS: Int(10_000, 0, Number.MAX_SAFE_INTEGER),
+  /** Estimated counts a tenant sees are exact counts stopped at this cap (planner statistics span every tenant). */
+  COUNT_ESTIMATE_CAP: Int(10_000, 1, 10_000_000),
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),

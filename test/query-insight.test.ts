@@ -81,6 +81,9 @@ describe('query insight', () => {
       ['reader', 'reader', 'acme'],
       ['writer', 'writer', 'acme'],
       ['platform', 'platform_admin', null],
+      // the full plan (row estimates, costs, table sizes) is for platform_admin; a tenant admin's is redacted
+      ['acme_platform', 'platform_admin', 'acme'],
+      ['globex_platform', 'platform_admin', 'globex'],
     ] as const) {
       h[name] = await t.auth(role, tenant);
     }
@@ -274,7 +277,7 @@ describe('query insight', () => {
     }
 
     it('flags the sequential scan of a large unindexed table and names the costliest node', async () => {
-      const res = await explain(h['acme']!, {
+      const res = await explain(h['acme_platform']!, {
         sql: 'SELECT id FROM insight_events WHERE category = $1',
         params: [7],
       });
@@ -304,7 +307,7 @@ describe('query insight', () => {
 
     it('with analyze, reports row misestimates over 10x', async () => {
       // category and shadow are equal on every row: the planner multiplies their selectivities
-      const res = await explain(h['acme']!, {
+      const res = await explain(h['acme_platform']!, {
         sql: 'SELECT id FROM insight_events WHERE category = $1 AND shadow = $2',
         params: [8, 8],
         analyze: true,
@@ -331,8 +334,12 @@ describe('query insight', () => {
         walk(res.json<Explained>().plan[0]!.Plan);
         return scan?.['Actual Rows'];
       };
-      expect(await count(h['acme']!)).toBe(ACME_ROWS);
-      expect(await count(h['globex']!)).toBe(GLOBEX_ROWS);
+      expect(await count(h['acme_platform']!)).toBe(ACME_ROWS);
+      expect(await count(h['globex_platform']!)).toBe(GLOBEX_ROWS);
+      // a tenant admin sees the same plan without any row count
+      const redacted = await explain(h['acme']!, { sql: 'SELECT count(*) FROM insight_events', analyze: true });
+      expect(redacted.json()).toMatchObject({ redacted: true });
+      expect(JSON.stringify(redacted.json().plan)).not.toContain('Actual Rows');
       expect(await count(h['platform']!)).toBe(0); // no tenant: the policy admits nothing
     });
 

@@ -46,7 +46,7 @@ export interface ExportFileResult {
 export interface ExportServiceDeps {
   db: Database;
   schema: SchemaRegistry;
-  config: Pick<Config, 'EXPORT_TIMEOUT_MS' | 'EXPORT_MAX_TIMEOUT_MS' | 'exportDir'>;
+  config: Pick<Config, 'EXPORT_TIMEOUT_MS' | 'EXPORT_MAX_TIMEOUT_MS' | 'exportDir'> & Partial<Pick<Config, 'DB_STATEMENT_TIMEOUT_MS' | 'COUNT_ESTIMATE_CAP'>>;
   log: Pick<Logger, 'info' | 'warn'>;
 }
 
@@ -79,10 +79,17 @@ export function createExportService(deps: ExportServiceDeps) {
     return n;
   }
 
-  /** The estimated row count of a plan's SELECT, from the planner (EXPLAIN, nothing runs). */
+  const countTimeoutMs = (config.DB_STATEMENT_TIMEOUT_MS ?? 0) > 0 ? (config.DB_STATEMENT_TIMEOUT_MS as number) : 15_000;
+  const countCap = Math.max(1, Math.floor(config.COUNT_ESTIMATE_CAP ?? 10_000));
+
+  /**
+   * The estimated row count of a plan: the caller's rows counted exactly up to COUNT_ESTIMATE_CAP
+   * (the planner's estimate is computed over every tenant's rows, so it would tell one tenant how
+   * many rows the others hold). Runs the SELECT until the cap.
+   */
   async function estimate(tx: Tx, plan: ExportPlan): Promise<number> {
-    const { rows } = await tx.query<{ 'QUERY PLAN': Array<{ Plan: { 'Plan Rows': number } }> }>(`EXPLAIN (FORMAT JSON) ${plan.select}`);
-    return Math.round(rows[0]?.['QUERY PLAN'][0]?.Plan['Plan Rows'] ?? 0);
+    const { rows } = await tx.query<{ n: string }>(`SELECT count(*)::bigint AS n FROM (SELECT FROM (${plan.select}) s LIMIT ${countCap}) c`);
+    return Number(rows[0]?.n ?? 0);
   }
 
   const service = {
@@ -132,9 +139,17 @@ export function createExportService(deps: ExportServiceDeps) {
           ctx,
           async (tx) => {
             if (plan.analyst) await tx.query(`SET LOCAL ROLE ${ANALYST_ROLE}`);
-            return estimate(tx, plan);
+            // Errors of the statement (unknown column, permission) answer 4xx here, before anything runs.
+            await tx.query(`EXPLAIN ${plan.select}`);
+            // The count runs the statement: bounded by the request's own timeout. A count that does
+            // not finish in it is reported as -1 (unknown), the job itself keeps the export's timeout.
+            await tx.query(`SET LOCAL statement_timeout = ${Math.min(plan.timeoutMs, countTimeoutMs)}`);
+            return tx.savepoint(async (s) => estimate(s, plan)).catch((err: unknown) => {
+              if ((err as { code?: string }).code === '57014') return -1;
+              throw err;
+            });
           },
-          { readOnly: true, statementTimeoutMs: plan.timeoutMs },
+          { readOnly: true, statementTimeoutMs: plan.timeoutMs, releaseClean: plan.analyst === true },
         );
       } catch (err) {
         throw plan.analyst ? toSqlError(err, { prefixLength: Number.MAX_SAFE_INTEGER, offset: 0 }) : err;
