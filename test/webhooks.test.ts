@@ -32,6 +32,7 @@ const ENV = {
   WEBHOOK_LEASE_MS: '2000',
   WEBHOOK_TIMEOUT_MS: '20000',
   CHANGES_POLL_MS: '100',
+  WEBHOOK_BREAKER_COOLDOWN_MS: '200',
 };
 const log = pino({ level: 'silent' });
 

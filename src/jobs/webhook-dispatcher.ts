@@ -3,12 +3,21 @@
  * (the id sequence moved, or a NOTIFY; coalesced), it finds webhooks with events to deliver
  * whose delivery loop is not running and enqueues one `deliver-webhook` job each. The job id is
  * `webhooks-<webhook id>`, so a loop already queued or running is not queued twice.
+ *
+ * It also runs every TICK_MS: retries and parked (circuit-open) webhooks become due by time, not by
+ * a new event, and webhooks refused a slot (tenant allowance) are offered again. Its BullMQ
+ * connection reconnects with the short capped backoff of src/redis.ts, so events written during a
+ * Redis outage are dispatched within about a second of Redis answering.
  */
 import { Queue } from 'bullmq';
 import type { Logger } from 'pino';
 import type { ChangeFeed } from '../services/changes/index.js';
 import type { WebhookDeliveryService } from '../services/changes/index.js';
 import type { JobData } from './queues.js';
+import { bullmqConnection, type RedisBounds } from '../redis.js';
+
+/** How often due retries and waiting webhooks are looked for without a wake-up. */
+const TICK_MS = 500;
 
 export interface WebhookDispatcher {
   /** Run one dispatch pass now (tests). */
@@ -16,12 +25,20 @@ export interface WebhookDispatcher {
   close(): Promise<void>;
 }
 
-export function startWebhookDispatcher(opts: { redisUrl: string; prefix: string; feed: ChangeFeed; delivery: WebhookDeliveryService; log: Logger }): WebhookDispatcher {
-  const queue = new Queue('webhooks', { connection: { url: opts.redisUrl, maxRetriesPerRequest: null }, prefix: opts.prefix });
+export function startWebhookDispatcher(opts: {
+  redisUrl: string;
+  prefix: string;
+  feed: ChangeFeed;
+  delivery: WebhookDeliveryService;
+  log: Logger;
+  bounds?: RedisBounds;
+}): WebhookDispatcher {
+  const queue = new Queue('webhooks', { connection: bullmqConnection(opts.redisUrl, opts.bounds), prefix: opts.prefix });
   queue.on('error', () => undefined);
   let running: Promise<void> | undefined;
   let again = false;
   let closed = false;
+  let lastWarn = 0;
 
   async function pass(): Promise<void> {
     const due = await opts.delivery.due();
@@ -43,7 +60,10 @@ export function startWebhookDispatcher(opts: { redisUrl: string; prefix: string;
         try {
           await pass();
         } catch (err) {
-          opts.log.warn({ err }, 'webhook dispatch failed; retrying on the next wake-up');
+          if (Date.now() - lastWarn > 10_000) {
+            lastWarn = Date.now();
+            opts.log.warn({ err }, 'webhook dispatch failed; retrying on the next wake-up');
+          }
         }
       } while (again && !closed);
     })().finally(() => {
@@ -53,10 +73,13 @@ export function startWebhookDispatcher(opts: { redisUrl: string; prefix: string;
   }
 
   const unsubscribe = opts.feed.subscribe(() => void kick());
+  const ticker = setInterval(() => void kick(), TICK_MS);
+  ticker.unref();
   return {
     kick,
     async close() {
       closed = true;
+      clearInterval(ticker);
       unsubscribe();
       await running;
       await queue.close().catch(() => undefined);
