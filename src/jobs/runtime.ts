@@ -32,6 +32,7 @@ import { createExportService, type ExportService } from '../services/exports/ind
 import { createRegistryService } from '../services/data/index.js';
 import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
 import { maintainChanges } from './processors/maintain-changes.js';
+import { sweepTemporariesJob } from './processors/sweep-temporaries.js';
 import { createChangeFeed, type ChangeFeed } from '../services/changes/index.js';
 import { createWebhookDelivery, type WebhookDeliveryService } from '../services/changes/index.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
@@ -73,6 +74,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'deliver-webhook': deliverWebhook,
   'replay-webhook': replayWebhook,
   'maintain-changes': maintainChanges,
+  'sweep-temporaries': sweepTemporariesJob,
   'search-index-create': searchIndexCreate,
   'search-index-drop': searchIndexDrop,
 };
