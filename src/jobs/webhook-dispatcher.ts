@@ -18,6 +18,8 @@ import { bullmqConnection, type RedisBounds } from '../redis.js';
 
 /** How often due retries and waiting webhooks are looked for without a wake-up. */
 const TICK_MS = 500;
+/** A webhook still due this long after its job was added gets a job under a new id. */
+const STUCK_MS = 1_500;
 
 export interface WebhookDispatcher {
   /** Run one dispatch pass now (tests). */
@@ -40,11 +42,23 @@ export function startWebhookDispatcher(opts: {
   let closed = false;
   let lastWarn = 0;
 
+  // When a webhook stays due (not leased) STUCK_MS after its job was added, that job is stuck (e.g.
+  // its worker lost the job's lock during a Redis hang and BullMQ keeps it active until the stalled
+  // check): a job under a new id is added. Two loops cannot run at once: the lease decides.
+  const firstAdded = new Map<string, { at: number; jobId: string }>();
   async function pass(): Promise<void> {
     const due = await opts.delivery.due();
+    const now = Date.now();
+    const dueIds = new Set(due.map((w) => w.id));
+    for (const id of firstAdded.keys()) if (!dueIds.has(id)) firstAdded.delete(id);
     for (const w of due) {
+      let entry = firstAdded.get(w.id);
+      if (!entry || now - entry.at > STUCK_MS) {
+        entry = { at: now, jobId: entry ? `webhooks-${w.id}-${now}` : `webhooks-${w.id}` };
+        firstAdded.set(w.id, entry);
+      }
       const data: JobData<'deliver-webhook'> = { webhookId: w.id, tenantId: w.tenant_id, actor: 'system:webhooks', requestId: `webhook:${w.id}` };
-      await queue.add('deliver-webhook', data, { jobId: `webhooks-${w.id}`, removeOnComplete: true, removeOnFail: true, attempts: 1 });
+      await queue.add('deliver-webhook', data, { jobId: entry.jobId, removeOnComplete: true, removeOnFail: true, attempts: 1 });
     }
   }
 

@@ -23,7 +23,7 @@ const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const OPEN_PREFIXES = ['/v1/admin/backups', '/v1/admin/restores', '/v1/jobs', '/v1/sql', '/v1/search', '/v1/exports', '/admin/queues', '/graphql'];
 
 /** The client of `request` has closed its connection: nobody waits for the answer. */
-export const clientIsGone = (request: FastifyRequest) => request.raw.destroyed || request.raw.socket?.destroyed === true;
+export const clientIsGone = (request: FastifyRequest) => request.raw.socket?.destroyed === true;
 
 function clientGoneCheck(request: FastifyRequest): void {
   if (!clientIsGone(request)) return;
