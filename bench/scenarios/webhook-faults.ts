@@ -137,7 +137,15 @@ const scenario: BenchScenario = {
     ], { DATABASE_URL: ctx.dbUrl, APP_DATABASE_URL: ctx.appUrl, JWT_SECRET: ctx.secret, NODE_ENV: 'production', WEBHOOK_ALLOW_PRIVATE: 'true' });
     try {
       for (const tenant of TENANTS) await addWebhook(admin, tenant, rxUrl);
-      await sleep(3000); // worker up
+      // warm-up: the worker is up and both healthy endpoints have delivered (proven) before timing
+      const app = new pg.Pool({ connectionString: ctx.appUrl, max: 2 });
+      for (const tenant of TENANTS) {
+        await app.query(`BEGIN; SELECT set_config('strata.tenant_id', '${tenant}', true); INSERT INTO public.whf_bench (name) VALUES ('warm-${tenant}'); COMMIT;`);
+      }
+      await app.end();
+      for (let i = 0; i < 600 && !TENANTS.every((t) => arrived.has(`warm-${t}`)); i++) await sleep(100);
+      if (!TENANTS.every((t) => arrived.has(`warm-${t}`))) throw new Error('webhook-faults: the worker delivered nothing within 60 s');
+      await sleep(1000);
       const quiet = await phase(ctx, arrived, 'quiet');
       ctx.log(`webhook-faults quiet: ${JSON.stringify(quiet)}`);
       for (let i = 0; i < STUCK; i++) await addWebhook(admin, 'whf-a', holeUrl(i));
