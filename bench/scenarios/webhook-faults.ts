@@ -92,9 +92,15 @@ async function phase(ctx: BenchContext, arrived: Map<string, number>, label: str
   for (const tenant of TENANTS) {
     const lat = [...acked].filter(([, v]) => v.tenant === tenant).map(([n, v]) => (arrived.has(n) ? Math.max(0, arrived.get(n)! - v.at) : NaN)).filter((x) => !Number.isNaN(x));
     const total = [...acked.values()].filter((v) => v.tenant === tenant).length;
-    out[tenant] = { events: total, lost: total - lat.length, p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), max_ms: pct(lat, 100) };
+    // the slowest events, with when they were written (s into the phase): shows whether a spike is one stall or spread
+    const slowest = [...acked]
+      .filter(([n, v]) => v.tenant === tenant && arrived.has(n))
+      .map(([n, v]) => ({ at_s: +((v.at - started) / 1000).toFixed(1), ms: Math.round(arrived.get(n)! - v.at) }))
+      .sort((a, b) => b.ms - a.ms)
+      .slice(0, 5);
+    out[tenant] = { events: total, lost: total - lat.length, p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), max_ms: pct(lat, 100), slowest };
   }
-  return out as { phase: string; write_errors: number } & Record<(typeof TENANTS)[number], { events: number; lost: number; p50_ms: number; p99_ms: number; max_ms: number }>;
+  return out as { phase: string; write_errors: number } & Record<(typeof TENANTS)[number], { events: number; lost: number; p50_ms: number; p99_ms: number; max_ms: number; slowest: unknown }>;
 }
 
 const scenario: BenchScenario = {
