@@ -36,6 +36,7 @@ import sqlRoutes from './api/rest/sql/index.js';
 import { createBackupServices, type BackupServices } from './services/backups/index.js';
 import backupRoutes, { restoreRoutes } from './api/rest/backups/index.js';
 import maintenancePlugin from './plugins/maintenance.js';
+import idempotencyPlugin from './plugins/idempotency.js';
 import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
@@ -124,7 +125,8 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
-    return503OnClosing: true,
+    // the drain answers 503 in Strata's error shape (SHUTTING_DOWN, src/plugins/errors.ts), not Fastify's
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     // a path parameter longer than this is refused before routing (414 PARAM_TOO_LONG)
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
@@ -206,6 +208,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(swaggerPlugin);
   await app.register(authPlugin, { authenticator });
   await app.register(maintenancePlugin);
+  await app.register(idempotencyPlugin);
 
   await app.register(healthRoutes);
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
@@ -239,6 +242,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
 function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
   const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
   const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT });
-  const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT });
+  const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT, maxPerTenant: config.WEBHOOK_TENANT_MAX });
   return { changeFeed, changes, webhooks };
 }

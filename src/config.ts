@@ -146,6 +146,36 @@ export const EnvSchema = Type.Object({
   /** Testing mode: most rows one tenant snapshot may hold (more -> 413 SNAPSHOT_TOO_LARGE), and how long snapshots are kept. */
   TESTING_SNAPSHOT_MAX_ROWS: Type.Integer({ default: 100_000, minimum: 1, maximum: 10_000_000, description: "Testing mode: most rows one tenant snapshot may hold (more: 413 SNAPSHOT_TOO_LARGE)" }),
   TESTING_SNAPSHOT_TTL_S: Type.Integer({ default: 86_400, minimum: 60, maximum: 2_592_000, description: "Testing mode: seconds a tenant snapshot is kept (in Redis)" }),
+  /** BullMQ slots of the webhooks queue per worker process (delivery loops wait on the network): at least WORKER_CONCURRENCY. */
+  WEBHOOK_WORKER_CONCURRENCY: Int(16, 1, 1024),
+  /** Webhooks a tenant may have (more -> 409 WEBHOOK_LIMIT_REACHED). */
+  WEBHOOK_TENANT_MAX: Int(50, 1, 100_000),
+  /** Delivery loops of one tenant running at once across all workers (the rest wait; other tenants do not). */
+  WEBHOOK_TENANT_SLOTS: Int(4, 1, 1000),
+  /** Of those, how many may serve webhooks that are failing (breaker open or retrying): healthy ones keep the rest. */
+  WEBHOOK_TENANT_FAILING_SLOTS: Int(1, 1, 1000),
+  /** Circuit breaker per webhook endpoint: consecutive failed attempts that open it, and how long it stays open before a probe. */
+  WEBHOOK_BREAKER_THRESHOLD: Int(3, 1, 1000),
+  WEBHOOK_BREAKER_COOLDOWN_MS: Int(30_000, 100, 86_400_000),
+  /** Redis bounds (request path): a command unanswered after this fails (ioredis commandTimeout); connect timeout. */
+  REDIS_COMMAND_TIMEOUT_MS: Int(1_000, 50, 600_000),
+  REDIS_CONNECT_TIMEOUT_MS: Int(2_000, 50, 600_000),
+  /** Reconnect backoff cap of every Redis connection (API, workers, dispatcher): resumes within this after Redis answers. */
+  REDIS_RECONNECT_MAX_MS: Int(500, 10, 60_000),
+  /** The longest a write waits for the maintenance flag; a flag read failing within this falls back to the last known value. */
+  MAINTENANCE_CHECK_TIMEOUT_MS: Int(250, 10, 60_000),
+  /** How long a last known maintenance flag is trusted when Redis cannot answer (after that: fail open, writes pass). */
+  MAINTENANCE_STALE_MS: Int(60_000, 0, 3_600_000),
+  /** /readyz: the longest each dependency check may take before it counts as failed. */
+  READYZ_TIMEOUT_MS: Int(1_000, 10, 60_000),
+  /** Idempotency-Key: how long a key and its first answer are kept per tenant (seconds). */
+  IDEMPOTENCY_TTL_S: Int(86_400, 60, 2_592_000),
+  /** BullMQ: lock of an active job, and how often lapsed locks are looked for: a dead worker's job is taken over within lock + interval. */
+  JOB_LOCK_DURATION_MS: Int(10_000, 1000, 3_600_000),
+  JOB_STALLED_INTERVAL_MS: Int(5_000, 500, 3_600_000),
+  /** Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed. */
+  SWEEP_CRON: Type.String({ default: '*/15 * * * *', minLength: 9 }),
+  SWEEP_MIN_AGE_MS: Int(3_600_000, 0, 31_536_000_000),
 });
 
 export type Env = Static<typeof EnvSchema>;

@@ -32,4 +32,8 @@ export const unavailable = (code: string, message: string, retryAfterSeconds = 1
 export const gatewayTimeout = (code: string, message: string, cause?: unknown) =>
   new AppError(504, code, message, undefined, { cause });
 
+/** 499 (nginx's "client closed request"): the caller left before the work started; nothing was done. */
+export const clientGone = () =>
+  new AppError(499, 'CLIENT_CLOSED_REQUEST', 'the client closed the connection before the request was executed; nothing was written');
+
 export const isAppError = (e: unknown): e is AppError => e instanceof AppError;

@@ -17,7 +17,7 @@ import type { EmbeddedHandle, startEmbedded } from './db/embedded.js';
 type EmbeddedModule = { startEmbedded: typeof startEmbedded };
 import { createMigrator, defaultMigrationsDir, type Migrator } from './db/migrations/index.js';
 import { DEMO_TENANTS, seedDemo } from './db/seed.js';
-import { connectRedis, type RedisHandle } from './redis.js';
+import { connectRedis, redisBoundsOf, type RedisHandle } from './redis.js';
 
 export interface Runtime {
   readonly config: Config;
@@ -57,7 +57,7 @@ export async function createRuntime(config: Config, log: Logger, opts: RuntimeOp
     if (manageRole) await db.admin.with((c) => ensureAppRole(c, config.DB_APP_ROLE, appRolePassword(config, adminUrl)));
     await db.start();
     if (opts.role === 'api' && config.seedDemo) await seedDemo(db, log);
-    redis = await connectRedis(config.REDIS_URL, log);
+    redis = await connectRedis(config.REDIS_URL, log, redisBoundsOf(config));
   } catch (err) {
     await db.close(1000).catch(() => undefined);
     await embedded?.stop().catch(() => undefined);

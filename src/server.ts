@@ -32,7 +32,14 @@ async function main(): Promise<void> {
   const closeHooks: Array<() => Promise<void>> = [];
   if (config.runWorkers) {
     // Embedded default (or RUN_WORKERS=true): the API process also runs the jobs.
-    const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });
+    const workers = startWorkers({
+      redisUrl: config.REDIS_URL,
+      log,
+      db: runtime.db,
+      concurrency: config.WORKER_CONCURRENCY,
+      // a Redis that comes back empty (restarted, failed over) gets its schedules again
+      onReconnect: () => registerSchedules(jobs, config, log),
+    });
     await registerSchedules(jobs, config, log);
     closeHooks.push(() => workers.close({ timeoutMs: 20_000 }));
     log.info({ concurrency: config.WORKER_CONCURRENCY }, 'in-process job workers running');

@@ -33,7 +33,14 @@ async function main(): Promise<void> {
   const { createInsightObserver } = await import('./services/query-insight/index.js');
   runtime.db.observe(createInsightObserver({ db: runtime.db, redis: runtime.redis.client, config, log, registry: runtime.registry }).observer);
   const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
-  const workers = startWorkers({ redisUrl: config.REDIS_URL, log, db: runtime.db, concurrency: config.WORKER_CONCURRENCY });
+  const workers = startWorkers({
+    redisUrl: config.REDIS_URL,
+    log,
+    db: runtime.db,
+    concurrency: config.WORKER_CONCURRENCY,
+    // a Redis that comes back empty (restarted, failed over) gets its schedules again
+    onReconnect: () => registerSchedules(jobs, config, log),
+  });
   await registerSchedules(jobs, config, log);
   const health = config.WORKER_HEALTH_PORT > 0 ? await serveHealth(config, runtime, log) : undefined;
 
@@ -69,9 +76,12 @@ async function serveHealth(config: Config, runtime: Runtime, log: FastifyBaseLog
   const app = Fastify({ loggerInstance: log });
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
+    // bounded like the API's /readyz: a hung dependency answers 503 within READYZ_TIMEOUT_MS
+    const within = <T>(p: Promise<T>) =>
+      Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timeout')), config.READYZ_TIMEOUT_MS).unref())]);
     const [database, redis] = await Promise.all([
-      runtime.db.adminQuery('SELECT 1').then(() => true, () => false),
-      runtime.redis.client.ping().then((p) => p === 'PONG', () => false),
+      within(runtime.db.adminQuery('SELECT 1')).then(() => true, () => false),
+      within(runtime.redis.client.ping()).then((p) => p === 'PONG', () => false),
     ]);
     return reply.code(database && redis ? 200 : 503).send({ status: database && redis ? 'ready' : 'not_ready', checks: { database: { ok: database }, redis: { ok: redis } } });
   });

@@ -294,6 +294,8 @@ describe('jobs', () => {
     // A port nothing listens on (a fixed one like 6399 may be taken by another suite's Redis).
     const down = createJobs({ redisUrl: `redis://127.0.0.1:${await freePort()}`, prefix, log });
     const downApp = await build({ config: t.config, db: t.db, redis: t.redis.client, jwtSecret: TEST_JWT_SECRET, loggerInstance: log, registry: new Registry(), jobs: down });
+    // booted before the clock starts: the first inject would otherwise include the app's boot
+    await downApp.ready();
     try {
       const started = Date.now();
       const err = await down.enqueue(acme, 'sleep', { ms: 1, steps: 1 }).catch((e: unknown) => e);

@@ -32,6 +32,7 @@ const ENV = {
   WEBHOOK_LEASE_MS: '2000',
   WEBHOOK_TIMEOUT_MS: '20000',
   CHANGES_POLL_MS: '100',
+  WEBHOOK_BREAKER_COOLDOWN_MS: '200',
 };
 const log = pino({ level: 'silent' });
 
@@ -217,8 +218,15 @@ describe('webhooks', () => {
     await insert('wh-dead');
     await insert('wh-next');
     await vi.waitFor(() => expect(rx.got.slice(start).map((g) => g.event.after?.['name'])).toEqual(['wh-next']), { timeout: 15_000, interval: 50 });
-    const d = await deliveries(w.id);
-    expect(d.map((x) => x['status'])).toEqual(['failed', 'failed', 'failed', 'dead', 'succeeded']);
+    // a success is recorded with its batch's cursor move, a moment after the receiver has it
+    const d = await vi.waitFor(
+      async () => {
+        const all = await deliveries(w.id);
+        expect(all.map((x) => x['status'])).toEqual(['failed', 'failed', 'failed', 'dead', 'succeeded']);
+        return all;
+      },
+      { timeout: 5_000, interval: 50 },
+    );
     const deadId = d[3]!['change_id'] as string;
     const r = await call('POST', `/v1/webhooks/${w.id}/replay`, admin, { after: String(BigInt(deadId) - 1n), until: deadId });
     expect(r.status).toBe(202);

@@ -15,6 +15,7 @@ import type { StrataPool } from './pool.js';
 import { isConnectionError, isRetryable } from './errors.js';
 import { sqlstateOf } from './pool.js';
 import { singleTrip, type SetupStatement } from './single-trip.js';
+import { clientGone } from '../errors.js';
 
 export type Isolation = 'read committed' | 'repeatable read' | 'serializable';
 
@@ -65,6 +66,12 @@ export interface QueryObserver {
 
 export interface SessionContext extends RequestContext {
   readonly stats?: QueryStats;
+  /**
+   * False once nobody waits for the result (the HTTP client closed its connection). Checked after a
+   * connection is acquired, before the first statement is sent: work queued behind a stall is
+   * dropped instead of committing for a caller that gave up (and may retry).
+   */
+  readonly alive?: () => boolean;
 }
 
 export interface QueryOptions {
@@ -244,6 +251,10 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
   ];
   return withRetries(deps, ctx, retries, async (attempt) => {
     const lease = await pool.acquire();
+    if (ctx.alive && !ctx.alive()) {
+      lease.release();
+      throw clientGone();
+    }
     const started = performance.now();
     try {
       const res = await singleTrip<R>(
@@ -337,6 +348,10 @@ async function attemptOnce<T>(
   attempt: number,
 ): Promise<T> {
   const lease = await pool.acquire();
+  if (ctx.alive && !ctx.alive()) {
+    lease.release();
+    throw clientGone();
+  }
   const { client } = lease;
   const iso = ISOLATIONS[opts.isolation ?? 'read committed'];
   // BEGIN and the settings are queued without waiting: on a pipelined client they travel with the

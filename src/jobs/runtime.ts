@@ -4,8 +4,15 @@
  * process itself.
  *
  * Workers own their Redis connections (`maxRetriesPerRequest: null`, as BullMQ requires) and resume
- * by themselves when Redis returns. A job whose worker dies stays active until BullMQ's stalled
- * check moves it back to wait, and another worker runs it again (up to `attempts`).
+ * by themselves when Redis returns: the reconnect backoff is capped at REDIS_RECONNECT_MAX_MS and
+ * BullMQ's retry delay after a failed fetch (`runRetryDelay`, 15 s by default) is the same, so jobs
+ * resume within about that long after Redis answers again. On every reconnect `onReconnect` runs
+ * (the processes pass schedule registration: a Redis that came back empty gets its schedules back).
+ *
+ * A job whose worker dies keeps its lock for at most JOB_LOCK_DURATION_MS; the stalled check (every
+ * JOB_STALLED_INTERVAL_MS) then moves it back to wait and another worker runs it: taken over within
+ * lock + interval (15 s by default). `maxStalledCount` equals the default `attempts`, so a job whose
+ * worker dies twice still runs a third time instead of failing as "stalled more than allowable limit".
  */
 import { Worker, UnrecoverableError, type Job, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -13,8 +20,8 @@ import type { Logger } from 'pino';
 import type { Database } from '../db/database.js';
 import { createKysely } from '../db/kysely.js';
 import { createApiKeyService, type ApiKeyService } from '../services/identity/index.js';
-import { CANCELLED_REASON, QUEUE_NAMES, cancelKey, type JobData, type JobName, type QueueName } from './queues.js';
-import { redisOptions } from '../redis.js';
+import { CANCELLED_REASON, DEFAULT_JOB_OPTIONS, QUEUE_NAMES, cancelKey, type JobData, type JobName, type QueueName } from './queues.js';
+import { bullmqConnection, redisBoundsOf, redisOptions } from '../redis.js';
 import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
 import { backupJob, backupVerifyJob, restoreJob } from './processors/backups.js';
@@ -25,6 +32,7 @@ import { createExportService, type ExportService } from '../services/exports/ind
 import { createRegistryService } from '../services/data/index.js';
 import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
 import { maintainChanges } from './processors/maintain-changes.js';
+import { sweepTemporariesJob } from './processors/sweep-temporaries.js';
 import { createChangeFeed, type ChangeFeed } from '../services/changes/index.js';
 import { createWebhookDelivery, type WebhookDeliveryService } from '../services/changes/index.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
@@ -66,6 +74,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'deliver-webhook': deliverWebhook,
   'replay-webhook': replayWebhook,
   'maintain-changes': maintainChanges,
+  'sweep-temporaries': sweepTemporariesJob,
   'search-index-create': searchIndexCreate,
   'search-index-drop': searchIndexDrop,
 };
@@ -91,6 +100,10 @@ export function createProcessorServices(db: Database, log: Logger, feed: ChangeF
         pollMs: c.CHANGES_POLL_MS,
         concurrency: c.WEBHOOK_CONCURRENCY,
         batchSize: c.WEBHOOK_BATCH_SIZE,
+        tenantSlots: c.WEBHOOK_TENANT_SLOTS,
+        tenantFailingSlots: Math.min(c.WEBHOOK_TENANT_FAILING_SLOTS, c.WEBHOOK_TENANT_SLOTS),
+        breakerThreshold: c.WEBHOOK_BREAKER_THRESHOLD,
+        breakerCooldownMs: c.WEBHOOK_BREAKER_COOLDOWN_MS,
       },
     }),
   };
@@ -110,6 +123,11 @@ export interface WorkerRuntimeOptions {
   workerOptions?: Partial<Pick<WorkerOptions, 'stalledInterval' | 'lockDuration' | 'maxStalledCount' | 'drainDelay'>>;
   /** How often active jobs' cancellation flags are checked. */
   cancelPollMs?: number;
+  /**
+   * Run after every reconnect to Redis (not at the first connect): the processes register the
+   * schedules again, so a Redis restarted empty gets them back. Retried until it succeeds.
+   */
+  onReconnect?: () => Promise<void>;
 }
 
 export interface WorkerRuntime {
@@ -131,11 +149,33 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
   const services = opts.services ?? createProcessorServices(db, log, feed);
   const queueNames = opts.queues ?? QUEUE_NAMES;
   const dispatcher = queueNames.includes('webhooks')
-    ? startWebhookDispatcher({ redisUrl: opts.redisUrl, prefix, feed, delivery: services.webhookDelivery, log })
+    ? startWebhookDispatcher({ redisUrl: opts.redisUrl, prefix, feed, delivery: services.webhookDelivery, log, bounds: redisBoundsOf(db.config) })
     : undefined;
   // Fail-fast connection for cancellation flags: a poll during an outage is just skipped.
-  const flags = new Redis(opts.redisUrl, redisOptions({ lazyConnect: false }));
+  const bounds = redisBoundsOf(db.config);
+  const flags = new Redis(opts.redisUrl, redisOptions({ lazyConnect: false }, bounds));
   flags.on('error', () => undefined);
+  let everReady = false;
+  let closing = false;
+  flags.on('ready', () => {
+    if (!everReady) {
+      everReady = true;
+      return;
+    }
+    log.info('redis connection back: workers resume');
+    if (opts.onReconnect) void retryUntilDone(opts.onReconnect);
+  });
+  async function retryUntilDone(fn: () => Promise<void>): Promise<void> {
+    for (let i = 0; i < 60 && !closing; i++) {
+      try {
+        await fn();
+        return;
+      } catch (err) {
+        if (i === 0) log.warn({ err: { message: (err as Error).message } }, 'after a reconnect: registering the schedules failed; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
   const isCancelled = async (id: string) => (await flags.exists(cancelKey(prefix, id))) === 1;
   const active = new Map<string, Worker>();
   const cancelled = new Set<string>();
@@ -172,9 +212,14 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
 
   const workers = queueNames.map((queue) => {
     const worker: Worker = new Worker(queue, (job: Job<JobData>, token?: string, signal?: AbortSignal) => run(worker, job, token, signal), {
-      connection: { url: opts.redisUrl, maxRetriesPerRequest: null },
+      connection: bullmqConnection(opts.redisUrl, bounds),
       prefix,
-      concurrency: opts.concurrency ?? 4,
+      // delivery loops wait on the network, not the CPU: the webhooks queue gets more slots
+      concurrency: queue === 'webhooks' ? Math.max(opts.concurrency ?? 4, db.config.WEBHOOK_WORKER_CONCURRENCY) : (opts.concurrency ?? 4),
+      lockDuration: db.config.JOB_LOCK_DURATION_MS,
+      stalledInterval: db.config.JOB_STALLED_INTERVAL_MS,
+      maxStalledCount: DEFAULT_JOB_OPTIONS.attempts ?? 3,
+      runRetryDelay: bounds.reconnectMaxMs,
       ...opts.workerOptions,
     });
     let lastErrorLog = 0;
@@ -218,6 +263,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
     workers,
     dispatcher,
     async close({ timeoutMs = 30_000 } = {}) {
+      closing = true;
       clearInterval(poller);
       let timer: NodeJS.Timeout | undefined;
       const graceful = Promise.all(workers.map((w) => w.close())).then(() => true);

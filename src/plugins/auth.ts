@@ -28,7 +28,7 @@ export default fp(
     app.decorate('auth', opts.authenticator);
     app.decorateRequest('ctx', null as unknown as SessionContext);
     const admit = (request: FastifyRequest, capability: Capability, principal: Principal) => {
-      request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
+      request.ctx = { ...principal, requestId: request.id, stats: request.queryStats, alive: () => !(request.raw.socket?.destroyed === true) };
       // request.log is already this request's child logger: its lines now carry tenant, actor, role
       attachPrincipal(request.log, principal);
       const allowed = CAN[capability] as readonly string[];

@@ -65,6 +65,24 @@ export default fp(
         error: { code: 'INTERNAL', message: `internal error; quote request id ${request.id} when reporting it` },
       });
     });
+    // Shutdown drain: requests that still arrive (pipelined, or on a busy keep-alive connection)
+    // answer 503 SHUTTING_DOWN with Connection: close, before any hook or handler runs. The body is a
+    // string: routes' response schemas (e.g. /readyz's) must not reshape it.
+    let draining = false;
+    app.addHook('preClose', (done) => {
+      draining = true;
+      done();
+    });
+    app.addHook('onRequest', (request, reply, done) => {
+      if (!draining) return done();
+      request.log.info({ code: 'SHUTTING_DOWN', status: 503 }, 'request refused: shutting down');
+      void reply
+        .code(503)
+        .header('connection', 'close')
+        .header('retry-after', '1')
+        .type('application/json; charset=utf-8')
+        .send(JSON.stringify({ error: { code: 'SHUTTING_DOWN', message: 'the server is shutting down; retry on another instance' } }));
+    });
     app.setNotFoundHandler((request, reply) =>
       reply.code(404).send({ error: { code: 'ROUTE_NOT_FOUND', message: `no route ${request.method} ${request.url.split('?')[0]}` } }),
     );

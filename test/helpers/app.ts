@@ -12,7 +12,7 @@ import { loadConfig, type Config } from '../../src/config.js';
 import { Database } from '../../src/db/database.js';
 import { createMigrator, defaultMigrationsDir, type Migrator } from '../../src/db/migrations/index.js';
 import { seedDemo } from '../../src/db/seed.js';
-import { connectRedis, type RedisHandle } from '../../src/redis.js';
+import { connectRedis, redisBoundsOf, type RedisHandle } from '../../src/redis.js';
 import { createJobs, type JobsService } from '../../src/jobs/queues.js';
 import { randomUUID } from 'node:crypto';
 import type { Role } from '../../src/domain.js';
@@ -69,7 +69,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   const db = new Database({ config, adminUrl: database.url, appUrl: env.APP_DATABASE_URL, log, registry });
   const migrator = createMigrator({ pool: db.admin.pg, dir: defaultMigrationsDir(), log });
   await db.start();
-  const redis = await connectRedis(config.REDIS_URL, log);
+  const redis = await connectRedis(config.REDIS_URL, log, redisBoundsOf(config));
   if (opts.tenants !== false) {
     await db.adminQuery("INSERT INTO strata.tenants (id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex') ON CONFLICT DO NOTHING");
   }

@@ -31,10 +31,28 @@ export async function leaveMaintenance(redis: Redis, database: string): Promise<
   await redis.del(maintenanceKey(database));
 }
 
-/** A cached reader of the flag for the request hook: at most one Redis read per MAINTENANCE_CACHE_MS. */
-export function maintenanceReader(redis: Redis, database: string) {
+export interface MaintenanceReaderOptions {
+  /** The longest a caller waits for the flag (MAINTENANCE_CHECK_TIMEOUT_MS). */
+  timeoutMs?: number;
+  /** How long the last value read is trusted when Redis cannot answer (MAINTENANCE_STALE_MS). */
+  staleMs?: number;
+}
+
+/**
+ * A cached, time-bounded reader of the flag for the request hook: at most one Redis read per
+ * MAINTENANCE_CACHE_MS, and no caller waits longer than `timeoutMs`. It never throws.
+ *
+ * When Redis does not answer in time (hung, partitioned, down), the last value read is used while it
+ * is younger than `staleMs` (a restore that was running is still taken as running: fail closed for
+ * that window); with nothing known, or only an older value, the flag is taken as absent (fail open:
+ * a Redis outage must not stop writes, and an in-place restore cannot start or run without Redis).
+ */
+export function maintenanceReader(redis: Redis, database: string, opts: MaintenanceReaderOptions = {}) {
+  const timeoutMs = opts.timeoutMs ?? 250;
+  const staleMs = opts.staleMs ?? 60_000;
   let cached: { at: number; state: MaintenanceState | null } | undefined;
   let inflight: Promise<MaintenanceState | null> | undefined;
+  const fallback = () => (cached && Date.now() - cached.at < staleMs ? cached.state : null);
   return async function current(): Promise<MaintenanceState | null> {
     if (cached && Date.now() - cached.at < MAINTENANCE_CACHE_MS) return cached.state;
     inflight ??= redis
@@ -47,6 +65,17 @@ export function maintenanceReader(redis: Redis, database: string) {
       .finally(() => {
         inflight = undefined;
       });
-    return inflight;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), timeoutMs);
+    });
+    try {
+      const r = await Promise.race([inflight, timedOut]);
+      return r === 'timeout' ? fallback() : r;
+    } catch {
+      return fallback();
+    } finally {
+      clearTimeout(timer);
+    }
   };
 }

@@ -58,10 +58,16 @@ export function createDirectoryStore(root: string): BackupStore {
     async putJson(key, value) {
       await mkdir(tmpDir, { recursive: true });
       const tmp = tmpName(tmpDir);
-      await writeFile(tmp, JSON.stringify(value, null, 2));
-      const target = file(key);
-      await ensure(target);
-      await rename(tmp, target);
+      try {
+        await writeFile(tmp, JSON.stringify(value, null, 2));
+        const target = file(key);
+        await ensure(target);
+        await rename(tmp, target);
+      } catch (err) {
+        // a full or read-only disk: leave no (zero-byte) temporary behind
+        await rm(tmp, { force: true }).catch(() => undefined);
+        throw err;
+      }
     },
     async getJson<T>(key: string) {
       try {

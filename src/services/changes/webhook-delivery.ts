@@ -9,10 +9,23 @@
  * commit order); lanes go in parallel (WEBHOOK_CONCURRENCY), so one failing row does not hold up the
  * others. The cursor moves past a batch only when every event of it was answered 2xx or
  * dead-lettered: at-least-once, the receiver de-duplicates by X-Strata-Event-Id. A failure is
- * recorded and retried with exponential backoff and jitter; after WEBHOOK_MAX_ATTEMPTS the event is
- * dead-lettered (recorded `dead`) and its lane moves on. A killed worker's lease lapses after
- * WEBHOOK_LEASE_MS and BullMQ's stalled check (or the dispatcher) runs the loop again, re-sending
- * the unfinished batch.
+ * recorded and its lane stops; the loop finishes the other lanes of the batch and ENDS, setting the
+ * webhook's `next_attempt_at` (exponential backoff with jitter): no worker slot is held while a
+ * backoff runs out. The dispatcher starts the loop again when it is due; the retried batch skips
+ * the events already delivered or dead-lettered (from strata.webhook_deliveries), and each event
+ * keeps its own attempt count; after WEBHOOK_MAX_ATTEMPTS it is dead-lettered (recorded `dead`) and
+ * its lane moves on. A killed worker's lease lapses after WEBHOOK_LEASE_MS and BullMQ's stalled
+ * check (or the dispatcher) runs the loop again, re-sending the unfinished batch.
+ *
+ * Fairness (no tenant can starve the others): a loop takes a lease only while its tenant holds fewer
+ * than WEBHOOK_TENANT_SLOTS leases, and a failing or not yet proven endpoint (no success yet, or
+ * failures > 0) only while fewer than WEBHOOK_TENANT_FAILING_SLOTS such leases are held: stuck
+ * endpoints queue behind each other, not in front of the tenant's healthy webhooks.
+ *
+ * Circuit breaker per endpoint (webhook): after WEBHOOK_BREAKER_THRESHOLD consecutive failed
+ * attempts it opens: the webhook is parked for WEBHOOK_BREAKER_COOLDOWN_MS (or the backoff, if
+ * longer), then one event is sent as a probe (half-open); a success closes it and the loop goes on,
+ * a failure parks it again.
  *
  * Signature: `X-Strata-Signature: sha256=<hex HMAC-SHA256(secret, "<X-Strata-Timestamp>.<body>")>`,
  * the timestamp in Unix seconds, so a captured request cannot be replayed later with a new timestamp.
@@ -41,10 +54,24 @@ export interface DeliverySettings {
   /** Lanes delivered at once per webhook, and events read per batch. */
   concurrency: number;
   batchSize: number;
+  /** Delivery loops of one tenant at once (all workers), and how many of those may serve failing or unproven endpoints. */
+  tenantSlots: number;
+  tenantFailingSlots: number;
+  /** Circuit breaker: consecutive failed attempts that open it; how long it stays open before one probe. */
+  breakerThreshold: number;
+  breakerCooldownMs: number;
 }
 
 export type WebhookOrdering = 'row' | 'table' | 'webhook';
 type LoopStats = { delivered: number; failed: number; dead: number };
+interface BatchOutcome {
+  leaseLost: boolean;
+  failedAttempts: number;
+  maxFailedAttempt: number;
+  /** Failed attempts since the last success of this pass (all of them when none succeeded). */
+  consecutive: number;
+  anySuccess: boolean;
+}
 
 interface LeasedWebhook {
   id: string;
@@ -56,6 +83,7 @@ interface LeasedWebhook {
   secret: string;
   cursor: string;
   attempt: number;
+  failures: number;
   wait_ms: number;
 }
 
@@ -77,7 +105,7 @@ export function backoffMs(attempt: number, base: number, max: number): number {
   return Math.round(d / 2 + Math.random() * (d / 2));
 }
 
-const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::text AS cursor, attempt,
+const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::text AS cursor, attempt, failures,
   greatest(0, ceil(extract(epoch FROM next_attempt_at - now()) * 1000))::int AS wait_ms`;
 
 export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: ChangeFeed; settings: DeliverySettings }) {
@@ -156,8 +184,9 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
 
   /**
    * Deliver one batch: lanes (rows, or tables) in parallel, each lane's events one after another in id
-   * order, each event retried with backoff until delivered or dead-lettered. True when the whole
-   * batch is done (the cursor may move past it); false when the lease was lost or we were stopped.
+   * order. A failed attempt is recorded and stops its lane (no waiting here: the loop ends and the
+   * webhook is retried when due). `done` holds the events delivered or dead-lettered by earlier
+   * passes (skipped) and the attempts made so far per event. With `probe`, one event only.
    */
   async function deliverBatch(
     w: LeasedWebhook,
@@ -167,31 +196,47 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
     signal: AbortSignal,
     stats: LoopStats,
     succeeded: Array<{ e: ChangeEvent; r: SendResult; attempt: number }>,
-  ): Promise<boolean> {
+    prior: Map<string, { attempts: number; done: boolean }>,
+    probe: boolean,
+  ): Promise<BatchOutcome> {
     const lanes = new Map<string, ChangeEvent[]>();
     for (const e of events) {
+      if (prior.get(e.id)?.done) continue;
       const k = laneOf(w, e);
       const lane = lanes.get(k);
       if (lane) lane.push(e);
       else lanes.set(k, [e]);
     }
-    let ok = true;
+    const out: BatchOutcome = { leaseLost: false, failedAttempts: 0, maxFailedAttempt: 0, consecutive: 0, anySuccess: false };
     const queue = [...lanes.values()];
+    if (probe) {
+      // half-open breaker: one event is the probe
+      queue.splice(1);
+      if (queue[0]) queue[0] = queue[0].slice(0, 1);
+    }
     const runLane = async (lane: ChangeEvent[]) => {
       for (const e of lane) {
-        for (let attempt = 1; ; attempt++) {
-          if (!ok || signal.aborted) return;
-          const r = await send(w, e, attempt, false, agent);
-          const status = r.ok ? 'succeeded' : attempt >= s.maxAttempts ? 'dead' : 'failed';
-          // successes are recorded with the batch's cursor move (one statement); failures at once
-          if (status === 'succeeded') succeeded.push({ e, r, attempt });
-          else if (!(await record(w, token, e, r, attempt, status))) {
-            ok = false;
-            return;
-          }
-          if (status !== 'succeeded') stats[status]++;
-          if (status !== 'failed') break;
-          await sleep(backoffMs(attempt, s.backoffBaseMs, s.backoffMaxMs), undefined, { signal }).catch(() => undefined);
+        if (out.leaseLost || signal.aborted) return;
+        const attempt = (prior.get(e.id)?.attempts ?? 0) + 1;
+        const r = await send(w, e, attempt, false, agent);
+        const status = r.ok ? 'succeeded' : attempt >= s.maxAttempts ? 'dead' : 'failed';
+        if (r.ok) {
+          out.anySuccess = true;
+          out.consecutive = 0;
+        } else {
+          out.consecutive++;
+        }
+        // successes are recorded with the batch's cursor move (one statement); failures at once
+        if (status === 'succeeded') succeeded.push({ e, r, attempt });
+        else if (!(await record(w, token, e, r, attempt, status))) {
+          out.leaseLost = true;
+          return;
+        }
+        if (status !== 'succeeded') stats[status]++;
+        if (status === 'failed') {
+          out.failedAttempts++;
+          out.maxFailedAttempt = Math.max(out.maxFailedAttempt, attempt);
+          return; // this lane waits for the retry; its later events must not overtake this one
         }
       }
     };
@@ -199,7 +244,51 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       for (let lane = queue.shift(); lane; lane = queue.shift()) await runLane(lane);
     });
     await Promise.all(workers);
-    return ok && !signal.aborted;
+    return out;
+  }
+
+  /** Attempts so far per event of a batch, and whether each is finished (delivered or dead). */
+  async function priorAttempts(w: LeasedWebhook, events: ChangeEvent[]): Promise<Map<string, { attempts: number; done: boolean }>> {
+    const { rows } = await db.adminQuery<{ change_id: string; attempts: number; done: boolean }>(
+      `SELECT change_id::text AS change_id, max(attempt)::int AS attempts, bool_or(status IN ('succeeded', 'dead')) AS done
+         FROM strata.webhook_deliveries WHERE webhook_id = $1 AND change_id = ANY ($2::bigint[]) AND NOT replay GROUP BY change_id`,
+      [w.id, events.map((e) => e.id)],
+    );
+    return new Map(rows.map((r) => [r.change_id, { attempts: r.attempts, done: r.done }]));
+  }
+
+  /**
+   * Take the webhook's lease, within its tenant's slot allowance (serialised per tenant by an
+   * advisory lock, so concurrent claims cannot exceed it). Undefined: not due, taken, or no slot.
+   */
+  async function claim(webhookId: string, token: string): Promise<LeasedWebhook | undefined> {
+    return db.admin.with(async (c) => {
+      await c.query('BEGIN');
+      try {
+        const t = await c.query<{ tenant_id: string }>('SELECT tenant_id FROM strata.webhooks WHERE id = $1', [webhookId]);
+        const tenant = t.rows[0]?.tenant_id;
+        if (!tenant) {
+          await c.query('COMMIT');
+          return undefined;
+        }
+        await c.query("SELECT pg_advisory_xact_lock(hashtext('strata.webhook-slots'), hashtext($1))", [tenant]);
+        const { rows } = await c.query<LeasedWebhook>(
+          `UPDATE strata.webhooks w SET lease_owner = $2, lease_until = now() + make_interval(secs => $3::double precision / 1000)
+            WHERE w.id = $1 AND w.active AND w.next_attempt_at <= now() AND (w.lease_until IS NULL OR w.lease_until < now() OR w.lease_owner = $2)
+              AND (SELECT count(*) FROM strata.webhooks l WHERE l.tenant_id = $4 AND l.lease_until > now() AND l.id <> $1) < $5
+              AND ((w.last_success_at IS NOT NULL AND w.failures = 0)
+                   OR (SELECT count(*) FROM strata.webhooks l WHERE l.tenant_id = $4 AND l.lease_until > now() AND l.id <> $1
+                         AND (l.last_success_at IS NULL OR l.failures > 0)) < $6)
+            RETURNING ${RETURNING}`,
+          [webhookId, token, s.leaseMs, tenant, s.tenantSlots, s.tenantFailingSlots],
+        );
+        await c.query('COMMIT');
+        return rows[0];
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      }
+    });
   }
 
   const renew = async (id: string, token: string) =>
@@ -222,12 +311,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
     async runLoop(webhookId: string, signal: AbortSignal): Promise<LoopStats> {
       const token = randomUUID();
       const stats: LoopStats = { delivered: 0, failed: 0, dead: 0 };
-      const claimed = await db.adminQuery<LeasedWebhook>(
-        `UPDATE strata.webhooks SET lease_owner = $2, lease_until = now() + make_interval(secs => $3::double precision / 1000)
-          WHERE id = $1 AND active AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2) RETURNING ${RETURNING}`,
-        [webhookId, token, s.leaseMs],
-      );
-      let w = claimed.rows[0];
+      let w = await claim(webhookId, token);
       if (!w) return stats;
       const latch = createLatch(signal);
       const unsubscribe = feed.subscribe(() => latch.wake());
@@ -249,11 +333,30 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
           const last = events[events.length - 1]!.id;
           const agentFor = w.url.startsWith('https:') ? agents.https : agents.http;
           const succeeded: Array<{ e: ChangeEvent; r: SendResult; attempt: number }> = [];
-          const complete = await deliverBatch(w, token, events, agentFor, signal, stats, succeeded);
-          // Record the successes and, when the whole batch is done, move the cursor past it: one statement.
+          // a webhook that was retrying: skip what earlier passes finished, continue attempt counts
+          const prior = w.attempt > 0 || w.failures > 0 ? await priorAttempts(w, events) : new Map<string, { attempts: number; done: boolean }>();
+          const probe = w.failures >= s.breakerThreshold;
+          const out = await deliverBatch(w, token, events, agentFor, signal, stats, succeeded, prior, probe);
+          const failed = out.failedAttempts > 0;
+          const complete = !out.leaseLost && !failed && !signal.aborted && !probe;
+          const failures = failed ? (out.anySuccess ? out.consecutive : w.failures + out.consecutive) : out.anySuccess ? 0 : w.failures;
+          const delayMs = !failed
+            ? 0
+            : failures >= s.breakerThreshold
+              ? Math.max(s.breakerCooldownMs, backoffMs(out.maxFailedAttempt, s.backoffBaseMs, s.backoffMaxMs))
+              : backoffMs(out.maxFailedAttempt, s.backoffBaseMs, s.backoffMaxMs);
+          if (failed && failures >= s.breakerThreshold && w.failures < s.breakerThreshold) {
+            log.warn({ webhook: w.id, tenant: w.tenant_id, failures, cooldownMs: delayMs }, 'webhook circuit opened: endpoint parked, then probed');
+          }
+          // Record the successes and, when the whole batch is done, move the cursor past it: one
+          // statement. After a failure: the retry time (backoff, or the breaker's cooldown).
           const moved = await db.adminQuery<LeasedWebhook>(
             `WITH w AS (
-               UPDATE strata.webhooks SET cursor = CASE WHEN $5 THEN $3::bigint ELSE cursor END, attempt = 0, next_attempt_at = now(),
+               UPDATE strata.webhooks SET cursor = CASE WHEN $5 THEN $3::bigint ELSE cursor END,
+                      attempt = CASE WHEN $10 THEN greatest(attempt, 1) WHEN $5 THEN 0 ELSE attempt END,
+                      failures = $11,
+                      last_success_at = CASE WHEN $12 THEN now() ELSE last_success_at END,
+                      next_attempt_at = now() + make_interval(secs => $13::double precision / 1000),
                       lease_until = now() + make_interval(secs => $4::double precision / 1000)
                 WHERE id = $1 AND lease_owner = $2 RETURNING ${RETURNING}, active),
              d AS (
@@ -271,10 +374,15 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
               succeeded.map((x) => x.attempt),
               succeeded.map((x) => x.r.status),
               succeeded.map((x) => x.r.ms),
+              failed,
+              failures,
+              out.anySuccess,
+              delayMs,
             ],
           );
           stats.delivered += succeeded.length;
-          if (!complete) return stats;
+          // a probe that succeeded closes the breaker: the loop goes on with the whole batch
+          if (!complete && !(probe && !failed && !out.leaseLost && !signal.aborted)) return stats;
           w = moved.rows[0];
           idleSince = Date.now();
         }
@@ -338,13 +446,28 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       return stats;
     },
 
-    /** Webhooks with events to deliver, due, and not leased by a running loop. */
+    /**
+     * Webhooks with events to deliver, due, not leased by a running loop, and within their tenant's
+     * slot allowance (healthy endpoints first): at most as many per tenant as could take a lease now.
+     */
     async due(): Promise<Array<{ id: string; tenant_id: string }>> {
       const { rows } = await db.adminQuery<{ id: string; tenant_id: string }>(
-        `SELECT w.id, w.tenant_id FROM strata.webhooks w
-          WHERE w.active AND w.next_attempt_at <= now() AND (w.lease_until IS NULL OR w.lease_until < now())
-            AND EXISTS (SELECT 1 FROM strata.changes c WHERE c.tenant_id = w.tenant_id AND c.id > w.cursor
-                          AND (cardinality(w.tables) = 0 OR c.table_name = ANY (w.tables)) AND c.op = ANY (w.ops))`,
+        `WITH cand AS (
+           SELECT w.id, w.tenant_id, (w.last_success_at IS NULL OR w.failures > 0) AS failing, w.next_attempt_at
+             FROM strata.webhooks w
+            WHERE w.active AND w.next_attempt_at <= now() AND (w.lease_until IS NULL OR w.lease_until < now())
+              AND EXISTS (SELECT 1 FROM strata.changes c WHERE c.tenant_id = w.tenant_id AND c.id > w.cursor
+                            AND (cardinality(w.tables) = 0 OR c.table_name = ANY (w.tables)) AND c.op = ANY (w.ops))),
+         leased AS (
+           SELECT tenant_id, count(*) AS n, count(*) FILTER (WHERE last_success_at IS NULL OR failures > 0) AS nf
+             FROM strata.webhooks WHERE lease_until > now() GROUP BY tenant_id),
+         ranked AS (
+           SELECT c.id, c.tenant_id, c.failing, coalesce(l.n, 0) AS n, coalesce(l.nf, 0) AS nf,
+                  row_number() OVER (PARTITION BY c.tenant_id ORDER BY c.failing, c.next_attempt_at) AS r,
+                  row_number() OVER (PARTITION BY c.tenant_id, c.failing ORDER BY c.next_attempt_at) AS rf
+             FROM cand c LEFT JOIN leased l USING (tenant_id))
+         SELECT id, tenant_id FROM ranked WHERE n + r <= $1 AND (NOT failing OR nf + rf <= $2)`,
+        [s.tenantSlots, s.tenantFailingSlots],
       );
       return rows;
     },

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
-import { badRequest, notFound } from '../../errors.js';
+import { badRequest, conflict, notFound } from '../../errors.js';
 import { CHANGE_OPS, parseCursor, type ChangeService } from './changes.js';
 import { checkWebhookUrl } from './webhook-url.js';
 
@@ -52,7 +52,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const webhookNotFound = (id: string) => notFound('WEBHOOK_NOT_FOUND', `webhook ${id} does not exist`);
 
-export function createWebhookService(deps: { db: Database; changes: ChangeService; allowPrivate: boolean; maxLimit: number }) {
+export function createWebhookService(deps: { db: Database; changes: ChangeService; allowPrivate: boolean; maxLimit: number; maxPerTenant?: number }) {
   const { db, changes } = deps;
 
   async function checkInput(input: WebhookInput): Promise<void> {
@@ -78,6 +78,14 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
       await checkInput(input);
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       return db.withTenant(ctx, async (tx) => {
+        // At most maxPerTenant webhooks (WEBHOOK_TENANT_MAX); creations of one tenant are serialised.
+        if (deps.maxPerTenant !== undefined) {
+          await tx.query("SELECT pg_advisory_xact_lock(hashtext('strata.webhooks'), hashtext($1))", [ctx.tenantId ?? '']);
+          const n = await tx.query<{ n: number }>('SELECT count(*)::int AS n FROM strata.webhooks');
+          if ((n.rows[0]?.n ?? 0) >= deps.maxPerTenant) {
+            throw conflict('WEBHOOK_LIMIT_REACHED', `this tenant already has ${deps.maxPerTenant} webhooks (WEBHOOK_TENANT_MAX); delete one first`);
+          }
+        }
         // Start after the newest event under the horizon: everything not yet exposed is delivered.
         const horizon = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
         const h = await tx.query<{ c: string }>(

@@ -31,6 +31,8 @@ export interface JobInputs {
   'replay-webhook': { webhookId: string; after: string; until?: string };
   /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
   'maintain-changes': Record<never, never>;
+  /** Remove orphaned export/backup temporaries and expired Idempotency-Key records (scheduled; platform). */
+  'sweep-temporaries': Record<never, never>;
   /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
   'search-index-create': { table: string };
   /** Drop the search index of `table` and its definition. */
@@ -50,6 +52,7 @@ export const JOB_QUEUES = {
   'deliver-webhook': 'webhooks',
   'replay-webhook': 'webhooks',
   'maintain-changes': 'maintenance',
+  'sweep-temporaries': 'maintenance',
   'search-index-create': 'search',
   'search-index-drop': 'search',
 } as const satisfies Record<JobName, string>;

@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS strata.idempotency_keys;
+DROP INDEX IF EXISTS strata.webhook_deliveries_change_idx;
+DROP INDEX IF EXISTS strata.webhooks_leased_idx;
+ALTER TABLE strata.webhooks DROP COLUMN IF EXISTS failures, DROP COLUMN IF EXISTS last_success_at;

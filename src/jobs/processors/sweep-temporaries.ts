@@ -1,0 +1,18 @@
+/** Scheduled: remove orphaned export and backup temporaries, and expired Idempotency-Key records. */
+import path from 'node:path';
+import type { ProcessorContext } from '../runtime.js';
+import { sweepTemporaries } from '../../services/maintenance-sweep/index.js';
+
+export async function sweepTemporariesJob(ctx: ProcessorContext<'sweep-temporaries'>) {
+  const c = ctx.db.config;
+  const result = await sweepTemporaries({
+    exportDir: c.exportDir,
+    // the directory store's root; with S3 the local .tmp of uploads lives under the same path
+    backupDir: path.resolve(c.BACKUP_DIR ?? path.join(c.DATA_DIR, 'backups')),
+    minAgeMs: c.SWEEP_MIN_AGE_MS,
+    db: ctx.db,
+    log: ctx.log,
+  });
+  if (result.exports || result.backups || result.manifests) ctx.log.info(result, 'orphaned temporaries swept');
+  return result;
+}
