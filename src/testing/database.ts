@@ -27,8 +27,9 @@ export interface TestDatabaseOptions extends Partial<TemplateOptions> {
   /** Test database names start with this (default `strata_test`); the sweep goes by it. */
   prefix?: string;
   /**
-   * How CREATE DATABASE copies the template (PostgreSQL 15+). FILE_COPY (default) copies the files
-   * and checkpoints; WAL_LOG copies block by block through the WAL. See docs/testing.md for figures.
+   * How CREATE DATABASE copies the template (PostgreSQL 15+). WAL_LOG (default) copies block by
+   * block through the WAL; FILE_COPY copies the files but forces two checkpoints, which cost more
+   * than the copy of a small template on a server with other work (measured: docs/testing.md).
    */
   strategy?: CloneStrategy;
   /** Drop leftovers of crashed runs older than this before the first clone (default 1 hour). */
@@ -153,7 +154,7 @@ export class TestDatabase implements FactoryContext {
 export async function createTestDatabase(opts: TestDatabaseOptions = {}): Promise<TestDatabase> {
   const serverUrl = opts.serverUrl ?? defaultServerUrl();
   const prefix = checkPrefix(opts.prefix ?? DEFAULT_CLONE_PREFIX, 'prefix');
-  const strategy = opts.strategy ?? 'FILE_COPY';
+  const strategy = opts.strategy ?? 'WAL_LOG';
   await sweepOnce({ serverUrl, prefix, maxAgeMs: opts.maxAgeMs });
   const template = await ensureTemplate({ ...opts, serverUrl });
   const name = cloneName(prefix);
@@ -178,7 +179,7 @@ export async function withTestDatabase<T>(
 }
 
 /** CREATE DATABASE name TEMPLATE template STRATEGY ... (retried while the template is busy). */
-export async function cloneDatabase(serverUrl: string, template: string, name: string, strategy: CloneStrategy = 'FILE_COPY'): Promise<void> {
+export async function cloneDatabase(serverUrl: string, template: string, name: string, strategy: CloneStrategy = 'WAL_LOG'): Promise<void> {
   const server = serverPool(serverUrl);
   await retryBusy(() => server.query(`CREATE DATABASE ${quoteIdent(name)} TEMPLATE ${quoteIdent(template)} STRATEGY ${strategy}`));
 }
