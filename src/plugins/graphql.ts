@@ -20,7 +20,14 @@ import { buildGraphqlSchema } from '../api/graphql/schema.js';
 import { viewFields } from '../api/graphql/views.js';
 import { normalizeLiterals } from '../api/graphql/normalize.js';
 import { changesSubscriptionOptions } from '../api/graphql/changes.js';
-import { CompiledQueries } from '../api/graphql/compiled.js';
+import { CompiledQueries, costView } from '../api/graphql/compiled.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The one-statement query compiler and its plan cache (GraphQL). */
+    graphqlCompiler: CompiledQueries;
+  }
+}
 
 declare module 'mercurius' {
   interface MercuriusContext {
@@ -46,6 +53,8 @@ export default fp(
     const requests = new WeakMap<FastifyRequest, GraphqlRequest>();
     let builtVersion = -1;
     const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX);
+    compiled.enabled = app.config.GRAPHQL_COMPILER;
+    app.decorate('graphqlCompiler', compiled);
 
     /**
      * A query operation answered by one compiled statement: true when the reply is sent. Anything
@@ -53,7 +62,7 @@ export default fp(
      */
     async function serveCompiled(request: FastifyRequest, reply: FastifyReply, source: Record<string, unknown>): Promise<boolean> {
       const ctx = request.ctx;
-      if (!app.config.GRAPHQL_COMPILER || !ctx) return false;
+      if (!compiled.enabled || !ctx) return false;
       let variables = source['variables'];
       if (typeof variables === 'string' && request.method === 'GET') {
         try {
@@ -175,7 +184,7 @@ export default fp(
         state.isMutation = true;
         state.assertCanWrite();
       }
-      checkLimits(schema, document, state.operationName, variables as Record<string, unknown> | undefined);
+      checkLimits(schema, costView(document), state.operationName, variables as Record<string, unknown> | undefined);
     });
 
     app.graphql.addHook('onResolution', async (execution, context) => {

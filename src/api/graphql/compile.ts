@@ -31,12 +31,11 @@ import {
   type SelectionSetNode,
 } from 'graphql/index.js';
 import type { ColumnInfo, Relationship } from '../../services/data/index.js';
-import { badRequest } from '../../errors.js';
-import { LIMITS, checkFirst } from './cost.js';
+import { checkFirst } from './cost.js';
 import { kindOf, ref } from './columns.js';
-import { decodeCursor } from './cursor.js';
+import { paging, type Paging } from './cursor.js';
 import { joinColumns, type TableModel } from './resolvers.js';
-import { Params, compileWhere, orderItems, orderSignature, orderSql, keysetPredicate, reverseItems, type BoolExp, type OrderItem, type OrderSpec } from './sql.js';
+import { Params, compileWhere, orderItems, orderSql, keysetPredicate, reverseItems, type BoolExp, type OrderSpec } from './sql.js';
 
 /** How a schema field maps to SQL (set as the field's `extensions.strata` by schema.ts). */
 export type FieldPlan =
@@ -209,44 +208,12 @@ function children(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNod
   );
 }
 
-function checkLast(value: unknown, field: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
-    throw badRequest('INVALID_ARGUMENT', `${field}.last must be a non-negative integer`, { field: `${field}.last` });
-  }
-  if (value > LIMITS.maxFirst) {
-    throw badRequest('LIMIT_TOO_LARGE', `${field}.last may be at most ${LIMITS.maxFirst} (got ${value})`, { field: `${field}.last`, max: LIMITS.maxFirst });
-  }
-  return value;
-}
-
-/** Paging arguments of a connection, checked: the ordering, the bounds and the page size and direction. */
-export interface Paging {
-  items: OrderItem[];
-  signature: string;
-  after?: Array<string | null>;
-  before?: Array<string | null>;
-  backward: boolean;
-  limit: number;
-}
-
-export function paging(m: TableModel, field: string, args: Vars): Paging {
-  const t = m.table;
-  const items = orderItems(t, args['order_by'] as OrderBy | undefined);
-  const signature = orderSignature(items);
-  const hasLast = args['last'] !== undefined && args['last'] !== null;
-  if (hasLast && args['first'] !== undefined && args['first'] !== null) {
-    throw badRequest('INVALID_ARGUMENT', `${field}: give first or last, not both`, { field: `${field}.last` });
-  }
-  const limit = hasLast ? checkLast(args['last'], field) : checkFirst(args['first'], field);
-  const cursor = (name: 'after' | 'before') => (typeof args[name] === 'string' ? decodeCursor(args[name], t.name, items, signature) : undefined);
-  return { items, signature, after: cursor('after'), before: cursor('before'), backward: hasLast, limit };
-}
-
 /** Cursor of the row aliased `b`: base64url of {"t": table, "o": ordering, "v": [keys as text]}. */
 function cursorSql(m: TableModel, pg_: Paging, b: string): string {
-  const keys = pg_.items.map((i) => `${ref(i.column, b)}::text`).join(', ');
-  const head = lit(`{"t":${JSON.stringify(m.table.name)},"o":${JSON.stringify(pg_.signature)},"v":`);
-  return `translate(encode(convert_to(${head} || json_build_array(${keys})::text || '}', 'UTF8'), 'base64'), E'+/=\\n', '-_')`;
+  // the same text as JSON.stringify (cursor.ts encodeCursor), so both paths hand out identical cursors
+  const keys = pg_.items.map((i) => `COALESCE(to_json(${ref(i.column, b)}::text)::text, 'null')`).join(` || ',' || `);
+  const head = lit(`{"t":${JSON.stringify(m.table.name)},"o":${JSON.stringify(pg_.signature)},"v":[`);
+  return `translate(encode(convert_to(${head} || ${keys} || ']}', 'UTF8'), 'base64'), E'+/=\\n', '-_')`;
 }
 
 /**
@@ -259,7 +226,7 @@ function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldN
   const t = m.table;
   const type = objectTypeOf(def.type);
   const fields = subFields(s, type, nodes);
-  const pg_ = paging(m, def.name, args);
+  const pg_ = paging(m.table, def.name, args);
   const join = (b: string) => (plan.parent && plan.rel && a ? [childJoin({ parent: plan.parent, rel: plan.rel }, m, a, b)] : []);
 
   // what is selected: row JSONs (one per distinct selection: nodes, edges.node), cursors, pageInfo, count

@@ -53,7 +53,7 @@ export interface Statement {
 export type CompiledOutcome = { kind: 'served'; body: string } | { kind: 'failed'; error: unknown } | { kind: 'fallback' };
 
 /** `last` is a page size like `first`: the cost limit (which reads `first`) must count it too. */
-function costView(document: DocumentNode): DocumentNode {
+export function costView(document: DocumentNode): DocumentNode {
   return visit(document, {
     Field(node: FieldNode) {
       const last = node.arguments?.find((a) => a.name.value === 'last');
@@ -72,6 +72,9 @@ const dataError = (err: unknown) => {
 
 export class CompiledQueries {
   private readonly plans: LRUCache<string, Entry>;
+  /** Serve query operations compiled (GRAPHQL_COMPILER); false: every operation goes to the resolvers. */
+  enabled = true;
+  /** Plan cache lookups that found / did not find the document. */
   hits = 0;
   misses = 0;
 
