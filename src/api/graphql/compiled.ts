@@ -33,6 +33,7 @@ import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation } from './compile.js';
+import { normalizeLiterals } from './normalize.js';
 
 interface Prepared {
   document: DocumentNode;
@@ -122,21 +123,33 @@ export class CompiledQueries {
     variables: Record<string, unknown> | undefined,
     log: FastifyBaseLogger,
   ): Promise<CompiledOutcome> {
-    const key = `${version}\n${ctx.role}\n${operationName ?? ''}\n${query}`;
+    const keyOf = (text: string) => `${version}\n${ctx.role}\n${operationName ?? ''}\n${text}`;
+    let key = keyOf(query);
+    let vars = variables;
     let entry = this.plans.get(key);
     if (entry === undefined) {
-      this.misses++;
-      entry = this.prepare(schema, query, operationName);
-      this.plans.set(key, entry);
+      // Literal arguments become variables (normalize.ts): `items_by_pk(id: "7")` and `(id: "8")`
+      // share one plan, and the cache is not flooded by one entry per literal.
+      const normalized = normalizeLiterals(schema, query, variables);
+      if (normalized) {
+        key = keyOf(normalized.query);
+        vars = normalized.variables;
+        entry = this.plans.get(key);
+      }
+      if (entry === undefined) {
+        this.misses++;
+        entry = this.prepare(schema, normalized?.query ?? query, operationName);
+        this.plans.set(key, entry);
+      } else this.hits++;
     } else this.hits++;
     if (entry === 'resolvers') return { kind: 'fallback' };
 
     let statement = entry.statement;
     if (!statement) {
-      const coerced = getVariableValues(schema, entry.operation.variableDefinitions ?? [], variables ?? {});
+      const coerced = getVariableValues(schema, entry.operation.variableDefinitions ?? [], vars ?? {});
       if (coerced.errors) return { kind: 'fallback' };
       try {
-        checkLimits(schema, entry.costDocument, operationName, variables);
+        checkLimits(schema, entry.costDocument, operationName, vars);
         statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
       } catch (err) {
         if (err instanceof Unsupported) this.plans.set(key, 'resolvers');
