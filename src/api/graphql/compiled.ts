@@ -14,7 +14,20 @@
 import { LRUCache } from 'lru-cache';
 import {
   Kind,
+  Lexer,
   OperationTypeNode,
+  Source,
+  TokenKind,
+  TypeInfo,
+  getNamedType,
+  isEnumType,
+  isListType,
+  isNonNullType,
+  visitWithTypeInfo,
+  type GraphQLInputType,
+  type TypeNode,
+  type ValueNode,
+  type VariableDefinitionNode,
   getOperationAST,
   getVariableValues,
   parse,
@@ -33,7 +46,6 @@ import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation } from './compile.js';
-import { normalizeLiterals } from './normalize.js';
 
 interface Prepared {
   document: DocumentNode;
@@ -45,7 +57,8 @@ interface Prepared {
   constant: boolean;
   statement?: Statement;
 }
-type Entry = Prepared | 'resolvers';
+/** 'resolvers': the compiler does not serve it; 'text': (a shape entry) cache this document by its text. */
+type Entry = Prepared | 'resolvers' | 'text';
 export interface Statement {
   text: string;
   values: unknown[];
@@ -63,6 +76,49 @@ export function costView(document: DocumentNode): DocumentNode {
       return { ...node, arguments: [...(node.arguments ?? []), first] };
     },
   });
+}
+
+interface Literal {
+  kind: TokenKind;
+  value: string;
+}
+
+/** The document's tokens with every literal blanked out, and the literals in order; undefined without literals. */
+function shapeOf(query: string): { key: string; literals: Literal[] } | undefined {
+  const parts: string[] = [];
+  const literals: Literal[] = [];
+  try {
+    const lexer = new Lexer(new Source(query));
+    for (let tok = lexer.advance(); tok.kind !== TokenKind.EOF; tok = lexer.advance()) {
+      if (tok.kind === TokenKind.STRING || tok.kind === TokenKind.BLOCK_STRING || tok.kind === TokenKind.INT || tok.kind === TokenKind.FLOAT) {
+        parts.push('\u0000');
+        literals.push({ kind: tok.kind, value: tok.value ?? '' });
+      } else parts.push(tok.value ?? tok.kind);
+    }
+  } catch {
+    return undefined;
+  }
+  return literals.length ? { key: parts.join(' '), literals } : undefined;
+}
+
+/** The variables standing for the literals (numbers as JSON would carry them; big integers keep their digits). */
+function literalValues(literals: Literal[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  literals.forEach((l, i) => {
+    let v: unknown = l.value;
+    if (l.kind === TokenKind.INT) v = Number.isSafeInteger(Number(l.value)) ? Number(l.value) : l.value;
+    else if (l.kind === TokenKind.FLOAT) v = Number(l.value);
+    out[`__s${i}`] = v;
+  });
+  return out;
+}
+
+const hasReservedVariable = (variables: Record<string, unknown> | undefined) => variables !== undefined && variables !== null && Object.keys(variables).some((k) => k.startsWith('__s'));
+
+function typeNode(type: GraphQLInputType): TypeNode {
+  if (isNonNullType(type)) return { kind: Kind.NON_NULL_TYPE, type: typeNode(type.ofType) as Exclude<TypeNode, { kind: Kind.NON_NULL_TYPE }> };
+  if (isListType(type)) return { kind: Kind.LIST_TYPE, type: typeNode(type.ofType) };
+  return { kind: Kind.NAMED_TYPE, name: { kind: Kind.NAME, value: type.name } };
 }
 
 /** A PostgreSQL error the resolver path would report per field (bad input), not a failure of the statement. */
@@ -111,6 +167,58 @@ export class CompiledQueries {
   }
 
   /**
+   * A document whose every literal (argument values, list items, input object fields) is replaced
+   * by a variable `$__sN` typed from its position; undefined when that is not possible (a literal
+   * in a variable's default or inside a JSON value, several operations, a document that does not
+   * parse): the document is then cached by its text.
+   */
+  private prepareShape(schema: GraphQLSchema, query: string, operationName: string | undefined, literals: number): Prepared | 'resolvers' | undefined {
+    let document: DocumentNode;
+    try {
+      document = parse(query, { noLocation: true });
+    } catch {
+      return undefined;
+    }
+    const ops = document.definitions.filter((d) => d.kind === Kind.OPERATION_DEFINITION);
+    if (ops.length !== 1 || (ops[0] as OperationDefinitionNode).operation !== OperationTypeNode.QUERY) return undefined;
+    const typeInfo = new TypeInfo(schema);
+    const defs: VariableDefinitionNode[] = [];
+    let failed = false;
+    let inDefault = 0;
+    const literal = (node: ValueNode) => {
+      const type = typeInfo.getInputType();
+      // an enum takes no string literal: as a variable it would (validation judges the text as sent)
+      if (!type || inDefault || isEnumType(getNamedType(type))) {
+        failed = true;
+        return undefined;
+      }
+      const name = `__s${defs.length}`;
+      defs.push({ kind: Kind.VARIABLE_DEFINITION, variable: { kind: Kind.VARIABLE, name: { kind: Kind.NAME, value: name } }, type: typeNode(type) });
+      return { kind: Kind.VARIABLE, name: { kind: Kind.NAME, value: name }, loc: node.loc };
+    };
+    const edited = visit(
+      document,
+      visitWithTypeInfo(typeInfo, {
+        VariableDefinition: { enter: () => void inDefault++, leave: () => void inDefault-- },
+        StringValue: literal,
+        IntValue: literal,
+        FloatValue: literal,
+      }),
+    );
+    if (failed || defs.length !== literals) return undefined;
+    const normalized: DocumentNode = {
+      ...edited,
+      definitions: edited.definitions.map((d) => (d.kind === Kind.OPERATION_DEFINITION ? { ...d, variableDefinitions: [...(d.variableDefinitions ?? []), ...defs] } : d)),
+    };
+    const operation = getOperationAST(normalized, operationName);
+    if (!operation) return undefined;
+    if (validate(schema, normalized).length) return undefined; // the text itself is then judged (and its errors reported) as sent
+    const fragments: Record<string, FragmentDefinitionNode> = {};
+    for (const d of normalized.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments[d.name.value] = d;
+    return { document: normalized, operation, fragments, costDocument: costView(normalized), constant: false };
+  }
+
+  /**
    * Answer a query operation with one statement, or say `fallback` (the resolvers serve it).
    * `failed`: the statement itself failed in a way the resolvers would fail too (timeout, pool).
    */
@@ -124,25 +232,37 @@ export class CompiledQueries {
     log: FastifyBaseLogger,
   ): Promise<CompiledOutcome> {
     const keyOf = (text: string) => `${version}\n${ctx.role}\n${operationName ?? ''}\n${text}`;
-    let key = keyOf(query);
     let vars = variables;
-    let entry = this.plans.get(key);
+    const rawKey = keyOf(query);
+    let entryKey = rawKey;
+    let entry = this.plans.get(rawKey);
     if (entry === undefined) {
-      // Literal arguments become variables (normalize.ts): `items_by_pk(id: "7")` and `(id: "8")`
-      // share one plan, and the cache is not flooded by one entry per literal.
-      const normalized = normalizeLiterals(schema, query, variables);
-      if (normalized) {
-        key = keyOf(normalized.query);
-        vars = normalized.variables;
-        entry = this.plans.get(key);
+      // Literals become variables: `items_by_pk(id: "7")` and `(id: "8")` share one plan (found by
+      // the document's tokens with literals blanked out: a lexer pass, no parse), and a stream of
+      // distinct literals does not flood the cache.
+      const shape = shapeOf(query);
+      if (shape && !hasReservedVariable(variables)) {
+        const shapeKey = keyOf(`\u0001${shape.key}`);
+        entry = this.plans.get(shapeKey);
+        if (entry === undefined) {
+          const prepared = this.prepareShape(schema, query, operationName, shape.literals.length);
+          this.plans.set(shapeKey, prepared ?? 'text');
+          if (prepared) {
+            this.misses++;
+            entry = prepared;
+          }
+        } else if (entry === 'text') entry = undefined;
+        else this.hits++;
+        if (entry !== undefined) entryKey = shapeKey;
+        if (entry !== undefined && entry !== 'resolvers') vars = { ...(variables ?? {}), ...literalValues(shape.literals) };
       }
       if (entry === undefined) {
         this.misses++;
-        entry = this.prepare(schema, normalized?.query ?? query, operationName);
-        this.plans.set(key, entry);
-      } else this.hits++;
+        entry = this.prepare(schema, query, operationName);
+        this.plans.set(rawKey, entry);
+      }
     } else this.hits++;
-    if (entry === 'resolvers') return { kind: 'fallback' };
+    if (entry === 'resolvers' || entry === 'text') return { kind: 'fallback' };
 
     let statement = entry.statement;
     if (!statement) {
@@ -152,7 +272,7 @@ export class CompiledQueries {
         checkLimits(schema, entry.costDocument, operationName, vars);
         statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
       } catch (err) {
-        if (err instanceof Unsupported) this.plans.set(key, 'resolvers');
+        if (err instanceof Unsupported) this.plans.set(entryKey, 'resolvers');
         else if (!(err instanceof AppError)) log.warn({ err }, 'GraphQL compiler failed; the resolvers serve the query');
         return { kind: 'fallback' };
       }
