@@ -21,6 +21,7 @@ import { viewFields } from '../api/graphql/views.js';
 import { normalizeLiterals } from '../api/graphql/normalize.js';
 import { changesSubscriptionOptions } from '../api/graphql/changes.js';
 import { CompiledQueries, costView } from '../api/graphql/compiled.js';
+import { graphiqlRoutes } from '../api/graphql/graphiql.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -125,7 +126,7 @@ export default fp(
     await app.register(mercurius, {
       schema: placeholder,
       path: '/graphql',
-      graphiql: true,
+      graphiql: false, // served by graphiql.ts from bundled packages (no CDN)
       jit: 1,
       queryDepth: INTROSPECTION_SAFE_DEPTH,
       subscription: changesSubscriptionOptions(app),
@@ -174,6 +175,8 @@ export default fp(
         onResponse: async (request: FastifyRequest) => finish(request),
       },
     });
+
+    await graphiqlRoutes(app);
 
     app.graphql.addHook('preExecution', async (schema, document, context, variables) => {
       // app.graphql() called without our context (no route, no caller): there is no tenant to run as
