@@ -114,7 +114,7 @@ async function main(): Promise<void> {
         medians[`${t.name}@${c}`] = { rps, p50: med(t.name, c, 'p50'), p99: med(t.name, c, 'p99') };
         md.push(`| ${t.name}: ${t.desc} | ${rps} | ${med(t.name, c, 'p50')} | ${med(t.name, c, 'p99')} | ${(rps / a).toFixed(2)}x | ${(rps / b).toFixed(2)}x | ${(rps / pg).toFixed(2)}x |`);
       }
-      md.push('');
+      md.push(`GraphQL / REST by key: ${(med('STRATA-gql', c, 'rps') / med('STRATA-rest', c, 'rps')).toFixed(2)}x.`, '');
     }
     report['isolation'] = { runs, medians, pgbench: ceiling };
   }
@@ -149,6 +149,8 @@ async function main(): Promise<void> {
         await stop(child);
       }
     }
+    const ratio = (a: number, b: number) => ((listRuns[a]?.rps ?? 0) / (listRuns[b]?.rps || 1)).toFixed(2);
+    md.push('', `GraphQL / REST: 50-row page ${ratio(1, 0)}x, two-level relationship ${ratio(3, 2)}x.`);
     md.push('');
     report['lists'] = listRuns;
   }

@@ -112,4 +112,5 @@ export const CONFIG_DESCRIPTIONS: { readonly [K in keyof Env]?: string } = {
   JOB_STALLED_INTERVAL_MS: 'BullMQ: lock of an active job, and how often lapsed locks are looked for: a dead worker\'s job is taken over within lock + interval.',
   SWEEP_CRON: 'Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed.',
   SWEEP_MIN_AGE_MS: 'Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed.',
+  GRAPHQL_PLAN_CACHE_MAX: 'GraphQL plan cache: documents kept parsed, validated (and, without variables, compiled) per (document, operation, role); an LRU of at most this many entries.',
 };

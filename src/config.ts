@@ -67,6 +67,10 @@ export const EnvSchema = Type.Object({
   /** Search (SPEC 10): fuzzy fallback when the text query finds fewer hits than this. */
   SEARCH_FUZZY_THRESHOLD: Int(10, 0, 10_000),
   SEARCH_MAX_QUERY_LENGTH: Int(256, 1, 10_000),
+  /** GraphQL: serve query operations with one compiled SQL statement (false: every field through the resolvers). */
+  GRAPHQL_COMPILER: Type.Boolean({ default: true, description: 'Compile each GraphQL query operation into one SQL statement that builds the response JSON' }),
+  /** GraphQL plan cache: documents kept parsed, validated (and, without variables, compiled) per (document, operation, role). */
+  GRAPHQL_PLAN_CACHE_MAX: Int(1000, 1, 1_000_000),
   /** pg_trgm word_similarity a fuzzy match needs (pg_trgm.word_similarity_threshold for the query). */
   SEARCH_FUZZY_SIMILARITY: Type.Number({ default: 0.5, minimum: 0.05, maximum: 1 }),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),

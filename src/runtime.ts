@@ -119,7 +119,11 @@ async function developmentSecret(config: Config, log: Logger): Promise<string> {
     lines.push(`  ${t.id} reader: ${await sign({ tenant_id: t.id, role: 'reader' }, `demo-reader@${t.id}`)}`);
     lines.push(`  ${t.id} analyst: ${await sign({ tenant_id: t.id, role: 'analyst' }, `demo-analyst@${t.id}`)}`);
   }
-  lines.push(`  platform_admin: ${await sign({ role: 'platform_admin' }, 'demo-platform-admin')}`, '');
+  lines.push(`  platform_admin: ${await sign({ role: 'platform_admin' }, 'demo-platform-admin')}`);
+  const demo = DEMO_TENANTS[0];
+  // the token rides in the URL fragment, which the browser never sends to the server
+  if (demo) lines.push(`GraphiQL as ${demo.id} reader: http://localhost:${config.PORT}/graphiql#token=${await sign({ tenant_id: demo.id, role: 'reader' }, `demo-reader@${demo.id}`)}`);
+  lines.push('');
   // Printed to stderr as plain text once per boot, not into the structured log stream.
   process.stderr.write(lines.join('\n') + '\n');
   log.warn('using a generated development JWT secret; set JWT_SECRET for any real deployment');

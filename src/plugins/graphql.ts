@@ -20,6 +20,15 @@ import { buildGraphqlSchema } from '../api/graphql/schema.js';
 import { viewFields } from '../api/graphql/views.js';
 import { normalizeLiterals } from '../api/graphql/normalize.js';
 import { changesSubscriptionOptions } from '../api/graphql/changes.js';
+import { CompiledQueries, costView } from '../api/graphql/compiled.js';
+import { graphiqlRoutes } from '../api/graphql/graphiql.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The one-statement query compiler and its plan cache (GraphQL). */
+    graphqlCompiler: CompiledQueries;
+  }
+}
 
 declare module 'mercurius' {
   interface MercuriusContext {
@@ -44,6 +53,46 @@ export default fp(
     const registry = app.services.schema;
     const requests = new WeakMap<FastifyRequest, GraphqlRequest>();
     let builtVersion = -1;
+    const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX);
+    compiled.enabled = app.config.GRAPHQL_COMPILER;
+    app.decorate('graphqlCompiler', compiled);
+
+    /**
+     * A query operation answered by one compiled statement: true when the reply is sent. Anything
+     * the compiler does not serve (see compiled.ts) returns false and goes on to mercurius.
+     */
+    async function serveCompiled(request: FastifyRequest, reply: FastifyReply, source: Record<string, unknown>): Promise<boolean> {
+      const ctx = request.ctx;
+      if (!compiled.enabled || !ctx) return false;
+      let variables = source['variables'];
+      if (typeof variables === 'string' && request.method === 'GET') {
+        try {
+          variables = JSON.parse(variables);
+        } catch {
+          return false;
+        }
+      }
+      if (variables !== undefined && variables !== null && (typeof variables !== 'object' || Array.isArray(variables))) return false;
+      const opName = source['operationName'];
+      if (opName !== undefined && opName !== null && typeof opName !== 'string') return false;
+      const outcome = await compiled.run(
+        app.graphql.schema,
+        builtVersion,
+        ctx,
+        source['query'] as string,
+        opName ?? undefined,
+        (variables ?? undefined) as Record<string, unknown> | undefined,
+        request.log,
+      );
+      if (outcome.kind === 'fallback') return false;
+      if (outcome.kind === 'failed') {
+        const { status, errors } = formatErrors([outcome.error], request.log);
+        void reply.code(status).send({ data: null, errors });
+        return true;
+      }
+      void reply.code(200).header('content-type', 'application/json; charset=utf-8').send(outcome.body);
+      return true;
+    }
 
     /** Build the schema on first use (no database at boot) and again after every registry change. */
     async function ensureSchema(): Promise<void> {
@@ -51,6 +100,7 @@ export default fp(
       if (builtVersion === registry.version) return;
       const version = registry.version;
       app.graphql.replaceSchema(buildGraphqlSchema(tables, app.log, viewFields(app.services)));
+      compiled.clear();
       builtVersion = version;
     }
     const unsubscribe = registry.onChange(() => {
@@ -76,7 +126,7 @@ export default fp(
     await app.register(mercurius, {
       schema: placeholder,
       path: '/graphql',
-      graphiql: true,
+      graphiql: false, // served by graphiql.ts from bundled packages (no CDN)
       jit: 1,
       queryDepth: INTROSPECTION_SAFE_DEPTH,
       subscription: changesSubscriptionOptions(app),
@@ -102,7 +152,7 @@ export default fp(
       },
       additionalRouteOptions: {
         config: { capability: 'read' },
-        preHandler: async (request: FastifyRequest) => {
+        preHandler: async (request: FastifyRequest, reply: FastifyReply) => {
           // a subscription's WebSocket upgrade: the query comes over the socket, the schema must be built
           if ((request as { ws?: boolean }).ws) return ensureSchema();
           const source = (request.method === 'GET' ? request.query : request.body) as { query?: unknown } | null | undefined;
@@ -110,6 +160,7 @@ export default fp(
             throw badRequest('GRAPHQL_BAD_REQUEST', 'the request has no GraphQL query (send { "query": "..." })');
           }
           await ensureSchema();
+          if (await serveCompiled(request, reply, source)) return reply;
           const vars = (source as { variables?: unknown }).variables;
           const plainVars = vars === undefined || vars === null || (typeof vars === 'object' && !Array.isArray(vars));
           if (request.method === 'POST' && plainVars) {
@@ -125,6 +176,8 @@ export default fp(
       },
     });
 
+    await graphiqlRoutes(app);
+
     app.graphql.addHook('preExecution', async (schema, document, context, variables) => {
       // app.graphql() called without our context (no route, no caller): there is no tenant to run as
       const state = (context.strata as GraphqlRequest | undefined) ?? new GraphqlRequest(app.db, null, app.log, undefined);
@@ -134,7 +187,7 @@ export default fp(
         state.isMutation = true;
         state.assertCanWrite();
       }
-      checkLimits(schema, document, state.operationName, variables as Record<string, unknown> | undefined);
+      checkLimits(schema, costView(document), state.operationName, variables as Record<string, unknown> | undefined);
     });
 
     app.graphql.addHook('onResolution', async (execution, context) => {

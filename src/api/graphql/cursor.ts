@@ -5,8 +5,10 @@
  * any SQL runs.
  */
 import { badRequest } from '../../errors.js';
-import type { OrderItem } from './sql.js';
+import type { TableInfo } from '../../services/data/index.js';
+import { orderItems, orderSignature, type OrderItem, type OrderSpec } from './sql.js';
 import { kindOf } from './columns.js';
+import { LIMITS, checkFirst } from './cost.js';
 
 const invalid = () => badRequest('INVALID_CURSOR', 'the cursor is malformed or belongs to another query (table or ordering)');
 const MAX_CURSOR = 4096;
@@ -45,4 +47,36 @@ export function decodeCursor(cursor: string, table: string, items: OrderItem[], 
   const values = v as unknown[];
   if (!values.every((x, i) => (x === null || typeof x === 'string') && fits(items[i] as OrderItem, x))) throw invalid();
   return values as Array<string | null>;
+}
+
+function checkLast(value: unknown, field: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+    throw badRequest('INVALID_ARGUMENT', `${field}.last must be a non-negative integer`, { field: `${field}.last` });
+  }
+  if (value > LIMITS.maxFirst) {
+    throw badRequest('LIMIT_TOO_LARGE', `${field}.last may be at most ${LIMITS.maxFirst} (got ${value})`, { field: `${field}.last`, max: LIMITS.maxFirst });
+  }
+  return value;
+}
+
+/** Paging arguments of a connection, checked: the ordering, the bounds and the page size and direction. */
+export interface Paging {
+  items: OrderItem[];
+  signature: string;
+  after?: Array<string | null>;
+  before?: Array<string | null>;
+  backward: boolean;
+  limit: number;
+}
+
+export function paging(t: TableInfo, field: string, args: Record<string, unknown>): Paging {
+  const items = orderItems(t, args['order_by'] as ReadonlyArray<Record<string, OrderSpec>> | undefined);
+  const signature = orderSignature(items);
+  const hasLast = args['last'] !== undefined && args['last'] !== null;
+  if (hasLast && args['first'] !== undefined && args['first'] !== null) {
+    throw badRequest('INVALID_ARGUMENT', `${field}: give first or last, not both`, { field: `${field}.last` });
+  }
+  const limit = hasLast ? checkLast(args['last'], field) : checkFirst(args['first'], field);
+  const cursor = (name: 'after' | 'before') => (typeof args[name] === 'string' ? decodeCursor(args[name], t.name, items, signature) : undefined);
+  return { items, signature, after: cursor('after'), before: cursor('before'), backward: hasLast, limit };
 }

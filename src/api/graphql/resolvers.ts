@@ -8,7 +8,7 @@ import type { ColumnInfo, Relationship, TableInfo } from '../../services/data/in
 import { AppError, badRequest } from '../../errors.js';
 import type { GraphqlContext, GraphqlRequest } from './context.js';
 import { checkFirst } from './cost.js';
-import { decodeCursor, encodeCursor } from './cursor.js';
+import { encodeCursor, paging, type Paging } from './cursor.js';
 import { BatchLoader, keyOf } from './loaders.js';
 import { cached, nodePlan, subFields, type NodePlan } from './selection.js';
 import {
@@ -25,8 +25,8 @@ import {
   keyName,
   listSql,
   orderItems,
-  orderSignature,
   keysetPredicate,
+  reverseItems,
   type AggregateFn,
   type AggregatePlan,
   type BoolExp,
@@ -84,34 +84,45 @@ const returningPlan = (m: TableModel, info: GraphQLResolveInfo) =>
 
 const pkArgs = (t: TableInfo, args: Args) => Object.fromEntries(t.primaryKey.map((k) => [k, args[k]]));
 
-/** A connection from a page fetched with one row more than `first` (that row only says hasNextPage). */
-function connectionPage(t: TableInfo, signature: string, items: OrderItem[], rows: Row[], first: number, edges: boolean, totalCount: number | undefined) {
-  const nodes = rows.length > first ? rows.slice(0, first) : rows;
+/**
+ * A connection from a page fetched with one row more than asked (that row only says whether more
+ * follow). `backward` (last/before): the rows came in reverse order and are turned back.
+ */
+function connectionPage(t: TableInfo, signature: string, items: OrderItem[], rows: Row[], limit: number, edges: boolean, totalCount: number | undefined, backward = false) {
+  const page = rows.length > limit ? rows.slice(0, limit) : rows;
+  const nodes = backward ? page.reverse() : page;
   const cursorOf = (r: Row) => encodeCursor(t.name, signature, items.map((_, i) => (r[keyName(i)] ?? null) as string | null));
+  const first = nodes[0];
   const last = nodes[nodes.length - 1];
+  const more = rows.length > limit;
   return {
     nodes,
     edges: edges ? nodes.map((node) => ({ cursor: cursorOf(node), node })) : [],
-    pageInfo: { hasNextPage: rows.length > first, endCursor: last ? cursorOf(last) : null },
+    pageInfo: { hasNextPage: !backward && more, hasPreviousPage: backward && more, startCursor: first ? cursorOf(first) : null, endCursor: last ? cursorOf(last) : null },
     totalCount,
   };
+}
+
+/** Filter and cursor bounds of a page (rows after `after`, before `before`), and the scan order. */
+function pageBounds(pg: Paging, where: string | null, p: Params, alias?: string): { conds: string | null; scan: OrderItem[] } {
+  const conds = [where, pg.after ? keysetPredicate(pg.items, pg.after, p, alias) : null, pg.before ? keysetPredicate(reverseItems(pg.items), pg.before, p, alias) : null];
+  const present = conds.filter((c): c is string => c !== null);
+  return { conds: present.length ? present.join(' AND ') : null, scan: pg.backward ? reverseItems(pg.items) : pg.items };
 }
 
 export function listResolver(m: TableModel): Resolver {
   const t = m.table;
   return async (_src, args, { strata }, info) => {
     const plan = connectionPlan(m, info);
-    const first = checkFirst(args['first'], info.fieldName);
-    const items = orderItems(t, args['order_by'] as OrderBy | undefined);
-    const signature = orderSignature(items);
-    const after = typeof args['after'] === 'string' ? decodeCursor(args['after'], t.name, items, signature) : undefined;
+    const pg = paging(t, info.fieldName, args);
     const p = new Params();
     const where = compileWhere(t, args['where'] as BoolExp | undefined, p);
     const whereValues = [...p.values];
     let rows: Row[] = [];
     let totalCount: number | undefined;
     if (plan.rows) {
-      const text = listSql(t, plan.node.columns, where, items, after, first + 1, p);
+      const { conds, scan } = pageBounds(pg, where, p);
+      const text = listSql(t, plan.node.columns, conds, scan, undefined, pg.limit + 1, p);
       if (plan.count) {
         const [res, n] = await strata.queryWithCount(info, { text, values: p.values }, { text: countSql(t, where), values: whereValues });
         rows = res.rows;
@@ -122,7 +133,7 @@ export function listResolver(m: TableModel): Resolver {
     } else if (plan.count) {
       totalCount = (await strata.query<{ n: number }>(info, countSql(t, where), whereValues)).rows[0]?.n ?? 0;
     }
-    return connectionPage(t, signature, items, rows, first, plan.edges, totalCount);
+    return connectionPage(t, pg.signature, pg.items, rows, pg.limit, plan.edges, totalCount, pg.backward);
   };
 }
 
@@ -255,10 +266,7 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
   }
   return (src, args, { strata }, info) => {
     const plan = connectionPlan(remote, info);
-    const first = checkFirst(args['first'], info.fieldName);
-    const items = orderItems(t, args['order_by'] as OrderBy | undefined);
-    const signature = orderSignature(items);
-    const after = typeof args['after'] === 'string' ? decodeCursor(args['after'], t.name, items, signature) : undefined;
+    const pg = paging(t, info.fieldName, args);
     const values = join.local.map((c) => src[c.name]);
     const l = loader<Page>(
       strata,
@@ -271,8 +279,8 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
           if (plan.rows) {
             const p = new Params();
             const where = compileWhere(t, args['where'] as BoolExp | undefined, p, 'r');
-            const conds = [where, after ? keysetPredicate(items, after, p) : null].filter((c): c is string => c !== null);
-            const text = batchChildrenSql(t, plan.node.columns, join.remote, tuples, conds.length ? conds.join(' AND ') : null, items, first + 1, p, true);
+            const { conds, scan } = pageBounds(pg, where, p, 'r');
+            const text = batchChildrenSql(t, plan.node.columns, join.remote, tuples, conds, scan, pg.limit + 1, p, true);
             for (const r of (await strata.query(info, text, p.values)).rows) {
               const k = keyOfRow(r);
               const page = out.get(k);
@@ -294,7 +302,7 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
         }, () => ({ rows: [], total: 0 })),
     );
     const page: Promise<Page> = values.some((v) => v === null || v === undefined) ? Promise.resolve({ rows: [], total: 0 }) : l.load(keyOf(values), values);
-    return page.then(({ rows, total }) => connectionPage(t, signature, items, rows, first, plan.edges, total ?? 0));
+    return page.then(({ rows, total }) => connectionPage(t, pg.signature, pg.items, rows, pg.limit, plan.edges, total ?? 0, pg.backward));
   };
 }
 

@@ -44,6 +44,10 @@ import {
 } from './resolvers.js';
 import { changesSubscriptionType } from './changes.js';
 import { SEARCH_TYPE_NAMES, searchField } from './search.js';
+import type { FieldPlan } from './compile.js';
+
+/** What the one-statement compiler needs to know about a field (absent: the compiler does not serve it). */
+const plan = (p: FieldPlan) => ({ strata: p });
 
 type Fields = GraphQLFieldConfigMap<Record<string, unknown>, GraphqlContext>;
 const NAME = /^[_A-Za-z][_0-9A-Za-z]*$/;
@@ -67,7 +71,12 @@ const OrderByEnum = new GraphQLEnumType({
 
 const PageInfo = new GraphQLObjectType({
   name: 'PageInfo',
-  fields: { hasNextPage: { type: nonNull(GraphQLBoolean) }, endCursor: { type: GraphQLString } },
+  fields: {
+    hasNextPage: { type: nonNull(GraphQLBoolean), description: 'More rows follow this page (paging forward with first; false when paging with last).' },
+    hasPreviousPage: { type: nonNull(GraphQLBoolean), description: 'More rows precede this page (paging backward with last; false when paging with first).' },
+    startCursor: { type: GraphQLString, description: 'The cursor of the first row of the page.' },
+    endCursor: { type: GraphQLString, description: 'The cursor of the last row of the page.' },
+  },
 });
 
 const RESERVED = new Set(['Query', 'Mutation', 'Subscription', 'PageInfo', 'order_by', 'BigInt', 'JSON', 'DateTime', 'String', 'Int', 'Float', 'Boolean', 'ID', ...SEARCH_TYPE_NAMES]);
@@ -158,7 +167,11 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
     const args: GraphQLFieldConfigArgumentMap = { where: { type: boolExps.get(name) as GraphQLInputObjectType } };
     if (order) args['order_by'] = { type: listOf(order) };
     args['first'] = { type: GraphQLInt, description: 'Rows to return (default 50, at most 1000).' };
-    if (withAfter) args['after'] = { type: GraphQLString, description: 'An endCursor or edge cursor of the same list and ordering.' };
+    if (withAfter) {
+      args['after'] = { type: GraphQLString, description: 'An endCursor or edge cursor of the same list and ordering.' };
+      args['last'] = { type: GraphQLInt, description: 'Rows to return from the end (at most 1000; not with first): pages backward.' };
+      args['before'] = { type: GraphQLString, description: 'A startCursor or edge cursor of the same list and ordering: rows before it.' };
+    }
     return args;
   };
 
@@ -174,22 +187,28 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
           const f: Fields = {};
           for (const c of exposed(t)) {
             const type = columnType(c);
-            f[c.name] = { type: c.nullable ? type : nonNull(type) };
+            f[c.name] = { type: c.nullable ? type : nonNull(type), extensions: plan({ kind: 'column', column: c }) };
           }
           for (const rel of m.rels.values()) {
             const remote = models.get(rel.table) as TableModel;
             const remoteType = objectTypes.get(rel.table) as GraphQLObjectType;
             f[rel.name] =
               rel.kind === 'many-to-one'
-                ? { type: remoteType, resolve: relationshipResolver(m, remote, rel) }
-                : { type: nonNull(listOf(remoteType)), args: listArgs(rel.table, false), resolve: relationshipResolver(m, remote, rel) };
+                ? { type: remoteType, resolve: relationshipResolver(m, remote, rel), extensions: plan({ kind: 'object', parent: m, remote, rel }) }
+                : {
+                    type: nonNull(listOf(remoteType)),
+                    args: listArgs(rel.table, false),
+                    resolve: relationshipResolver(m, remote, rel),
+                    extensions: plan({ kind: 'children', parent: m, remote, rel }),
+                  };
             const connectionName = `${rel.name}_connection`;
             if (rel.kind === 'one-to-many' && !f[connectionName] && !m.rels.has(connectionName)) {
               f[connectionName] = {
                 type: nonNull(connections.get(rel.table) as GraphQLObjectType),
                 args: listArgs(rel.table, true),
-                description: `${rel.name} as a cursor connection (nodes, edges, pageInfo, totalCount), paged with first/after.`,
+                description: `${rel.name} as a cursor connection (nodes, edges, pageInfo, totalCount), paged with first/after or last/before.`,
                 resolve: relationshipConnectionResolver(m, remote, rel),
+                extensions: plan({ kind: 'connection', model: remote, parent: m, rel }),
               };
             }
           }
@@ -216,7 +235,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
       },
     });
     connections.set(n, connection);
-    query[n] = { type: nonNull(connection), args: listArgs(n, true), resolve: listResolver(m) };
+    query[n] = { type: nonNull(connection), args: listArgs(n, true), resolve: listResolver(m), extensions: plan({ kind: 'connection', model: m }) };
     query[`${n}_aggregate`] = aggregateField(m, boolExps.get(n) as GraphQLInputObjectType, exposed(t));
 
     const pkCols = t.primaryKey.map((k) => t.columnMap.get(k)).filter((c): c is ColumnInfo => c !== undefined && validName(c.name));
@@ -225,7 +244,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
       pkCols.length === 1
         ? { [(pkCols[0] as ColumnInfo).name]: { type: nonNull(GraphQLID) } }
         : Object.fromEntries(pkCols.map((c) => [c.name, { type: nonNull(kindOf(c).scalar) }]));
-    query[`${n}_by_pk`] = { type, args: pkArgs, resolve: byPkResolver(m) };
+    query[`${n}_by_pk`] = { type, args: pkArgs, resolve: byPkResolver(m), extensions: plan({ kind: 'byPk', model: m }) };
 
     const writable = exposed(t).filter((c) => !c.generated);
     const insertInput = new GraphQLInputObjectType({
@@ -287,5 +306,6 @@ function aggregateField(m: TableModel, boolExp: GraphQLInputObjectType, columns:
     type: nonNull(new GraphQLObjectType({ name: `${n}_aggregate`, fields: { groups: { type: nonNull(listOf(new GraphQLObjectType({ name: `${n}_aggregate_group`, fields: groupFields }))) } } })),
     args,
     resolve: aggregateResolver(m),
+    extensions: plan({ kind: 'aggregate', model: m }),
   };
 }

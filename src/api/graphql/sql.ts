@@ -101,6 +101,9 @@ export function orderItems(t: TableInfo, orderBy: ReadonlyArray<Record<string, O
 export const orderSql = (items: OrderItem[], alias?: string) =>
   items.map((i) => `${ref(i.column, alias)} ${i.desc ? 'DESC' : 'ASC'} NULLS ${i.nullsFirst ? 'FIRST' : 'LAST'}`).join(', ');
 
+/** The same ordering backward (for last/before): every direction and nulls placement flipped. */
+export const reverseItems = (items: OrderItem[]): OrderItem[] => items.map((i) => ({ ...i, desc: !i.desc, nullsFirst: !i.nullsFirst }));
+
 /** Identifies an ordering inside a cursor. */
 export const orderSignature = (items: OrderItem[]) => items.map((i) => `${i.column.name}:${i.desc ? 'd' : 'a'}${i.nullsFirst ? 'f' : 'l'}`).join(',');
 
@@ -108,10 +111,10 @@ export const keyAlias = (i: number) => q(`__strata_k${i}`);
 export const keyName = (i: number) => `__strata_k${i}`;
 
 /** Rows strictly after the cursor row in this ordering (values as PostgreSQL text, null-aware). */
-export function keysetPredicate(items: OrderItem[], values: Array<string | null>, p: Params): string {
+export function keysetPredicate(items: OrderItem[], values: Array<string | null>, p: Params, alias?: string): string {
   const sameDir = items.every((i) => i.desc === items[0]?.desc);
   if (sameDir && items.every((i) => !i.column.nullable) && values.every((v) => v !== null)) {
-    const cols = items.map((i) => ref(i.column)).join(', ');
+    const cols = items.map((i) => ref(i.column, alias)).join(', ');
     const vals = values.map((v) => p.add(v)).join(', ');
     return `(${cols}) ${items[0]?.desc ? '<' : '>'} (${vals})`;
   }
@@ -120,12 +123,12 @@ export function keysetPredicate(items: OrderItem[], values: Array<string | null>
     const conds: string[] = [];
     for (let j = 0; j < i; j++) {
       const v = values[j] ?? null;
-      const col = ref((items[j] as OrderItem).column);
+      const col = ref((items[j] as OrderItem).column, alias);
       conds.push(v === null ? `${col} IS NULL` : `${col} = ${p.add(v)}`);
     }
     const it = items[i] as OrderItem;
     const v = values[i] ?? null;
-    const col = ref(it.column);
+    const col = ref(it.column, alias);
     let after: string | null;
     if (v === null) after = it.nullsFirst ? `${col} IS NOT NULL` : null;
     else {
