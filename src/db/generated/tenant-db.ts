@@ -132,6 +132,7 @@ export interface StrataTenants {
   status: Defaulted<'active' | 'suspended'>;
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
+  limits: Defaulted<Json>;
 }
 
 export interface StrataViews {
