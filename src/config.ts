@@ -143,7 +143,7 @@ export const EnvSchema = Type.Object({
   LIMITS_CACHE_TTL_MS: Int(5_000, 0, 3_600_000, 'How long a process keeps a tenant\'s limits before reading them again (a PATCH is seen at once by the process that served it, by the others within this time)'),
   RATE_LIMIT_PREFIX: Type.String({ default: 'strata:ratelimit', minLength: 1, maxLength: 100, description: 'Redis key prefix of the request counters (deployments sharing a Redis need their own)' }),
   RATE_LIMIT_SYNC_MS: Int(50, 5, 10_000, 'How often a process adds its local request counts to the shared counters in Redis (the rate limit may overshoot by what other processes served in this time)'),
-  RATE_LIMIT_REDIS_TIMEOUT_MS: Int(100, 5, 10_000, 'Longest wait for Redis on the first request of a tenant in a window; past it (or while Redis is down) the limiter fails open on local counts'),
+  RATE_LIMIT_REDIS_TIMEOUT_MS: Int(100, 5, 10_000, 'Longest wait for Redis to answer an add to the shared counters; past it (or while Redis is down) the counts stay local (fail open). No request ever waits for Redis'),
 });
 
 export type Env = Static<typeof EnvSchema>;

@@ -2,10 +2,11 @@
  * Request counters per tenant in fixed windows, shared by every API process through Redis without a
  * Redis round trip per request. Each process counts locally and adds its counts to the window's
  * Redis counter every RATE_LIMIT_SYNC_MS (INCRBY answers the total of every process); a request is
- * judged on `last known total + local count since`. The first request of a tenant in a window waits
- * for Redis (at most RATE_LIMIT_REDIS_TIMEOUT_MS), so a process joining late sees what the others
- * already served. Redis slow, hanging or down: the limiter fails open on the local counts (each
- * process then enforces the limit alone) and never holds a request longer than that timeout.
+ * judged on `last known total + local count since`. The first request of a tenant in a window sends
+ * its count at once (in the background), so a process learns within one Redis round trip what the
+ * others already served. No request ever waits for Redis: Redis slow, hanging or down, the limiter
+ * fails open on the local counts (each process then enforces the limit alone); an add that Redis
+ * does not answer within RATE_LIMIT_REDIS_TIMEOUT_MS is counted locally instead.
  *
  * The interface is @fastify/rate-limit's store (`incr(key, cb, timeWindow, max)`, `child`).
  */
@@ -19,8 +20,6 @@ interface Counter {
   pending: number;
   /** Counts being added right now (in flight to Redis). */
   flushing: number;
-  /** The first read of this window, shared by the requests that arrive while it runs. */
-  first: Promise<void> | undefined;
 }
 
 export interface RateWindowOptions {
@@ -44,32 +43,23 @@ export class RateWindows {
     return `${this.o.prefix}:${windowMs}:${key}:${window}`;
   }
 
-  /** Count one request of `key`; answers the count of the window so far (all processes) and the ms left. */
+  /** Count one request of `key`; answers (synchronously) the count of the window so far, all processes, and the ms left. */
   incr(key: string, cb: IncrCallback, windowMs: number): void {
     const now = Date.now();
     const window = Math.floor(now / windowMs);
     const ttl = (window + 1) * windowMs - now;
     let c = this.counters.get(key);
     if (!c || c.window !== window) {
-      c = { window, known: 0, pending: 0, flushing: 0, first: undefined };
+      c = { window, known: 0, pending: 1, flushing: 0 };
       this.counters.set(key, c);
-      const counter = c;
-      counter.pending = 1;
-      counter.first = this.flushOne(key, counter, windowMs).finally(() => (counter.first = undefined));
-      counter.first.then(
-        () => cb(null, { current: counter.known + counter.pending + counter.flushing, ttl }),
-        () => cb(null, { current: counter.known + counter.pending + counter.flushing, ttl }),
-      );
+      // learn what the other processes counted in this window at once, without holding the request
+      void this.flushOne(key, c, windowMs);
+      cb(null, { current: 1, ttl });
       return;
     }
     c.pending++;
-    const counter = c;
-    if (counter.first) {
-      counter.first.then(() => cb(null, { current: counter.known + counter.pending + counter.flushing, ttl }), () => undefined);
-      return;
-    }
     this.schedule(windowMs);
-    cb(null, { current: counter.known + counter.pending + counter.flushing, ttl });
+    cb(null, { current: c.known + c.pending + c.flushing, ttl });
   }
 
   private schedule(windowMs: number): void {
@@ -89,7 +79,7 @@ export class RateWindows {
         this.counters.delete(key); // a window long gone: its counts no longer matter
         continue;
       }
-      if (c.pending > 0 && !c.first && c.flushing === 0) work.push(this.flushOne(key, c, windowMs));
+      if (c.pending > 0 && c.flushing === 0) work.push(this.flushOne(key, c, windowMs));
     }
     await Promise.all(work);
     for (const c of this.counters.values()) if (c.pending > 0) return this.schedule(windowMs);
