@@ -15,7 +15,7 @@
  */
 import { SignJWT } from 'jose';
 import { BENCH_ROWS } from '../setup.js';
-import { DURATION, ROUNDS, WARMUP, cannon, median, startAndCheck, stop, strataTarget, type Measured, type Target } from '../lib.js';
+import { DURATION, ROUNDS, WARMUP, cannon, env, median, sleep, stop, strataTarget, waitAndCheck, type Measured, type Target } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
 
 const PORT_ON = 3310;
@@ -23,6 +23,26 @@ const PORT_OFF = 3311;
 const B_CONNECTIONS = 16;
 const A_CONNECTIONS = 48;
 const POOL = { DB_POOL_MAX: '10', DB_POOL_MIN: '10' };
+/** Which parts run (BENCH_FAIRNESS_PARTS, default both): `overhead`, `fairness`. */
+const PARTS = (env['BENCH_FAIRNESS_PARTS'] ?? 'overhead,fairness').split(',');
+
+/** Start a server and wait for it (up to 120 s: on a busy machine a start can take longer than lib's 30 s). */
+async function startAndCheck(t: Target) {
+  const child = t.start();
+  try {
+    for (let i = 0; i < 600; i++) {
+      if (child.exitCode !== null) throw new Error(`${t.name} exited early`);
+      const up = await fetch(`http://127.0.0.1:${t.port}/healthz`, { signal: AbortSignal.timeout(1000) }).then((r) => r.ok, () => false);
+      if (up) break;
+      await sleep(200);
+    }
+    await waitAndCheck(t, child);
+  } catch (err) {
+    await stop(child);
+    throw err;
+  }
+  return child;
+}
 
 /** Ids of tenant '2' (items.tenant_id = id % 100 + 1). */
 const bId = () => 100 * Math.floor(Math.random() * (BENCH_ROWS / 100)) + 1;
@@ -60,7 +80,7 @@ const scenario: BenchScenario = {
     const on = strataTarget('STRATA-limits-on', PORT_ON, ctx.dbUrl, ctx.appUrl, ctx.tokens, { DB_POOL_MAX: '16', DB_POOL_MIN: '16' });
     const off = strataTarget('STRATA-limits-off', PORT_OFF, ctx.dbUrl, ctx.appUrl, ctx.tokens, { DB_POOL_MAX: '16', DB_POOL_MIN: '16', LIMITS_ENABLED: 'false' });
     const overhead: Measured[] = [];
-    for (let round = 1; round <= ROUNDS; round++) {
+    for (let round = 1; round <= (PARTS.includes('overhead') ? ROUNDS : 0); round++) {
       for (const t of round % 2 ? [on, off] : [off, on]) {
         const child = await startAndCheck(t);
         try {
@@ -78,7 +98,7 @@ const scenario: BenchScenario = {
     const bTarget = (name: string, port: number, extra: Record<string, string>): Target => ({
       ...strataTarget(name, port, ctx.dbUrl, ctx.appUrl, ctx.tokens, { ...POOL, ...extra }),
       request: () => ({ method: 'GET', path: `/v1/tables/items/rows/${bId()}`, headers: { authorization: bReader } }),
-      check: (_id, body) => (JSON.parse(body) as { data: { tenant_id: string } }).data.tenant_id === '2',
+      check: (_id, body) => String((JSON.parse(body) as { data: { tenant_id: string | number } }).data.tenant_id) === '2',
     });
     const servers = [bTarget('B-limits-on', PORT_ON, {}), bTarget('B-limits-off', PORT_OFF, { LIMITS_ENABLED: 'false' })];
     interface Run {
@@ -89,7 +109,7 @@ const scenario: BenchScenario = {
       flood: Measured;
     }
     const runs: Run[] = [];
-    for (let round = 1; round <= ROUNDS; round++) {
+    for (let round = 1; round <= (PARTS.includes('fairness') ? ROUNDS : 0); round++) {
       for (const t of round % 2 ? servers : [...servers].reverse()) {
         const child = await startAndCheck(t);
         try {

@@ -78,16 +78,15 @@ export class Gates {
 
   /** Give a slot back: handed to the tenant's first waiter, or freed. */
   leave(resource: string, tenantId: string): void {
-    const byTenant = this.slots.get(resource);
-    const s = byTenant?.get(tenantId);
+    const s = this.slots.get(resource)?.get(tenantId);
     if (!s) return;
     for (let w = s.waiters.shift(); w; w = s.waiters.shift()) {
       if (w.done) continue;
       w.admit(); // the slot passes on: `held` is unchanged
       return;
     }
-    s.held--;
-    if (s.held <= 0) byTenant!.delete(tenantId);
+    // the entry stays (one small object per tenant seen): no allocation churn on the hot path
+    if (s.held > 0) s.held--;
   }
 
   /** Slots held by a tenant (tests, metrics). */
