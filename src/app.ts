@@ -41,7 +41,9 @@ import maintenancePlugin from './plugins/maintenance.js';
 import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
-import { createWriteHooks, type WriteHooks } from './services/changes/index.js';
+import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
+import { createDeclarations, createTenantKeys, parseMasterKeys, type Declarations, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
+import complianceRoutes from './api/rest/compliance/index.js';
 import { createTimeseriesService, type TimeseriesService } from './services/analytics/index.js';
 import { createViewsService, type ViewsService } from './services/analytics/index.js';
 import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
@@ -56,6 +58,8 @@ import webhookRoutes from './api/rest/webhooks/index.js';
 import { createSearchService, type SearchService } from './services/search/index.js';
 import searchRoutes from './api/rest/search/index.js';
 import searchIndexRoutes from './api/rest/search-indexes/index.js';
+import { createTestingService, type TestingService } from './services/testing/index.js';
+import testingRoutes from './api/rest/testing/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -73,6 +77,8 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
+  compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
+  testing: TestingService;
 }
 
 declare module 'fastify' {
@@ -105,9 +111,9 @@ export interface BuildOptions {
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const MAX_PARAM_LENGTH = 1024;
 
-import { loggerOptions } from './logger.js';
+import { createLogger, loggerOptions } from './logger.js';
 
-export { loggerOptions };
+export { createLogger, loggerOptions };
 
 export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const { config, db } = opts;
@@ -140,6 +146,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
+  const masterKeys = parseMasterKeys(config.ENCRYPTION_MASTER_KEYS);
   const cache = createResultCache({
     redis: opts.redis,
     db,
@@ -159,6 +166,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     cursors,
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
+    countCap: config.COUNT_ESTIMATE_CAP,
     afterCommit: hooks.afterCommit,
   });
   const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });
@@ -183,6 +191,12 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
+    compliance: {
+      declarations: createDeclarations({ db, schema }),
+      keys: createTenantKeys({ db, keys: masterKeys }),
+      masterKeys,
+    },
+    testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   db.observe(services.insight.observer);
@@ -226,6 +240,8 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   app.addHook('onClose', () => services.changeFeed.close());
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
+  await app.register(complianceRoutes, { prefix: '/v1/admin/compliance' });
+  await app.register(testingRoutes, { prefix: '/v1/testing' });
   return app;
 }
 

@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { CONFIG_DESCRIPTIONS } from './config-descriptions.js';
 
 const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER, description?: string) =>
   Type.Integer({ default: def, minimum: min, maximum: max, ...(description ? { description } : {}) });
@@ -27,12 +28,18 @@ export const EnvSchema = Type.Object({
   JWT_JWKS_URL: Type.Optional(Url(['https', 'http'])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  JWT_MAX_AGE_S: Int(0, 0, 31_536_000),
+  STREAM_AUTH_RECHECK_MS: Int(10_000, 50, 25_000),
   PORT: Int(3000, 0, 65535),
   HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' },
   ),
+  /** Log line format: `pretty` (pino-pretty, for a terminal), `json`, or `auto` (pretty in development, JSON otherwise). */
+  /** Master key ring for encrypted columns: `id:base64key,...` (32-byte keys); the first is active. */
+  ENCRYPTION_MASTER_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  LOG_FORMAT: Type.Union([Type.Literal('auto'), Type.Literal('json'), Type.Literal('pretty')], { default: 'auto' }),
   DB_POOL_MAX: Int(10, 1, 1000),
   DB_POOL_MIN: Int(2, 0, 1000),
   DB_ACQUIRE_TIMEOUT_MS: Int(2000, 1, 600_000),
@@ -52,6 +59,8 @@ export const EnvSchema = Type.Object({
   SLOW_QUERY_LOG_MAX: Int(1000, 10, 100_000),
   N_PLUS_ONE_THRESHOLD: Int(10, 0, 100_000),
   EXPLAIN_LARGE_TABLE_ROWS: Int(10_000, 0, Number.MAX_SAFE_INTEGER),
+  /** Estimated counts a tenant sees are exact counts stopped at this cap (planner statistics span every tenant). */
+  COUNT_ESTIMATE_CAP: Int(10_000, 1, 10_000_000),
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
@@ -144,9 +153,23 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_PREFIX: Type.String({ default: 'strata:ratelimit', minLength: 1, maxLength: 100, description: 'Redis key prefix of the request counters (deployments sharing a Redis need their own)' }),
   RATE_LIMIT_SYNC_MS: Int(50, 5, 10_000, 'How often a process adds its local request counts to the shared counters in Redis (the rate limit may overshoot by what other processes served in this time)'),
   RATE_LIMIT_REDIS_TIMEOUT_MS: Int(100, 5, 10_000, 'Longest wait for Redis to answer an add to the shared counters; past it (or while Redis is down) the counts stay local (fail open). No request ever waits for Redis'),
+  /**
+   * Testing mode: the /v1/testing endpoints (factories, tenant snapshots, wiping a tenant's rows) for
+   * end-to-end suites. Off by default; refused together with NODE_ENV=production.
+   */
+  TESTING_MODE: Type.Boolean({ default: false, description: 'Enable the /v1/testing endpoints (factories, snapshots, DELETE data) for end-to-end test suites; never with NODE_ENV=production' }),
+  /** Testing mode: most rows one tenant snapshot may hold (more -> 413 SNAPSHOT_TOO_LARGE), and how long snapshots are kept. */
+  TESTING_SNAPSHOT_MAX_ROWS: Type.Integer({ default: 100_000, minimum: 1, maximum: 10_000_000, description: "Testing mode: most rows one tenant snapshot may hold (more: 413 SNAPSHOT_TOO_LARGE)" }),
+  TESTING_SNAPSHOT_TTL_S: Type.Integer({ default: 86_400, minimum: 60, maximum: 2_592_000, description: "Testing mode: seconds a tenant snapshot is kept (in Redis)" }),
 });
 
 export type Env = Static<typeof EnvSchema>;
+
+// Every variable's meaning becomes the `description` of its schema property (docs/configuration.md).
+for (const [name, description] of Object.entries(CONFIG_DESCRIPTIONS)) {
+  const prop = (EnvSchema.properties as Record<string, { description?: string }>)[name];
+  if (prop) prop.description ??= description;
+}
 
 export interface Config extends Env {
   /** True when no DATABASE_URL was given and the embedded PostgreSQL is used. */
@@ -193,6 +216,9 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
   const env = converted as Env;
   if (env.DB_POOL_MIN > env.DB_POOL_MAX) {
     throw new ConfigError('DB_POOL_MIN', `must not exceed DB_POOL_MAX (${env.DB_POOL_MAX})`);
+  }
+  if (env.TESTING_MODE && env.NODE_ENV === 'production') {
+    throw new ConfigError('TESTING_MODE', 'must not be true with NODE_ENV=production (it lets tenants wipe and forge their data)');
   }
   const embedded = env.DATABASE_URL === undefined;
   if (!embedded && !env.JWT_SECRET && !env.JWT_JWKS_URL) {

@@ -1,11 +1,13 @@
 /**
  * Query insight end to end: Server-Timing, the slow-query log (Redis stream), pg_stat_statements'
  * top statements, EXPLAIN with its summary, HypoPG index advice and N+1 detection, on a real
- * PostgreSQL (pg_stat_statements preloaded, hypopg installed) and the real Redis.
+ * PostgreSQL and the real Redis. Where the server has pg_stat_statements preloaded and hypopg
+ * installed (CI), their full paths run; where not (a stock PostgreSQL), their 501 answers are tested
+ * instead; the global setup prints which.
  */
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { expectNoCheckedOutClients } from './helpers/leaks.js';
 import type { SessionContext } from '../src/db/session.js';
@@ -23,6 +25,9 @@ const SLOW_MS = 40;
 const N_PLUS_ONE = 5;
 const ACME_ROWS = 30_000;
 const GLOBEX_ROWS = 700;
+const extensions = inject('extensions');
+const hasStatements = extensions.pg_stat_statements.available;
+const hasHypopg = extensions.hypopg.available;
 
 describe('query insight', () => {
   let t: TestApp;
@@ -76,6 +81,9 @@ describe('query insight', () => {
       ['reader', 'reader', 'acme'],
       ['writer', 'writer', 'acme'],
       ['platform', 'platform_admin', null],
+      // the full plan (row estimates, costs, table sizes) is for platform_admin; a tenant admin's is redacted
+      ['acme_platform', 'platform_admin', 'acme'],
+      ['globex_platform', 'platform_admin', 'globex'],
     ] as const) {
       h[name] = await t.auth(role, tenant);
     }
@@ -213,7 +221,18 @@ describe('query insight', () => {
   });
 
   describe('GET /v1/admin/queries/top', () => {
-    it('lists statements from pg_stat_statements for a platform admin', async () => {
+    it.runIf(!hasStatements)('answers 501 PG_STAT_STATEMENTS_UNAVAILABLE naming the reason where the server lacks pg_stat_statements', async () => {
+      const res = await t.app.inject({ method: 'GET', url: '/v1/admin/queries/top?order=total&limit=50', headers: h['platform'] });
+      expect(res.statusCode).toBe(501);
+      const error = res.json<{ error: { code: string; message: string } }>().error;
+      expect(error.code).toBe('PG_STAT_STATEMENTS_UNAVAILABLE');
+      expect(error.message).toMatch(/not installed|shared_preload_libraries|CREATE EXTENSION/);
+      // nothing was created on the way
+      const { rowCount } = await t.db.adminQuery("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'");
+      expect(rowCount).toBe(0);
+    });
+
+    it.runIf(hasStatements)('lists statements from pg_stat_statements for a platform admin', async () => {
       await sql(h['acme']!, 'SELECT count(*) AS n FROM insight_events');
       const res = await t.app.inject({
         method: 'GET',
@@ -258,7 +277,7 @@ describe('query insight', () => {
     }
 
     it('flags the sequential scan of a large unindexed table and names the costliest node', async () => {
-      const res = await explain(h['acme']!, {
+      const res = await explain(h['acme_platform']!, {
         sql: 'SELECT id FROM insight_events WHERE category = $1',
         params: [7],
       });
@@ -288,7 +307,7 @@ describe('query insight', () => {
 
     it('with analyze, reports row misestimates over 10x', async () => {
       // category and shadow are equal on every row: the planner multiplies their selectivities
-      const res = await explain(h['acme']!, {
+      const res = await explain(h['acme_platform']!, {
         sql: 'SELECT id FROM insight_events WHERE category = $1 AND shadow = $2',
         params: [8, 8],
         analyze: true,
@@ -315,8 +334,12 @@ describe('query insight', () => {
         walk(res.json<Explained>().plan[0]!.Plan);
         return scan?.['Actual Rows'];
       };
-      expect(await count(h['acme']!)).toBe(ACME_ROWS);
-      expect(await count(h['globex']!)).toBe(GLOBEX_ROWS);
+      expect(await count(h['acme_platform']!)).toBe(ACME_ROWS);
+      expect(await count(h['globex_platform']!)).toBe(GLOBEX_ROWS);
+      // a tenant admin sees the same plan without any row count
+      const redacted = await explain(h['acme']!, { sql: 'SELECT count(*) FROM insight_events', analyze: true });
+      expect(redacted.json()).toMatchObject({ redacted: true });
+      expect(JSON.stringify(redacted.json().plan)).not.toContain('Actual Rows');
       expect(await count(h['platform']!)).toBe(0); // no tenant: the policy admits nothing
     });
 
@@ -401,7 +424,22 @@ describe('query insight', () => {
       skipped: { sql: string; reason: string }[];
     }
 
-    it("proposes exactly the index on a slow query's unindexed predicate, with before/after cost", async () => {
+    it.runIf(!hasHypopg)('answers 501 HYPOPG_UNAVAILABLE where the server lacks hypopg, and builds nothing', async () => {
+      const res = await sql(h['acme']!, 'SELECT e.id FROM insight_events e, (SELECT pg_sleep(0.06)) s WHERE e.category = $1', [7]);
+      expect(res.statusCode).toBe(200);
+      for (const who of ['acme', 'globex'] as const) {
+        const advice = await t.app.inject({ method: 'GET', url: '/v1/admin/index-advice', headers: h[who] });
+        expect(advice.statusCode).toBe(501);
+        const error = advice.json<{ error: { code: string; message: string } }>().error;
+        expect(error.code).toBe('HYPOPG_UNAVAILABLE');
+        expect(error.message).toContain('hypopg');
+      }
+      const { rows } = await t.db.adminQuery("SELECT indexname FROM pg_indexes WHERE tablename = 'insight_events'");
+      expect(rows).toHaveLength(1); // the primary key
+      await expectNoCheckedOutClients(t.db);
+    });
+
+    it.runIf(hasHypopg)("proposes exactly the index on a slow query's unindexed predicate, with before/after cost", async () => {
       // the sleep makes the statement slow whatever the machine; it runs once (a one-row subquery)
       const res = await sql(
         h['acme']!,
@@ -428,7 +466,7 @@ describe('query insight', () => {
       await expectNoCheckedOutClients(t.db);
     });
 
-    it('does not propose an index that already exists', async () => {
+    it.runIf(hasHypopg)('does not propose an index that already exists', async () => {
       await sql(
         h['globex']!,
         'SELECT e.note FROM insight_events e, (SELECT pg_sleep(0.06)) s WHERE e.id = $1',

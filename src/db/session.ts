@@ -25,7 +25,17 @@ export interface TxOptions {
   retries?: number;
   statementTimeoutMs?: number;
   lockTimeoutMs?: number;
+  /**
+   * Untrusted SQL ran in this transaction (the analyst paths): before the connection goes back to
+   * the pool, `pg_advisory_unlock_all()` drops any session-level advisory lock it may have left
+   * (sent right behind COMMIT, so no extra round trip on a pipelined connection). A connection that
+   * cannot be cleaned is closed, not reused.
+   */
+  releaseClean?: boolean;
 }
+
+/** Drops the session-level advisory locks of a connection (strata_tenant may EXECUTE it: migration 0009). */
+export const RELEASE_CLEAN_SQL = 'SELECT FROM pg_catalog.pg_advisory_unlock_all()';
 
 /** Per-request accounting for Server-Timing and N+1 detection. */
 export interface QueryStats {
@@ -104,12 +114,15 @@ const SAVEPOINT_NAME = /^[a-z_][a-z0-9_]{0,62}$/i;
 class TxImpl implements Tx {
   private savepoints = 0;
   commitQueued: Promise<unknown> | undefined;
+  /** RELEASE_CLEAN_SQL, queued behind COMMIT (releaseClean transactions only). */
+  cleanQueued: Promise<unknown> | undefined;
   constructor(
     readonly ctx: SessionContext,
     readonly client: pg.PoolClient,
     readonly attempt: number,
     private readonly deps: SessionDeps,
     private readonly poolName: string,
+    private readonly releaseClean = false,
   ) {}
 
   query<R extends pg.QueryResultRow>(text: string, values?: readonly unknown[], opts?: QueryOptions) {
@@ -118,6 +131,10 @@ class TxImpl implements Tx {
     if (opts?.final) {
       this.commitQueued = this.client.query('COMMIT');
       this.commitQueued.catch(() => undefined);
+      if (this.releaseClean) {
+        this.cleanQueued = this.client.query(RELEASE_CLEAN_SQL);
+        this.cleanQueued.catch(() => undefined);
+      }
     }
     return p.then(
       (res) => {
@@ -339,13 +356,24 @@ async function attemptOnce<T>(
     ]),
   ]);
   setup.catch(() => undefined);
-  const tx = new TxImpl(ctx, client, attempt, deps, pool.options.name);
+  const tx = new TxImpl(ctx, client, attempt, deps, pool.options.name, opts.releaseClean);
+  /** True when the connection is clean to reuse (always, unless releaseClean asks for the check). */
+  const cleaned = async (): Promise<boolean> => {
+    if (!opts.releaseClean) return true;
+    try {
+      await (tx.cleanQueued ?? client.query(RELEASE_CLEAN_SQL));
+      return true;
+    } catch (err) {
+      deps.log.warn({ requestId: ctx.requestId, tenant: ctx.tenantId, err }, 'could not drop advisory locks; connection closed');
+      return false;
+    }
+  };
   try {
     const out = await fn(tx);
     await setup;
     if (tx.commitQueued) await tx.commitQueued;
     else await client.query('COMMIT');
-    lease.release();
+    lease.release(!(await cleaned()));
     return out;
   } catch (err) {
     const setupErr = await setup.then(
@@ -358,7 +386,7 @@ async function attemptOnce<T>(
     } else {
       try {
         await client.query('ROLLBACK');
-        lease.release();
+        lease.release(!(await cleaned()));
       } catch {
         lease.release(true);
       }

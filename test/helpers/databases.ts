@@ -1,39 +1,41 @@
 /**
- * Test databases: a template migrated once per run (global setup), cloned per test file with
- * CREATE DATABASE ... TEMPLATE (graphile-worker's and pgtestdb's approach), dropped after.
+ * Test databases, through Strata's own testing kit (src/testing, exported as `strata/testing`), so
+ * the kit is exercised on every run: a template migrated once per migration set (global setup),
+ * cloned per test file with CREATE DATABASE ... TEMPLATE, dropped after; leftovers of crashed runs
+ * are swept by name.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import path from 'node:path';
 import pg from 'pg';
+import {
+  createTestDatabase as createKitDatabase,
+  ensureTemplate,
+  type TemplateOptions,
+  type TestDatabase as KitDatabase,
+} from '../../src/testing/index.js';
+import { urlFor as kitUrlFor } from '../../src/testing/server.js';
+import { TEST_APP_PASSWORD, TEST_APP_ROLE } from './constants.js';
 
 /** Server used by the tests: TEST_DATABASE_URL, else the local cluster. */
 export const SERVER_URL = process.env['TEST_DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const REDIS_URL = process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379';
 
 export function urlFor(database: string, server = SERVER_URL): string {
-  const u = new URL(server);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
-
-/** Hash of every migration file: the template is rebuilt when any of them changes. */
-export function migrationsHash(dir = path.resolve('migrations')): string {
-  const h = createHash('sha256');
-  const walk = (d: string) => {
-    for (const name of readdirSync(d).sort()) {
-      const p = path.join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
-      else h.update(p).update(readFileSync(p));
-    }
-  };
-  walk(dir);
-  return h.digest('hex').slice(0, 12);
+  return kitUrlFor(database, server);
 }
 
 /** Template names start with this (TEST_TEMPLATE_PREFIX: lets runs sharing one server keep apart). */
 export const TEMPLATE_PREFIX = process.env['TEST_TEMPLATE_PREFIX'] ?? 'strata_tpl';
-export const templateName = () => `${TEMPLATE_PREFIX}_${migrationsHash()}`;
+/** Clone names: the template prefix's own namespace, so runs sharing a server never sweep each other's. */
+export const CLONE_PREFIX = `${TEMPLATE_PREFIX.replace(/^strata_tpl/, 'st')}_t`.slice(0, 24);
+
+/** The kit options of this suite: Strata's migrations plus the test application role. */
+export const KIT_OPTIONS: TemplateOptions = {
+  serverUrl: SERVER_URL,
+  templatePrefix: TEMPLATE_PREFIX,
+  appRole: { name: TEST_APP_ROLE, password: TEST_APP_PASSWORD },
+};
+
+/** Build (when the migrations changed) and name the template. */
+export const ensureSuiteTemplate = (): Promise<string> => ensureTemplate(KIT_OPTIONS);
 
 export async function withServer<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: SERVER_URL });
@@ -45,31 +47,9 @@ export async function withServer<T>(fn: (c: pg.Client) => Promise<T>): Promise<T
   }
 }
 
-export interface TestDatabase {
-  readonly name: string;
-  readonly url: string;
-  drop(): Promise<void>;
-}
+export type TestDatabase = KitDatabase;
 
 /** A fresh database cloned from the migrated template. */
-export async function createTestDatabase(prefix = 't'): Promise<TestDatabase> {
-  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
-  const template = templateName();
-  await withServer(async (c) => {
-    // The template may be briefly busy when many files clone at once; retry.
-    for (let i = 0; ; i++) {
-      try {
-        await c.query(`CREATE DATABASE ${name} TEMPLATE ${template}`);
-        return;
-      } catch (err) {
-        if ((err as { code?: string }).code !== '55006' || i > 50) throw err;
-        await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
-      }
-    }
-  });
-  return {
-    name,
-    url: urlFor(name),
-    drop: () => withServer((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)).then(() => undefined),
-  };
+export function createTestDatabase(): Promise<TestDatabase> {
+  return createKitDatabase({ ...KIT_OPTIONS, prefix: CLONE_PREFIX });
 }

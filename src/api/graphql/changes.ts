@@ -3,15 +3,26 @@
  * over the /graphql WebSocket (mercurius subscriptions; graphql-transport-ws or graphql-ws). The
  * upgrade request is authenticated like every request (Authorization header); the subscription
  * follows the same horizon-safe feed as GET /v1/changes/stream, and `after` resumes from an id.
+ * The credential is checked before every event and re-read every STREAM_AUTH_RECHECK_MS: once it no
+ * longer holds, the subscription's last message is an error whose message starts with the reason's
+ * code (`CREDENTIAL_REVOKED: ...`, with `extensions.code`), then it completes.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GraphQLID, GraphQLList, GraphQLNonNull, GraphQLObjectType, GraphQLString } from 'graphql/index.js';
 import type { RequestContext } from '../../domain.js';
 import { parseCursor, type ChangeEvent, type ChangeService } from '../../services/changes/index.js';
+import type { CredentialEnd, CredentialWatch } from '../../services/identity/index.js';
+import { AppError } from '../../errors.js';
 import { JSONScalar } from './scalars.js';
 
 interface SubscriptionContext {
-  cdc?: { changes: ChangeService; ctx: RequestContext };
+  cdc?: { changes: ChangeService; ctx: RequestContext; watch?: CredentialWatch; recheckMs?: number };
+}
+
+/** The subscription's last value: resolving the field to an Error makes it the message's error. */
+function endValue(end: CredentialEnd): { changes: ChangeEvent } {
+  const status = end.code.startsWith('TENANT_') ? 403 : 401;
+  return { changes: new AppError(status, end.code, `${end.code}: ${end.message}`) as unknown as ChangeEvent };
 }
 
 const ChangeEventType = new GraphQLObjectType({
@@ -31,16 +42,65 @@ const ChangeEventType = new GraphQLObjectType({
 });
 
 /** An async iterator over `follow()` whose return() stops it at once, even while it waits. */
-function followIterator(changes: ChangeService, ctx: RequestContext, after: string, filter: { tables?: string[]; ops?: string[] }): AsyncIterableIterator<{ changes: ChangeEvent }> {
+function followIterator(
+  changes: ChangeService,
+  ctx: RequestContext,
+  after: string,
+  filter: { tables?: string[]; ops?: string[] },
+  watch?: CredentialWatch,
+  recheckMs = 10_000,
+): AsyncIterableIterator<{ changes: ChangeEvent }> {
   const abort = new AbortController();
   const gen = changes.follow(ctx, after, filter, abort.signal);
+  let ended: CredentialEnd | undefined;
+  let finished = false;
+  const recheck = watch
+    ? setInterval(() => {
+        void watch.refresh().then((end) => {
+          if (end && !ended) {
+            ended = end;
+            abort.abort(); // wakes a pending next(), which then delivers the end
+          }
+        });
+      }, recheckMs)
+    : undefined;
+  const stop = () => {
+    finished = true;
+    if (recheck) clearInterval(recheck);
+    abort.abort();
+  };
+  /** The reason to end, checked before anything is delivered. */
+  const endNow = () => ended ?? watch?.current();
   const it: AsyncIterableIterator<{ changes: ChangeEvent }> = {
     async next() {
-      const r = await gen.next();
-      return r.done ? { done: true, value: undefined } : { done: false, value: { changes: r.value } };
+      if (finished) return { done: true, value: undefined };
+      let end = endNow();
+      if (!end) {
+        let r: IteratorResult<ChangeEvent>;
+        try {
+          r = await gen.next();
+        } catch (err) {
+          end = endNow();
+          if (!end) {
+            stop();
+            throw err;
+          }
+          r = { done: true, value: undefined };
+        }
+        end ??= endNow();
+        if (!end) {
+          if (r.done) {
+            stop();
+            return { done: true, value: undefined };
+          }
+          return { done: false, value: { changes: r.value } };
+        }
+      }
+      stop();
+      return { done: false, value: endValue(end) };
     },
     async return() {
-      abort.abort();
+      stop();
       await gen.return(undefined);
       return { done: true, value: undefined };
     },
@@ -66,7 +126,7 @@ export function changesSubscriptionType(): GraphQLObjectType {
           const filter = { tables: args.table ?? undefined, ops: args.op ?? undefined };
           await cdc.changes.checkFilter(filter);
           const after = args.after !== undefined && args.after !== null ? parseCursor(args.after) : await latestId(cdc.changes, cdc.ctx);
-          return followIterator(cdc.changes, cdc.ctx, after, filter);
+          return followIterator(cdc.changes, cdc.ctx, after, filter, cdc.watch, cdc.recheckMs);
         },
       },
     },
@@ -87,6 +147,13 @@ async function latestId(changes: ChangeService, ctx: RequestContext): Promise<st
 /** mercurius `subscription` options: the connection's context carries the authenticated caller. */
 export function changesSubscriptionOptions(app: FastifyInstance) {
   return {
-    context: (_socket: unknown, request: FastifyRequest): SubscriptionContext => ({ cdc: { changes: app.services.changes, ctx: request.ctx } }),
+    context: (_socket: unknown, request: FastifyRequest): SubscriptionContext => ({
+      cdc: {
+        changes: app.services.changes,
+        ctx: request.ctx,
+        watch: app.auth.watch(request.headers, request.ctx),
+        recheckMs: app.config.STREAM_AUTH_RECHECK_MS,
+      },
+    }),
   };
 }

@@ -2,8 +2,15 @@
  * One Server-Sent Events response: headers, an opening comment, heartbeats, one frame per event,
  * an `error` event when the source fails, and cleanup when the client goes away. Validate the
  * request before calling it: errors found here can no longer be JSON responses.
+ *
+ * A stream outlives the check of its credential at the request: with `watch`, the credential is
+ * checked before every event (a token's expiry) and re-read every `recheckMs` (an API key's
+ * revocation, the tenant's suspension). When it no longer holds, the last frame is
+ * `event: error` with `{ "code": "TOKEN_EXPIRED" | "CREDENTIAL_REVOKED" | "CREDENTIAL_EXPIRED" |
+ * "TENANT_SUSPENDED" | "TENANT_UNKNOWN", "message" }`, and nothing is delivered after it.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { CredentialEnd, CredentialWatch } from '../../services/identity/index.js';
 
 export interface EventStreamOptions<T> {
   /** The opening comment (`: <comment>`). */
@@ -17,7 +24,13 @@ export interface EventStreamOptions<T> {
   frame: (event: T) => string;
   /** Aborted when the stream ends; pass one to end it from outside (server shutdown). */
   abort?: AbortController;
+  /** The caller's credential, re-checked while the stream is open (app.auth.watch). */
+  watch?: CredentialWatch;
+  /** Interval of watch.refresh() (STREAM_AUTH_RECHECK_MS). */
+  recheckMs?: number;
 }
+
+const endFrame = (end: CredentialEnd) => `event: error\ndata: ${JSON.stringify({ code: end.code, message: end.message })}\n\n`;
 
 export async function sendEventStream<T>(request: FastifyRequest, reply: FastifyReply, o: EventStreamOptions<T>): Promise<void> {
   const abort = o.abort ?? new AbortController();
@@ -32,10 +45,30 @@ export async function sendEventStream<T>(request: FastifyRequest, reply: Fastify
     'x-request-id': request.id,
   });
   res.write(`: ${o.comment}\n\n`);
-  const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), o.heartbeatMs);
+  let ended = false;
+  const heartbeat = setInterval(() => ended || res.write(': heartbeat\n\n'), o.heartbeatMs);
+  /** Ends the stream for a credential that no longer holds: one last frame, then nothing. */
+  const endFor = (end: CredentialEnd) => {
+    if (ended) return;
+    ended = true;
+    request.log.info({ tenant: request.ctx?.tenantId, code: end.code }, `${o.label} ended: credential no longer valid`);
+    if (!res.destroyed) res.write(endFrame(end));
+    abort.abort();
+  };
+  const watch = o.watch;
+  const recheck = watch
+    ? setInterval(() => {
+        void watch.refresh().then((end) => end && endFor(end));
+      }, o.recheckMs ?? 10_000)
+    : undefined;
   try {
     for await (const event of o.events(abort.signal)) {
-      if (res.destroyed) break;
+      if (res.destroyed || ended) break;
+      const end = watch?.current();
+      if (end) {
+        endFor(end);
+        break;
+      }
       res.write(o.frame(event));
     }
   } catch (err) {
@@ -46,6 +79,7 @@ export async function sendEventStream<T>(request: FastifyRequest, reply: Fastify
     }
   } finally {
     clearInterval(heartbeat);
+    if (recheck) clearInterval(recheck);
     abort.abort();
     res.end();
   }

@@ -44,7 +44,9 @@ export interface RowsServiceOptions {
   cursors: CursorCodec;
   defaultLimit: number;
   maxLimit: number;
-  /** Called after a write of its own transaction commits (src/services/write-hooks.ts); not inside a caller's transaction. */
+  /** count=estimated for tenant roles: an exact count stopped at this cap (COUNT_ESTIMATE_CAP; default 10,000). */
+  countCap?: number;
+  /** Called after a write of its own transaction commits (src/services/analytics/write-hooks.ts); not inside a caller's transaction. */
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
 
@@ -58,6 +60,7 @@ interface Runner {
 
 export function createRowsService(opts: RowsServiceOptions) {
   const { db, schema, cursors } = opts;
+  const countCap = Math.max(1, Math.floor(opts.countCap ?? 10_000));
   /** The statement of a plain read by primary key, per table (a schema refresh makes new TableInfo). */
   const plainGets = new WeakMap<TableInfo, string>();
 
@@ -146,7 +149,10 @@ export function createRowsService(opts: RowsServiceOptions) {
         rq.count === 'exact'
           ? `SELECT count(*)::bigint AS n FROM ${t.qualified} t0 ${countWhere}`
           : rq.count === 'estimated'
-            ? `EXPLAIN (FORMAT JSON) SELECT 1 FROM ${t.qualified} t0 ${countWhere}`
+            ? ctx.role === 'platform_admin'
+              ? `EXPLAIN (FORMAT JSON) SELECT 1 FROM ${t.qualified} t0 ${countWhere}`
+              : // planner statistics span every tenant: a tenant gets its own rows counted, up to the cap
+                `SELECT count(*)::bigint AS n FROM (SELECT FROM ${t.qualified} t0 ${countWhere} LIMIT ${countCap}) c`
             : undefined;
       // Without a count the page is one statement (one round trip); with one, both share a transaction.
       const { rows, total } =
@@ -166,8 +172,8 @@ export function createRowsService(opts: RowsServiceOptions) {
               const [p, c] = await Promise.all([page, counted]);
               const first = c.rows[0];
               const n =
-                rq.count === 'exact'
-                  ? Number(first?.['n'])
+                first?.['n'] !== undefined
+                  ? Number(first['n'])
                   : Number(
                       (first?.['QUERY PLAN'] as Array<{ Plan: { 'Plan Rows': number } }> | undefined)?.[0]
                         ?.Plan['Plan Rows'] ?? 0,

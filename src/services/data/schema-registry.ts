@@ -234,7 +234,7 @@ function typeSchema(c: ColumnInfo): Record<string, unknown> {
   return c.isArray ? { type: 'array', items: scalar() } : scalar();
 }
 
-export function createRegistryService(deps: { db: Database }) {
+export function createRegistryService(deps: { db: Pick<Database, 'adminQuery'> }) {
   let tables: Map<string, TableInfo> | undefined;
   let loading: Promise<Map<string, TableInfo>> | undefined;
   let version = 0;

@@ -5,9 +5,12 @@
  * settings or roles, reach files, other servers or large objects, hold locks beyond the statement,
  * consume sequences or run SQL given as text, and no reference to the platform schema `strata`.
  *
- * The database is the second wall (src/services/sql.ts): a READ ONLY transaction under the role
- * strata_analyst, which cannot EXECUTE set_config and has no USAGE on schema strata. Each wall holds
- * on its own; this one gives clear 4xx answers before anything is sent.
+ * The database is the second wall (src/services/data/sql.ts): a READ ONLY transaction under the role
+ * strata_analyst, which cannot EXECUTE set_config nor any function of migration 0009's list (locks,
+ * large objects, notifications, SQL given as text...) and has no USAGE on schema strata. Each wall
+ * holds on its own; this one gives clear 4xx answers before anything is sent. Functions are found
+ * however they are spelled: a call `f(x)`, and the field selection `(x).f` / `alias.f` that PostgreSQL
+ * also resolves to a call of a one-argument function.
  *
  * pg_sleep, pg_sleep_for and pg_sleep_until are allowed on purpose: the statement_timeout of the
  * analyst transaction (at most DB_STATEMENT_TIMEOUT_MS) bounds them as it bounds any slow query.
@@ -63,6 +66,16 @@ const DENIED_FUNCTIONS = new Set([
   // run SQL given as text
   'ts_stat',
   'ts_rewrite',
+  // session state that would outlive the statement on a pooled connection
+  'setseed',
+  'set_limit',
+  'pg_current_snapshot',
+  'txid_current_snapshot',
+  // writes to indexes
+  'brin_summarize_new_values',
+  'brin_summarize_range',
+  'brin_desummarize_range',
+  'gin_clean_pending_list',
   // network access from the server (pgsql-http)
   'http',
 ]);
@@ -85,6 +98,41 @@ const DENIED_PATTERNS: readonly RegExp[] = [
   /^pg_(backup_start|backup_stop|start_backup|stop_backup)$/,
   /^pg_wal_replay_/,
 ];
+
+/**
+ * Denied functions the database leaves to other privileges: a sequence function needs a privilege
+ * on the sequence, and strata_analyst holds none. Every other denied function must be revoked from
+ * strata_analyst in the database itself (migration 0009), which the SQL service checks at first use.
+ */
+export const GUARD_ONLY_FUNCTIONS: ReadonlySet<string> = new Set(['nextval', 'setval', 'currval', 'lastval']);
+
+/** A PostgreSQL regular expression matching every denied function name (for catalog checks). */
+export const DENIED_FUNCTION_REGEX = `^(${[...DENIED_FUNCTIONS].join('|')})$|${DENIED_PATTERNS.map((p) => p.source).join('|')}`;
+
+/**
+ * The denied functions PostgreSQL can call by field selection, `(x).f` or `alias.f`: those taking one
+ * argument (or one plus defaults). Listed from the catalog of PostgreSQL 15 (pg_proc, names matching
+ * the denied names with pronargs - pronargdefaults <= 1 <= pronargs) and the extensions named above.
+ * Only these are refused as field names, so a column such as `lo_priority` or `http_status` stays
+ * readable as `t.lo_priority`; the database refuses every one of them anyway (migration 0009).
+ */
+const FIELD_CALLABLE = new Set([
+  'brin_summarize_new_values', 'currval', 'gin_clean_pending_list', 'lo_close', 'lo_creat', 'lo_create', 'lo_get',
+  'lo_import', 'lo_tell', 'lo_tell64', 'lo_unlink', 'nextval', 'pg_advisory_lock', 'pg_advisory_lock_shared',
+  'pg_advisory_unlock', 'pg_advisory_unlock_shared', 'pg_advisory_xact_lock', 'pg_advisory_xact_lock_shared',
+  'pg_backup_start', 'pg_backup_stop', 'pg_cancel_backend', 'pg_create_physical_replication_slot',
+  'pg_create_restore_point', 'pg_drop_replication_slot', 'pg_import_system_collations', 'pg_log_backend_memory_contexts',
+  'pg_ls_dir', 'pg_ls_replslotdir', 'pg_ls_tmpdir', 'pg_promote', 'pg_read_binary_file', 'pg_read_file',
+  'pg_replication_origin_create', 'pg_replication_origin_drop', 'pg_replication_origin_oid',
+  'pg_replication_origin_session_progress', 'pg_replication_origin_session_setup', 'pg_stat_file',
+  'pg_stat_reset_replication_slot', 'pg_stat_reset_shared', 'pg_stat_reset_single_function_counters',
+  'pg_stat_reset_single_table_counters', 'pg_stat_reset_slru', 'pg_stat_reset_subscription_stats', 'pg_terminate_backend',
+  'pg_try_advisory_lock', 'pg_try_advisory_lock_shared', 'pg_try_advisory_xact_lock', 'pg_try_advisory_xact_lock_shared',
+  'set_limit', 'setseed', 'ts_stat',
+  // extensions: dblink, pgsql-http, postgres_fdw
+  'dblink', 'dblink_exec', 'dblink_connect', 'dblink_connect_u', 'dblink_disconnect', 'dblink_get_result', 'dblink_is_busy',
+  'dblink_cancel_query', 'dblink_error_message', 'http', 'http_get', 'http_head', 'http_delete', 'postgres_fdw_disconnect',
+]);
 
 /** True when analyst SQL may not call the function `name` (unqualified, any case). */
 export function isDeniedFunction(name: string): boolean {
@@ -168,6 +216,16 @@ function inspect(root: unknown): Findings {
         const name = parts[parts.length - 1] ?? '';
         if (parts.length > 1 && parts[parts.length - 2] === FORBIDDEN_SCHEMA) f.schemas.add(FORBIDDEN_SCHEMA);
         if (isDeniedFunction(name)) f.functions.add(name.toLowerCase());
+      } else if ((key === 'A_Indirection' || key === 'ColumnRef') && isObject(value)) {
+        // PostgreSQL calls a one-argument function written as field selection: `(expr).fname` or
+        // `alias.fname` (when no column has that name). A field named after a denied one-argument
+        // function is refused, whatever it would resolve to.
+        const fields = nameParts(key === 'ColumnRef' ? value['fields'] : value['indirection']);
+        if (key === 'ColumnRef' && fields.length < 2) {
+          // a bare name is a column, never a call
+        } else {
+          for (const field of fields) if (FIELD_CALLABLE.has(field.toLowerCase())) f.functions.add(field.toLowerCase());
+        }
       } else if (key === 'RangeVar' && isObject(value)) {
         if (value['schemaname'] === FORBIDDEN_SCHEMA) f.schemas.add(FORBIDDEN_SCHEMA);
       } else if (key === 'TypeName' && isObject(value)) {

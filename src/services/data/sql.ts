@@ -2,7 +2,7 @@
  * Raw read-only SQL for analysts (POST /v1/sql). One statement, with parameters, in the caller's
  * tenant session, behind two walls that each hold alone:
  *
- * 1. src/services/sql-guard.ts parses it with PostgreSQL's parser: one plain query, no locks, no
+ * 1. src/services/data/sql-guard.ts parses it with PostgreSQL's parser: one plain query, no locks, no
  *    INTO, no deny-listed function, nothing of schema strata.
  * 2. PostgreSQL runs it in a READ ONLY transaction with the caller's statement_timeout, after
  *    `SET LOCAL ROLE strata_analyst` (migration 0003): a role that can SELECT the tenant tables under
@@ -18,7 +18,7 @@ import type { Config } from '../../config.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import { AppError, badRequest, unavailable } from '../../errors.js';
-import { guardStatement, wrapWithLimit, type GuardedStatement } from './sql-guard.js';
+import { DENIED_FUNCTION_REGEX, GUARD_ONLY_FUNCTIONS, guardStatement, wrapWithLimit, type GuardedStatement } from './sql-guard.js';
 
 /** The role analyst SQL runs under (migrations/0003_analyst_role). */
 export const ANALYST_ROLE = 'strata_analyst';
@@ -111,7 +111,7 @@ export function runAsAnalyst<R extends pg.QueryResultRow = Record<string, unknow
       const [, res] = await Promise.all([role, result]); // a failed SET ROLE is the error reported
       return res;
     },
-    { readOnly: true, statementTimeoutMs: opts.statementTimeoutMs },
+    { readOnly: true, statementTimeoutMs: opts.statementTimeoutMs, releaseClean: true },
   );
 }
 
@@ -122,6 +122,10 @@ SELECT r.oid IS NOT NULL AS role_exists,
        coalesce(has_function_privilege(r.oid, 'pg_catalog.set_config(text,text,boolean)'::regprocedure, 'EXECUTE'), true) AS can_set_config,
        coalesce(to_regnamespace('strata') IS NOT NULL AND has_schema_privilege(r.oid, 'strata', 'USAGE'), false) AS strata_usage,
        EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid) AS owns_relations,
+       ARRAY(SELECT DISTINCT p.proname::text FROM pg_proc p
+              WHERE r.oid IS NOT NULL AND p.proname ~ $1 AND NOT p.proname = ANY ($2::text[])
+                AND has_function_privilege(r.oid, p.oid, 'EXECUTE')
+              ORDER BY 1) AS callable,
        ARRAY(SELECT c.relname::text FROM pg_class c
               WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND r.oid IS NOT NULL
                 AND has_table_privilege('strata_tenant', c.oid, 'SELECT') AND NOT has_table_privilege(r.oid, c.oid, 'SELECT')
@@ -135,6 +139,7 @@ interface SandboxRow {
   can_set_config: boolean;
   strata_usage: boolean;
   owns_relations: boolean;
+  callable: string[];
   unreadable: string[];
 }
 
@@ -147,6 +152,9 @@ function sandboxProblems(r: SandboxRow): string[] {
   if (r.can_set_config) out.push(`${ANALYST_ROLE} may EXECUTE pg_catalog.set_config (run migration 0003_analyst_role as a superuser)`);
   if (r.strata_usage) out.push(`${ANALYST_ROLE} has USAGE on schema strata`);
   if (r.owns_relations) out.push(`${ANALYST_ROLE} owns relations`);
+  if (r.callable.length > 0) {
+    out.push(`${ANALYST_ROLE} may EXECUTE ${r.callable.join(', ')} (run migration 0009_analyst_sandbox as a superuser, or revoke them from PUBLIC)`);
+  }
   return out;
 }
 
@@ -224,7 +232,7 @@ export function createSqlService(deps: SqlServiceDeps) {
   /** Checks once per process that the database holds its wall; a failed check is retried next call. */
   function ensureSandbox(ctx: SessionContext): Promise<void> {
     sandboxReady ??= (async () => {
-      const { rows } = await db.tenantQuery<SandboxRow>(ctx, SANDBOX_SQL, [], { readOnly: true });
+      const { rows } = await db.tenantQuery<SandboxRow>(ctx, SANDBOX_SQL, [DENIED_FUNCTION_REGEX, [...GUARD_ONLY_FUNCTIONS]], { readOnly: true });
       const row = rows[0];
       const problems = row ? sandboxProblems(row) : ['the sandbox check returned nothing'];
       if (problems.length > 0) {

@@ -80,7 +80,7 @@ export function runCopy(db: Database, ctx: SessionContext, plan: ExportPlan, sin
       }
       return { rows: copy.rowCount, bytes };
     },
-    { readOnly: true, statementTimeoutMs: plan.timeoutMs, retries: 0 },
+    { readOnly: true, statementTimeoutMs: plan.timeoutMs, retries: 0, releaseClean: plan.analyst === true },
   );
 }
 

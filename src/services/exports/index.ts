@@ -14,7 +14,6 @@ import type { Role } from '../../domain.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, badRequest, conflict, notFound } from '../../errors.js';
-import type { JobView } from '../jobs/index.js';
 import type { SchemaRegistry } from '../data/index.js';
 import { Params, checkEmbedPaths, rowJsonSql } from '../data/index.js';
 import { parseRowsQuery } from '../data/index.js';
@@ -47,7 +46,7 @@ export interface ExportFileResult {
 export interface ExportServiceDeps {
   db: Database;
   schema: SchemaRegistry;
-  config: Pick<Config, 'EXPORT_TIMEOUT_MS' | 'EXPORT_MAX_TIMEOUT_MS' | 'exportDir'>;
+  config: Pick<Config, 'EXPORT_TIMEOUT_MS' | 'EXPORT_MAX_TIMEOUT_MS' | 'exportDir'> & Partial<Pick<Config, 'DB_STATEMENT_TIMEOUT_MS' | 'COUNT_ESTIMATE_CAP'>>;
   log: Pick<Logger, 'info' | 'warn'>;
   /**
    * A tenant's streamed-export slot (src/services/limits): returns its release, or throws 429
@@ -85,10 +84,17 @@ export function createExportService(deps: ExportServiceDeps) {
     return n;
   }
 
-  /** The estimated row count of a plan's SELECT, from the planner (EXPLAIN, nothing runs). */
+  const countTimeoutMs = (config.DB_STATEMENT_TIMEOUT_MS ?? 0) > 0 ? (config.DB_STATEMENT_TIMEOUT_MS as number) : 15_000;
+  const countCap = Math.max(1, Math.floor(config.COUNT_ESTIMATE_CAP ?? 10_000));
+
+  /**
+   * The estimated row count of a plan: the caller's rows counted exactly up to COUNT_ESTIMATE_CAP
+   * (the planner's estimate is computed over every tenant's rows, so it would tell one tenant how
+   * many rows the others hold). Runs the SELECT until the cap.
+   */
   async function estimate(tx: Tx, plan: ExportPlan): Promise<number> {
-    const { rows } = await tx.query<{ 'QUERY PLAN': Array<{ Plan: { 'Plan Rows': number } }> }>(`EXPLAIN (FORMAT JSON) ${plan.select}`);
-    return Math.round(rows[0]?.['QUERY PLAN'][0]?.Plan['Plan Rows'] ?? 0);
+    const { rows } = await tx.query<{ n: string }>(`SELECT count(*)::bigint AS n FROM (SELECT FROM (${plan.select}) s LIMIT ${countCap}) c`);
+    return Number(rows[0]?.n ?? 0);
   }
 
   const service = {
@@ -138,9 +144,17 @@ export function createExportService(deps: ExportServiceDeps) {
           ctx,
           async (tx) => {
             if (plan.analyst) await tx.query(`SET LOCAL ROLE ${ANALYST_ROLE}`);
-            return estimate(tx, plan);
+            // Errors of the statement (unknown column, permission) answer 4xx here, before anything runs.
+            await tx.query(`EXPLAIN ${plan.select}`);
+            // The count runs the statement: bounded by the request's own timeout. A count that does
+            // not finish in it is reported as -1 (unknown), the job itself keeps the export's timeout.
+            await tx.query(`SET LOCAL statement_timeout = ${Math.min(plan.timeoutMs, countTimeoutMs)}`);
+            return tx.savepoint(async (s) => estimate(s, plan)).catch((err: unknown) => {
+              if ((err as { code?: string }).code === '57014') return -1;
+              throw err;
+            });
           },
-          { readOnly: true, statementTimeoutMs: plan.timeoutMs },
+          { readOnly: true, statementTimeoutMs: plan.timeoutMs, releaseClean: plan.analyst === true },
         );
       } catch (err) {
         throw plan.analyst ? toSqlError(err, { prefixLength: Number.MAX_SAFE_INTEGER, offset: 0 }) : err;
@@ -232,8 +246,8 @@ export function createExportService(deps: ExportServiceDeps) {
       }
     },
 
-    /** The finished file of an export job the caller may see (`job` from JobsService.get). */
-    async file(job: JobView): Promise<{ stream: Readable; size: number; format: ExportFormat; filename: string }> {
+    /** The finished file of an export job the caller may see (`job`: a JobView from JobsService.get). */
+    async file(job: FinishedJob): Promise<{ stream: Readable; size: number; format: ExportFormat; filename: string }> {
       if (job.name !== 'export') throw notFound('EXPORT_NOT_FOUND', `job ${job.id} is not an export`);
       if (job.state !== 'completed') {
         throw conflict('EXPORT_NOT_READY', `export ${job.id} is ${job.state}; its file is available once it has completed`, { state: job.state });
@@ -250,6 +264,14 @@ export function createExportService(deps: ExportServiceDeps) {
 }
 
 export type ExportService = ReturnType<typeof createExportService>;
+
+/** What `file()` reads of a job's view (structural: the job contract depends on this capability, not the reverse). */
+export interface FinishedJob {
+  id: string;
+  name: string;
+  state: string;
+  result: unknown;
+}
 
 /** Input of the export job (POST /v1/exports): what the worker plans again and writes. */
 export interface ExportJobInput {

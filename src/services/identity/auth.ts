@@ -3,7 +3,7 @@
  * X-API-Key. The tenant comes only from the verified credential, never from any other input.
  */
 import { createHash, createSecretKey } from 'node:crypto';
-import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { createRemoteJWKSet, decodeJwt, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { Config } from '../../config.js';
 import type { Database } from '../../db/database.js';
 import { ROLES, TENANT_ID_PATTERN, type Role } from '../../domain.js';
@@ -26,6 +26,24 @@ export interface Authenticator {
   cached(headers: AuthHeaders): Principal | undefined;
   /** Forget a tenant's cached status (after PATCH /v1/admin/tenants/{id}). */
   forgetTenant(id: string): void;
+  /**
+   * A watch over the credential of an authenticated request, for streams that outlive it: call
+   * current() before each delivery and refresh() periodically (STREAM_AUTH_RECHECK_MS).
+   */
+  watch(headers: AuthHeaders, principal: Principal): CredentialWatch;
+}
+
+/** Why a stream's credential no longer holds: sent as the stream's last event. */
+export interface CredentialEnd {
+  code: 'TOKEN_EXPIRED' | 'CREDENTIAL_REVOKED' | 'CREDENTIAL_EXPIRED' | 'TENANT_SUSPENDED' | 'TENANT_UNKNOWN';
+  message: string;
+}
+
+export interface CredentialWatch {
+  /** From the state known now, without waiting: why the credential no longer holds, or undefined. */
+  current(): CredentialEnd | undefined;
+  /** Re-reads the API key and the tenant from the database; then as current(). Never rejects. */
+  refresh(): Promise<CredentialEnd | undefined>;
 }
 
 const TENANT_CACHE_MS = 5_000;
@@ -50,9 +68,9 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
     const hit = verified.get(token);
     if (hit && hit.until > now) return hit.principal;
     if (hit) verified.delete(token);
-    const { principal, exp } = await fromJwt(token);
+    const { principal, expiresAt } = await fromJwt(token);
     if (verified.size >= TOKEN_CACHE_MAX) verified.delete(verified.keys().next().value as string);
-    verified.set(token, { principal, until: Math.min(exp === undefined ? Infinity : exp * 1000, now + TOKEN_CACHE_MS) });
+    verified.set(token, { principal, until: Math.min(expiresAt, now + TOKEN_CACHE_MS) });
     return principal;
   }
 
@@ -84,7 +102,23 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
     return p;
   }
 
-  async function fromJwt(token: string): Promise<{ principal: Principal; exp: number | undefined }> {
+  /**
+   * When a verified token stops being valid (ms): its exp, or for a token without exp, iat +
+   * JWT_MAX_AGE_S when that is set. Throws 401 TOKEN_NO_EXPIRY / TOKEN_EXPIRED.
+   */
+  function expiryOf(payload: JWTPayload): number {
+    if (typeof payload.exp === 'number') return payload.exp * 1000;
+    const maxAge = config.JWT_MAX_AGE_S ?? 0;
+    if (maxAge <= 0) throw unauthorized('TOKEN_NO_EXPIRY', 'the bearer token has no exp claim; tokens must expire');
+    if (typeof payload.iat !== 'number') {
+      throw unauthorized('TOKEN_NO_EXPIRY', 'the bearer token has neither exp nor iat; a token without exp needs iat (JWT_MAX_AGE_S)');
+    }
+    const until = (payload.iat + maxAge) * 1000;
+    if (until <= Date.now()) throw unauthorized('TOKEN_EXPIRED', 'the bearer token is older than JWT_MAX_AGE_S');
+    return until;
+  }
+
+  async function fromJwt(token: string): Promise<{ principal: Principal; expiresAt: number }> {
     let payload: JWTPayload;
     try {
       const verifyOpts = {
@@ -118,7 +152,8 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
       throw unauthorized('TOKEN_INVALID', "the bearer token's tenant_id claim is malformed");
     }
     if (tenant === undefined && role !== 'platform_admin') throw unauthorized('TOKEN_INVALID', 'the bearer token has no tenant_id claim');
-    return { principal: { tenantId: tenant ?? null, actor: payload.sub.slice(0, 200), role: role as Role }, exp: payload.exp };
+    const expiresAt = expiryOf(payload);
+    return { principal: { tenantId: tenant ?? null, actor: payload.sub.slice(0, 200), role: role as Role }, expiresAt };
   }
 
   async function fromApiKey(key: string): Promise<Principal> {
@@ -169,6 +204,54 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
     },
     forgetTenant(id) {
       tenants.delete(id);
+    },
+    watch(headers, principal) {
+      const bearer = headers.authorization === undefined ? undefined : BEARER.exec(headers.authorization)?.[1];
+      const apiKey = bearer === undefined && typeof headers['x-api-key'] === 'string' ? headers['x-api-key'] : undefined;
+      let expiresAt = Infinity;
+      if (bearer !== undefined) {
+        // verified when the request was authenticated; only the expiry is read here
+        try {
+          expiresAt = expiryOf(decodeJwt(bearer));
+        } catch {
+          expiresAt = 0;
+        }
+      }
+      let ended: CredentialEnd | undefined;
+      let keyExpiresAt = Infinity;
+      const current = (): CredentialEnd | undefined => {
+        if (ended) return ended;
+        const now = Date.now();
+        if (now >= expiresAt) ended = { code: 'TOKEN_EXPIRED', message: 'the bearer token has expired' };
+        else if (now >= keyExpiresAt) ended = { code: 'CREDENTIAL_EXPIRED', message: 'the API key has expired' };
+        return ended;
+      };
+      return {
+        current,
+        async refresh() {
+          if (current()) return ended;
+          try {
+            if (apiKey !== undefined) {
+              const { rows } = await db.adminQuery<{ revoked: boolean; expires_at: Date | null }>(
+                'SELECT revoked_at IS NOT NULL AS revoked, expires_at FROM strata.api_keys WHERE key_hash = $1',
+                [hashApiKey(apiKey)],
+              );
+              const row = rows[0];
+              if (!row || row.revoked) ended ??= { code: 'CREDENTIAL_REVOKED', message: 'the API key has been revoked' };
+              else if (row.expires_at) keyExpiresAt = row.expires_at.getTime();
+            }
+            if (principal.tenantId !== null && principal.role !== 'platform_admin') {
+              const { rows } = await db.adminQuery<{ status: string }>('SELECT status FROM strata.tenants WHERE id = $1', [principal.tenantId]);
+              const status = rows[0]?.status;
+              if (status === undefined) ended ??= { code: 'TENANT_UNKNOWN', message: `tenant ${principal.tenantId} is no longer registered` };
+              else if (status !== 'active') ended ??= { code: 'TENANT_SUSPENDED', message: `tenant ${principal.tenantId} is suspended` };
+            }
+          } catch {
+            // the database cannot answer now: the stream goes on and the next check tries again
+          }
+          return current();
+        },
+      };
     },
   };
 }

@@ -4,6 +4,8 @@
  * ONLY transaction as strata_analyst with row-level security). The transaction is always rolled
  * back, so EXPLAIN ANALYZE leaves nothing behind. The plan comes back as PostgreSQL's JSON with a
  * short summary: sequential scans on large tables, the costliest node, row misestimates over 10x.
+ * Planner statistics are computed over every tenant's rows, so a tenant role gets the plan without
+ * them (redactPlan); the full plan and summary are for platform_admin.
  */
 import { parse } from '../data/index.js';
 import type pg from 'pg';
@@ -37,9 +39,9 @@ export interface PlanNode {
 }
 
 export interface ExplainSummary {
-  total_cost: number;
-  seq_scans_on_large_tables: { relation: string; table_rows: number; filter: string | null }[];
-  costliest_node: { node_type: string; relation: string | null; total_cost: number; self_cost: number };
+  total_cost: number | null;
+  seq_scans_on_large_tables: { relation: string; table_rows: number | null; filter: string | null }[];
+  costliest_node: { node_type: string; relation: string | null; total_cost: number; self_cost: number } | null;
   /** Nodes whose actual rows differ from the estimate by more than 10x (null without analyze). */
   misestimates:
     | {
@@ -58,7 +60,79 @@ export interface ExplainResult {
   sql: string;
   analyzed: boolean;
   plan: unknown;
+  /** Tenant roles: planner statistics (computed over every tenant) are left out; see redactPlan. */
+  redacted: boolean;
   summary: ExplainSummary;
+}
+
+/**
+ * Plan fields that carry numbers computed over every tenant's rows: the planner's estimates (and
+ * the costs and widths derived from them), rows counted before row-level security filtered them
+ * (removed by a filter, fetched from an index, matched by a bitmap index scan), and buffer and
+ * block counts, which grow with the whole table. A tenant's EXPLAIN leaves them out.
+ */
+const TENANT_HIDDEN = new Set([
+  'Startup Cost',
+  'Total Cost',
+  'Plan Rows',
+  'Plan Width',
+  'Actual Rows',
+  'Actual Loops',
+  'Rows Removed by Filter',
+  'Rows Removed by Index Recheck',
+  'Rows Removed by Join Filter',
+  'Heap Fetches',
+  'Exact Heap Blocks',
+  'Lossy Heap Blocks',
+  'Hash Buckets',
+  'Original Hash Buckets',
+  'Hash Batches',
+  'Original Hash Batches',
+  'Peak Memory Usage',
+  'Sort Space Used',
+  'Sort Space Type',
+  'Shared Hit Blocks',
+  'Shared Read Blocks',
+  'Shared Dirtied Blocks',
+  'Shared Written Blocks',
+  'Local Hit Blocks',
+  'Local Read Blocks',
+  'Local Dirtied Blocks',
+  'Local Written Blocks',
+  'Temp Read Blocks',
+  'Temp Written Blocks',
+  'I/O Read Time',
+  'I/O Write Time',
+  'Temp I/O Read Time',
+  'Temp I/O Write Time',
+  'Workers Planned',
+  'Workers Launched',
+  'Workers',
+]);
+
+/** A copy of a JSON plan without TENANT_HIDDEN fields, at every depth (Planning buffers included). */
+export function redactPlan(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redactPlan);
+  if (typeof value !== 'object' || value === null) return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) if (!TENANT_HIDDEN.has(k)) out[k] = redactPlan(v);
+  return out;
+}
+
+/** The summary a tenant role gets: the plan's shape only (every sequential scan, no sizes or costs). */
+function tenantSummary(root: { Plan: PlanNode; 'Planning Time'?: number; 'Execution Time'?: number }, analyzed: boolean): ExplainSummary {
+  const seq: ExplainSummary['seq_scans_on_large_tables'] = [];
+  walk(root.Plan, (n) => {
+    if (n['Node Type'] === 'Seq Scan' && n['Relation Name']) seq.push({ relation: n['Relation Name'], table_rows: null, filter: n.Filter ?? null });
+  });
+  return {
+    total_cost: null,
+    seq_scans_on_large_tables: seq,
+    costliest_node: null,
+    misestimates: null,
+    planning_time_ms: root['Planning Time'] ?? null,
+    execution_time_ms: analyzed ? (root['Execution Time'] ?? null) : null,
+  };
 }
 
 export const MISESTIMATE_FACTOR = 10;
@@ -205,7 +279,7 @@ export function createExplainService(deps: ExplainServiceDeps) {
             const [, r] = await Promise.all([role, plan]);
             throw new RolledBack(r);
           },
-          { readOnly: true, statementTimeoutMs: deps.statementTimeoutMs, retries: 0 },
+          { readOnly: true, statementTimeoutMs: deps.statementTimeoutMs, retries: 0, releaseClean: true },
         );
       } catch (err) {
         if (!(err instanceof RolledBack)) throw toSqlError(err, { prefixLength: prefix.length, offset });
@@ -216,6 +290,9 @@ export function createExplainService(deps: ExplainServiceDeps) {
           'QUERY PLAN': [{ Plan: PlanNode; 'Planning Time'?: number; 'Execution Time'?: number }];
         }
       )['QUERY PLAN'];
+      if (ctx.role !== 'platform_admin') {
+        return { sql: text, analyzed, plan: redactPlan(plan), redacted: true, summary: tenantSummary(plan[0], analyzed) };
+      }
       const relations = new Set<string>();
       for (const p of plan)
         walk(
@@ -237,6 +314,7 @@ export function createExplainService(deps: ExplainServiceDeps) {
         sql: text,
         analyzed,
         plan,
+        redacted: false,
         summary: summarizePlan(plan[0], tableRows, deps.largeTableRows, analyzed),
       };
     },

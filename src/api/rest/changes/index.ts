@@ -38,7 +38,7 @@ export default async function changeRoutes(app: FastifyInstance) {
       schema: {
         tags,
         description:
-          'Server-Sent Events: one `change` message per event (`id:` is the change id), in id order, from `Last-Event-ID` (header) or `after`; a comment every CHANGES_HEARTBEAT_MS keeps the connection open.',
+          'Server-Sent Events: one `change` message per event (`id:` is the change id), in id order, from `Last-Event-ID` (header) or `after`; a comment every CHANGES_HEARTBEAT_MS keeps the connection open. The credential is re-checked while the stream is open: once it no longer holds (token expired, API key revoked or expired, tenant suspended), a last `error` event `{ code, message }` ends the stream.',
         querystring: Type.Object({ after: PageQuery.after, ...Filters }, { additionalProperties: false }),
         produces: ['text/event-stream'],
         response: { 200: Type.String({ description: 'text/event-stream' }), ...errorResponses },
@@ -58,6 +58,8 @@ export default async function changeRoutes(app: FastifyInstance) {
           heartbeatMs: app.config.CHANGES_HEARTBEAT_MS,
           label: 'change stream',
           abort,
+          watch: app.auth.watch(request.headers, request.ctx),
+          recheckMs: app.config.STREAM_AUTH_RECHECK_MS,
           events: (signal) => app.services.changes.follow(request.ctx, after, filter, signal),
           frame: (e) => `id: ${e.id}\nevent: change\ndata: ${JSON.stringify(e)}\n\n`,
         });

@@ -46,7 +46,7 @@ export default async function jobRoutes(app: FastifyInstance) {
       schema: {
         tags,
         description:
-          'Server-Sent Events: `progress` and `state` as they change, then one final `done`, `failed` or `cancelled` carrying the job; a comment every 15 s keeps the connection open.',
+          'Server-Sent Events: `progress` and `state` as they change, then one final `done`, `failed` or `cancelled` carrying the job; a comment every 15 s keeps the connection open. Once the credential no longer holds (token expired, API key revoked or expired, tenant suspended), a last `error` event `{ code, message }` ends the stream.',
         params: Params,
         produces: ['text/event-stream'],
         response: { 200: Type.String({ description: 'text/event-stream' }), ...errorResponses },
@@ -60,6 +60,8 @@ export default async function jobRoutes(app: FastifyInstance) {
         comment: 'stream of job events',
         heartbeatMs: HEARTBEAT_MS,
         label: 'job event stream',
+        watch: app.auth.watch(request.headers, request.ctx),
+        recheckMs: app.config.STREAM_AUTH_RECHECK_MS,
         events: (signal) => app.jobs.events(request.ctx, id, { signal }),
         frame: (event) => frame(++seq, event),
       });

@@ -70,22 +70,26 @@ const ExplainBody = Type.Object(
 const ExplainResult = Type.Object({
   sql: Type.String(),
   analyzed: Type.Boolean(),
-  plan: Type.Unknown({ description: 'EXPLAIN (FORMAT JSON) output' }),
+  plan: Type.Unknown({ description: 'EXPLAIN (FORMAT JSON) output; for a tenant role without row counts, costs, widths or buffers (see redacted)' }),
+  redacted: Type.Boolean({
+    description:
+      'true for tenant roles: planner statistics are computed over every tenant, so row estimates, costs, widths, actual and removed row counts and buffer counts are left out of the plan and the summary; platform_admin gets the full plan',
+  }),
   summary: Type.Object({
-    total_cost: Type.Number(),
+    total_cost: Type.Union([Type.Number(), Type.Null()]),
     seq_scans_on_large_tables: Type.Array(
       Type.Object({
         relation: Type.String(),
-        table_rows: Type.Number(),
+        table_rows: Type.Union([Type.Number(), Type.Null()]),
         filter: Type.Union([Type.String(), Type.Null()]),
       }),
     ),
-    costliest_node: Type.Object({
+    costliest_node: Type.Union([Type.Object({
       node_type: Type.String(),
       relation: Type.Union([Type.String(), Type.Null()]),
       total_cost: Type.Number(),
       self_cost: Type.Number(),
-    }),
+    }), Type.Null()], { description: 'null when redacted' }),
     misestimates: Type.Union([
       Type.Array(
         Type.Object({
