@@ -15,6 +15,8 @@ import { createTenantService, type TenantService } from './services/identity/ind
 import { createApiKeyService, type ApiKeyService } from './services/identity/index.js';
 import errorsPlugin from './plugins/errors.js';
 import authPlugin from './plugins/auth.js';
+import limitsPlugin from './plugins/limits.js';
+import { createLimits } from './services/limits/index.js';
 import requestContextPlugin from './plugins/request-context.js';
 import metricsPlugin from './plugins/metrics.js';
 import swaggerPlugin from './plugins/swagger.js';
@@ -170,8 +172,15 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     afterCommit: hooks.afterCommit,
   });
   const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });
+  const limits = createLimits({ db, config, log: app.log });
   const services: AppServices = {
-    tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
+    tenants: createTenantService({
+      kysely,
+      onChange: (id) => {
+        authenticator.forgetTenant(id);
+        limits.forget(id);
+      },
+    }),
     apiKeys: createApiKeyService({ kysely }),
     schema,
     rows,
@@ -207,6 +216,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(metricsPlugin, { registry });
   await app.register(swaggerPlugin);
   await app.register(authPlugin, { authenticator });
+  await app.register(limitsPlugin, { limits, redis: opts.redis });
   await app.register(maintenancePlugin);
   await app.register(idempotencyPlugin);
 

@@ -7,8 +7,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { CONFIG_DESCRIPTIONS } from './config-descriptions.js';
 
-const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
-  Type.Integer({ default: def, minimum: min, maximum: max });
+const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER, description?: string) =>
+  Type.Integer({ default: def, minimum: min, maximum: max, ...(description ? { description } : {}) });
 
 const Url = (protocols: string[]) =>
   Type.String({ pattern: `^(${protocols.join('|')})://`, minLength: 4 });
@@ -142,6 +142,21 @@ export const EnvSchema = Type.Object({
   WEBHOOK_LEASE_MS: Int(30_000, 500, 3_600_000),
   /** Allow webhook URLs resolving to private, loopback or link-local addresses (tests, trusted networks). */
   WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  /** Fair shares per tenant (docs/limits.md): per-tenant request rate and concurrency caps; defaults of every tenant. */
+  LIMITS_ENABLED: Type.Boolean({ default: true, description: 'Enforce the per-tenant limits (rate limit, connection, export and job caps); false turns them all off' }),
+  LIMIT_REQUESTS_PER_SECOND: Int(1000, 1, 10_000_000, 'Requests per second one tenant may make, counted across every API process sharing REDIS_URL (fixed one-second windows); more answer 429 RATE_LIMITED with Retry-After'),
+  LIMIT_APP_CONNECTIONS: Type.Optional(
+    Type.Integer({ minimum: 1, maximum: 1000, description: 'Connections of the tenant-session pool one tenant may hold at once (default: half of DB_POOL_MAX, rounded up); more wait their turn up to DB_ACQUIRE_TIMEOUT_MS, then 429 TENANT_CONCURRENCY_LIMIT' }),
+  ),
+  LIMIT_STREAM_CONNECTIONS: Type.Optional(
+    Type.Integer({ minimum: 1, maximum: 1000, description: 'Connections of the streaming pool (exports, cursors) one tenant may hold at once (default: half of that pool, rounded up)' }),
+  ),
+  LIMIT_EXPORTS: Int(2, 1, 1000, 'Streamed exports (GET /v1/tables/{table}/export, POST /v1/sql/export) one tenant may run at once per API process; more answer 429 TENANT_CONCURRENCY_LIMIT at once'),
+  LIMIT_JOBS: Int(2, 1, 1000, 'Jobs of one tenant running at once across all workers; a job over the limit is put back as delayed (not failed) and retried shortly'),
+  LIMITS_CACHE_TTL_MS: Int(5_000, 0, 3_600_000, 'How long a process keeps a tenant\'s limits before reading them again (a PATCH is seen at once by the process that served it, by the others within this time)'),
+  RATE_LIMIT_PREFIX: Type.String({ default: 'strata:ratelimit', minLength: 1, maxLength: 100, description: 'Redis key prefix of the request counters (deployments sharing a Redis need their own)' }),
+  RATE_LIMIT_SYNC_MS: Int(50, 5, 10_000, 'How often a process adds its local request counts to the shared counters in Redis (the rate limit may overshoot by what other processes served in this time)'),
+  RATE_LIMIT_REDIS_TIMEOUT_MS: Int(100, 5, 10_000, 'Longest wait for Redis to answer an add to the shared counters; past it (or while Redis is down) the counts stay local (fail open). No request ever waits for Redis'),
   /**
    * Testing mode: the /v1/testing endpoints (factories, tenant snapshots, wiping a tenant's rows) for
    * end-to-end suites. Off by default; refused together with NODE_ENV=production.

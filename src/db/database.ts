@@ -23,6 +23,19 @@ import {
 
 export const DEFAULT_SHARD = 'default';
 
+/** The pools of a shard a tenant session may take a connection from. */
+export type PoolKind = 'app' | 'stream';
+
+/**
+ * Asked before a tenant session takes a connection (per-tenant caps, src/services/limits): `enter`
+ * answers true when admitted at once, or a promise that resolves once admitted or rejects (429);
+ * every admission is followed by exactly one `leave`.
+ */
+export interface TenantGate {
+  enter(pool: string, kind: PoolKind, tenantId: string): true | Promise<void>;
+  leave(pool: string, tenantId: string): void;
+}
+
 export interface Shard {
   readonly id: string;
   /** Tenant sessions: pipelined, as the non-owner application role. */
@@ -46,6 +59,7 @@ export class Database {
   readonly admin: StrataPool;
   private readonly shards = new Map<string, Shard>();
   private readonly deps: SessionDeps;
+  private gate: TenantGate | undefined;
 
   constructor(private readonly opts: DatabaseOptions) {
     const { config, log } = opts;
@@ -100,6 +114,22 @@ export class Database {
     this.deps.observer = observer;
   }
 
+  /** Attach (or detach) the per-tenant connection caps. */
+  setTenantGate(gate: TenantGate | undefined): void {
+    this.gate = gate;
+  }
+
+  /** Run one tenant session under the gate: the tenant's slot is held from before the borrow until the end. */
+  private gated<T>(pool: StrataPool, kind: PoolKind, tenantId: string | null, run: () => Promise<T>): Promise<T> {
+    const gate = this.gate;
+    if (gate === undefined || tenantId === null) return run();
+    const name = pool.options.name;
+    const leave = () => gate.leave(name, tenantId);
+    const admitted = gate.enter(name, kind, tenantId);
+    if (admitted === true) return run().finally(leave);
+    return admitted.then(() => run().finally(leave));
+  }
+
   /** Prewarm pools and verify the application role cannot bypass row-level security. */
   async start(): Promise<void> {
     for (const shard of this.shards.values()) {
@@ -137,8 +167,10 @@ export class Database {
    * with jittered backoff at the outermost level.
    */
   withTenant<T>(ctx: SessionContext | Tx, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
-    const tenantId = 'ctx' in ctx ? ctx.ctx.tenantId : ctx.tenantId;
-    return runInTransaction(this.shardFor(tenantId).app, this.deps, ctx, fn, opts);
+    // a savepoint of an open transaction already holds its connection (and its slot)
+    if ('ctx' in ctx) return runInTransaction(this.shardFor(ctx.ctx.tenantId).app, this.deps, ctx, fn, opts);
+    const pool = this.shardFor(ctx.tenantId).app;
+    return this.gated(pool, 'app', ctx.tenantId, () => runInTransaction(pool, this.deps, ctx, fn, opts));
   }
 
   /** Alias of withTenant, under the name the spec uses. */
@@ -148,7 +180,8 @@ export class Database {
 
   /** A tenant transaction on a non-pipelined connection, for cursors and COPY streams. */
   withTenantStream<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
-    return runInTransaction(this.shardFor(ctx.tenantId).stream, this.deps, ctx, fn, opts);
+    const pool = this.shardFor(ctx.tenantId).stream;
+    return this.gated(pool, 'stream', ctx.tenantId, () => runInTransaction(pool, this.deps, ctx, fn, opts));
   }
 
   /**
@@ -164,7 +197,9 @@ export class Database {
     if (opts?.isolation && opts.isolation !== 'read committed') {
       return this.withTenant(ctx, (tx) => tx.query<R>(text, values, { final: true }), opts);
     }
-    return runSingleStatement<R>(this.shardFor(ctx.tenantId).app, this.deps, ctx, text, values, opts);
+    const pool = this.shardFor(ctx.tenantId).app;
+    if (this.gate === undefined) return runSingleStatement<R>(pool, this.deps, ctx, text, values, opts);
+    return this.gated(pool, 'app', ctx.tenantId, () => runSingleStatement<R>(pool, this.deps, ctx, text, values, opts));
   }
 
   /** Platform tables (schema `strata`) through the admin connection: never for tenant data. */

@@ -14,7 +14,7 @@
  * lock + interval (15 s by default). `maxStalledCount` equals the default `attempts`, so a job whose
  * worker dies twice still runs a third time instead of failing as "stalled more than allowable limit".
  */
-import { Worker, UnrecoverableError, type Job, type WorkerOptions } from 'bullmq';
+import { DelayedError, Worker, UnrecoverableError, type Job, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Database } from '../db/database.js';
@@ -37,6 +37,12 @@ import { createChangeFeed, type ChangeFeed } from '../services/changes/index.js'
 import { createWebhookDelivery, type WebhookDeliveryService } from '../services/changes/index.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
 import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
+import { createLimits, type JobSlot } from '../services/limits/index.js';
+
+/** Jobs that are a long-lived loop rather than a unit of work: not counted against LIMIT_JOBS. */
+const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
+/** How long a job over its tenant's limit waits (delayed) before it is tried again, plus jitter. */
+const LIMIT_DELAY_MS = 1_000;
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices extends BackupServices {
@@ -177,6 +183,26 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
     }
   }
   const isCancelled = async (id: string) => (await flags.exists(cancelKey(prefix, id))) === 1;
+  // Fair shares: at most LIMIT_JOBS (or the tenant's `jobs` limit) of one tenant's jobs run at once
+  // across all workers; a job over it goes back to delayed, not failed.
+  const limits = db.config.LIMITS_ENABLED ? createLimits({ db, config: db.config, log }) : undefined;
+  const slots = limits?.jobSlots(flags, `${prefix}:limits`);
+  async function takeSlot(job: Job<JobData>, token: string | undefined): Promise<JobSlot | undefined> {
+    const tenantId = job.data.tenantId;
+    if (!limits || !slots || tenantId === null || UNLIMITED_JOBS.has(job.name as JobName)) return undefined;
+    const limit = (await limits.forTenant(tenantId)).jobs;
+    let slot: JobSlot | undefined;
+    try {
+      slot = await slots.take(tenantId, job.id ?? '', limit);
+    } catch (err) {
+      log.warn({ err, job: job.id }, 'job slots unavailable (Redis); running the job without its tenant limit');
+      return undefined;
+    }
+    if (slot) return slot;
+    log.info({ job: job.id, tenant: tenantId, limit }, 'tenant at its job limit; job delayed');
+    await job.moveToDelayed(Date.now() + LIMIT_DELAY_MS + Math.floor(Math.random() * 500), token);
+    throw new DelayedError();
+  }
   const active = new Map<string, Worker>();
   const cancelled = new Set<string>();
 
@@ -187,8 +213,10 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
     if (!processor) throw new UnrecoverableError(`no processor for job ${job.name}`);
     const jobLog = log.child({ job: id, name, tenant: job.data.tenantId, actor: job.data.actor, requestId: job.data.requestId });
     active.set(id, worker);
+    let slot: JobSlot | undefined;
     try {
       if (await isCancelled(id).catch(() => false)) throw new UnrecoverableError(CANCELLED_REASON);
+      slot = await takeSlot(job, token);
       const result = await processor({
         job: job as Job<JobData, unknown, JobName>,
         signal: signal ?? new AbortController().signal,
@@ -207,6 +235,7 @@ export function startWorkers(opts: WorkerRuntimeOptions): WorkerRuntime {
     } finally {
       active.delete(id);
       cancelled.delete(id);
+      await slot?.release();
     }
   }
 

@@ -61,6 +61,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     DB_POOL_MIN: '0',
     DB_HEALTHCHECK_INTERVAL_MS: '0',
     NODE_ENV: 'test',
+    // per-tenant request counters live in the shared Redis: each app counts on its own keys
+    RATE_LIMIT_PREFIX: `test-rl-${randomUUID()}`,
     ...opts.env,
   };
   const config = loadConfig(env);

@@ -19,5 +19,7 @@ export const errorResponses = {
   401: ErrorBody,
   403: ErrorBody,
   404: ErrorBody,
+  /** RATE_LIMITED or TENANT_CONCURRENCY_LIMIT, with Retry-After (docs/limits.md). */
+  429: ErrorBody,
   503: ErrorBody,
 };

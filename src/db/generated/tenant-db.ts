@@ -110,6 +110,23 @@ export interface StrataChanges {
   at: Timestamp;
 }
 
+export interface StrataComplianceColumns {
+  table_name: string;
+  column_name: string;
+  encrypted: Defaulted<boolean>;
+  searchable: Defaulted<boolean>;
+  pii: 'email' | 'phone' | 'name' | 'address' | 'card' | 'iban' | 'national_id' | 'date_of_birth' | 'ip_address' | 'free_text' | 'other' | null;
+  masks: Defaulted<Json>;
+  plaintext_roles: Defaulted<string[]>;
+  declared_by: string;
+  declared_at: Defaulted<Timestamp>;
+}
+
+export interface StrataSandboxRevoked {
+  fn: string;
+  grantees: string[];
+}
+
 export interface StrataSearchIndexes {
   table_name: string;
   columns: Json;
@@ -126,12 +143,23 @@ export interface StrataSearchIndexes {
   updated_at: Defaulted<Timestamp>;
 }
 
+export interface StrataTenantKeys {
+  tenant_id: string;
+  kind: 'data' | 'index';
+  version: number;
+  master_key_id: string;
+  wrapped: Buffer;
+  created_at: Defaulted<Timestamp>;
+  retired_at: Timestamp | null;
+}
+
 export interface StrataTenants {
   id: string;
   name: string;
   status: Defaulted<'active' | 'suspended'>;
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
+  limits: Defaulted<Json>;
 }
 
 export interface StrataViews {
@@ -198,7 +226,10 @@ export interface PlatformDB {
   'strata.cache_tables': StrataCacheTables;
   'strata.captured_tables': StrataCapturedTables;
   'strata.changes': StrataChanges;
+  'strata.compliance_columns': StrataComplianceColumns;
+  'strata.sandbox_revoked': StrataSandboxRevoked;
   'strata.search_indexes': StrataSearchIndexes;
+  'strata.tenant_keys': StrataTenantKeys;
   'strata.tenants': StrataTenants;
   'strata.views': StrataViews;
   'strata.webhook_deliveries': StrataWebhookDeliveries;

@@ -48,6 +48,11 @@ export interface ExportServiceDeps {
   schema: SchemaRegistry;
   config: Pick<Config, 'EXPORT_TIMEOUT_MS' | 'EXPORT_MAX_TIMEOUT_MS' | 'exportDir'> & Partial<Pick<Config, 'DB_STATEMENT_TIMEOUT_MS' | 'COUNT_ESTIMATE_CAP'>>;
   log: Pick<Logger, 'info' | 'warn'>;
+  /**
+   * A tenant's streamed-export slot (src/services/limits): returns its release, or throws 429
+   * TENANT_CONCURRENCY_LIMIT when the tenant already runs its limit. Absent: no limit.
+   */
+  exportSlot?: (tenantId: string | null) => () => void;
 }
 
 /** Thrown by writeFile when the export was stopped (job cancelled): the partial file is kept. */
@@ -163,7 +168,10 @@ export function createExportService(deps: ExportServiceDeps) {
      * `signal` (the client went away) stops the query at any point, before the first row included.
      */
     async stream(ctx: SessionContext, plan: ExportPlan, signal?: AbortSignal): Promise<Readable> {
+      // held until the body is finished or destroyed, whichever way the export ends
+      const release = deps.exportSlot?.(ctx.tenantId) ?? (() => undefined);
       const out = new PassThrough({ highWaterMark: CHUNK_BYTES });
+      out.once('close', release);
       const started = performance.now();
       let markStarted!: () => void;
       const firstByte = new Promise<void>((resolve) => (markStarted = resolve));
@@ -179,6 +187,7 @@ export function createExportService(deps: ExportServiceDeps) {
       try {
         await Promise.race([firstByte, done]);
       } catch (err) {
+        release();
         if (signal?.aborted) throw new AppError(499, 'CLIENT_CLOSED_REQUEST', 'the client closed the connection before the export started', undefined, { cause: err });
         throw plan.analyst ? toSqlError(err, { prefixLength: Number.MAX_SAFE_INTEGER, offset: 0 }) : err;
       }

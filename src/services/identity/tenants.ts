@@ -1,5 +1,5 @@
 /** Tenant registry (platform_admin): register, list, suspend and reactivate tenants. */
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { PlatformDB } from '../../db/generated/tenant-db.js';
 import { conflict, notFound } from '../../errors.js';
 
@@ -9,9 +9,14 @@ export interface Tenant {
   status: 'active' | 'suspended';
   created_at: string;
   updated_at: string;
+  /** The tenant's own limit overrides as stored (src/services/limits reads them; absent keys: defaults). */
+  limits: unknown;
 }
 
-const toTenant = (r: { id: string; name: string; status: 'active' | 'suspended'; created_at: Date; updated_at: Date }): Tenant => ({
+/** A change of limits: a whole number sets one, null removes the override. */
+export type LimitsChange = Record<string, number | null>;
+
+const toTenant = (r: { id: string; name: string; status: 'active' | 'suspended'; created_at: Date; updated_at: Date; limits: unknown }): Tenant => ({
   ...r,
   created_at: r.created_at.toISOString(),
   updated_at: r.updated_at.toISOString(),
@@ -42,10 +47,16 @@ export function createTenantService(deps: { kysely: Kysely<PlatformDB>; onChange
       if (!row) throw notFound('TENANT_NOT_FOUND', `tenant ${id} does not exist`);
       return toTenant(row);
     },
-    async update(id: string, patch: { name?: string; status?: 'active' | 'suspended' }): Promise<Tenant> {
+    /** Change name, status and limits (merged into the stored overrides; null removes one). */
+    async update(id: string, patch: { name?: string; status?: 'active' | 'suspended'; limits?: LimitsChange }): Promise<Tenant> {
+      const { limits, ...rest } = patch;
       const row = await kysely
         .updateTable('strata.tenants')
-        .set({ ...patch, updated_at: new Date() })
+        .set({
+          ...rest,
+          ...(limits ? { limits: sql<string>`jsonb_strip_nulls(limits || ${JSON.stringify(limits)}::jsonb)` } : {}),
+          updated_at: new Date(),
+        })
         .where('id', '=', id)
         .returningAll()
         .executeTakeFirst();

@@ -53,7 +53,7 @@ function sendPlan(reply: FastifyReply, plan: ExportPlan) {
 }
 
 export default async function exportRoutes(app: FastifyInstance) {
-  const exports = createExportService({ db: app.db, schema: app.services.schema, config: app.config, log: app.log });
+  const exports = createExportService({ db: app.db, schema: app.services.schema, config: app.config, log: app.log, exportSlot: (tenantId) => app.limits.exportSlot(tenantId) });
 
   app.get(
     '/v1/tables/:table/export',

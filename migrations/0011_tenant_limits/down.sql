@@ -1,0 +1,1 @@
+ALTER TABLE strata.tenants DROP COLUMN IF EXISTS limits;
