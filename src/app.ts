@@ -157,9 +157,17 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     cursors,
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
+    maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES,
     afterCommit: hooks.afterCommit,
   });
-  const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });
+  const timeseries = createTimeseriesService({
+    db,
+    schema,
+    maxBuckets: config.TIMESERIES_MAX_BUCKETS,
+    maxPoints: config.TIMESERIES_MAX_POINTS,
+    maxBytes: config.RESPONSE_MAX_BYTES,
+    maxLimit: config.ROWS_MAX_LIMIT,
+  });
   const services: AppServices = {
     tenants: createTenantService({ kysely, onChange: (id) => authenticator.forgetTenant(id) }),
     apiKeys: createApiKeyService({ kysely }),
@@ -174,7 +182,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
-    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
+    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -222,7 +230,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
 /** Change data capture: the process's LISTEN connection, the change log and webhooks. */
 function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
   const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
-  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT, maxResponseBytes: config.RESPONSE_MAX_BYTES });
   const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT });
   return { changeFeed, changes, webhooks };
 }

@@ -32,4 +32,6 @@ export const unavailable = (code: string, message: string, retryAfterSeconds = 1
 export const gatewayTimeout = (code: string, message: string, cause?: unknown) =>
   new AppError(504, code, message, undefined, { cause });
 
+/** 413 RESPONSE_TOO_LARGE: an answer past its byte bound (RESPONSE_MAX_BYTES and its per-API overrides). */
+export const responseTooLarge = (message: string, details?: unknown) => new AppError(413, 'RESPONSE_TOO_LARGE', message, details);
 export const isAppError = (e: unknown): e is AppError => e instanceof AppError;
