@@ -39,7 +39,9 @@ import maintenancePlugin from './plugins/maintenance.js';
 import { createQueryInsightService, type QueryInsightService } from './services/query-insight/index.js';
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
-import { createWriteHooks, type WriteHooks } from './services/changes/index.js';
+import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
+import { createDeclarations, createTenantKeys, parseMasterKeys, type Declarations, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
+import complianceRoutes from './api/rest/compliance/index.js';
 import { createTimeseriesService, type TimeseriesService } from './services/analytics/index.js';
 import { createViewsService, type ViewsService } from './services/analytics/index.js';
 import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
@@ -71,6 +73,7 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
+  compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
 }
 
 declare module 'fastify' {
@@ -103,9 +106,9 @@ export interface BuildOptions {
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const MAX_PARAM_LENGTH = 1024;
 
-import { loggerOptions } from './logger.js';
+import { createLogger, loggerOptions } from './logger.js';
 
-export { loggerOptions };
+export { createLogger, loggerOptions };
 
 export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const { config, db } = opts;
@@ -138,6 +141,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const kysely = createKysely(db.admin);
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
+  const masterKeys = parseMasterKeys(config.ENCRYPTION_MASTER_KEYS);
   const cache = createResultCache({
     redis: opts.redis,
     db,
@@ -182,6 +186,11 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
+    compliance: {
+      declarations: createDeclarations({ db, schema }),
+      keys: createTenantKeys({ db, keys: masterKeys }),
+      masterKeys,
+    },
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
   };
   db.observe(services.insight.observer);
@@ -224,6 +233,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   app.addHook('onClose', () => services.changeFeed.close());
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
+  await app.register(complianceRoutes, { prefix: '/v1/admin/compliance' });
   return app;
 }
 

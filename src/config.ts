@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { CONFIG_DESCRIPTIONS } from './config-descriptions.js';
 
 const Int = (def: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   Type.Integer({ default: def, minimum: min, maximum: max });
@@ -33,6 +34,10 @@ export const EnvSchema = Type.Object({
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' },
   ),
+  /** Log line format: `pretty` (pino-pretty, for a terminal), `json`, or `auto` (pretty in development, JSON otherwise). */
+  /** Master key ring for encrypted columns: `id:base64key,...` (32-byte keys); the first is active. */
+  ENCRYPTION_MASTER_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  LOG_FORMAT: Type.Union([Type.Literal('auto'), Type.Literal('json'), Type.Literal('pretty')], { default: 'auto' }),
   DB_POOL_MAX: Int(10, 1, 1000),
   DB_POOL_MIN: Int(2, 0, 1000),
   DB_ACQUIRE_TIMEOUT_MS: Int(2000, 1, 600_000),
@@ -145,6 +150,12 @@ export const EnvSchema = Type.Object({
 });
 
 export type Env = Static<typeof EnvSchema>;
+
+// Every variable's meaning becomes the `description` of its schema property (docs/configuration.md).
+for (const [name, description] of Object.entries(CONFIG_DESCRIPTIONS)) {
+  const prop = (EnvSchema.properties as Record<string, { description?: string }>)[name];
+  if (prop) prop.description ??= description;
+}
 
 export interface Config extends Env {
   /** True when no DATABASE_URL was given and the embedded PostgreSQL is used. */

@@ -23,6 +23,30 @@ export function attachPrincipal(log: unknown, p: PrincipalFields): void {
   (log as { [PRINCIPAL]?: PrincipalFields })[PRINCIPAL] = p;
 }
 
+/**
+ * The process logger: JSON lines in production, pino-pretty in development (`LOG_FORMAT`). pino is
+ * imported here, lazily, so a caller can start telemetry before pino loads. pino-pretty is a
+ * development dependency: where it is not installed (a production install), lines stay JSON.
+ */
+export async function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT' | 'NODE_ENV'>): Promise<Logger> {
+  const { default: pino } = await import('pino');
+  if (logFormat(config) === 'pretty') {
+    try {
+      const { default: pretty } = await import('pino-pretty');
+      return pino(loggerOptions(config), pretty({ sync: true, colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+    } catch {
+      // not installed: fall through to JSON
+    }
+  }
+  return pino(loggerOptions(config));
+}
+
+/** `auto` is pretty only in development (the default NODE_ENV of `npm start` on the embedded database). */
+export function logFormat(config: Pick<Config, 'LOG_FORMAT' | 'NODE_ENV'>): 'json' | 'pretty' {
+  if (config.LOG_FORMAT !== 'auto') return config.LOG_FORMAT;
+  return config.NODE_ENV === 'development' ? 'pretty' : 'json';
+}
+
 export function loggerOptions(config: Pick<Config, 'LOG_LEVEL'>): LoggerOptions {
   return {
     level: config.LOG_LEVEL,

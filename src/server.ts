@@ -9,8 +9,7 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const telemetry = await startTelemetry(config);
   // Loaded after telemetry starts, so the pg, ioredis and http instrumentations can patch them.
-  const [{ default: pino }, { build, loggerOptions }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }, { installLastResort }] = await Promise.all([
-    import('pino'),
+  const [{ build, createLogger }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }, { installLastResort }] = await Promise.all([
     import('./app.js'),
     import('./runtime.js'),
     import('./jobs/queues.js'),
@@ -18,7 +17,7 @@ async function main(): Promise<void> {
     import('./jobs/schedules.js'),
     import('./last-resort.js'),
   ]);
-  const log = pino(loggerOptions(config));
+  const log = await createLogger(config);
   const runtime = await createRuntime(config, log);
   const jobs = createJobs({ redisUrl: config.REDIS_URL, log });
   const app = await build({

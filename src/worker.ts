@@ -20,8 +20,7 @@ async function main(): Promise<void> {
   }
   const telemetry = await startTelemetry(config);
   // Loaded after telemetry starts, so the pg and ioredis instrumentations can patch them.
-  const [{ default: pino }, { loggerOptions }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }, { installLastResort }] = await Promise.all([
-    import('pino'),
+  const [{ createLogger }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }, { installLastResort }] = await Promise.all([
     import('./logger.js'),
     import('./runtime.js'),
     import('./jobs/queues.js'),
@@ -29,7 +28,7 @@ async function main(): Promise<void> {
     import('./jobs/schedules.js'),
     import('./last-resort.js'),
   ]);
-  const log = pino(loggerOptions(config)).child({ process: 'worker' });
+  const log = (await createLogger(config)).child({ process: 'worker' });
   const runtime = await createRuntime(config, log, { role: 'worker' });
   // jobs' slow statements go to the same slow-query log as the API's (a shared Redis stream)
   const { createInsightObserver } = await import('./services/query-insight/index.js');

@@ -3,3 +3,4 @@ export * from './result-cache.js';
 export * from './timeseries.js';
 export * from './view-refresh.js';
 export * from './views.js';
+export * from './write-hooks.js';

@@ -3,7 +3,7 @@
  * role and the normalised request (route, table, key, sorted query parameters), and stores the
  * versions it was computed under: a global epoch plus one counter per (tenant, table) it reads
  * (the table and every table embedded by its select). Every committed write INCRs the counters of
- * the tables it touched (src/services/write-hooks.ts), so an entry read after a write no longer
+ * the tables it touched (src/services/analytics/write-hooks.ts), so an entry read after a write no longer
  * matches and is recomputed: no stale read survives a write.
  *
  * One round trip per read: MGET of the epoch, the counters and the entry. Redis is optional: while

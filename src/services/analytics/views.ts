@@ -21,7 +21,7 @@ import type { SchemaRegistry, TableInfo } from '../data/index.js';
 import { guardStatement } from '../data/index.js';
 import type { TimeseriesService } from './timeseries.js';
 import { MATVIEW_SCHEMA, VIEW_SCHEMA } from './view-refresh.js';
-import type { WriteListener } from '../changes/index.js';
+import type { WriteListener } from './write-hooks.js';
 
 const q = pg.escapeIdentifier;
 const NAME = /^[a-z_][a-z0-9_]{0,62}$/;

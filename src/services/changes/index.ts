@@ -4,4 +4,3 @@ export * from './changes.js';
 export * from './webhook-delivery.js';
 export * from './webhook-url.js';
 export * from './webhooks.js';
-export * from './write-hooks.js';

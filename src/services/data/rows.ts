@@ -47,7 +47,7 @@ export interface RowsServiceOptions {
   maxLimit: number;
   /** Most bytes of JSON one read answers (ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES): past it 413 RESPONSE_TOO_LARGE. */
   maxResponseBytes?: number;
-  /** Called after a write of its own transaction commits (src/services/write-hooks.ts); not inside a caller's transaction. */
+  /** Called after a write of its own transaction commits (src/services/analytics/write-hooks.ts); not inside a caller's transaction. */
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
 

@@ -5,7 +5,7 @@
  * settings or roles, reach files, other servers or large objects, hold locks beyond the statement,
  * consume sequences or run SQL given as text, and no reference to the platform schema `strata`.
  *
- * The database is the second wall (src/services/sql.ts): a READ ONLY transaction under the role
+ * The database is the second wall (src/services/data/sql.ts): a READ ONLY transaction under the role
  * strata_analyst, which cannot EXECUTE set_config and has no USAGE on schema strata. Each wall holds
  * on its own; this one gives clear 4xx answers before anything is sent.
  *

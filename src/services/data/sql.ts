@@ -2,7 +2,7 @@
  * Raw read-only SQL for analysts (POST /v1/sql). One statement, with parameters, in the caller's
  * tenant session, behind two walls that each hold alone:
  *
- * 1. src/services/sql-guard.ts parses it with PostgreSQL's parser: one plain query, no locks, no
+ * 1. src/services/data/sql-guard.ts parses it with PostgreSQL's parser: one plain query, no locks, no
  *    INTO, no deny-listed function, nothing of schema strata.
  * 2. PostgreSQL runs it in a READ ONLY transaction with the caller's statement_timeout, after
  *    `SET LOCAL ROLE strata_analyst` (migration 0003): a role that can SELECT the tenant tables under

@@ -14,7 +14,6 @@ import type { Role } from '../../domain.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, badRequest, conflict, notFound } from '../../errors.js';
-import type { JobView } from '../jobs/index.js';
 import type { SchemaRegistry } from '../data/index.js';
 import { Params, checkEmbedPaths, rowJsonSql } from '../data/index.js';
 import { parseRowsQuery } from '../data/index.js';
@@ -228,8 +227,8 @@ export function createExportService(deps: ExportServiceDeps) {
       }
     },
 
-    /** The finished file of an export job the caller may see (`job` from JobsService.get). */
-    async file(job: JobView): Promise<{ stream: Readable; size: number; format: ExportFormat; filename: string }> {
+    /** The finished file of an export job the caller may see (`job`: a JobView from JobsService.get). */
+    async file(job: FinishedJob): Promise<{ stream: Readable; size: number; format: ExportFormat; filename: string }> {
       if (job.name !== 'export') throw notFound('EXPORT_NOT_FOUND', `job ${job.id} is not an export`);
       if (job.state !== 'completed') {
         throw conflict('EXPORT_NOT_READY', `export ${job.id} is ${job.state}; its file is available once it has completed`, { state: job.state });
@@ -246,6 +245,14 @@ export function createExportService(deps: ExportServiceDeps) {
 }
 
 export type ExportService = ReturnType<typeof createExportService>;
+
+/** What `file()` reads of a job's view (structural: the job contract depends on this capability, not the reverse). */
+export interface FinishedJob {
+  id: string;
+  name: string;
+  state: string;
+  result: unknown;
+}
 
 /** Input of the export job (POST /v1/exports): what the worker plans again and writes. */
 export interface ExportJobInput {

@@ -21,7 +21,7 @@ export interface JobInputs {
   'backup-verify': { backup_id: string };
   /** Restore a backup or an instant into a new database or in place. */
   restore: { backup_id?: string; until?: string; target: 'new_database' | 'in_place'; database?: string };
-  /** Refresh a materialized view (platform; src/services/view-refresh.ts). */
+  /** Refresh a materialized view (platform; src/services/analytics/view-refresh.ts). */
   'refresh-view': { view: string; reason: 'manual' | 'created' | 'cron' | 'writes' };
   /** Write a table query or analyst SQL to a file in the export store (POST /v1/exports). */
   export: ExportJobInput;

@@ -1,6 +1,6 @@
 /**
  * Raw read-only SQL for analysts: one statement with parameters, in the caller's tenant session,
- * under the strata_analyst role (see src/services/sql.ts for the two walls around it).
+ * under the strata_analyst role (see src/services/data/sql.ts for the two walls around it).
  */
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';

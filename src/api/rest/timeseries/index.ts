@@ -1,4 +1,4 @@
-/** `GET /v1/tables/{table}/timeseries`: bucketed aggregates with gap filling (src/services/timeseries.ts). */
+/** `GET /v1/tables/{table}/timeseries`: bucketed aggregates with gap filling (src/services/analytics/timeseries.ts). */
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { errorResponses } from '../../schemas/common.js';

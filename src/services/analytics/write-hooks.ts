@@ -9,7 +9,7 @@
  */
 import type { Logger } from 'pino';
 import type { RequestContext } from '../../domain.js';
-import type { ResultCache } from '../analytics/index.js';
+import type { ResultCache } from './result-cache.js';
 import type { SchemaRegistry } from '../data/index.js';
 
 export interface WriteListener {

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS strata.tenant_keys;
+DROP TABLE IF EXISTS strata.compliance_columns;
