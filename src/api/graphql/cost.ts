@@ -142,7 +142,8 @@ export function checkLimits(
     if (!sel.selectionSet) return { cost: mult, depth: own };
     const named = def ? getNamedType(def.type) : undefined;
     const inner = visit(sel.selectionSet, named && isObjectType(named) ? named : undefined);
-    return { cost: 1 + mult * inner.cost, depth: own + inner.depth };
+    // introspection (__schema, __type) is costed but exempt from the depth limit (GraphiQL nests 15)
+    return { cost: 1 + mult * inner.cost, depth: own === 0 ? 0 : own + inner.depth };
   };
 
   const total = visit(op.selectionSet, root ?? undefined);
