@@ -169,9 +169,17 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     defaultLimit: config.ROWS_DEFAULT_LIMIT,
     maxLimit: config.ROWS_MAX_LIMIT,
     countCap: config.COUNT_ESTIMATE_CAP,
+    maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES,
     afterCommit: hooks.afterCommit,
   });
-  const timeseries = createTimeseriesService({ db, schema, maxBuckets: config.TIMESERIES_MAX_BUCKETS, maxLimit: config.ROWS_MAX_LIMIT });
+  const timeseries = createTimeseriesService({
+    db,
+    schema,
+    maxBuckets: config.TIMESERIES_MAX_BUCKETS,
+    maxPoints: config.TIMESERIES_MAX_POINTS,
+    maxBytes: config.RESPONSE_MAX_BYTES,
+    maxLimit: config.ROWS_MAX_LIMIT,
+  });
   const limits = createLimits({ db, config, log: app.log });
   const services: AppServices = {
     tenants: createTenantService({
@@ -199,7 +207,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
       masterKeys,
     },
     testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
-    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
+    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -251,7 +259,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
 /** Change data capture: the process's LISTEN connection, the change log and webhooks. */
 function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
   const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
-  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT, maxResponseBytes: config.RESPONSE_MAX_BYTES });
   const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT, maxPerTenant: config.WEBHOOK_TENANT_MAX });
   return { changeFeed, changes, webhooks };
 }

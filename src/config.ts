@@ -47,7 +47,18 @@ export const EnvSchema = Type.Object({
   DB_MAX_LIFETIME_MS: Int(1_800_000, 0, 86_400_000),
   DB_LEAK_THRESHOLD_MS: Int(10_000, 0, 86_400_000),
   DB_LEAK_STACK_SAMPLE: Int(64, 1, 1_000_000),
+  /** Most bytes of JSON one `POST /v1/sql` answer carries, counted by PostgreSQL; rows past it are cut (`truncated_by: "bytes"`). */
   SQL_MAX_RESULT_BYTES: Int(8_388_608, 1024, 1_073_741_824),
+  /**
+   * Most bytes of JSON one answer of the rows API, GraphQL, time series, search or change history may
+   * carry, counted by PostgreSQL before anything is sent; past it: 413 RESPONSE_TOO_LARGE (change
+   * history: a shorter page with next_cursor). Must stay far below V8's ~512 MB string limit.
+   */
+  RESPONSE_MAX_BYTES: Int(16_777_216, 1024, 268_435_456),
+  /** Override of RESPONSE_MAX_BYTES for the rows API (GET /v1/tables/{table}/rows, views' rows); 0: RESPONSE_MAX_BYTES. */
+  ROWS_MAX_RESPONSE_BYTES: Int(0, 0, 268_435_456),
+  /** Override of RESPONSE_MAX_BYTES for one GraphQL request (all its fields together); 0: RESPONSE_MAX_BYTES. */
+  GRAPHQL_MAX_RESPONSE_BYTES: Int(0, 0, 268_435_456),
   DB_STATEMENT_TIMEOUT_MS: Int(15_000, 0, 86_400_000),
   DB_LOCK_TIMEOUT_MS: Int(5_000, 0, 86_400_000),
   DB_HEALTHCHECK_INTERVAL_MS: Int(10_000, 0, 3_600_000),
@@ -115,6 +126,8 @@ export const EnvSchema = Type.Object({
   CACHE_PREFIX: Type.String({ default: 'strata:cache', minLength: 1, maxLength: 100 }),
   /** Largest number of buckets a time-series request may produce (more -> 400 TOO_MANY_BUCKETS). */
   TIMESERIES_MAX_BUCKETS: Int(10_000, 1, 1_000_000),
+  /** Largest number of points (groups x buckets, gap-filled ones included) one time series may answer: more -> 400 TOO_MANY_POINTS. */
+  TIMESERIES_MAX_POINTS: Int(100_000, 1, 10_000_000),
   /** Statement timeout of a materialized view refresh (admin connection). */
   VIEW_REFRESH_TIMEOUT_MS: Int(600_000, 1000, 86_400_000),
   /** Where export jobs write their files (default: <DATA_DIR>/exports). */

@@ -36,4 +36,6 @@ export const gatewayTimeout = (code: string, message: string, cause?: unknown) =
 export const clientGone = () =>
   new AppError(499, 'CLIENT_CLOSED_REQUEST', 'the client closed the connection before the request was executed; nothing was written');
 
+/** 413 RESPONSE_TOO_LARGE: an answer past its byte bound (RESPONSE_MAX_BYTES and its per-API overrides). */
+export const responseTooLarge = (message: string, details?: unknown) => new AppError(413, 'RESPONSE_TOO_LARGE', message, details);
 export const isAppError = (e: unknown): e is AppError => e instanceof AppError;

@@ -9,12 +9,13 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const telemetry = await startTelemetry(config);
   // Loaded after telemetry starts, so the pg, ioredis and http instrumentations can patch them.
-  const [{ build, createLogger }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }] = await Promise.all([
+  const [{ build, createLogger }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }, { installLastResort }] = await Promise.all([
     import('./app.js'),
     import('./runtime.js'),
     import('./jobs/queues.js'),
     import('./jobs/runtime.js'),
     import('./jobs/schedules.js'),
+    import('./last-resort.js'),
   ]);
   const log = await createLogger(config);
   const runtime = await createRuntime(config, log);
@@ -46,7 +47,7 @@ async function main(): Promise<void> {
   }
   closeHooks.push(() => jobs.close());
   let closing = false;
-  const shutdown = async (signal: string) => {
+  const shutdown = async (signal: string, exitCode = 0) => {
     if (closing) return;
     closing = true;
     log.info({ signal }, 'shutting down: draining requests, jobs and the pool');
@@ -58,11 +59,13 @@ async function main(): Promise<void> {
       await runtime.stop();
       await telemetry?.shutdown();
     } finally {
-      process.exit(0);
+      process.exit(exitCode);
     }
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // What nothing caught: rejections are logged and served on, exceptions drain and exit (src/last-resort.ts).
+  installLastResort({ log, registry: app.metricsRegistry, drainAndExit: (reason, code) => void shutdown(reason, code) });
   await app.listen({ port: config.PORT, host: config.HOST });
   log.info({ port: config.PORT, embedded: config.embedded }, `Strata listening on http://${config.HOST}:${config.PORT} (docs at /docs)`);
 }

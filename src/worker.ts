@@ -20,12 +20,13 @@ async function main(): Promise<void> {
   }
   const telemetry = await startTelemetry(config);
   // Loaded after telemetry starts, so the pg and ioredis instrumentations can patch them.
-  const [{ createLogger }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }] = await Promise.all([
+  const [{ createLogger }, { createRuntime }, { createJobs }, { startWorkers }, { registerSchedules }, { installLastResort }] = await Promise.all([
     import('./logger.js'),
     import('./runtime.js'),
     import('./jobs/queues.js'),
     import('./jobs/runtime.js'),
     import('./jobs/schedules.js'),
+    import('./last-resort.js'),
   ]);
   const log = (await createLogger(config)).child({ process: 'worker' });
   const runtime = await createRuntime(config, log, { role: 'worker' });
@@ -45,13 +46,13 @@ async function main(): Promise<void> {
   const health = config.WORKER_HEALTH_PORT > 0 ? await serveHealth(config, runtime, log) : undefined;
 
   let closing = false;
-  const shutdown = async (signal: string) => {
+  const shutdown = async (signal: string, failed = false) => {
     if (closing) return;
     closing = true;
     log.info({ signal }, 'shutting down: waiting for active jobs');
     const force = setTimeout(() => process.exit(1), JOB_GRACE_MS + 5_000);
     force.unref();
-    let code = 0;
+    let code = failed ? 1 : 0;
     try {
       await health?.close();
       await workers.close({ timeoutMs: JOB_GRACE_MS });
@@ -67,6 +68,8 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // What nothing caught: rejections are logged and served on, exceptions drain and exit (src/last-resort.ts).
+  installLastResort({ log, registry: runtime.registry, drainAndExit: (reason) => void shutdown(reason, true) });
   log.info({ concurrency: config.WORKER_CONCURRENCY }, 'Strata worker running');
 }
 

@@ -6,6 +6,8 @@
  * allowed, and they must carry an error code), every error has the `{ error: { code, message } }`
  * shape, and nothing is written anywhere.
  *
+ * Oversized and amplifying inputs (AMPLIFYING_QUERIES and the last bodies) go to every route too.
+ *
  * The per-route tests elsewhere assert the exact code of each bad input; this one makes sure no
  * route was left out.
  */
@@ -43,6 +45,26 @@ const HOSTILE_QUERIES = [
   'table=no_such_table&op=truncate&after=-5&kind=nonsense&status=what',
 ];
 
+/** The 26-level fragment doubling document (~1 KB): 2^26 fields if fragments were walked per spread. */
+const DOUBLING_FRAGMENTS =
+  'query Q { ...F0 }\n' + Array.from({ length: 26 }, (_, i) => `fragment F${i} on Query { ...F${i + 1} ...F${i + 1} }\n`).join('') + 'fragment F26 on Query { __typename }\n';
+
+/**
+ * Oversized and amplifying inputs, on every route: answers that would multiply (520 aliases of one
+ * column, deep and repeated embeds, a gap-filled series over every row, a wide analyst result, a
+ * GraphQL document whose fragments double 26 times) must be refused or bounded, never a 5xx.
+ */
+const AMPLIFYING_QUERIES = [
+  `select=${Array.from({ length: 520 }, (_, i) => `a${i}:description`).join(',')}`,
+  'select=*,pipeline_runs(*,pipelines(*,pipeline_runs(*,pipelines(*,pipeline_runs(*)))))',
+  `select=id,${Array.from({ length: 12 }, (_, i) => `r${i}:pipeline_runs(*)`).join(',')}&limit=1000`,
+  'select=*,*,*,*,*,*,*,*&limit=1000',
+  'time=created_at&bucket=1h&group=id&fill=zero&from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z',
+  `query=${encodeURIComponent(DOUBLING_FRAGMENTS)}`,
+];
+
+const WIDE_SQL = `SELECT ${Array.from({ length: 300 }, (_, i) => `null::int AS ${`c${String(i).padStart(3, '0')}`.padEnd(63, 'x')}`).join(', ')} FROM generate_series(1, 2000)`;
+
 const deep = (n: number): unknown => (n === 0 ? 1 : { a: deep(n - 1) });
 
 const HOSTILE_BODIES: { body: string; type: string }[] = [
@@ -54,6 +76,10 @@ const HOSTILE_BODIES: { body: string; type: string }[] = [
   { body: JSON.stringify(deep(200)), type: 'application/json' },
   { body: JSON.stringify({ name: 12, sql: 5, operations: 'x', query: { nested: true }, url: 7, table: ['a'], rows: 'no' }), type: 'application/json' },
   { body: '<xml/>', type: 'application/xml' },
+  // amplifying: a GraphQL document whose fragments double 26 times, an analyst result of 300 NULL
+  // columns with 63-character names (bounded as JSON bytes), a NUL in values pasted into exports
+  { body: JSON.stringify({ query: DOUBLING_FRAGMENTS, sql: WIDE_SQL, format: 'ndjson', table: 'pipelines', filters: { name: 'eq.\u0000x' } }), type: 'application/json' },
+  { body: JSON.stringify({ sql: 'select $1::text as v', params: ['a\u0000b'], format: 'csv', query: 'subscription { changes { id } }' }), type: 'application/json' },
 ];
 
 describe('bad input sweep over every route', () => {
@@ -108,7 +134,7 @@ describe('bad input sweep over every route', () => {
     const plain = fill(p);
     const out = new Set<string>();
     for (const param of params) for (const v of HOSTILE_SEGMENTS) out.add(fill(p.replace(param, v)));
-    for (const q of HOSTILE_QUERIES) out.add(`${plain}?${q}`);
+    for (const q of [...HOSTILE_QUERIES, ...AMPLIFYING_QUERIES]) out.add(`${plain}?${q}`);
     return [...out];
   }
 
@@ -131,7 +157,7 @@ describe('bad input sweep over every route', () => {
             method: r.method,
             headers: { ...headers[role], ...(a.body ? { 'content-type': a.body.type } : {}) },
             body: a.body?.body,
-            signal: AbortSignal.timeout(5000),
+            signal: AbortSignal.timeout(15000),
           });
           const text = res.headers.get('content-type')?.includes('text/event-stream') ? '' : await res.text();
           if (res.headers.get('content-type')?.includes('text/event-stream')) await res.body?.cancel();

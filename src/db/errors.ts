@@ -2,7 +2,8 @@
  * PostgreSQL SQLSTATEs the service acts on, in one place, and their mapping to HTTP answers.
  * Never match on message strings: the SQLSTATE is the contract.
  */
-import { AppError, conflict, forbidden, gatewayTimeout, unavailable, badRequest } from '../errors.js';
+import { AppError, conflict, forbidden, gatewayTimeout, unavailable, badRequest, responseTooLarge } from '../errors.js';
+import { isOversizedResult } from './guarded-socket.js';
 
 export const SQLSTATE = {
   UNIQUE_VIOLATION: '23505',
@@ -31,6 +32,8 @@ export const SQLSTATE = {
   CRASH_SHUTDOWN: '57P02',
   CANNOT_CONNECT_NOW: '57P03',
   TOO_MANY_CONNECTIONS: '53300',
+  /** "out of memory: Cannot enlarge string buffer": one value past PostgreSQL's 1 GB limit. */
+  PROGRAM_LIMIT_EXCEEDED: '54000',
 } as const;
 
 const CONNECTION_SQLSTATES = new Set<string>([
@@ -69,6 +72,9 @@ export function isRetryable(err: unknown): boolean {
 /** Translate a database error into the HTTP-facing AppError; undefined when it is a genuine 500. */
 export function toAppError(err: unknown): AppError | undefined {
   if (err instanceof AppError) return err;
+  if (isOversizedResult(err)) {
+    return responseTooLarge('the answer is too large to send; select fewer columns or rows (see docs/limits.md)');
+  }
   if (isConnectionError(err)) {
     return unavailable('DB_UNAVAILABLE', 'the database connection was lost; retry shortly', 1, err);
   }
@@ -117,6 +123,8 @@ export function toAppError(err: unknown): AppError | undefined {
     case SQLSTATE.INSUFFICIENT_PRIVILEGE:
       // RLS WITH CHECK failures and privilege errors: the database refused, we say so.
       return forbidden('FORBIDDEN_BY_DATABASE', 'the database refused this operation for your tenant or role');
+    case SQLSTATE.PROGRAM_LIMIT_EXCEEDED:
+      return responseTooLarge('a value of the answer is larger than PostgreSQL can build (1 GB); select fewer columns or rows');
     case SQLSTATE.READ_ONLY_TRANSACTION:
       return forbidden('READ_ONLY', 'this operation may not write');
     default:

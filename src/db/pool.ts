@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { unavailable } from '../errors.js';
 import type { DbMetrics } from './metrics.js';
 import { isConnectionError } from './errors.js';
+import { guardedStream } from './guarded-socket.js';
 
 export interface PoolOptions {
   /** Name in metrics and logs, e.g. `default/app`. */
@@ -83,6 +84,8 @@ export class StrataPool {
       application_name: options.applicationName ?? `strata:${options.name}`,
       // pg passes unknown options through to each Client; `pipeline` is Client config in pg >= 8.22.
       ...(options.pipeline ? { pipeline: true } : {}),
+      // an exception while parsing an answer fails that connection's queries, not the process
+      stream: guardedStream,
     });
     // An idle client whose server went away emits here; the pool drops it, we only record it.
     this.pg.on('error', (err) => {

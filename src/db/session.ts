@@ -16,6 +16,26 @@ import { isConnectionError, isRetryable } from './errors.js';
 import { sqlstateOf } from './pool.js';
 import { singleTrip, type SetupStatement } from './single-trip.js';
 import { clientGone } from '../errors.js';
+import { UnreadableResultError } from './guarded-socket.js';
+import { badRequest } from '../errors.js';
+
+/**
+ * The most bind parameters one statement may carry: the protocol's Bind message counts them in 16
+ * bits, so node-postgres would send a wrong count past it and PostgreSQL answer with a protocol
+ * error. Checked before sending: 400 TOO_MANY_PARAMETERS.
+ */
+export const MAX_BIND_PARAMETERS = 65_535;
+
+const tooManyParameters = (n: number) =>
+  badRequest(
+    'TOO_MANY_PARAMETERS',
+    `the request needs ${n} values in one statement; PostgreSQL takes at most ${MAX_BIND_PARAMETERS} (send fewer rows or values per request)`,
+    { parameters: n, max: MAX_BIND_PARAMETERS },
+  );
+
+function checkParameterCount(values: readonly unknown[] | undefined): void {
+  if (values !== undefined && values.length > MAX_BIND_PARAMETERS) throw tooManyParameters(values.length);
+}
 
 export type Isolation = 'read committed' | 'repeatable read' | 'serializable';
 
@@ -133,6 +153,7 @@ class TxImpl implements Tx {
   ) {}
 
   query<R extends pg.QueryResultRow>(text: string, values?: readonly unknown[], opts?: QueryOptions) {
+    if (values !== undefined && values.length > MAX_BIND_PARAMETERS) return Promise.reject(tooManyParameters(values.length));
     const started = performance.now();
     const p = this.client.query<R>(text, values as unknown[] | undefined);
     if (opts?.final) {
@@ -241,6 +262,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
   values: readonly unknown[] | undefined,
   opts: TxOptions = {},
 ): Promise<pg.QueryResult<R>> {
+  checkParameterCount(values);
   const retries = opts.retries ?? deps.defaults.retries;
   const setupValues = [
     ctx.tenantId ?? '',
@@ -271,7 +293,8 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
       account(deps, pool.options.name, ctx, text, started, null);
       deps.metrics.errors.inc({ pool: pool.options.name, sqlstate: sqlstateOf(err) });
       const lost = isConnectionError(err);
-      lease.release(lost ? true : undefined);
+      // an answer the socket could not parse destroyed the connection, but is no reason to retry
+      lease.release(lost || err instanceof UnreadableResultError ? true : undefined);
       // a prepared statement invalidated by a schema change is re-prepared once, transparently
       if (attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err))) return REPLAN;
       // a read whose connection died under it (a restarted or terminated backend) is simply run
@@ -396,7 +419,7 @@ async function attemptOnce<T>(
       (e: unknown) => e,
     );
     const reported = setupErr ?? err;
-    if (isConnectionError(reported) || isConnectionError(err)) {
+    if (isConnectionError(reported) || isConnectionError(err) || err instanceof UnreadableResultError) {
       lease.release(true);
     } else {
       try {

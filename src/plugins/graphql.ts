@@ -51,6 +51,7 @@ function operationName(request: FastifyRequest): string | undefined {
 export default fp(
   async function graphqlPlugin(app: FastifyInstance) {
     const registry = app.services.schema;
+    const maxBytes = app.config.GRAPHQL_MAX_RESPONSE_BYTES || app.config.RESPONSE_MAX_BYTES;
     const requests = new WeakMap<FastifyRequest, GraphqlRequest>();
     let builtVersion = -1;
     const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX);
@@ -131,7 +132,7 @@ export default fp(
       queryDepth: INTROSPECTION_SAFE_DEPTH,
       subscription: changesSubscriptionOptions(app),
       context: (request: FastifyRequest) => {
-        const state = new GraphqlRequest(app.db, request.ctx ?? null, request.log, operationName(request));
+        const state = new GraphqlRequest(app.db, request.ctx ?? null, request.log, operationName(request), maxBytes);
         requests.set(request, state);
         return { strata: state };
       },
@@ -186,6 +187,10 @@ export default fp(
       if (op?.operation === OperationTypeNode.MUTATION) {
         state.isMutation = true;
         state.assertCanWrite();
+      }
+      // Over HTTP a subscription has no stream to deliver to (graphql-js would fail with a 500).
+      if (op?.operation === OperationTypeNode.SUBSCRIPTION) {
+        throw badRequest('SUBSCRIPTION_NEEDS_WEBSOCKET', 'subscriptions are served over a WebSocket at /graphql (graphql-ws); send queries and mutations over HTTP');
       }
       checkLimits(schema, costView(document), state.operationName, variables as Record<string, unknown> | undefined);
     });

@@ -11,6 +11,10 @@ import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, forbidden, unauthorized } from '../../errors.js';
 import type { BatchLoader } from './loaders.js';
+import { boundRowsSql, readBounded, tooLarge } from '../../services/data/index.js';
+
+/** The default byte budget of one GraphQL request (GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES). */
+export const DEFAULT_GRAPHQL_MAX_BYTES = 16 * 1024 * 1024;
 
 /** Rejection that makes withTenant roll the mutation transaction back. */
 class Rollback extends Error {}
@@ -80,12 +84,39 @@ export class GraphqlRequest {
   /** HTTP status of the errors formatted for this request (first 4xx/5xx wins). */
   errorStatus: number | undefined;
 
+  /**
+   * What is left of the request's byte budget. Every read statement is wrapped so PostgreSQL sends
+   * no more than this (data/response-bounds.ts); what it sent is taken off. Statements running at
+   * once each see what was left when they started, so the whole answer stays within a small multiple
+   * of the budget at worst, and no single string is ever larger than it.
+   */
+  private bytesLeft: number;
+
   constructor(
     readonly db: Database,
     private readonly session: SessionContext | null,
     readonly log: FastifyBaseLogger,
     readonly operationName: string | undefined,
-  ) {}
+    readonly maxBytes: number = DEFAULT_GRAPHQL_MAX_BYTES,
+  ) {
+    this.bytesLeft = maxBytes;
+  }
+
+  /** A read statement bounded by the bytes left: the wrapped text and its values. */
+  private bounded(text: string, values: unknown[]): [string, unknown[]] {
+    const all = [...values, Math.max(0, this.bytesLeft)];
+    return [boundRowsSql(text, `$${all.length}`), all];
+  }
+
+  /** Take a bounded result's bytes off the budget; 413 RESPONSE_TOO_LARGE when rows were left out. */
+  private settle<R extends pg.QueryResultRow>(res: pg.QueryResult<R>): pg.QueryResult<R> {
+    const b = readBounded(res);
+    this.bytesLeft -= b.bytes;
+    if (b.cut) {
+      throw tooLarge('the GraphQL answer', this.maxBytes, 'GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES', 'ask for fewer rows (first), fewer fields or fewer nested lists');
+    }
+    return res;
+  }
 
   get ctx(): SessionContext {
     if (!this.session) throw unauthorized('UNAUTHENTICATED', 'authentication is required');
@@ -105,7 +136,10 @@ export class GraphqlRequest {
 
   /** Run one statement: in the mutation transaction for mutations, else its own read-only one. */
   async query<R extends pg.QueryResultRow = Record<string, unknown>>(info: GraphQLResolveInfo, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
-    if (info.operation.operation !== OperationTypeNode.MUTATION) return this.db.tenantQuery<R>(this.ctx, text, values, { readOnly: true });
+    if (info.operation.operation !== OperationTypeNode.MUTATION) {
+      const [bounded, all] = this.bounded(text, values);
+      return this.settle(await this.db.tenantQuery<R>(this.ctx, bounded, all, { readOnly: true }));
+    }
     if (this.mutationFailed) throw new AppError(409, 'MUTATION_ABORTED', 'not run: an earlier part of this mutation request failed');
     this.mutation ??= new MutationTransaction(this.db, this.ctx);
     try {
@@ -130,8 +164,9 @@ export class GraphqlRequest {
     return this.db.withTenant(
       this.ctx,
       async (tx) => {
-        const [rows, n] = await Promise.all([tx.query<R>(list.text, list.values), tx.query<{ n: number }>(count.text, count.values, { final: true })]);
-        return [rows, n.rows[0]?.n ?? 0] as [pg.QueryResult<R>, number];
+        const [bounded, all] = this.bounded(list.text, list.values);
+        const [rows, n] = await Promise.all([tx.query<R>(bounded, all), tx.query<{ n: number }>(count.text, count.values, { final: true })]);
+        return [this.settle(rows), n.rows[0]?.n ?? 0] as [pg.QueryResult<R>, number];
       },
       { readOnly: true },
     );

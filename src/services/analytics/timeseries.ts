@@ -5,13 +5,15 @@
  * Fixed-width buckets use date_bin (aligned on `from`), calendar buckets date_trunc (UTC). With
  * `fill`, every bucket of [from, to) is present (generate_series, per group): empty ones hold 0
  * (zero), null (null) or the group's previous value (previous). Without `fill`, only buckets with
- * rows. The number of buckets is capped (TIMESERIES_MAX_BUCKETS).
+ * rows. The number of buckets is capped (TIMESERIES_MAX_BUCKETS), and so is the answer, inside
+ * PostgreSQL: at most TIMESERIES_MAX_POINTS points (groups x buckets, gap-filled ones included: 400
+ * TOO_MANY_POINTS) and RESPONSE_MAX_BYTES of JSON (413 RESPONSE_TOO_LARGE).
  */
 import pg from 'pg';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { badRequest } from '../../errors.js';
-import { filterSql, Params } from '../data/index.js';
+import { boundRowsSql, filterSql, Params, readBounded, tooLarge } from '../data/index.js';
 import { parseRowsQuery } from '../data/index.js';
 import type { ColumnInfo, SchemaRegistry, TableInfo } from '../data/index.js';
 
@@ -119,8 +121,10 @@ export interface TimeseriesResult {
   meta: { bucket: string; from: string | null; to: string | null; fill: Fill | null; buckets: number };
 }
 
-export function createTimeseriesService(deps: { db: Database; schema: SchemaRegistry; maxBuckets: number; maxLimit: number }) {
+export function createTimeseriesService(deps: { db: Database; schema: SchemaRegistry; maxBuckets: number; maxLimit: number; maxPoints?: number; maxBytes?: number }) {
   const { db, schema, maxBuckets } = deps;
+  const maxPoints = deps.maxPoints ?? 100_000;
+  const maxBytes = deps.maxBytes ?? 16 * 1024 * 1024;
 
   /** Validate everything that can be checked without the database; 400 naming the problem. */
   function plan(t: TableInfo, input: TimeseriesInput) {
@@ -187,7 +191,7 @@ export function createTimeseriesService(deps: { db: Database; schema: SchemaRegi
         const aNames = p.aggs.map((_, i) => `a${i}`);
         let text: string;
         if (!p.fill || !fromP || !toP) {
-          text = `${data} ORDER BY ${[...gNames.map((_, i) => String(i + 2)), '1'].join(', ')} LIMIT ${params.add(maxBuckets * 100 + 1)}`;
+          text = `${data} ORDER BY ${[...gNames.map((_, i) => String(i + 2)), '1'].join(', ')}`;
         } else {
           const seriesStart = b.kind === 'bin' ? `${fromP}::timestamptz` : `date_trunc(${params.add(b.unit)}, ${fromP}::timestamptz, 'UTC')`;
           // generate_series over timestamptz steps in the session time zone: pin it to UTC for calendar units
@@ -205,7 +209,16 @@ export function createTimeseriesService(deps: { db: Database; schema: SchemaRegi
             text = `WITH d AS (${data}), s AS (${series}), gs AS (SELECT DISTINCT ${gNames.join(', ')} FROM d) SELECT s.bucket, ${gNames.map((g) => `gs.${g}`).join(', ')}, ${aggOut.join(', ')} FROM s CROSS JOIN gs LEFT JOIN d ON ${on} ORDER BY ${gNames.map((g) => `gs.${g}`).join(', ')}, s.bucket`;
           }
         }
-        const { rows } = await tx.query<Record<string, unknown>>(text, params.values, { final: true });
+        // One point more than allowed tells that there were more; PostgreSQL sizes the points it sends.
+        const bounded = boundRowsSql(`${text} LIMIT ${params.add(maxPoints + 1)}`, params.add(maxBytes));
+        const res = await tx.query<Record<string, unknown>>(bounded, params.values, { final: true });
+        const { rows, total, cut } = readBounded(res);
+        if (total > maxPoints) {
+          throw bad('TOO_MANY_POINTS', `the time series has more than ${maxPoints} points (groups x buckets); narrow from/to, use a larger bucket, fewer groups or a filter`, {
+            max: maxPoints,
+          });
+        }
+        if (cut) throw tooLarge('the time series', maxBytes, 'RESPONSE_MAX_BYTES', 'narrow from/to, use a larger bucket or fewer groups');
         const out = rows.map((r) => {
           const row: Record<string, unknown> = { bucket: (r['bucket'] as Date).toISOString() };
           if (p.groups.length) row['group'] = Object.fromEntries(p.groups.map((g, i) => [g.name, r[`g${i}`]]));

@@ -13,6 +13,7 @@ import { sqlstateOf } from '../../db/pool.js';
 import { SQLSTATE } from '../../db/errors.js';
 import { badRequest, conflict, notFound } from '../../errors.js';
 import type { SchemaRegistry, TableInfo } from '../data/index.js';
+import { boundRowsSql, readBounded, tooLarge } from '../data/index.js';
 import { createLatch, type ChangeFeed } from './change-feed.js';
 
 export const CHANGE_OPS = ['insert', 'update', 'delete'] as const;
@@ -87,7 +88,7 @@ export async function readChanges(
   after: string,
   filter: ChangeFilter,
   limit: number,
-  bounds: { until?: string } = {},
+  bounds: { until?: string; maxBytes?: number; report?: { cut: boolean } } = {},
 ): Promise<ChangeEvent[]> {
   const { rows } = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
   const h = rows[0]?.h ?? '0';
@@ -97,13 +98,19 @@ export async function readChanges(
     values.push(bounds.until);
     until = ` AND c.id <= $${values.length}::bigint`;
   }
-  const res = await tx.query<ChangeEvent>(
-    `SELECT ${EVENT_COLUMNS} FROM strata.changes c
+  const text = `SELECT ${EVENT_COLUMNS} FROM strata.changes c
       WHERE c.tenant_id = $1 AND c.id > $2::bigint AND c.id <= $3::bigint${until}${filterSql(filter, values)}
-      ORDER BY c.id LIMIT $4`,
-    values,
-  );
-  return res.rows;
+      ORDER BY c.id LIMIT $4`;
+  if (bounds.maxBytes === undefined) return (await tx.query<ChangeEvent>(text, values)).rows;
+  // PostgreSQL sizes the events and sends those that fit (data/response-bounds.ts): a page of large
+  // rows ends early and the caller pages on; a single event past the bound is a 413.
+  values.push(bounds.maxBytes);
+  const b = readBounded(await tx.query<ChangeEvent>(boundRowsSql(text, `$${values.length}`), values));
+  if (b.cut && b.rows.length === 0) {
+    throw tooLarge('one change event', bounds.maxBytes, 'RESPONSE_MAX_BYTES', 'the event is larger than one answer may be; read the row itself instead');
+  }
+  if (bounds.report) bounds.report.cut = b.cut;
+  return b.rows;
 }
 
 export interface ChangeServiceOptions {
@@ -112,6 +119,8 @@ export interface ChangeServiceOptions {
   feed: ChangeFeed;
   defaultLimit: number;
   maxLimit: number;
+  /** Most bytes of JSON one page of events carries (RESPONSE_MAX_BYTES): the page ends early, with next_cursor. */
+  maxResponseBytes?: number;
 }
 
 export function createChangeService(opts: ChangeServiceOptions) {
@@ -147,8 +156,11 @@ export function createChangeService(opts: ChangeServiceOptions) {
   /** A page under the horizon. */
   async function page(ctx: SessionContext, after: string, filter: ChangeFilter, limit: number): Promise<ChangePage> {
     const tenantId = requireTenant(ctx);
-    const rows = await db.withTenant(ctx, (tx) => readChanges(tx, tenantId, after, filter, limit + 1), { readOnly: true });
-    const more = rows.length > limit;
+    const maxBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
+    const report = { cut: false };
+    const rows = await db.withTenant(ctx, (tx) => readChanges(tx, tenantId, after, filter, limit + 1, { maxBytes, report }), { readOnly: true });
+    // a page the byte bound cut ends early: next_cursor continues after its last event
+    const more = report.cut || rows.length > limit;
     const data = more ? rows.slice(0, limit) : rows;
     return { data, next_cursor: more ? (data[data.length - 1]?.id ?? null) : null };
   }

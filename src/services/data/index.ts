@@ -8,3 +8,4 @@ export * from './schema-registry.js';
 export * from './sql-guard.js';
 export * from './sql.js';
 export * from './transactions.js';
+export * from './response-bounds.js';

@@ -23,6 +23,7 @@ import {
 import type { CursorCodec } from './rest-query/cursor.js';
 import { parseRowsQuery, parseSelect, type Filter, type RowsQuery } from './rest-query/parse.js';
 import { validateRow } from './rest-query/validate.js';
+import { boundJsonSql, isOver, tooLarge } from './response-bounds.js';
 
 const q = pg.escapeIdentifier;
 /** Read-only query parameters an update or delete by filter refuses rather than ignores. */
@@ -46,6 +47,8 @@ export interface RowsServiceOptions {
   maxLimit: number;
   /** count=estimated for tenant roles: an exact count stopped at this cap (COUNT_ESTIMATE_CAP; default 10,000). */
   countCap?: number;
+  /** Most bytes of JSON one read answers (ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES): past it 413 RESPONSE_TOO_LARGE. */
+  maxResponseBytes?: number;
   /** Called after a write of its own transaction commits (src/services/analytics/write-hooks.ts); not inside a caller's transaction. */
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
@@ -61,6 +64,9 @@ interface Runner {
 export function createRowsService(opts: RowsServiceOptions) {
   const { db, schema, cursors } = opts;
   const countCap = Math.max(1, Math.floor(opts.countCap ?? 10_000));
+  const maxBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
+  const overflow = () =>
+    tooLarge('the answer', maxBytes, 'ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES', 'ask for fewer rows (limit), fewer columns (select) or smaller embeds (<embed>.limit)');
   /** The statement of a plain read by primary key, per table (a schema refresh makes new TableInfo). */
   const plainGets = new WeakMap<TableInfo, string>();
 
@@ -126,7 +132,8 @@ export function createRowsService(opts: RowsServiceOptions) {
     const keys = order.map((o, i) => `t0.${q(o.column)}::text AS k${i}`).join(', ');
     const where = filters.length ? `WHERE ${filters.join(' AND ')}` : '';
     const text = `SELECT ${json}::text AS j, ${keys} FROM ${t.qualified} t0 ${where} ORDER BY ${orderSql('t0', order)} LIMIT ${params.add(limit + 1)}`;
-    return { t, rq, params, order, limit, signature, text, countFilters, countValues };
+    const keyNames = order.map((_, i) => `k${i}`);
+    return { t, rq, params, order, limit, signature, text, keyNames, countFilters, countValues };
   }
 
   const service = {
@@ -143,7 +150,9 @@ export function createRowsService(opts: RowsServiceOptions) {
 
     /** list() over a relation described outside the registry (the tenant-filtered view of a materialized view). */
     async listTable(ctx: SessionContext, table: TableInfo, qs: QueryString, tx?: Tx): Promise<string> {
-      const { t, rq, params, order, limit, signature, text, countFilters, countValues } = await buildList(table, qs);
+      const { t, rq, params, order, limit, signature, text: unbounded, keyNames, countFilters, countValues } = await buildList(table, qs);
+      // PostgreSQL sums the rows' JSON sizes and sends none past the bound (response-bounds.ts)
+      const text = boundJsonSql(unbounded, keyNames, params.add(maxBytes));
       const countWhere = countFilters.length ? `WHERE ${countFilters.join(' AND ')}` : '';
       const countSql =
         rq.count === 'exact'
@@ -180,6 +189,7 @@ export function createRowsService(opts: RowsServiceOptions) {
                     );
               return { rows: p.rows, total: n };
             });
+      if (rows.length > 0 && isOver(rows[rows.length - 1]!)) throw overflow();
       const more = rows.length > limit;
       const pageRows = more ? rows.slice(0, limit) : rows;
       const last = pageRows[pageRows.length - 1];
@@ -214,11 +224,15 @@ export function createRowsService(opts: RowsServiceOptions) {
         checkEmbedPaths(rq.select, s.embeds);
         const where = filterSql(t, 't0', filter, params);
         text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
+        // The plain read (the table's own columns, one row) stays as it is: its size is what one row
+        // holds, and it is the hot path. A select (aliases, embeds) is bounded like a page.
+        if (!plain) text = boundJsonSql(text, ['v'], params.add(maxBytes));
         values = params.values;
         if (plain && values.length === 1 && values[0] === pk) plainGets.set(t, text);
       }
       const { rows } = await singleStatement<{ j: string; v: string }>(ctx, tx, true, text, values);
       const row = rows[0];
+      if (row && isOver(row)) throw overflow();
       if (!row) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(pk)} in ${t.name}`);
       return { body: `{"data":${row.j}}`, etag: `"${row.v}"` };
     },

@@ -19,6 +19,7 @@ import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import { AppError, badRequest, unavailable } from '../../errors.js';
 import { DENIED_FUNCTION_REGEX, GUARD_ONLY_FUNCTIONS, guardStatement, wrapWithLimit, type GuardedStatement } from './sql-guard.js';
+import { BOUND_ROWS_PREFIX_LENGTH, boundRowsSql, readBounded } from './response-bounds.js';
 
 /** The role analyst SQL runs under (migrations/0003_analyst_role). */
 export const ANALYST_ROLE = 'strata_analyst';
@@ -55,18 +56,6 @@ export interface SqlServiceDeps {
   rowCap?: number;
 }
 
-/**
- * Caps the bytes a result may carry, inside PostgreSQL: rows are kept while the running total of
- * their text size stays under the cap, so a row of a gigabyte never reaches the service. The
- * wrapped statement is a CTE read twice (so PostgreSQL materializes it and runs it once); the
- * left join from its one-row summary keeps one row even when no row fits, to tell that apart from
- * an empty result. The nested loop that a non-equality left join needs keeps the rows in order.
- */
-const CAP_PREFIX =
-  'WITH strata_r AS (SELECT strata_rows.*, sum(octet_length(strata_rows::text)) OVER (ROWS UNBOUNDED PRECEDING) AS "strata$bytes" FROM (\n';
-const capSuffix = (capParam: number) =>
-  `\n) AS strata_rows), strata_m AS (SELECT count(*) AS "strata$rows" FROM strata_r)
-SELECT strata_r.*, strata_m."strata$rows" FROM strata_m LEFT JOIN strata_r ON strata_r."strata$bytes" <= $${capParam}`;
 const DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -276,21 +265,18 @@ export function createSqlService(deps: SqlServiceDeps) {
       }
       const stmt = await guardWithParams(input.sql, params);
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
-      const text = `${CAP_PREFIX}${wrapped.text}${capSuffix(params.length + 2)}`;
+      // Bytes are capped inside PostgreSQL, counted as each row's JSON (what the client is sent):
+      // a row of a gigabyte never reaches the service (response-bounds.ts).
+      const text = boundRowsSql(wrapped.text, `$${params.length + 2}`);
       await ensureSandbox(ctx);
       let res: pg.QueryResult;
       try {
         res = await runAsAnalyst(db, ctx, text, [...params, rowCap + 1, maxBytes], { statementTimeoutMs: timeout });
       } catch (err) {
-        throw toSqlError(err, { prefixLength: CAP_PREFIX.length + wrapped.prefixLength, offset: stmt.offset });
+        throw toSqlError(err, { prefixLength: BOUND_ROWS_PREFIX_LENGTH + wrapped.prefixLength, offset: stmt.offset });
       }
-      // the last two columns are the cap's own: running bytes, and the rows before the cap
-      const meta = res.fields.slice(-2).map((f) => f.name);
-      res.fields = res.fields.slice(0, -2);
-      const rows = res.rows as Record<string, unknown>[];
-      const before = Number(rows[0]?.['strata$rows'] ?? 0);
-      if (rows.length === 1 && rows[0]?.['strata$bytes'] === null) rows.length = 0; // no row fits, or none at all
-      for (const r of rows) for (const m of meta) delete r[m];
+      // the rows the statement produced (up to the row cap + 1), sent or not
+      const before = readBounded(res).total;
       const names = res.fields.map((f) => f.name);
       const dup = names.find((n, i) => names.indexOf(n) !== i);
       if (dup !== undefined) {

@@ -172,6 +172,10 @@ export function createExportService(deps: ExportServiceDeps) {
       const release = deps.exportSlot?.(ctx.tenantId) ?? (() => undefined);
       const out = new PassThrough({ highWaterMark: CHUNK_BYTES });
       out.once('close', release);
+      // The listener exists before anything can fail: a COPY that fails before the caller has the
+      // stream (no connection, a bad plan) destroys `out` with the error, and an 'error' event with
+      // no listener would end the process. The failure itself is reported through `done` below.
+      out.on('error', () => undefined);
       const started = performance.now();
       let markStarted!: () => void;
       const firstByte = new Promise<void>((resolve) => (markStarted = resolve));
@@ -187,7 +191,7 @@ export function createExportService(deps: ExportServiceDeps) {
       try {
         await Promise.race([firstByte, done]);
       } catch (err) {
-        release();
+        out.destroy();
         if (signal?.aborted) throw new AppError(499, 'CLIENT_CLOSED_REQUEST', 'the client closed the connection before the export started', undefined, { cause: err });
         throw plan.analyst ? toSqlError(err, { prefixLength: Number.MAX_SAFE_INTEGER, offset: 0 }) : err;
       }

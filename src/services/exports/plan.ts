@@ -55,13 +55,25 @@ export function copySql(plan: Pick<ExportPlan, 'format' | 'select'>): string {
     : `COPY (${plan.select}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')`;
 }
 
-/** A value as an SQL literal, typed by context as a parameter would be; arrays as array literals. */
+/**
+ * A value as an SQL literal, typed by context as a parameter would be; arrays as array literals.
+ * The one quoting function of values (COPY takes no bind parameters): every value of an export
+ * passes here. PostgreSQL text cannot hold NUL (a parameter holding one is refused with 22021), and
+ * in statement text it would end the statement early: 400 INVALID_TEXT before anything is sent.
+ */
 export function sqlLiteral(v: unknown): string {
   if (v === null || v === undefined) return 'NULL';
-  if (Array.isArray(v)) return pg.escapeLiteral(arrayLiteral(v));
-  if (v instanceof Date) return pg.escapeLiteral(v.toISOString());
-  if (typeof v === 'object') return pg.escapeLiteral(JSON.stringify(v));
-  return pg.escapeLiteral(scalarText(v));
+  if (Array.isArray(v)) return quote(arrayLiteral(v));
+  if (v instanceof Date) return quote(v.toISOString());
+  if (typeof v === 'object') return quote(JSON.stringify(v));
+  return quote(scalarText(v));
+}
+
+function quote(text: string): string {
+  if (text.includes('\0')) {
+    throw badRequest('INVALID_TEXT', 'a value holds a character PostgreSQL cannot store in text (NUL, \\u0000)');
+  }
+  return pg.escapeLiteral(text);
 }
 
 /** Text of a scalar (string, number, boolean, bigint) as a parameter would send it. */

@@ -12,7 +12,7 @@ import { badRequest, conflict, notFound } from '../../errors.js';
 import type { JobsService } from '../jobs/index.js';
 import type { ColumnInfo, SchemaRegistry, TableInfo } from '../data/index.js';
 import { SEARCH_TSV_COLUMN } from '../data/index.js';
-import { Params, checkEmbedPaths, filterSql, rowJsonSql, type BuildScope } from '../data/index.js';
+import { Params, boundRowsSql, checkEmbedPaths, filterSql, readBounded, rowJsonSql, tooLarge, type BuildScope } from '../data/index.js';
 import type { CursorCodec } from '../data/index.js';
 import { parseRowsQuery, type RowsQuery } from '../data/index.js';
 import type { QueryString } from '../data/index.js';
@@ -75,6 +75,8 @@ export interface CreateIndexInput {
 
 export interface SearchServiceOptions {
   db: Database;
+  /** Most bytes of JSON one search answers (RESPONSE_MAX_BYTES): past it 413 RESPONSE_TOO_LARGE. */
+  maxResponseBytes?: number;
   schema: SchemaRegistry;
   cursors: CursorCodec;
   fuzzyThreshold: number;
@@ -210,19 +212,27 @@ export function createSearchService(opts: SearchServiceOptions) {
    * threshold is set LOCAL first (the `<%` operator reads it; GIN trigram indexes serve it), in the
    * same pipelined round trip; otherwise the statement is a single-trip transaction.
    */
-  async function run<R extends Record<string, unknown>>(ctx: SessionContext, fuzzy: boolean, sql: string, values: unknown[]) {
-    if (!fuzzy) return (await db.tenantQuery<R>(ctx, sql, values, { readOnly: true })).rows;
-    return db.withTenant(
-      ctx,
-      async (tx) => {
-        const [, res] = await Promise.all([
-          tx.query("SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)", [String(opts.fuzzySimilarity)]),
-          tx.query<R>(sql, values, { final: true }),
-        ]);
-        return res.rows;
-      },
-      { readOnly: true },
-    );
+  async function run<R extends Record<string, unknown>>(ctx: SessionContext, fuzzy: boolean, unbounded: string, given: unknown[]) {
+    // PostgreSQL sizes the answer's rows and sends none past the bound (data/response-bounds.ts)
+    const maxBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
+    const values = [...given, maxBytes];
+    const sql = boundRowsSql(unbounded, `$${values.length}`);
+    const res = !fuzzy
+      ? await db.tenantQuery<R>(ctx, sql, values, { readOnly: true })
+      : await db.withTenant(
+          ctx,
+          async (tx) => {
+            const [, r] = await Promise.all([
+              tx.query("SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)", [String(opts.fuzzySimilarity)]),
+              tx.query<R>(sql, values, { final: true }),
+            ]);
+            return r;
+          },
+          { readOnly: true },
+        );
+    const b = readBounded(res);
+    if (b.cut) throw tooLarge('the search answer', maxBytes, 'RESPONSE_MAX_BYTES', 'ask for fewer hits (limit) or fewer columns (select)');
+    return b.rows;
   }
 
   function checkK(k: number | undefined): number {
@@ -242,7 +252,7 @@ export function createSearchService(opts: SearchServiceOptions) {
     const rowJson = rowJsonSql(vp.t, 't0', rq.select, scope);
     const sql = `WITH ${cte}
       SELECT ${rowJson}::text AS j, vh.score::text AS score FROM vector_hits vh JOIN ${vp.t.qualified} t0 ON t0.${pgIdent(vp.pk.name)} = vh.pk ORDER BY vh.score DESC, vh.pk`;
-    const { rows } = await db.tenantQuery<{ j: string; score: string }>(ctx, sql, params.values, { readOnly: true });
+    const rows = await run<{ j: string; score: string }>(ctx, false, sql, params.values);
     return { data: rows.map((r) => ({ row: JSON.parse(r.j) as unknown, score: Number(r.score) })), next_cursor: null };
   }
 

@@ -81,16 +81,62 @@ export function splitTopLevel(input: string, sep = ','): string[] {
   return out;
 }
 
+/**
+ * Bounds of a select list, checked while parsing (400 before anything runs): each item can make
+ * every row larger (an alias repeats a column, an embed nests up to `limit` rows per row), so a short
+ * URL could otherwise ask PostgreSQL for gigabytes. Documented in docs/limits.md.
+ */
+export const SELECT_LIMITS = {
+  /** Items (columns, aliases, embeds, `*`) over the whole select, nested lists included: SELECT_TOO_WIDE. */
+  maxItems: 100,
+  /** Embeds inside embeds: `a(b(c(*)))` is depth 3: EMBED_TOO_DEEP. */
+  maxEmbedDepth: 3,
+  /** Embeds over the whole select: TOO_MANY_EMBEDS. */
+  maxEmbeds: 10,
+  /** Times one column may appear (under different aliases) in one select list: TOO_MANY_ALIASES. */
+  maxSameColumn: 4,
+} as const;
+
 export function parseSelect(input: string): SelectItem[] {
+  return parseSelectList(input, 0, { items: 0, embeds: 0 });
+}
+
+function parseSelectList(input: string, depth: number, seen: { items: number; embeds: number }): SelectItem[] {
   if (input.trim() === '') throw fail('INVALID_SELECT', 'select must name at least one column');
+  const perColumn = new Map<string, number>();
   return splitTopLevel(input).map((raw) => {
+    if (++seen.items > SELECT_LIMITS.maxItems) {
+      throw fail('SELECT_TOO_WIDE', `select names more than ${SELECT_LIMITS.maxItems} items (columns, aliases and embeds, nested ones included)`, { max: SELECT_LIMITS.maxItems });
+    }
     const item = raw.trim();
-    if (item === '*') return { kind: 'star' as const };
+    if (item === '*') {
+      // every `*` repeats all the columns: it counts like a column repeated under another alias
+      const stars = (perColumn.get('*') ?? 0) + 1;
+      perColumn.set('*', stars);
+      if (stars > SELECT_LIMITS.maxSameColumn) {
+        throw fail('TOO_MANY_ALIASES', `* is selected more than ${SELECT_LIMITS.maxSameColumn} times in one select list`, { column: '*', max: SELECT_LIMITS.maxSameColumn });
+      }
+      return { kind: 'star' as const };
+    }
     const m = /^(?:([A-Za-z_][A-Za-z0-9_$]*):)?([A-Za-z_][A-Za-z0-9_$]*)(?:!inner|!left)?(?:\((.*)\))?$/s.exec(item);
     if (!m) throw fail('INVALID_SELECT', `cannot read select item ${JSON.stringify(item)}`);
     const [, alias, name, inner] = m;
     if (inner !== undefined) {
-      return { kind: 'embed' as const, relation: identifier(name!, 'relationship'), alias, select: parseSelect(inner === '' ? '*' : inner) };
+      if (depth + 1 > SELECT_LIMITS.maxEmbedDepth) {
+        throw fail('EMBED_TOO_DEEP', `embedded relationships nest deeper than ${SELECT_LIMITS.maxEmbedDepth} levels at ${JSON.stringify(name)}`, { max: SELECT_LIMITS.maxEmbedDepth });
+      }
+      if (++seen.embeds > SELECT_LIMITS.maxEmbeds) {
+        throw fail('TOO_MANY_EMBEDS', `select embeds more than ${SELECT_LIMITS.maxEmbeds} relationships`, { max: SELECT_LIMITS.maxEmbeds });
+      }
+      return { kind: 'embed' as const, relation: identifier(name!, 'relationship'), alias, select: parseSelectList(inner === '' ? '*' : inner, depth + 1, seen) };
+    }
+    const times = (perColumn.get(name!) ?? 0) + 1;
+    perColumn.set(name!, times);
+    if (times > SELECT_LIMITS.maxSameColumn) {
+      throw fail('TOO_MANY_ALIASES', `column ${JSON.stringify(name)} is selected more than ${SELECT_LIMITS.maxSameColumn} times in one select list`, {
+        column: name,
+        max: SELECT_LIMITS.maxSameColumn,
+      });
     }
     return alias ? { kind: 'column' as const, name: identifier(name!, 'column'), alias } : { kind: 'column' as const, name: identifier(name!, 'column') };
   });
