@@ -54,6 +54,8 @@ import webhookRoutes from './api/rest/webhooks/index.js';
 import { createSearchService, type SearchService } from './services/search/index.js';
 import searchRoutes from './api/rest/search/index.js';
 import searchIndexRoutes from './api/rest/search-indexes/index.js';
+import postgrestRoutes from './api/postgrest/index.js';
+import { createRestFunctionsService, createRestRowsService, type RestFunctionsService, type RestRowsService } from './services/data/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -71,6 +73,9 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
+  /** The PostgREST face's core: reads/writes and functions (/rest/v1). */
+  restRows: RestRowsService;
+  restFunctions: RestFunctionsService;
 }
 
 declare module 'fastify' {
@@ -174,6 +179,8 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
+    restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, afterCommit: hooks.afterCommit }),
+    restFunctions: createRestFunctionsService({ db, schema }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
   };
   db.observe(services.insight.observer);
@@ -216,6 +223,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   app.addHook('onClose', () => services.changeFeed.close());
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
+  await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
   return app;
 }
 

@@ -8,3 +8,6 @@ export * from './schema-registry.js';
 export * from './sql-guard.js';
 export * from './sql.js';
 export * from './transactions.js';
+export * from './rest-query/relations.js';
+export * from './rest-rows.js';
+export * from './rest-functions.js';

@@ -418,7 +418,7 @@ function result(
 }
 
 /** JSON columns take JSON text; other values go as they are (arrays become PostgreSQL arrays). */
-function toParam(t: TableInfo, column: string, value: unknown): unknown {
+export function toParam(t: TableInfo, column: string, value: unknown): unknown {
   const c = t.columnMap.get(column);
   if (value === null) return null;
   if (c && (c.udt === 'json' || c.udt === 'jsonb') && !c.isArray) return JSON.stringify(value);

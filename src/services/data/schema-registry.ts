@@ -63,11 +63,15 @@ export interface TableInfo {
 export interface Relationship {
   /** Name to use in `select=name(...)`: the other table's name (or the FK column minus `_id`). */
   name: string;
-  kind: 'many-to-one' | 'one-to-many';
+  kind: 'many-to-one' | 'one-to-many' | 'one-to-one' | 'many-to-many';
   table: string;
-  /** Columns on this side and on the other side, pairwise. */
+  /** Columns on this side and on the other side, pairwise (many-to-many: this side's key the junction refers to). */
   localColumns: string[];
   remoteColumns: string[];
+  /** The foreign key it follows (many-to-many: the junction's key to the target). */
+  constraint?: string;
+  /** Many-to-many: the join table, its columns referring to this side and to the target. */
+  junction?: { table: string; qualified: string; localColumns: string[]; remoteColumns: string[]; targetColumns: string[] };
 }
 
 export const EXPOSED_SCHEMAS = ['public'];
