@@ -205,9 +205,21 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
       expect(hinted.data).toEqual({ stars: 5, reviewer: { name: 'Bob' }, subject: { name: 'Ann' } });
     });
 
-    it('reads a view under the caller tenant', async () => {
+    it('reads a view under the caller tenant, with relationships inferred from its base table', async () => {
       const { data } = await sb.from('long_books').select('title').order('id');
       expect(data).toEqual([{ title: 'Alpha' }, { title: 'Gamma' }]);
+      const up = await sb.from('long_books').select('title,authors(name),genres(name)').order('id');
+      expect(up.error).toBeNull();
+      expect(up.data).toEqual([
+        { title: 'Alpha', authors: { name: 'Ann' }, genres: [{ name: 'sf' }, { name: 'drama' }] },
+        { title: 'Gamma', authors: { name: 'Bob' }, genres: [{ name: 'drama' }] },
+      ]);
+      const down = await sb.from('authors').select('name,long_books(title)').order('id');
+      expect(down.data).toEqual([
+        { name: 'Ann', long_books: [{ title: 'Alpha' }] },
+        { name: 'Bob', long_books: [{ title: 'Gamma' }] },
+        { name: 'Cid', long_books: [] },
+      ]);
     });
   });
 
@@ -298,6 +310,10 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
       const rep = await pg.from('genres').insert({ name: 'essays' }).select('name,tenant_id');
       expect(rep.status).toBe(201);
       expect(rep.data).toEqual([{ name: 'essays', tenant_id: 'acme' }]);
+      const headersOnly = await raw('/genres', { method: 'POST', body: '{"id":50,"name":"saga"}', headers: { prefer: 'return=headers-only' } });
+      expect(headersOnly.status).toBe(201);
+      expect(headersOnly.headers.get('location')).toBe('/genres?id=eq.50');
+      expect(headersOnly.text).toBe('');
       const single = await pg.from('genres').insert({ name: 'myth' }).select('name').single();
       expect(single.data).toEqual({ name: 'myth' });
       expect((await sql("SELECT count(*)::int AS n FROM genres WHERE name IN ('poetry','essays','myth') AND tenant_id='acme'"))[0]).toEqual({ n: 3 });

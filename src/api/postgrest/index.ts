@@ -127,6 +127,14 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
       resolution: p.resolution === 'merge-duplicates' ? 'merge' : p.resolution === 'ignore-duplicates' ? 'ignore' : undefined,
     });
     const extra = [p.resolution ? `resolution=${p.resolution}` : '', p.missing ? `missing=${p.missing}` : ''].filter(Boolean);
+    if (p.return === 'headers-only' && written.length === 1 && !rq.selectGiven) {
+      // PostgREST's Location: the created row by its primary key
+      const t = await app.services.schema.table(table);
+      const row = JSON.parse(written[0]!) as Record<string, unknown>;
+      if (t.primaryKey.length && t.primaryKey.every((k) => row[k] !== undefined && row[k] !== null)) {
+        void reply.header('location', `/${table}?${t.primaryKey.map((k) => `${encodeURIComponent(k)}=eq.${encodeURIComponent(String(row[k] as string | number))}`).join('&')}`);
+      }
+    }
     return sendWritten(request, reply, p, written, true, extra);
   });
 

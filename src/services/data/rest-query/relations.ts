@@ -21,48 +21,54 @@ interface Candidate {
 const unique = (t: TableInfo, cols: string[]) => t.indexes.some((ix) => ix.unique && ix.columns.length > 0 && ix.columns.every((c) => cols.includes(c)));
 const meaningful = (cols: string[]) => cols.filter((c) => c !== 'tenant_id');
 
+/** A view's relationships are its base table's, restricted to the columns the view shows. */
+function baseOf(tables: Map<string, TableInfo>, x: TableInfo): TableInfo {
+  return (x.base !== undefined ? tables.get(x.base) : undefined) ?? x;
+}
+const shows = (x: TableInfo, cols: string[]) => cols.every((c) => x.columnMap.has(c));
+
 function candidates(tables: Map<string, TableInfo>, t: TableInfo, target: string): Candidate[] {
   const out: Candidate[] = [];
-  for (const fk of t.foreignKeys) {
-    if (fk.table !== target) continue;
-    const kind: Cardinality = 'many-to-one';
+  const other = tables.get(target);
+  if (!other) return out;
+  const tb = baseOf(tables, t);
+  const ob = baseOf(tables, other);
+  for (const fk of tb.foreignKeys) {
+    if (fk.table !== ob.name || !shows(t, fk.columns) || !shows(other, fk.refColumns)) continue;
     out.push({
-      rel: { name: target, kind, table: target, localColumns: fk.columns, remoteColumns: fk.refColumns, constraint: fk.name },
+      rel: { name: target, kind: 'many-to-one', table: target, localColumns: fk.columns, remoteColumns: fk.refColumns, constraint: fk.name },
       hints: [fk.name, ...meaningful(fk.columns), ...meaningful(fk.refColumns)],
       describe: `${fk.name} using ${t.name}(${fk.columns.join(', ')}) and ${target}(${fk.refColumns.join(', ')})`,
     });
   }
-  const other = tables.get(target);
-  for (const fk of t.referencedBy) {
-    if (fk.table !== target || !other) continue;
-    const kind: Cardinality = unique(other, fk.columns) ? 'one-to-one' : 'one-to-many';
+  for (const fk of tb.referencedBy) {
+    if (fk.table !== ob.name || !shows(t, fk.refColumns) || !shows(other, fk.columns)) continue;
+    const kind: Cardinality = unique(ob, fk.columns) ? 'one-to-one' : 'one-to-many';
     out.push({
       rel: { name: target, kind, table: target, localColumns: fk.refColumns, remoteColumns: fk.columns, constraint: fk.name },
       hints: [fk.name, ...meaningful(fk.columns), ...meaningful(fk.refColumns)],
       describe: `${fk.name} using ${target}(${fk.columns.join(', ')}) and ${t.name}(${fk.refColumns.join(', ')})`,
     });
   }
-  if (other) {
-    // many-to-many: a join table with a foreign key to each side, both inside its primary key
-    for (const j of tables.values()) {
-      if (j.name === t.name || j.name === target || j.primaryKey.length === 0) continue;
-      const inPk = (f: ForeignKey) => f.columns.every((c) => j.primaryKey.includes(c));
-      for (const toT of j.foreignKeys.filter((f) => f.table === t.name && inPk(f))) {
-        for (const toTarget of j.foreignKeys.filter((f) => f.table === target && f !== toT && inPk(f))) {
-          out.push({
-            rel: {
-              name: target,
-              kind: 'many-to-many',
-              table: target,
-              localColumns: toT.refColumns,
-              remoteColumns: toTarget.refColumns,
-              constraint: toTarget.name,
-              junction: { table: j.name, qualified: j.qualified, localColumns: toT.columns, remoteColumns: toTarget.columns, targetColumns: toTarget.refColumns },
-            },
-            hints: [j.name, toT.name, toTarget.name],
-            describe: `${t.name}, ${target} through ${j.name} (${toT.name}, ${toTarget.name})`,
-          });
-        }
+  // many-to-many: a join table with a foreign key to each side, both inside its primary key
+  for (const j of tables.values()) {
+    if (j.name === tb.name || j.name === ob.name || j.primaryKey.length === 0 || j.base !== undefined) continue;
+    const inPk = (f: ForeignKey) => f.columns.every((c) => j.primaryKey.includes(c));
+    for (const toT of j.foreignKeys.filter((f) => f.table === tb.name && inPk(f) && shows(t, f.refColumns))) {
+      for (const toTarget of j.foreignKeys.filter((f) => f.table === ob.name && f !== toT && inPk(f) && shows(other, f.refColumns))) {
+        out.push({
+          rel: {
+            name: target,
+            kind: 'many-to-many',
+            table: target,
+            localColumns: toT.refColumns,
+            remoteColumns: toTarget.refColumns,
+            constraint: toTarget.name,
+            junction: { table: j.name, qualified: j.qualified, localColumns: toT.columns, remoteColumns: toTarget.columns, targetColumns: toTarget.refColumns },
+          },
+          hints: [j.name, toT.name, toTarget.name],
+          describe: `${t.name}, ${target} through ${j.name} (${toT.name}, ${toTarget.name})`,
+        });
       }
     }
   }
