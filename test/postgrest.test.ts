@@ -196,6 +196,16 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
       expect((withBooks.body as Json[]).map((a) => a['name'])).toEqual(['Ann', 'Bob']);
     });
 
+    it('orders by JSON paths and by a to-one embedded column', async () => {
+      const byCity = await sb.from('authors').select('id').not('meta', 'is', null).order('meta->>city', { ascending: false });
+      expect(byCity.data).toEqual([{ id: 2 }, { id: 1 }]);
+      const byAuthor = await raw('/books?select=id,authors(name)&order=authors(name).desc,id.asc');
+      expect((byAuthor.body as Json[]).map((b) => b['id'])).toEqual([3, 4, 1, 2]);
+      const toMany = await raw('/authors?select=id,books(title)&order=books(title)');
+      expect(toMany.status).toBe(400);
+      expect(toMany.body).toMatchObject({ code: 'PGRST118' });
+    });
+
     it('answers 300 PGRST201 for an ambiguous embed and resolves it with a hint', async () => {
       const amb = await sb.from('reviews').select('stars,authors(name)');
       expect(amb.status).toBe(300);
@@ -503,6 +513,18 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
       const asReader = await sb.rpc('rename_author', { author: 3, new_name: 'Reader' });
       expect(asReader.status).toBe(405);
       expect((await sql('SELECT name FROM authors WHERE id = 3'))[0]).toEqual({ name: 'Cyd' });
+    });
+
+    it('reads a set-returning function of a table type like the table: select, filters, order, counts, embeds', async () => {
+      const r = await sb.rpc('books_by', { author: 1 }, { count: 'exact' }).select('title,authors(name)').gt('pages', 200).order('title', { ascending: false });
+      expect(r.error).toBeNull();
+      expect(r.count).toBe(1);
+      expect(r.data).toEqual([{ title: 'Alpha', authors: { name: 'Ann' } }]);
+      const get = await raw('/rpc/books_by?author=2&select=id&order=id.desc&limit=1');
+      expect(get.body).toEqual([{ id: 4 }]);
+      const scalar = await raw('/rpc/add_them?a=1&b=2&select=x');
+      expect(scalar.status).toBe(400);
+      expect(scalar.body).toMatchObject({ code: 'PGRST100' });
     });
 
     it('refuses SECURITY DEFINER functions', async () => {

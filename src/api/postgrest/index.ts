@@ -7,7 +7,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Capability } from '../../domain.js';
-import { EXPOSED_SCHEMAS, type SelectItem, type RestCall, type RestFunctionsService, type RestRowsService } from '../../services/data/index.js';
+import { EXPOSED_SCHEMAS, type Params, type SelectItem, type RestCall, type RestFunctionsService, type RestRowsService } from '../../services/data/index.js';
 import { authenticate, requestSettings } from './auth.js';
 import { PgrstError, pgrstErrorHandler } from './errors.js';
 import { checkProfile, negotiate, parsePrefer, parseRange, rangeAnswer, type Preferences } from './headers.js';
@@ -58,17 +58,17 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     return reply.type('application/openapi+json; charset=utf-8').send(JSON.stringify(doc));
   });
 
-  app.get('/:table', { schema: hide }, async (request, reply) => {
-    const { table } = request.params as { table: string };
+  /** A read (of a table, or of a set-returning function's rows) answered as PostgREST does. */
+  async function read(request: FastifyRequest, reply: FastifyReply, table: string, qs: QueryString, from?: NonNullable<Parameters<RestRowsService['read']>[3]>['from']) {
     const media = negotiate(request.headers.accept);
     const prefer = parsePrefer(request.headers.prefer);
-    const rq = parseRequest(request.query as QueryString, { write: false });
+    const rq = parseRequest(qs, { write: false });
     const range = parseRange(request.headers);
     if (range) {
-      if (!('offset' in (request.query as object))) rq.offset = range.offset;
+      if (!('offset' in qs)) rq.offset = range.offset;
       if (range.limit !== undefined && rq.limit === undefined) rq.limit = range.limit;
     }
-    const r = await rows.read(call(request), table, rq, { count: prefer.count, stripNulls: media.stripNulls });
+    const r = await rows.read(call(request), table, rq, { count: prefer.count, stripNulls: media.stripNulls, from });
     const { status, contentRange } = rangeAnswer(r.offset, r.rows.length, r.total);
     void reply.header('content-range', contentRange);
     applied(reply, prefer, prefer.count ? [`count=${prefer.count}`] : []);
@@ -84,7 +84,9 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
       .code(status)
       .type(media.stripNulls ? 'application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8' : JSON_TYPE)
       .send(`[${r.rows.join(',')}]`);
-  });
+  }
+
+  app.get('/:table', { schema: hide }, async (request, reply) => read(request, reply, (request.params as { table: string }).table, request.query as QueryString));
 
   /** Send a write's rows as PostgREST does for `Prefer: return=...`. */
   function sendWritten(request: FastifyRequest, reply: FastifyReply, p: Preferences, written: string[], created: boolean, extra: string[]) {
@@ -157,28 +159,39 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     return sendWritten(request, reply, p, written, false, []);
   });
 
-  const rpc = async (request: FastifyRequest, reply: FastifyReply, args: Record<string, unknown>, readOnly: boolean) => {
+  /**
+   * Call a function. A set-returning function of a table's row type is read like that table, so
+   * select, filters, order, limit/offset, counts and embedding apply to its rows; other functions
+   * take no query parameters beyond their arguments.
+   */
+  const rpc = async (request: FastifyRequest, reply: FastifyReply, args: Record<string, unknown>, rest: QueryString, readOnly: boolean) => {
     const { fn } = request.params as { fn: string };
+    const f = await functions.resolve(fn, Object.keys(args));
+    const tables = await app.services.schema.tables();
+    if (f.setof && f.composite && tables.has(f.returnType)) {
+      return read(request, reply, f.returnType, rest, { sql: (params: Params) => functions.callSql(f, args, params), readOnly: readOnly || f.volatility !== 'v' });
+    }
+    const extra = Object.keys(rest);
+    if (extra.length) throw new PgrstError(400, 'PGRST100', `"${extra[0]}" is not supported on /rpc/${fn} by Strata`, 'select, filters and paging apply to functions returning SETOF a table');
     const r = await functions.call(call(request), fn, args, { readOnly });
     if (r.json === undefined) return reply.code(204).send();
     return reply.code(200).type(JSON_TYPE).send(r.json);
   };
   app.get('/rpc/:fn', { schema: hide }, async (request, reply) => {
+    const names = await functions.argNames((request.params as { fn: string }).fn);
     const args: Record<string, unknown> = {};
+    const rest: QueryString = {};
     for (const [k, v] of Object.entries(request.query as QueryString)) {
-      if (['select', 'order', 'limit', 'offset', 'columns', 'on_conflict'].includes(k)) {
-        throw new PgrstError(400, 'PGRST100', `"${k}" is not supported on /rpc by Strata`, 'call the function without it, or read a table instead');
-      }
-      args[k] = v;
+      if (names.has(k)) args[k] = v;
+      else rest[k] = v;
     }
-    return rpc(request, reply, args, true);
+    return rpc(request, reply, args, rest, true);
   });
   app.post('/rpc/:fn', { schema: hide }, async (request, reply) => {
     const body = request.body ?? {};
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the arguments must be a JSON object');
-    if (Object.keys(request.query as object).length) throw new PgrstError(400, 'PGRST100', 'query parameters are not supported on POST /rpc by Strata');
     const canWrite = ['writer', 'admin', 'platform_admin'].includes(request.ctx.role);
-    return rpc(request, reply, body as Record<string, unknown>, !canWrite);
+    return rpc(request, reply, body as Record<string, unknown>, request.query as QueryString, !canWrite);
   });
 }
 

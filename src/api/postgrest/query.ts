@@ -67,7 +67,7 @@ export function parseRequest(qs: QueryString, opts: { write: boolean }): ParsedR
     if (key.length > 200) throw new PgrstError(400, 'PGRST100', '"failed to parse filter"', 'a parameter name is too long');
     switch (key) {
       case 'order':
-        out.order = syntax(`order (${one(raw, key)})`, () => parseOrder(one(raw, key)));
+        out.order = syntax(`order (${one(raw, key)})`, () => parseOrder(one(raw, key), { extended: true }));
         continue;
       case 'limit':
         out.limit = nonNegative(one(raw, key), 'limit');

@@ -9,6 +9,7 @@ import pg from 'pg';
 import type { Database } from '../../db/database.js';
 import { AppError, badRequest, forbidden, notFound } from '../../errors.js';
 import type { RestCall } from './rest-rows.js';
+import { Params } from './rest-query/build.js';
 import { EXPOSED_SCHEMAS, type SchemaRegistry } from './schema-registry.js';
 
 const q = pg.escapeIdentifier;
@@ -129,15 +130,20 @@ export function createRestFunctionsService(deps: { db: Database; schema: SchemaR
      * Call `name` with named arguments. `readOnly` for GET (a volatile function then fails as in
      * PostgREST). Returns the result as JSON text, or undefined for a void function.
      */
+    /** Names of every argument of every overload of `name` (to tell arguments from filters on GET). */
+    async argNames(name: string): Promise<Set<string>> {
+      return new Set(((await functions()).get(name) ?? []).flatMap((f) => f.args.map((a) => a.name)));
+    },
+    /** `schema.fn(a => $1::type, ...)` with its values added to `params`. */
+    callSql(f: FunctionInfo, args: Record<string, unknown>, params: Params): string {
+      const list = Object.entries(args).map(([k, v]) => `${q(k)} => ${params.add(argValue(f.args.find((x) => x.name === k)!, v))}::${f.args.find((x) => x.name === k)!.type}`);
+      return `${q(f.schema)}.${q(f.name)}(${list.join(', ')})`;
+    },
     async call(call: RestCall, name: string, args: Record<string, unknown>, o: { readOnly: boolean }): Promise<{ json?: string; fn: FunctionInfo }> {
       const f = await resolve(name, Object.keys(args));
-      const values: unknown[] = [];
-      const list = Object.entries(args).map(([k, v]) => {
-        const a = f.args.find((x) => x.name === k)!;
-        values.push(argValue(a, v));
-        return `${q(k)} => $${values.length}::${a.type}`;
-      });
-      const fn = `${q(f.schema)}.${q(f.name)}(${list.join(', ')})`;
+      const params = new Params();
+      const fn = this.callSql(f, args, params);
+      const values = params.values;
       const text = f.void
         ? `SELECT ${fn} AS j`
         : f.setof

@@ -9,7 +9,7 @@ import type { Database } from '../../db/database.js';
 import type { RequestSettings, SessionContext, Tx, TxOptions } from '../../db/session.js';
 import { badRequest, AppError } from '../../errors.js';
 import type { SchemaRegistry, TableInfo } from './schema-registry.js';
-import { filterSql, innerJoinsSql, orderSql, Params, rowJsonSql, type BuildScope } from './rest-query/build.js';
+import { filterSql, innerJoinsSql, joinWhere, orderSql, Params, pathSql, rowJsonSql, type BuildScope } from './rest-query/build.js';
 import type { EmbedOptions, Filter, OrderItem, SelectItem } from './rest-query/parse.js';
 import { resolveRelationship } from './rest-query/relations.js';
 import { validateRow } from './rest-query/validate.js';
@@ -96,12 +96,27 @@ export function createRestRowsService(opts: RestRowsOptions) {
     return out;
   }
 
-  function orderBy(t: TableInfo, order: OrderItem[], params: Params): string {
-    for (const o of order) {
+  /** ORDER BY with PostgREST's JSON paths and to-one embedded columns (`authors(name).desc`). */
+  function orderBy(t: TableInfo, rq: RestQuery, s: BuildScope): string {
+    const items = rq.order.map((o) => {
+      const dir = `${o.direction.toUpperCase()}${o.nulls ? ` NULLS ${o.nulls.toUpperCase()}` : ''}`;
+      if (o.relation !== undefined) {
+        const item = findEmbed(rq.select, o.relation);
+        if (!item) throw badRequest('UNKNOWN_EMBED', `'${o.relation}' is not an embedded resource in this request`, { hint: `Verify that '${o.relation}' is included in the 'select' query parameter.` });
+        const rel = s.relate!(t, item);
+        const target = s.tables.get(rel.table)!;
+        if (rel.kind !== 'many-to-one' && rel.kind !== 'one-to-one') {
+          throw badRequest('RELATED_ORDER_NOT_TO_ONE', `A related order on '${o.relation}' is not possible`, { hint: 'Note that only to-one relationships can be ordered by' });
+        }
+        if (!target.columnMap.has(o.column)) throw badRequest('UNKNOWN_COLUMN', `column ${target.name}.${o.column} does not exist`, { column: o.column, table: target.name });
+        const a = `t${++s.alias}`;
+        return `(SELECT ${a}.${q(o.column)} FROM ${target.qualified} ${a} WHERE ${joinWhere(a, 't0', rel, target, s, o.relation)} LIMIT 1) ${dir}`;
+      }
       if (!t.columnMap.has(o.column)) throw badRequest('UNKNOWN_COLUMN', `column ${t.name}.${o.column} does not exist`, { column: o.column, table: t.name });
-    }
-    void params;
-    return order.length ? ` ORDER BY ${orderSql('t0', order)}` : '';
+      if (o.path?.length) return `${pathSql(`t0.${q(o.column)}`, o.path, s.params)} ${dir}`;
+      return orderSql('t0', [o]);
+    });
+    return items.length ? ` ORDER BY ${items.join(', ')}` : '';
   }
 
   function txOptions(call: RestCall, readOnly: boolean): TxOptions {
@@ -155,20 +170,28 @@ export function createRestRowsService(opts: RestRowsOptions) {
 
   return {
     /** A read: rows as JSON text, and the total when a count was asked for. */
-    async read(call: RestCall, table: string, rq: RestQuery, o: { count?: CountMethod; stripNulls?: boolean } = {}): Promise<ReadResult> {
-      const t = await schema.table(table);
+    async read(
+      call: RestCall,
+      table: string,
+      rq: RestQuery,
+      o: { count?: CountMethod; stripNulls?: boolean; from?: { sql: (params: Params) => string; readOnly: boolean } } = {},
+    ): Promise<ReadResult> {
       const params = new Params();
+      const registered = await schema.table(table);
+      // a set-returning function of this table's row type is read like the table (RPC with filters)
+      const t = o.from ? { ...registered, qualified: o.from.sql(params) } : registered;
+      const readOnly = o.from?.readOnly ?? true;
       const s = await scopeFor(params, rq.embeds);
       const conds = conditions(t, rq, s);
       const where = conds.length ? ` WHERE ${conds.join(' AND ')}` : '';
       const countValues = [...params.values];
       const limit = Math.min(rq.limit ?? opts.maxRows, opts.maxRows);
       const json = rowJson(t, rq.select, s, o.stripNulls);
-      const order = orderBy(t, rq.order, params);
+      const order = orderBy(t, rq, s);
       const paging = ` LIMIT ${params.add(limit)}${rq.offset ? ` OFFSET ${params.add(rq.offset)}` : ''}`;
       const text = `SELECT ${json}::text AS j FROM ${t.qualified} t0${where}${order}${paging}`;
       if (!o.count) {
-        const res = await db.tenantQuery<{ j: string }>(call.ctx, text, params.values, txOptions(call, true));
+        const res = await db.tenantQuery<{ j: string }>(call.ctx, text, params.values, txOptions(call, readOnly));
         return { rows: res.rows.map((r) => r.j), offset: rq.offset };
       }
       // planned and estimated counts would read the planner's table-wide statistics, which describe
@@ -186,7 +209,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
           ]);
           return { rows: page.rows.map((r) => r.j), offset: rq.offset, total: Number(counted.rows[0]?.n ?? 0) };
         },
-        txOptions(call, true),
+        txOptions(call, readOnly),
       );
     },
 

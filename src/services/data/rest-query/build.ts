@@ -310,7 +310,7 @@ export function selectItemsSql(t: TableInfo, alias: string, select: SelectItem[]
 }
 
 /** Rows of `target` (aliased `a`) related to the parent row `parent`, with the embed's filters. */
-function joinWhere(a: string, parent: string, rel: Relationship, target: TableInfo, scope: BuildScope, path: string): string {
+export function joinWhere(a: string, parent: string, rel: Relationship, target: TableInfo, scope: BuildScope, path: string): string {
   const opts = scope.embeds.get(path);
   let join: string;
   if (rel.junction) {

@@ -47,6 +47,10 @@ export interface OrderItem {
   column: string;
   direction: 'asc' | 'desc';
   nulls?: 'first' | 'last';
+  /** PostgREST face only: a JSON path under the column (`data->>a.desc`). */
+  path?: JsonStep[];
+  /** PostgREST face only: a column of an embedded to-one resource (`authors(name).desc`). */
+  relation?: string;
 }
 
 /** Options that apply to one embedded relationship (`runs.order=`, `runs.limit=`, `runs.status=`). */
@@ -191,11 +195,15 @@ export function parseLogic(kind: 'and' | 'or', not: boolean, expr: string): Filt
   return { kind, not, items };
 }
 
-export function parseOrder(input: string): OrderItem[] {
+export function parseOrder(input: string, opts: { extended?: boolean } = {}): OrderItem[] {
   return splitTopLevel(input).map((raw) => {
     const parts = raw.trim().split('.');
-    const column = identifier(parts[0] ?? '', 'order column');
-    const item: OrderItem = { column, direction: 'asc' };
+    let item: OrderItem;
+    const rel = opts.extended ? /^([A-Za-z_][A-Za-z0-9_$]*)\(([A-Za-z_][A-Za-z0-9_$]*)\)$/.exec(parts[0] ?? '') : null;
+    const path = opts.extended ? /^([A-Za-z_][A-Za-z0-9_$]*)((?:->>?(?:-?\d+|[A-Za-z_][A-Za-z0-9_$]*))+)$/.exec(parts[0] ?? '') : null;
+    if (rel) item = { column: identifier(rel[2]!, 'order column'), relation: rel[1]!, direction: 'asc' };
+    else if (path) item = { column: identifier(path[1]!, 'order column'), path: parsePath(path[2]!), direction: 'asc' };
+    else item = { column: identifier(parts[0] ?? '', 'order column'), direction: 'asc' };
     for (const p of parts.slice(1)) {
       if (p === 'asc' || p === 'desc') item.direction = p;
       else if (p === 'nullsfirst') item.nulls = 'first';
