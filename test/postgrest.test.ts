@@ -469,6 +469,8 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
       const reader = await sb.from('genres').insert({ name: 'reader-write' });
       expect(reader.status).toBe(403);
       expect(reader.error).toMatchObject({ code: '42501' });
+      const sneaky = await raw('/genres?name=eq./rpc/x', { method: 'POST', body: '{"name":"reader-write"}', token: readerJwt });
+      expect(sneaky.status).toBe(403);
       expect((await sql("SELECT count(*)::int AS n FROM genres WHERE name = 'reader-write'"))[0]).toEqual({ n: 0 });
     });
 

@@ -41,7 +41,9 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     reply.code(404).type(JSON_TYPE).send({ code: 'PGRST125', message: `Invalid path specified in request URL: ${request.url.split('?')[0]}`, details: null, hint: null }),
   );
 
-  const capabilityOf = (request: FastifyRequest): Capability => (request.method === 'GET' || request.method === 'HEAD' || request.url.includes('/rpc/') ? 'read' : 'write');
+  // functions decide for themselves (a reader's POST /rpc runs read-only); the path alone decides, never the query
+  const capabilityOf = (request: FastifyRequest): Capability =>
+    request.method === 'GET' || request.method === 'HEAD' || (request.routeOptions.url ?? '').endsWith('/rpc/:fn') ? 'read' : 'write';
   app.addHook('onRequest', async (request) => {
     await authenticate(request, app.auth, capabilityOf(request));
     checkProfile(request.headers, EXPOSED_SCHEMAS);
