@@ -603,3 +603,22 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
     expect(await sql("SELECT (SELECT count(*) FROM books)::int AS b, (SELECT count(*) FROM genres)::int AS g, (SELECT count(*) FROM authors)::int AS a")).toEqual(before);
   });
 });
+
+describe('PostgREST face: planned and estimated counts are capped exact counts', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await createTestApp({ env: { POSTGREST_COUNT_CAP: '2' } });
+    await t.db.adminQuery(FIXTURE);
+    await t.db.adminQuery(SEED);
+    await t.app.services.schema.refresh();
+  });
+  afterAll(() => t?.close());
+
+  it('counts at most POSTGREST_COUNT_CAP rows for planned/estimated, exactly for exact', async () => {
+    const headers = { authorization: `Bearer ${await t.token('reader', 'acme')}` };
+    const count = async (method: string) => (await t.app.inject({ url: '/rest/v1/books?select=id&limit=1', headers: { ...headers, prefer: `count=${method}` } })).headers['content-range'];
+    expect(await count('exact')).toBe('0-0/4');
+    expect(await count('planned')).toBe('0-0/2');
+    expect(await count('estimated')).toBe('0-0/2');
+  });
+});

@@ -13,6 +13,7 @@ import {
   checkEmbedPaths,
   checkValue,
   filterSql,
+  innerJoinsSql,
   keysetSql,
   orderSql,
   Params,
@@ -115,6 +116,8 @@ export function createRowsService(opts: RowsServiceOptions) {
     const limit = rq.limit ?? opts.defaultLimit;
     const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
     const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
+    // `rel!inner(...)`: only parents with a related row passing the embed's filters
+    filters.push(...innerJoinsSql(t, 't0', rq.select, s));
     const countFilters = [...filters];
     const countValues = [...params.values];
     if (rq.cursor !== undefined)
