@@ -233,4 +233,13 @@ describe('rows API: reads with the PostgREST syntax', () => {
     expect(data.every((d) => d.pipeline_runs.length > 0)).toBe(true);
     expect(body['total']).toBe(expected.length);
   });
+
+  it('refuses a bad regular expression and an impossible cast with 400, not 500', async () => {
+    const regex = await get('/v1/tables/pipelines/rows?name=match.(((');
+    expect(regex.status).toBe(400);
+    expect((regex.body['error'] as Json)['code']).toBe('INVALID_REGEX');
+    const cast = await get('/v1/tables/pipeline_runs/rows?select=id,params::int');
+    expect(cast.status).toBe(400);
+    expect((cast.body['error'] as Json)['code']).toBe('INVALID_CAST');
+  });
 });
