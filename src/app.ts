@@ -61,6 +61,8 @@ import searchRoutes from './api/rest/search/index.js';
 import searchIndexRoutes from './api/rest/search-indexes/index.js';
 import { createTestingService, type TestingService } from './services/testing/index.js';
 import testingRoutes from './api/rest/testing/index.js';
+import postgrestRoutes from './api/postgrest/index.js';
+import { createRestFunctionsService, createRestRowsService, type RestFunctionsService, type RestRowsService } from './services/data/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -80,6 +82,9 @@ export interface AppServices extends BackupServices {
   search: SearchService;
   compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
   testing: TestingService;
+  /** The PostgREST face's core: reads/writes and functions (/rest/v1). */
+  restRows: RestRowsService;
+  restFunctions: RestFunctionsService;
 }
 
 declare module 'fastify' {
@@ -207,6 +212,8 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
       masterKeys,
     },
     testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
+    restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, afterCommit: hooks.afterCommit }),
+    restFunctions: createRestFunctionsService({ db, schema }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
   };
   db.observe(services.insight.observer);
@@ -253,6 +260,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
   await app.register(complianceRoutes, { prefix: '/v1/admin/compliance' });
   await app.register(testingRoutes, { prefix: '/v1/testing' });
+  await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
   return app;
 }
 

@@ -75,6 +75,13 @@ export const EnvSchema = Type.Object({
   /** Rows per page when no limit is given, and the largest limit accepted (more -> 400 LIMIT_TOO_LARGE). */
   ROWS_DEFAULT_LIMIT: Int(50, 1, 100_000),
   ROWS_MAX_LIMIT: Int(1000, 1, 100_000),
+  /** PostgREST face (/rest/v1): the most rows one read returns (PostgREST's db-max-rows), also the cap of each embedded list. */
+  POSTGREST_MAX_ROWS: Int(1000, 1, 100_000),
+  /**
+   * PostgREST face: `Prefer: count=planned|estimated` answer an exact count capped at this many rows
+   * (planner statistics are table-wide and would describe other tenants' rows).
+   */
+  POSTGREST_COUNT_CAP: Int(10_000, 1, 10_000_000),
   /** Search (SPEC 10): fuzzy fallback when the text query finds fewer hits than this. */
   SEARCH_FUZZY_THRESHOLD: Int(10, 0, 10_000),
   SEARCH_MAX_QUERY_LENGTH: Int(256, 1, 10_000),

@@ -51,7 +51,7 @@ export function loggerOptions(config: Pick<Config, 'LOG_LEVEL'>): LoggerOptions 
   return {
     level: config.LOG_LEVEL,
     redact: {
-      paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', '*.password', '*.key', '*.secret'],
+      paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.apikey', 'req.headers.cookie', '*.password', '*.key', '*.secret'],
       censor: '[redacted]',
     },
     // called once per written line with the logger that writes it (children inherit the property)

@@ -220,4 +220,26 @@ describe('rows API: reads with the PostgREST syntax', () => {
       expect((otherOrder.body['error'] as Json)['code']).toBe('INVALID_CURSOR');
     });
   });
+
+  it('keeps only parents with a matching embedded row for rel!inner (count included)', async () => {
+    const { status, body } = await get('/v1/tables/pipelines/rows?select=id,pipeline_runs!inner(id,status)&pipeline_runs.status=eq.failed&limit=1000&count=exact');
+    expect(status).toBe(200);
+    const expected = await sql<{ id: number }>(
+      "SELECT p.id::int FROM pipelines p WHERE p.tenant_id = 'acme' AND EXISTS (SELECT 1 FROM pipeline_runs r WHERE r.tenant_id = p.tenant_id AND r.pipeline_id = p.id AND r.status = 'failed') ORDER BY p.id",
+    );
+    const data = body['data'] as Array<{ id: number; pipeline_runs: unknown[] }>;
+    expect(expected.length).toBeGreaterThan(0);
+    expect(data.map((d) => d.id)).toEqual(expected.map((e) => e.id));
+    expect(data.every((d) => d.pipeline_runs.length > 0)).toBe(true);
+    expect(body['total']).toBe(expected.length);
+  });
+
+  it('refuses a bad regular expression and an impossible cast with 400, not 500', async () => {
+    const regex = await get('/v1/tables/pipelines/rows?name=match.(((');
+    expect(regex.status).toBe(400);
+    expect((regex.body['error'] as Json)['code']).toBe('INVALID_REGEX');
+    const cast = await get('/v1/tables/pipeline_runs/rows?select=id,params::int');
+    expect(cast.status).toBe(400);
+    expect((cast.body['error'] as Json)['code']).toBe('INVALID_CAST');
+  });
 });

@@ -19,6 +19,9 @@ export const SQLSTATE = {
   CHARACTER_NOT_IN_REPERTOIRE: '22021',
   INVALID_ESCAPE_SEQUENCE: '22025',
   SYNTAX_ERROR: '42601',
+  INVALID_REGULAR_EXPRESSION: '2201B',
+  CANNOT_COERCE: '42846',
+  INVALID_PARAMETER_VALUE: '22023',
   UNDEFINED_OBJECT: '42704',
   UNTRANSLATABLE_CHARACTER: '22P05',
   SERIALIZATION_FAILURE: '40001',
@@ -99,6 +102,12 @@ export function toAppError(err: unknown): AppError | undefined {
     case SQLSTATE.INVALID_DATETIME:
     case SQLSTATE.DATETIME_OVERFLOW:
       return badRequest('INVALID_VALUE', 'a value has the wrong type or is out of range');
+    case SQLSTATE.INVALID_REGULAR_EXPRESSION:
+      return badRequest('INVALID_REGEX', 'a match/imatch pattern is not a valid regular expression');
+    case SQLSTATE.INVALID_PARAMETER_VALUE:
+    case SQLSTATE.CANNOT_COERCE:
+      // a cast the request asked for (`col::int` on a jsonb column: 42846 when planned, 22023 when run)
+      return badRequest('INVALID_CAST', 'a cast or value in the request cannot be converted to the type asked for');
     case SQLSTATE.INVALID_ESCAPE_SEQUENCE:
       return badRequest('INVALID_VALUE', 'a LIKE pattern ends with an escape character (\\); escape it as \\\\');
     case SQLSTATE.SYNTAX_ERROR:

@@ -53,6 +53,20 @@ export interface TxOptions {
    * cannot be cleaned is closed, not reused.
    */
   releaseClean?: boolean;
+  /**
+   * PostgREST's request settings (`request.jwt.claims`, `request.method`, `request.path`,
+   * `request.headers`), set with the tenant settings in the same statement, for functions and
+   * policies written for PostgREST.
+   */
+  request?: RequestSettings;
+}
+
+/** Values of PostgREST's `request.*` settings (JSON text for claims and headers). */
+export interface RequestSettings {
+  claims: string;
+  method: string;
+  path: string;
+  headers: string;
 }
 
 /** Drops the session-level advisory locks of a connection (strata_tenant may EXECUTE it: migration 0009). */
@@ -131,6 +145,10 @@ const SETUP_LIST =
   "set_config('strata.tenant_id', $1, true), set_config('strata.actor', $2, true), " +
   "set_config('strata.role', $3, true), set_config('statement_timeout', $4, true), set_config('lock_timeout', $5, true)";
 const SETUP_SQL = `SELECT FROM (SELECT ${SETUP_LIST}) s`;
+const REQUEST_LIST =
+  "set_config('request.jwt.claims', $6, true), set_config('request.method', $7, true), " +
+  "set_config('request.path', $8, true), set_config('request.headers', $9, true)";
+const SETUP_REQUEST_SQL = `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}) s`;
 const ISOLATIONS: Record<Isolation, string> = {
   'read committed': 'READ COMMITTED',
   'repeatable read': 'REPEATABLE READ',
@@ -248,6 +266,24 @@ const SETUP_RO: SetupStatement = {
   name: 'strata_setup_ro',
   text: `SELECT FROM (SELECT ${SETUP_LIST}, set_config('transaction_read_only', 'on', true)) s`,
 };
+const SETUP_REQ_RW: SetupStatement = { name: 'strata_setup_req_rw', text: SETUP_REQUEST_SQL };
+const SETUP_REQ_RO: SetupStatement = {
+  name: 'strata_setup_req_ro',
+  text: `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}, set_config('transaction_read_only', 'on', true)) s`,
+};
+
+function setupValuesFor(deps: SessionDeps, ctx: SessionContext, opts: TxOptions): string[] {
+  const values = [
+    ctx.tenantId ?? '',
+    ctx.actor,
+    ctx.role,
+    String(opts.statementTimeoutMs ?? deps.defaults.statementTimeoutMs),
+    String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
+  ];
+  const r = opts.request;
+  if (r) values.push(r.claims, r.method, r.path, r.headers);
+  return values;
+}
 
 /**
  * One statement as its own tenant transaction in a single round trip (see single-trip.ts): the
@@ -264,13 +300,8 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
 ): Promise<pg.QueryResult<R>> {
   checkParameterCount(values);
   const retries = opts.retries ?? deps.defaults.retries;
-  const setupValues = [
-    ctx.tenantId ?? '',
-    ctx.actor,
-    ctx.role,
-    String(opts.statementTimeoutMs ?? deps.defaults.statementTimeoutMs),
-    String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
-  ];
+  const setupValues = setupValuesFor(deps, ctx, opts);
+  const setup = opts.request ? (opts.readOnly ? SETUP_REQ_RO : SETUP_REQ_RW) : opts.readOnly ? SETUP_RO : SETUP_RW;
   return withRetries(deps, ctx, retries, async (attempt) => {
     const lease = await pool.acquire();
     if (ctx.alive && !ctx.alive()) {
@@ -281,7 +312,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
     try {
       const res = await singleTrip<R>(
         lease.client,
-        opts.readOnly ? SETUP_RO : SETUP_RW,
+        setup,
         setupValues,
         text,
         values,
@@ -385,13 +416,10 @@ async function attemptOnce<T>(
   corkUntilNextTick(client);
   const setup = Promise.all([
     client.query(`BEGIN ISOLATION LEVEL ${iso}${opts.readOnly ? ' READ ONLY' : ''}`),
-    client.query({ name: 'strata_session_setup', text: SETUP_SQL }, [
-      ctx.tenantId ?? '',
-      ctx.actor,
-      ctx.role,
-      String(opts.statementTimeoutMs ?? deps.defaults.statementTimeoutMs),
-      String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
-    ]),
+    client.query(
+      opts.request ? { name: 'strata_session_setup_req', text: SETUP_REQUEST_SQL } : { name: 'strata_session_setup', text: SETUP_SQL },
+      setupValuesFor(deps, ctx, opts),
+    ),
   ]);
   setup.catch(() => undefined);
   const tx = new TxImpl(ctx, client, attempt, deps, pool.options.name, opts.releaseClean);

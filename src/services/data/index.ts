@@ -9,3 +9,6 @@ export * from './sql-guard.js';
 export * from './sql.js';
 export * from './transactions.js';
 export * from './response-bounds.js';
+export * from './rest-query/relations.js';
+export * from './rest-rows.js';
+export * from './rest-functions.js';

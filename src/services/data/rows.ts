@@ -13,6 +13,7 @@ import {
   checkEmbedPaths,
   checkValue,
   filterSql,
+  innerJoinsSql,
   keysetSql,
   orderSql,
   Params,
@@ -124,6 +125,8 @@ export function createRowsService(opts: RowsServiceOptions) {
     const limit = rq.limit ?? opts.defaultLimit;
     const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
     const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
+    // `rel!inner(...)`: only parents with a related row passing the embed's filters
+    filters.push(...innerJoinsSql(t, 't0', rq.select, s));
     const countFilters = [...filters];
     const countValues = [...params.values];
     if (rq.cursor !== undefined)
@@ -438,7 +441,7 @@ function result(
 }
 
 /** JSON columns take JSON text; other values go as they are (arrays become PostgreSQL arrays). */
-function toParam(t: TableInfo, column: string, value: unknown): unknown {
+export function toParam(t: TableInfo, column: string, value: unknown): unknown {
   const c = t.columnMap.get(column);
   if (value === null) return null;
   if (c && (c.udt === 'json' || c.udt === 'jsonb') && !c.isArray) return JSON.stringify(value);

@@ -58,16 +58,22 @@ export interface TableInfo {
   /** `"schema"."table"`, quoted from the catalog. */
   qualified: string;
   comment: string | null;
+  /** A view over exactly one exposed table: that table (PostgREST infers the view's relationships from it). */
+  base?: string;
 }
 
 export interface Relationship {
   /** Name to use in `select=name(...)`: the other table's name (or the FK column minus `_id`). */
   name: string;
-  kind: 'many-to-one' | 'one-to-many';
+  kind: 'many-to-one' | 'one-to-many' | 'one-to-one' | 'many-to-many';
   table: string;
-  /** Columns on this side and on the other side, pairwise. */
+  /** Columns on this side and on the other side, pairwise (many-to-many: this side's key the junction refers to). */
   localColumns: string[];
   remoteColumns: string[];
+  /** The foreign key it follows (many-to-many: the junction's key to the target). */
+  constraint?: string;
+  /** Many-to-many: the join table, its columns referring to this side and to the target. */
+  junction?: { table: string; qualified: string; localColumns: string[]; remoteColumns: string[]; targetColumns: string[] };
 }
 
 export const EXPOSED_SCHEMAS = ['public'];
@@ -103,7 +109,9 @@ SELECT c.oid::int AS oid, c.relname AS name, n.nspname AS schema, c.relrowsecuri
       'refColumns', (SELECT json_agg(a.attname ORDER BY k.ord) FROM unnest(co.confkey) WITH ORDINALITY k(attnum, ord)
                   JOIN pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.attnum)) ORDER BY co.conname)
      FROM pg_constraint co JOIN pg_class fc ON fc.oid = co.confrelid JOIN pg_namespace fn ON fn.oid = fc.relnamespace
-     WHERE co.conrelid = c.oid AND co.contype = 'f') AS fks
+     WHERE co.conrelid = c.oid AND co.contype = 'f') AS fks,
+  CASE WHEN c.relkind IN ('v', 'm') THEN (SELECT array_agg(DISTINCT u.table_name::text) FROM information_schema.view_column_usage u
+     WHERE u.view_schema = n.nspname AND u.view_name = c.relname AND u.table_schema = ANY($1)) END AS bases
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = ANY($1)
 ORDER BY c.relname`;
@@ -119,6 +127,7 @@ interface Row {
   indexes: IndexInfo[] | null;
   checks: Array<{ name: string; definition: string }> | null;
   fks: Array<ForeignKey & { schema: string }> | null;
+  bases: string[] | null;
 }
 
 /** `CHECK ((status = ANY (ARRAY['a'::text, 'b'::text])))` -> ['a', 'b'] for column status. */
@@ -152,6 +161,7 @@ function build(rows: Row[]): Map<string, TableInfo> {
       hasTenantId: columns.some((c) => c.name === 'tenant_id'),
       qualified: `${pg.escapeIdentifier(r.schema)}.${pg.escapeIdentifier(r.name)}`,
       comment: r.comment,
+      ...(r.bases?.length === 1 ? { base: r.bases[0] } : {}),
     });
   }
   for (const t of map.values()) {

@@ -7,7 +7,7 @@
 import pg from 'pg';
 import { badRequest } from '../../../errors.js';
 import { relationships, type ColumnInfo, type Relationship, type TableInfo } from '../schema-registry.js';
-import { parseInList, type EmbedOptions, type Filter, type OrderItem, type SelectItem } from './parse.js';
+import { parseInList, type EmbedOptions, type Filter, type JsonStep, type OrderItem, type SelectItem } from './parse.js';
 
 const q = pg.escapeIdentifier;
 
@@ -26,6 +26,13 @@ export interface BuildScope {
   embeds: Map<string, EmbedOptions>;
   maxEmbedLimit: number;
   alias: number;
+  /**
+   * How an embed names its relationship. The default is the rows API's naming (relationships());
+   * the PostgREST face passes PostgREST's (table names, hints, many-to-many, ambiguity errors).
+   */
+  relate?: (t: TableInfo, item: Extract<SelectItem, { kind: 'embed' }>) => Relationship;
+  /** Order embedded lists by primary key when no order is given (the rows API does; PostgREST does not). */
+  implicitEmbedOrder?: boolean;
 }
 
 function column(t: TableInfo, name: string): ColumnInfo {
@@ -83,7 +90,28 @@ export function checkValue(c: ColumnInfo, value: string): void {
 }
 
 const TEXTUAL = new Set(['text', 'varchar', 'bpchar', 'name', 'citext']);
-const COMPARE: Record<string, string> = { eq: '=', neq: '<>', gt: '>', gte: '>=', lt: '<', lte: '<=' };
+const COMPARE: Record<string, string> = { eq: '=', neq: '<>', gt: '>', gte: '>=', lt: '<', lte: '<=', like: 'LIKE', ilike: 'ILIKE', match: '~', imatch: '~*' };
+const RANGE_OPS: Record<string, string> = { sl: '<<', sr: '>>', nxl: '&<', nxr: '&>', adj: '-|-', cs: '@>', cd: '<@', ov: '&&' };
+const isRange = (c: ColumnInfo) => !c.isArray && /range$/.test(c.udt);
+
+/** `alias."col"->'a'->>'b'`, keys as parameters (text, or int for array indexes). */
+export function pathSql(col: string, path: JsonStep[] | undefined, params: Params): string {
+  if (!path?.length) return col;
+  return path.reduce((acc, s) => `${acc}${s.op}${params.add(s.key)}::${/^-?\d+$/.test(s.key) ? 'int' : 'text'}`, col);
+}
+
+/** The column a filter with a JSON path compares: JSON after `->`, text after `->>`. */
+function pathColumn(c: ColumnInfo, path: JsonStep[]): ColumnInfo {
+  const text = path[path.length - 1]!.op === '->>';
+  return { ...c, type: text ? 'text' : 'jsonb', udt: text ? 'text' : 'jsonb', isArray: false, enum: null, maxLength: null };
+}
+
+/** `{a,b}` or `(a,b)` -> ['a', 'b'] for quantified operators. */
+function quantList(c: ColumnInfo, value: string): string[] {
+  const m = /^\{(.*)\}$/s.exec(value) ?? /^\((.*)\)$/s.exec(value);
+  if (!m) throw badRequest('INVALID_FILTER_VALUE', `a quantified filter on ${c.name} takes a list such as {a,b}`, { column: c.name });
+  return parseInList(c.name, `(${m[1]!})`);
+}
 const FTS: Record<string, string> = { fts: 'to_tsquery', plfts: 'plainto_tsquery', phfts: 'phraseto_tsquery', wfts: 'websearch_to_tsquery' };
 
 /** One filter as SQL on the table aliased `alias`. */
@@ -93,9 +121,20 @@ export function filterSql(t: TableInfo, alias: string, f: Filter, params: Params
     const joined = `(${parts.join(f.kind === 'and' ? ' AND ' : ' OR ')})`;
     return f.not ? `NOT ${joined}` : joined;
   }
-  const c = column(t, f.column);
-  const col = `${alias}.${q(c.name)}`;
+  const base = column(t, f.column);
+  const c = f.path?.length ? pathColumn(base, f.path) : base;
+  const col = pathSql(`${alias}.${q(base.name)}`, f.path, params);
+  const textual = (x: string) => (TEXTUAL.has(c.udt) && !c.isArray ? x : `${x}::text`);
   let sql: string;
+  if (f.quant) {
+    const list = quantList(c, f.value);
+    const pattern = f.op === 'like' || f.op === 'ilike';
+    if (!pattern && f.op !== 'match' && f.op !== 'imatch') for (const v of list) checkValue(c, v);
+    const values = pattern ? list.map((v) => v.replace(/\*/g, '%')) : list;
+    const left = pattern || f.op === 'match' || f.op === 'imatch' ? textual(col) : col;
+    sql = `${left} ${COMPARE[f.op]} ${f.quant.toUpperCase()}(${params.add(values)})`;
+    return f.not ? `NOT (${sql})` : sql;
+  }
   switch (f.op) {
     case 'eq':
     case 'neq':
@@ -103,15 +142,29 @@ export function filterSql(t: TableInfo, alias: string, f: Filter, params: Params
     case 'gte':
     case 'lt':
     case 'lte':
-      checkValue(c, f.value);
+      if (!isRange(c)) checkValue(c, f.value);
       sql = `${col} ${COMPARE[f.op]} ${params.add(f.value)}`;
       break;
-    case 'like':
-    case 'ilike': {
-      const target = TEXTUAL.has(c.udt) && !c.isArray ? col : `${col}::text`;
-      sql = `${target} ${f.op === 'like' ? 'LIKE' : 'ILIKE'} ${params.add(f.value.replace(/\*/g, '%'))}`;
+    case 'isdistinct':
+      checkValue(c, f.value);
+      sql = `${col} IS DISTINCT FROM ${params.add(f.value)}`;
       break;
-    }
+    case 'like':
+    case 'ilike':
+      sql = `${textual(col)} ${COMPARE[f.op]} ${params.add(f.value.replace(/\*/g, '%'))}`;
+      break;
+    case 'match':
+    case 'imatch':
+      sql = `${textual(col)} ${COMPARE[f.op]} ${params.add(f.value)}`;
+      break;
+    case 'sl':
+    case 'sr':
+    case 'nxl':
+    case 'nxr':
+    case 'adj':
+      if (!isRange(c)) throw badRequest('INVALID_OPERATOR', `${f.op} needs a range column; ${c.name} is ${c.type}`, { column: c.name });
+      sql = `${col} ${RANGE_OPS[f.op]} ${params.add(f.value)}::${c.type}`;
+      break;
     case 'in': {
       const list = parseInList(c.name, f.value);
       for (const v of list) checkValue(c, v);
@@ -130,6 +183,10 @@ export function filterSql(t: TableInfo, alias: string, f: Filter, params: Params
     case 'cs':
     case 'cd':
     case 'ov': {
+      if (isRange(c)) {
+        sql = `${col} ${RANGE_OPS[f.op]} ${params.add(f.value)}::${c.type}`;
+        break;
+      }
       const isJson = c.udt === 'jsonb';
       if (!c.isArray && !isJson) throw badRequest('INVALID_OPERATOR', `${f.op} needs an array or jsonb column; ${c.name} is ${c.type}`, { column: c.name });
       if (f.op === 'ov' && !c.isArray) throw badRequest('INVALID_OPERATOR', `ov needs an array column; ${c.name} is ${c.type}`, { column: c.name });
@@ -210,39 +267,101 @@ function relationFor(t: TableInfo, name: string): Relationship {
  * column order, aliases and embedded relationships come out as asked.
  */
 export function rowJsonSql(t: TableInfo, alias: string, select: SelectItem[], scope: BuildScope, path = ''): string {
+  return `(SELECT to_json(_r) FROM (SELECT ${selectItemsSql(t, alias, select, scope, path).join(', ')}) _r)`;
+}
+
+/** The select list's items as `expr AS name` (spread embeds contribute several). */
+export function selectItemsSql(t: TableInfo, alias: string, select: SelectItem[], scope: BuildScope, path = ''): string[] {
   const items: string[] = [];
   for (const s of select) {
     if (s.kind === 'star') {
       for (const c of t.columns) items.push(`${alias}.${q(c.name)}`);
     } else if (s.kind === 'column') {
       const c = column(t, s.name);
-      items.push(s.alias ? `${alias}.${q(c.name)} AS ${q(s.alias)}` : `${alias}.${q(c.name)}`);
+      let expr = pathSql(`${alias}.${q(c.name)}`, s.path, scope.params);
+      if (s.cast) expr = `(${expr})::${s.cast}`;
+      const name = s.alias ?? (s.path?.length ? s.path[s.path.length - 1]!.key : c.name);
+      items.push(expr === `${alias}.${q(c.name)}` && name === c.name ? expr : `${expr} AS ${q(name)}`);
     } else {
-      const rel = relationFor(t, s.relation);
+      const rel = scope.relate ? scope.relate(t, s) : relationFor(t, s.relation);
       const target = scope.tables.get(rel.table);
       if (!target) throw badRequest('UNKNOWN_RELATIONSHIP', `relationship ${s.relation} points at a table that is not exposed`);
       const name = s.alias ?? s.relation;
       const embedPath = path ? `${path}.${name}` : name;
+      if (s.spread) {
+        if (rel.kind !== 'many-to-one' && rel.kind !== 'one-to-one') {
+          throw badRequest('INVALID_SPREAD', `...${s.relation} spreads a to-many relationship; only to-one relationships can be spread`, { relationship: s.relation });
+        }
+        const a = `t${++scope.alias}`;
+        const where = joinWhere(a, alias, rel, target, scope, embedPath);
+        for (const inner of selectItemsSql(target, a, s.select, scope, embedPath)) {
+          const m = / AS ("(?:[^"]|"")+")$/.exec(inner);
+          const expr = m ? inner.slice(0, m.index) : inner;
+          const outName = m ? m[1]! : inner.slice(inner.lastIndexOf('.') + 1);
+          items.push(`(SELECT ${expr} FROM ${target.qualified} ${a} WHERE ${where} LIMIT 1) AS ${outName}`);
+        }
+        continue;
+      }
       items.push(`${embedSql(alias, rel, target, s.select, scope, embedPath)} AS ${q(name)}`);
     }
   }
   if (items.length === 0) throw badRequest('INVALID_SELECT', 'select must name at least one column');
-  return `(SELECT to_json(_r) FROM (SELECT ${items.join(', ')}) _r)`;
+  return items;
+}
+
+/** Rows of `target` (aliased `a`) related to the parent row `parent`, with the embed's filters. */
+export function joinWhere(a: string, parent: string, rel: Relationship, target: TableInfo, scope: BuildScope, path: string): string {
+  const opts = scope.embeds.get(path);
+  let join: string;
+  if (rel.junction) {
+    const j = rel.junction;
+    const on = j.remoteColumns.map((jc, i) => `${a}.${q(j.targetColumns[i]!)} = _j.${q(jc)}`).join(' AND ');
+    const back = j.localColumns.map((jc, i) => `_j.${q(jc)} = ${parent}.${q(rel.localColumns[i]!)}`).join(' AND ');
+    join = `EXISTS (SELECT 1 FROM ${j.qualified} _j WHERE ${on} AND ${back})`;
+  } else {
+    join = rel.localColumns.map((lc, i) => `${a}.${q(rel.remoteColumns[i]!)} = ${parent}.${q(lc)}`).join(' AND ');
+  }
+  return [join, ...(opts?.filters ?? []).map((f) => filterSql(target, a, f, scope.params))].join(' AND ');
+}
+
+/**
+ * `!inner` embeds (at any depth of the select) as conditions on the parent: a parent is kept only
+ * when a related row passes the embed's filters (and its own inner embeds).
+ */
+export function innerJoinsSql(t: TableInfo, alias: string, select: SelectItem[], scope: BuildScope, path = ''): string[] {
+  const out: string[] = [];
+  for (const s of select) {
+    if (s.kind !== 'embed' || !s.inner) continue;
+    const rel = scope.relate ? scope.relate(t, s) : relationFor(t, s.relation);
+    const target = scope.tables.get(rel.table);
+    if (!target) continue;
+    const name = s.alias ?? s.relation;
+    const embedPath = path ? `${path}.${name}` : name;
+    const a = `t${++scope.alias}`;
+    const nested = innerJoinsSql(target, a, s.select, scope, embedPath);
+    out.push(`EXISTS (SELECT 1 FROM ${target.qualified} ${a} WHERE ${[joinWhere(a, alias, rel, target, scope, embedPath), ...nested].join(' AND ')})`);
+  }
+  return out;
 }
 
 function embedSql(parent: string, rel: Relationship, target: TableInfo, select: SelectItem[], scope: BuildScope, path: string): string {
   const a = `t${++scope.alias}`;
   const opts = scope.embeds.get(path);
-  const join = rel.localColumns.map((lc, i) => `${a}.${q(rel.remoteColumns[i]!)} = ${parent}.${q(lc)}`).join(' AND ');
-  const where = [join, ...(opts?.filters ?? []).map((f) => filterSql(target, a, f, scope.params))].join(' AND ');
+  const where = [joinWhere(a, parent, rel, target, scope, path), ...innerJoinsSql(target, a, select, scope, path)].join(' AND ');
   const json = rowJsonSql(target, a, select, scope, path);
-  if (rel.kind === 'many-to-one') return `(SELECT ${json} FROM ${target.qualified} ${a} WHERE ${where} LIMIT 1)`;
-  const order = orderSql(a, totalOrder(target, opts?.order ?? []));
+  if (rel.kind === 'many-to-one' || rel.kind === 'one-to-one') return `(SELECT ${json} FROM ${target.qualified} ${a} WHERE ${where} LIMIT 1)`;
+  const givenOrder = opts?.order ?? [];
+  const orderItems = scope.implicitEmbedOrder === false && givenOrder.length === 0 ? [] : totalOrder(target, givenOrder);
+  const order = orderItems.length ? orderSql(a, orderItems) : '';
   const limit = opts?.limit ?? scope.maxEmbedLimit;
+  const offset = opts?.offset ? ` OFFSET ${scope.params.add(opts.offset)}` : '';
   // OFFSET 0 fences the parent's rows: found through the foreign-key index, then sorted and cut,
   // rather than a walk of the whole table in primary-key order filtered by the foreign key.
   const children = `(SELECT * FROM ${target.qualified} ${a} WHERE ${where} OFFSET 0) ${a}`;
-  return `COALESCE((SELECT json_agg(_e.j ORDER BY _e.n) FROM (SELECT ${json} AS j, row_number() OVER (ORDER BY ${order}) AS n FROM ${children} ORDER BY ${order} LIMIT ${scope.params.add(limit)}) _e), '[]'::json)`;
+  if (!order) {
+    return `COALESCE((SELECT json_agg(_e.j) FROM (SELECT ${json} AS j FROM ${children} LIMIT ${scope.params.add(limit)}${offset}) _e), '[]'::json)`;
+  }
+  return `COALESCE((SELECT json_agg(_e.j ORDER BY _e.n) FROM (SELECT ${json} AS j, row_number() OVER (ORDER BY ${order}) AS n FROM ${children} ORDER BY ${order} LIMIT ${scope.params.add(limit)}${offset}) _e), '[]'::json)`;
 }
 
 /** Report embed options (`x.limit`, `x.status=`) that name no embedded relationship of the select. */

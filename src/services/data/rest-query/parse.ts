@@ -9,22 +9,48 @@
  */
 import { badRequest } from '../../../errors.js';
 
-export const OPERATORS = ['eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'like', 'ilike', 'in', 'is', 'cs', 'cd', 'ov', 'fts', 'plfts', 'phfts', 'wfts'] as const;
+export const OPERATORS = [
+  'eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'like', 'ilike', 'match', 'imatch', 'in', 'is', 'isdistinct',
+  'cs', 'cd', 'ov', 'sl', 'sr', 'nxl', 'nxr', 'adj', 'fts', 'plfts', 'phfts', 'wfts',
+] as const;
 export type Operator = (typeof OPERATORS)[number];
+/** Operators that take a quantifier: `like(any).{a*,b*}`, `eq(all).{1,2}`. */
+export const QUANTIFIABLE: readonly Operator[] = ['eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'like', 'ilike', 'match', 'imatch'];
+
+/** One step of a JSON path: `->key` (JSON) or `->>key` (text); numeric keys index arrays. */
+export interface JsonStep {
+  op: '->' | '->>';
+  key: string;
+}
 
 export type SelectItem =
   | { kind: 'star' }
-  | { kind: 'column'; name: string; alias?: string }
-  | { kind: 'embed'; relation: string; alias?: string; select: SelectItem[] };
+  | { kind: 'column'; name: string; alias?: string; cast?: string; path?: JsonStep[] }
+  | {
+      kind: 'embed';
+      relation: string;
+      alias?: string;
+      select: SelectItem[];
+      /** `!fk_name` or `!column`: which relationship, when several lead to the same table. */
+      hint?: string;
+      /** `!inner`: parents without a matching embedded row are left out. */
+      inner?: boolean;
+      /** `...rel(cols)`: the embedded columns are lifted into the parent (to-one only). */
+      spread?: boolean;
+    };
 
 export type Filter =
-  | { kind: 'cond'; column: string; op: Operator; not: boolean; value: string; language?: string }
+  | { kind: 'cond'; column: string; op: Operator; not: boolean; value: string; language?: string; quant?: 'any' | 'all'; path?: JsonStep[] }
   | { kind: 'and' | 'or'; not: boolean; items: Filter[] };
 
 export interface OrderItem {
   column: string;
   direction: 'asc' | 'desc';
   nulls?: 'first' | 'last';
+  /** PostgREST face only: a JSON path under the column (`data->>a.desc`). */
+  path?: JsonStep[];
+  /** PostgREST face only: a column of an embedded to-one resource (`authors(name).desc`). */
+  relation?: string;
 }
 
 /** Options that apply to one embedded relationship (`runs.order=`, `runs.limit=`, `runs.status=`). */
@@ -32,6 +58,7 @@ export interface EmbedOptions {
   filters: Filter[];
   order: OrderItem[];
   limit?: number;
+  offset?: number;
 }
 
 export interface RowsQuery {
@@ -118,18 +145,29 @@ function parseSelectList(input: string, depth: number, seen: { items: number; em
       }
       return { kind: 'star' as const };
     }
-    const m = /^(?:([A-Za-z_][A-Za-z0-9_$]*):)?([A-Za-z_][A-Za-z0-9_$]*)(?:!inner|!left)?(?:\((.*)\))?$/s.exec(item);
-    if (!m) throw fail('INVALID_SELECT', `cannot read select item ${JSON.stringify(item)}`);
-    const [, alias, name, inner] = m;
-    if (inner !== undefined) {
+    const e = /^(\.\.\.)?(?:([A-Za-z_][A-Za-z0-9_$]*):)?([A-Za-z_][A-Za-z0-9_$]*)((?:![A-Za-z_][A-Za-z0-9_$]*)*)\((.*)\)$/s.exec(item);
+    if (e) {
+      const [, spread, alias, name, bangs, inner] = e;
       if (depth + 1 > SELECT_LIMITS.maxEmbedDepth) {
         throw fail('EMBED_TOO_DEEP', `embedded relationships nest deeper than ${SELECT_LIMITS.maxEmbedDepth} levels at ${JSON.stringify(name)}`, { max: SELECT_LIMITS.maxEmbedDepth });
       }
       if (++seen.embeds > SELECT_LIMITS.maxEmbeds) {
         throw fail('TOO_MANY_EMBEDS', `select embeds more than ${SELECT_LIMITS.maxEmbeds} relationships`, { max: SELECT_LIMITS.maxEmbeds });
       }
-      return { kind: 'embed' as const, relation: identifier(name!, 'relationship'), alias, select: parseSelectList(inner === '' ? '*' : inner, depth + 1, seen) };
+      const out: SelectItem = { kind: 'embed', relation: identifier(name!, 'relationship'), select: parseSelectList(inner === '' ? '*' : inner!, depth + 1, seen) };
+      if (alias) out.alias = alias;
+      if (spread) out.spread = true;
+      for (const b of (bangs ?? '').split('!').slice(1)) {
+        if (b === 'inner') out.inner = true;
+        else if (b === 'left') out.inner = false;
+        else if (out.hint === undefined) out.hint = identifier(b, 'hint');
+        else throw fail('INVALID_SELECT', `select item ${JSON.stringify(item)} has more than one hint`);
+      }
+      return out;
     }
+    const m = /^(?:([A-Za-z_][A-Za-z0-9_$]*):)?([A-Za-z_][A-Za-z0-9_$]*)((?:->>?(?:-?\d+|[A-Za-z_][A-Za-z0-9_$]*))*)(?:::([a-z][a-z0-9_ ]{0,40}[a-z0-9_](?:\[\])?))?$/s.exec(item);
+    if (!m) throw fail('INVALID_SELECT', `cannot read select item ${JSON.stringify(item)}`);
+    const [, alias, name, pathText, cast] = m;
     const times = (perColumn.get(name!) ?? 0) + 1;
     perColumn.set(name!, times);
     if (times > SELECT_LIMITS.maxSameColumn) {
@@ -138,8 +176,24 @@ function parseSelectList(input: string, depth: number, seen: { items: number; em
         max: SELECT_LIMITS.maxSameColumn,
       });
     }
-    return alias ? { kind: 'column' as const, name: identifier(name!, 'column'), alias } : { kind: 'column' as const, name: identifier(name!, 'column') };
+    const out: SelectItem = { kind: 'column', name: identifier(name!, 'column') };
+    if (alias) out.alias = alias;
+    if (cast) out.cast = cast;
+    if (pathText) out.path = parsePath(pathText);
+    return out;
   });
+}
+
+/** `->a->>b` -> [{op:'->',key:'a'},{op:'->>',key:'b'}]. */
+export function parsePath(text: string): JsonStep[] {
+  return [...text.matchAll(/(->>?)(-?\d+|[A-Za-z_][A-Za-z0-9_$]*)/g)].map((m) => ({ op: m[1] as '->' | '->>', key: m[2]! }));
+}
+
+/** A filter's left side: a column, or a column with a JSON path (`data->a->>b`). */
+function filterTarget(text: string): { column: string; path?: JsonStep[] } {
+  const m = /^([A-Za-z_][A-Za-z0-9_$]*)((?:->>?(?:-?\d+|[A-Za-z_][A-Za-z0-9_$]*))+)$/.exec(text);
+  if (!m) return { column: identifier(text, 'column') };
+  return { column: identifier(m[1]!, 'column'), path: parsePath(m[2]!) };
 }
 
 /** `[not.]op[(lang)].value` for a column filter. */
@@ -162,8 +216,14 @@ export function parseCondition(column: string, expr: string): Filter {
     });
   }
   const op = m[1] as Operator;
-  if (m[2] !== undefined && !op.endsWith('fts')) throw fail('INVALID_FILTER', `only full-text operators take a language, not ${op}`, { column });
-  return m[2] === undefined ? { kind: 'cond', column: identifier(column, 'column'), op, not, value } : { kind: 'cond', column: identifier(column, 'column'), op, not, value, language: m[2] };
+  const target = filterTarget(column);
+  const out: Filter = { kind: 'cond', ...target, op, not, value };
+  if (m[2] !== undefined) {
+    if ((m[2] === 'any' || m[2] === 'all') && QUANTIFIABLE.includes(op)) out.quant = m[2];
+    else if (op.endsWith('fts')) out.language = m[2];
+    else throw fail('INVALID_FILTER', `${op}(${m[2]}) is not an operator: only full-text operators take a language, and only ${QUANTIFIABLE.join(', ')} take (any) or (all)`, { column });
+  }
+  return out;
 }
 
 /** The inside of `or=(...)` / `and=(...)`: `a.eq.1,b.is.null,and(c.gt.2,d.lt.3)`. */
@@ -181,11 +241,15 @@ export function parseLogic(kind: 'and' | 'or', not: boolean, expr: string): Filt
   return { kind, not, items };
 }
 
-export function parseOrder(input: string): OrderItem[] {
+export function parseOrder(input: string, opts: { extended?: boolean } = {}): OrderItem[] {
   return splitTopLevel(input).map((raw) => {
     const parts = raw.trim().split('.');
-    const column = identifier(parts[0] ?? '', 'order column');
-    const item: OrderItem = { column, direction: 'asc' };
+    let item: OrderItem;
+    const rel = opts.extended ? /^([A-Za-z_][A-Za-z0-9_$]*)\(([A-Za-z_][A-Za-z0-9_$]*)\)$/.exec(parts[0] ?? '') : null;
+    const path = opts.extended ? /^([A-Za-z_][A-Za-z0-9_$]*)((?:->>?(?:-?\d+|[A-Za-z_][A-Za-z0-9_$]*))+)$/.exec(parts[0] ?? '') : null;
+    if (rel) item = { column: identifier(rel[2]!, 'order column'), relation: rel[1]!, direction: 'asc' };
+    else if (path) item = { column: identifier(path[1]!, 'order column'), path: parsePath(path[2]!), direction: 'asc' };
+    else item = { column: identifier(parts[0] ?? '', 'order column'), direction: 'asc' };
     for (const p of parts.slice(1)) {
       if (p === 'asc' || p === 'desc') item.direction = p;
       else if (p === 'nullsfirst') item.nulls = 'first';

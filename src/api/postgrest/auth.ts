@@ -1,0 +1,61 @@
+/**
+ * Strata's authentication under PostgREST's headers: supabase-js sends its key as `apikey` and
+ * `Authorization: Bearer <key or user JWT>`. A JWT goes to Strata's JWT check, anything else is a
+ * Strata API key. There is no anonymous role: no credential, or a credential without a tenant, is a
+ * 401 in PostgREST's shape. The request.* settings PostgREST exposes are built here.
+ */
+import type { FastifyRequest } from 'fastify';
+import { CAN, type Capability } from '../../domain.js';
+import { attachPrincipal } from '../../logger.js';
+import type { Authenticator } from '../../services/identity/index.js';
+import type { RequestSettings } from '../../db/session.js';
+import { PgrstError } from './errors.js';
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+const isJwt = (s: string) => /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(s);
+/** Headers never copied into request.headers (credentials). */
+const SECRET_HEADERS = new Set(['authorization', 'apikey', 'x-api-key', 'cookie', 'proxy-authorization']);
+
+function credentials(request: FastifyRequest): { authorization?: string; 'x-api-key'?: string } {
+  const h = request.headers;
+  const auth = h.authorization;
+  if (auth !== undefined) {
+    const token = BEARER.exec(auth)?.[1];
+    if (!token) throw new PgrstError(401, 'PGRST301', 'the Authorization header must be "Bearer <token>"');
+    return isJwt(token) ? { authorization: `Bearer ${token}` } : { 'x-api-key': token };
+  }
+  const key = h['x-api-key'] ?? h['apikey'];
+  if (typeof key === 'string' && key.length > 0) return isJwt(key) ? { authorization: `Bearer ${key}` } : { 'x-api-key': key };
+  throw new PgrstError(401, 'PGRST302', 'Anonymous access is disabled', null, 'send a Strata JWT (Authorization: Bearer) or API key (apikey)');
+}
+
+/** Authenticate and admit the request (sets request.ctx); throws PostgREST-shaped 401/403. */
+export async function authenticate(request: FastifyRequest, authenticator: Authenticator, capability: Capability): Promise<void> {
+  const headers = credentials(request);
+  const principal = authenticator.cached(headers) ?? (await authenticator.authenticate(headers));
+  if (principal.tenantId === null) {
+    throw new PgrstError(401, 'PGRST301', 'the credential names no tenant: /rest/v1 needs a token with a tenant_id claim or a tenant API key');
+  }
+  request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
+  attachPrincipal(request.log, principal);
+  const allowed = CAN[capability] as readonly string[];
+  if (!allowed.includes(principal.role)) {
+    throw new PgrstError(403, '42501', `permission denied: role ${principal.role} may not do this (needs one of ${allowed.join(', ')})`);
+  }
+}
+
+/** PostgREST's request.jwt.claims, request.method, request.path and request.headers (credentials removed). */
+export function requestSettings(request: FastifyRequest, path: string): RequestSettings {
+  const ctx = request.ctx;
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(request.headers)) {
+    if (v === undefined || SECRET_HEADERS.has(k)) continue;
+    headers[k] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  return {
+    claims: JSON.stringify({ sub: ctx.actor, role: ctx.role, tenant_id: ctx.tenantId }),
+    method: request.method,
+    path,
+    headers: JSON.stringify(headers),
+  };
+}

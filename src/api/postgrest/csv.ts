@@ -1,0 +1,13 @@
+/** Rows (JSON text each) as CSV with a header line, as PostgREST answers `Accept: text/csv`. */
+const cell = (v: unknown): string => {
+  if (v === null || v === undefined) return '';
+  const s = typeof v === 'string' ? v : JSON.stringify(v);
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+};
+
+export function toCsv(rows: string[]): string {
+  if (rows.length === 0) return '';
+  const objects = rows.map((r) => JSON.parse(r) as Record<string, unknown>);
+  const keys = Object.keys(objects[0]!);
+  return [keys.map(cell).join(','), ...objects.map((o) => keys.map((k) => cell(o[k])).join(','))].join('\n');
+}

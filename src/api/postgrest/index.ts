@@ -1,0 +1,205 @@
+/**
+ * The PostgREST-compatible face, mounted at /rest/v1 (where supabase-js puts it): `/{table}` and
+ * `/rpc/{function}` with PostgREST 12's syntax, headers, statuses and error shape. A thin layer:
+ * it reads the request, calls the data capability (the same core, tenant session and row-level
+ * security as /v1) and writes PostgREST's answer. Its routes are hidden from Strata's own OpenAPI
+ * document; `GET /rest/v1/` serves PostgREST's.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Capability } from '../../domain.js';
+import { EXPOSED_SCHEMAS, type Params, type SelectItem, type RestCall, type RestFunctionsService, type RestRowsService } from '../../services/data/index.js';
+import { authenticate, requestSettings } from './auth.js';
+import { PgrstError, pgrstErrorHandler } from './errors.js';
+import { checkProfile, negotiate, parsePrefer, parseRange, rangeAnswer, type Preferences } from './headers.js';
+import { openApiDocument } from './openapi.js';
+import { parseRequest, type QueryString } from './query.js';
+import { toCsv } from './csv.js';
+
+export interface PostgrestOptions {
+  rows: RestRowsService;
+  functions: RestFunctionsService;
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+const hide = { hide: true };
+
+export default async function postgrestRoutes(app: FastifyInstance, opts: PostgrestOptions) {
+  const { rows, functions } = opts;
+  // An empty body is valid here (a bodiless DELETE, an RPC without arguments).
+  app.removeContentTypeParser(['application/json']);
+  app.addContentTypeParser(['application/json', 'application/vnd.pgrst.object+json'], { parseAs: 'string' }, (_req, body, done) => {
+    const text = String(body);
+    if (text.trim() === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(text));
+    } catch {
+      done(new PgrstError(400, 'PGRST102', 'Empty or invalid json'), undefined);
+    }
+  });
+  app.setErrorHandler(pgrstErrorHandler);
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).type(JSON_TYPE).send({ code: 'PGRST125', message: `Invalid path specified in request URL: ${request.url.split('?')[0]}`, details: null, hint: null }),
+  );
+
+  // functions decide for themselves (a reader's POST /rpc runs read-only); the path alone decides, never the query
+  const capabilityOf = (request: FastifyRequest): Capability =>
+    request.method === 'GET' || request.method === 'HEAD' || (request.routeOptions.url ?? '').endsWith('/rpc/:fn') ? 'read' : 'write';
+  app.addHook('onRequest', async (request) => {
+    await authenticate(request, app.auth, capabilityOf(request));
+    checkProfile(request.headers, EXPOSED_SCHEMAS);
+  });
+
+  const call = (request: FastifyRequest): RestCall => ({ ctx: request.ctx, request: requestSettings(request, (request.url.split('?')[0] ?? '').replace(/^\/rest\/v1/, '') || '/') });
+  const applied = (reply: FastifyReply, p: Preferences, names: string[]) => {
+    if (names.length) void reply.header('preference-applied', names.join(', '));
+  };
+
+  app.get('/', { schema: hide }, async (request, reply) => {
+    const tables = [...(await app.services.schema.tables()).values()];
+    const doc = openApiDocument(tables, await functions.list(), request.headers.host);
+    return reply.type('application/openapi+json; charset=utf-8').send(JSON.stringify(doc));
+  });
+
+  /** A read (of a table, or of a set-returning function's rows) answered as PostgREST does. */
+  async function read(request: FastifyRequest, reply: FastifyReply, table: string, qs: QueryString, from?: NonNullable<Parameters<RestRowsService['read']>[3]>['from']) {
+    const media = negotiate(request.headers.accept);
+    const prefer = parsePrefer(request.headers.prefer);
+    const rq = parseRequest(qs, { write: false });
+    const range = parseRange(request.headers);
+    if (range) {
+      if (!('offset' in qs)) rq.offset = range.offset;
+      if (range.limit !== undefined && rq.limit === undefined) rq.limit = range.limit;
+    }
+    const r = await rows.read(call(request), table, rq, { count: prefer.count, stripNulls: media.stripNulls, from });
+    const { status, contentRange } = rangeAnswer(r.offset, r.rows.length, r.total);
+    void reply.header('content-range', contentRange);
+    applied(reply, prefer, prefer.count ? [`count=${prefer.count}`] : []);
+    if (status === 416) {
+      throw new PgrstError(416, 'PGRST103', 'Requested range not satisfiable', `An offset of ${r.offset} was requested, but there are only ${r.total ?? 0} rows.`);
+    }
+    if (media.kind === 'object') {
+      if (r.rows.length !== 1) throw new PgrstError(406, 'PGRST116', 'JSON object requested, multiple (or no) rows returned', `The result contains ${r.rows.length} rows`);
+      return reply.code(200).type('application/vnd.pgrst.object+json; charset=utf-8').send(r.rows[0]);
+    }
+    if (media.kind === 'csv') return reply.code(status).type('text/csv; charset=utf-8').send(toCsv(r.rows));
+    return reply
+      .code(status)
+      .type(media.stripNulls ? 'application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8' : JSON_TYPE)
+      .send(`[${r.rows.join(',')}]`);
+  }
+
+  app.get('/:table', { schema: hide }, async (request, reply) => read(request, reply, (request.params as { table: string }).table, request.query as QueryString));
+
+  /** Send a write's rows as PostgREST does for `Prefer: return=...`. */
+  function sendWritten(request: FastifyRequest, reply: FastifyReply, p: Preferences, written: string[], created: boolean, extra: string[]) {
+    const names = [...extra];
+    if (p.return) names.push(`return=${p.return}`);
+    if (p.tx) names.push(`tx=${p.tx}`);
+    if (p.handling) names.push(`handling=${p.handling}`);
+    if (p.maxAffected !== undefined) names.push(`max-affected=${p.maxAffected}`);
+    applied(reply, p, names);
+    void reply.header('content-range', written.length ? `${created ? '*' : `0-${written.length - 1}`}/${created ? written.length : '*'}` : '*/*');
+    if (p.return === 'representation') {
+      const media = negotiate(request.headers.accept);
+      if (media.kind === 'object') {
+        if (written.length !== 1) throw new PgrstError(406, 'PGRST116', 'JSON object requested, multiple (or no) rows returned', `The result contains ${written.length} rows`);
+        return reply.code(created ? 201 : 200).type('application/vnd.pgrst.object+json; charset=utf-8').send(written[0]);
+      }
+      if (media.kind === 'csv') return reply.code(created ? 201 : 200).type('text/csv; charset=utf-8').send(toCsv(written));
+      return reply.code(created ? 201 : 200).type(JSON_TYPE).send(`[${written.join(',')}]`);
+    }
+    return reply.code(created ? 201 : 204).send();
+  }
+
+  const writeOptions = (p: Preferences, rq: { select: SelectItem[]; selectGiven: boolean }) => ({
+    select: rq.selectGiven ? rq.select : undefined,
+    rollback: p.tx === 'rollback',
+    maxAffected: p.maxAffected,
+  });
+
+  app.post('/:table', { schema: hide }, async (request, reply) => {
+    const { table } = request.params as { table: string };
+    const p = parsePrefer(request.headers.prefer);
+    const rq = parseRequest(request.query as QueryString, { write: true });
+    const body = request.body === undefined ? {} : request.body;
+    if (body === null || typeof body !== 'object') throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the body must be a JSON object or an array of objects');
+    const written = await rows.insert(call(request), table, body, {
+      ...writeOptions(p, rq),
+      columns: rq.columns,
+      missingDefault: p.missing === 'default',
+      onConflict: rq.onConflict,
+      resolution: p.resolution === 'merge-duplicates' ? 'merge' : p.resolution === 'ignore-duplicates' ? 'ignore' : undefined,
+    });
+    const extra = [p.resolution ? `resolution=${p.resolution}` : '', p.missing ? `missing=${p.missing}` : ''].filter(Boolean);
+    if (p.return === 'headers-only' && written.length === 1 && !rq.selectGiven) {
+      // PostgREST's Location: the created row by its primary key
+      const t = await app.services.schema.table(table);
+      const row = JSON.parse(written[0]!) as Record<string, unknown>;
+      if (t.primaryKey.length && t.primaryKey.every((k) => row[k] !== undefined && row[k] !== null)) {
+        void reply.header('location', `/${table}?${t.primaryKey.map((k) => `${encodeURIComponent(k)}=eq.${encodeURIComponent(String(row[k] as string | number))}`).join('&')}`);
+      }
+    }
+    return sendWritten(request, reply, p, written, true, extra);
+  });
+
+  app.patch('/:table', { schema: hide }, async (request, reply) => {
+    const { table } = request.params as { table: string };
+    const p = parsePrefer(request.headers.prefer);
+    const rq = parseRequest(request.query as QueryString, { write: true });
+    refuseReadParams(rq);
+    const body = request.body === undefined ? {} : request.body;
+    const written = await rows.update(call(request), table, rq, body, writeOptions(p, rq));
+    return sendWritten(request, reply, p, written, false, []);
+  });
+
+  app.delete('/:table', { schema: hide }, async (request, reply) => {
+    const { table } = request.params as { table: string };
+    const p = parsePrefer(request.headers.prefer);
+    const rq = parseRequest(request.query as QueryString, { write: true });
+    refuseReadParams(rq);
+    const written = await rows.remove(call(request), table, rq, writeOptions(p, rq));
+    return sendWritten(request, reply, p, written, false, []);
+  });
+
+  /**
+   * Call a function. A set-returning function of a table's row type is read like that table, so
+   * select, filters, order, limit/offset, counts and embedding apply to its rows; other functions
+   * take no query parameters beyond their arguments.
+   */
+  const rpc = async (request: FastifyRequest, reply: FastifyReply, args: Record<string, unknown>, rest: QueryString, readOnly: boolean) => {
+    const { fn } = request.params as { fn: string };
+    const f = await functions.resolve(fn, Object.keys(args));
+    const tables = await app.services.schema.tables();
+    if (f.setof && f.composite && tables.has(f.returnType)) {
+      return read(request, reply, f.returnType, rest, { sql: (params: Params) => functions.callSql(f, args, params), readOnly: readOnly || f.volatility !== 'v' });
+    }
+    const extra = Object.keys(rest);
+    if (extra.length) throw new PgrstError(400, 'PGRST100', `"${extra[0]}" is not supported on /rpc/${fn} by Strata`, 'select, filters and paging apply to functions returning SETOF a table');
+    const r = await functions.call(call(request), fn, args, { readOnly });
+    if (r.json === undefined) return reply.code(204).send();
+    return reply.code(200).type(JSON_TYPE).send(r.json);
+  };
+  app.get('/rpc/:fn', { schema: hide }, async (request, reply) => {
+    const names = await functions.argNames((request.params as { fn: string }).fn);
+    const args: Record<string, unknown> = {};
+    const rest: QueryString = {};
+    for (const [k, v] of Object.entries(request.query as QueryString)) {
+      if (names.has(k)) args[k] = v;
+      else rest[k] = v;
+    }
+    return rpc(request, reply, args, rest, true);
+  });
+  app.post('/rpc/:fn', { schema: hide }, async (request, reply) => {
+    const body = request.body ?? {};
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the arguments must be a JSON object');
+    const canWrite = ['writer', 'admin', 'platform_admin'].includes(request.ctx.role);
+    return rpc(request, reply, body as Record<string, unknown>, request.query as QueryString, !canWrite);
+  });
+}
+
+/** limit/order/offset on PATCH and DELETE are refused rather than ignored (they would change every matching row). */
+function refuseReadParams(rq: { limit?: number; offset: number; order: unknown[] }) {
+  if (rq.limit !== undefined || rq.offset || rq.order.length) {
+    throw new PgrstError(400, 'PGRST100', 'limit, offset and order are not supported on PATCH and DELETE by Strata', 'filter the rows to change instead');
+  }
+}
