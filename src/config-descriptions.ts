@@ -117,4 +117,6 @@ export const CONFIG_DESCRIPTIONS: { readonly [K in keyof Env]?: string } = {
   SWEEP_CRON: 'Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed.',
   SWEEP_MIN_AGE_MS: 'Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed.',
   GRAPHQL_PLAN_CACHE_MAX: 'GraphQL plan cache: documents kept parsed, validated (and, without variables, compiled) per (document, operation, role); an LRU of at most this many entries.',
+  POSTGREST_MAX_ROWS: '`/rest/v1`: the most rows one read returns (PostgREST\'s `db-max-rows`), also each embedded list\'s cap.',
+  POSTGREST_COUNT_CAP: '`/rest/v1`: `Prefer: count=planned|estimated` is an exact count capped here (planner statistics would describe other tenants).',
 };
