@@ -16,7 +16,7 @@ import { connectRedis, type RedisHandle } from '../../src/redis.js';
 import { createJobs, type JobsService } from '../../src/jobs/queues.js';
 import { randomUUID } from 'node:crypto';
 import type { Role } from '../../src/domain.js';
-import { createTestDatabase, REDIS_URL, urlFor, type TestDatabase } from './databases.js';
+import { createTestDatabase, REDIS_URL, type TestDatabase } from './databases.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE, TEST_JWT_SECRET } from './constants.js';
 
 export interface TestApp {
@@ -47,13 +47,15 @@ export interface TestAppOptions {
   jobs?: JobsService;
   /** Where the app's pino logger writes (to read its log lines in a test). */
   logStream?: pino.DestinationStream;
+  /** Run on this (already migrated) database instead of a clone of the template (the Citus suite). */
+  database?: TestDatabase;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
-  const database = await createTestDatabase();
+  const database = opts.database ?? (await createTestDatabase());
   const env = {
     DATABASE_URL: database.url,
-    APP_DATABASE_URL: withUser(database.name),
+    APP_DATABASE_URL: withUser(database.url),
     REDIS_URL,
     JWT_SECRET: TEST_JWT_SECRET,
     LOG_LEVEL: opts.logLevel ?? 'silent',
@@ -109,8 +111,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   };
 }
 
-function withUser(database: string): string {
-  const u = new URL(urlFor(database));
+function withUser(databaseUrl: string): string {
+  const u = new URL(databaseUrl);
   u.username = TEST_APP_ROLE;
   u.password = TEST_APP_PASSWORD;
   return u.toString();

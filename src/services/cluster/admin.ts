@@ -1,0 +1,4 @@
+export function createClusterService() {
+  return {};
+}
+export type ClusterService = ReturnType<typeof createClusterService>;
