@@ -54,6 +54,9 @@ import webhookRoutes from './api/rest/webhooks/index.js';
 import { createSearchService, type SearchService } from './services/search/index.js';
 import searchRoutes from './api/rest/search/index.js';
 import searchIndexRoutes from './api/rest/search-indexes/index.js';
+import clusterRoutes from './api/rest/cluster/index.js';
+import clusterGuard from './plugins/cluster-guard.js';
+import { createClusterService, type ClusterService } from './services/cluster/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -71,6 +74,7 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
+  cluster: ClusterService;
 }
 
 declare module 'fastify' {
@@ -175,6 +179,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH }),
+    cluster: createClusterService({ db }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -192,6 +197,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(swaggerPlugin);
   await app.register(authPlugin, { authenticator });
   await app.register(maintenancePlugin);
+  await app.register(clusterGuard);
 
   await app.register(healthRoutes);
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
@@ -216,6 +222,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   app.addHook('onClose', () => services.changeFeed.close());
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
+  await app.register(clusterRoutes, { prefix: '/v1/admin' });
   return app;
 }
 

@@ -29,12 +29,15 @@ import { createChangeFeed, type ChangeFeed } from '../services/changes/index.js'
 import { createWebhookDelivery, type WebhookDeliveryService } from '../services/changes/index.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
 import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
+import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
+import { createClusterService, type ClusterService } from '../services/cluster/index.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices extends BackupServices {
   apiKeys: ApiKeyService;
   exports: ExportService;
   webhookDelivery: WebhookDeliveryService;
+  cluster: ClusterService;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {
@@ -68,12 +71,16 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'maintain-changes': maintainChanges,
   'search-index-create': searchIndexCreate,
   'search-index-drop': searchIndexDrop,
+  'tenant-move': tenantMove,
+  'tenant-isolate': tenantIsolate,
+  'cluster-rebalance': clusterRebalance,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
   const c = db.config;
   return {
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
+    cluster: createClusterService({ db }),
     ...createBackupServices(db, log),
     exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
     webhookDelivery: createWebhookDelivery({

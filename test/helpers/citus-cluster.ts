@@ -108,6 +108,7 @@ function initNode(i: number): CitusNode {
       `unix_socket_directories = '${dir}'`,
       "shared_preload_libraries = 'citus'",
       'wal_level = logical',
+      ...outputPlugins(),
       'max_connections = 200',
       'max_wal_senders = 20',
       'max_replication_slots = 20',
@@ -125,6 +126,25 @@ function initNode(i: number): CitusNode {
   writeFileSync(path.join(dir, 'pg_hba.conf'), 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n');
   run('pg_ctl', ['start', '-D', dir, '-w', '-t', '60', '-l', path.join(dir, 'server.log')]);
   return { port, dir, url: nodeUrl(port) };
+}
+
+let describedConfig: string | undefined;
+/**
+ * Tenant isolation (a shard split) decodes with citus's own output plugin. Builds of PostgreSQL 15
+ * that have `output_plugin_libraries` load only the plugins it lists: citus is added to its default.
+ * Older builds have no such setting (and restrict nothing); naming it there would stop the server.
+ */
+function outputPlugins(): string[] {
+  if (describedConfig === undefined) {
+    const args = ['--describe-config'];
+    const full = path.join(BIN, 'postgres');
+    const r = isRoot ? spawnSync('runuser', ['-u', 'postgres', '--', full, ...args], { encoding: 'utf8' }) : spawnSync(full, args, { encoding: 'utf8' });
+    describedConfig = r.stdout ?? '';
+  }
+  const line = describedConfig.split('\n').find((l) => l.startsWith('output_plugin_libraries\t'));
+  if (!line) return [];
+  const current = line.split('\t')[4] ?? 'pgoutput';
+  return [`output_plugin_libraries = '${current}, citus'`];
 }
 
 function uidOf(user: string): number {

@@ -27,6 +27,8 @@ export interface DistributeReport {
   reference: string[];
   keysWidened: string[];
   captureRemoved: string[];
+  /** Tables whose FORCE ROW LEVEL SECURITY was lifted (RLS stays enabled; see below). */
+  forceLifted: string[];
 }
 
 interface Candidate {
@@ -39,7 +41,7 @@ interface Candidate {
 
 /** Distribute the tenant tables of the database `client` is connected to (a Citus coordinator). */
 export async function distributeTables(client: pg.ClientBase): Promise<DistributeReport> {
-  const report: DistributeReport = { distributed: [], reference: [], keysWidened: [], captureRemoved: [] };
+  const report: DistributeReport = { distributed: [], reference: [], keysWidened: [], captureRemoved: [], forceLifted: [] };
   const { rows: dbs } = await client.query<{ db: string }>('SELECT current_database() AS db');
   const db = client.escapeIdentifier(dbs[0]!.db);
   await client.query(`ALTER DATABASE ${db} SET citus.propagate_set_commands = 'local'`);
@@ -93,6 +95,18 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
       await truncateLocal(client, t.name);
       report.reference.push(t.name);
     }
+  }
+  // Online moves and tenant isolation replay writes through logical replication, whose apply
+  // worker refuses a table under FORCE ROW LEVEL SECURITY. FORCE only binds the table owner;
+  // tenant sessions run as a role that owns nothing (checked at boot) and stay under the
+  // policies, which remain enabled on every shard.
+  const { rows: forced } = await client.query<{ name: string }>(
+    `SELECT p.logicalrelid::regclass::text AS name FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+      WHERE p.partmethod = 'h' AND c.relforcerowsecurity ORDER BY 1`,
+  );
+  for (const f of forced) {
+    await client.query(`ALTER TABLE ${f.name} NO FORCE ROW LEVEL SECURITY`);
+    report.forceLifted.push(f.name);
   }
   await analystLoginOnWorkers(client);
   return report;
