@@ -371,6 +371,25 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
         `tenant move under write load: ${Math.round(moveEnded - moveStarted)} ms, ${acked.length} writes acknowledged, 0 lost, longest write pause ${Math.round(Math.max(0, ...gaps))} ms`,
       );
     }, 180_000);
+
+    it('adds a worker and rebalances shards onto it', async () => {
+      const extra = await cluster.startExtraNode();
+      const bad = await req('platform', 'POST', '/v1/admin/cluster/nodes', { host: '127.0.0.1', port: 1 });
+      expect(bad.status).toBe(400);
+      expect((bad.body['error'] as Json)['code']).toBe('NODE_UNREACHABLE');
+      const added = await req('platform', 'POST', '/v1/admin/cluster/nodes', { host: '127.0.0.1', port: extra.port });
+      expect(added.status, JSON.stringify(added.body)).toBe(201);
+      const r = await req('platform', 'POST', '/v1/admin/cluster/rebalance');
+      expect(r.status).toBe(202);
+      const job = await finished(String(r.body['job_id']));
+      expect(job.state, JSON.stringify(job)).toBe('completed');
+      const overview = (await req('platform', 'GET', '/v1/admin/cluster')).body['data'] as { nodes: Array<{ port: number; shards: number }> };
+      expect(overview.nodes.find((n) => n.port === extra.port)?.shards).toBeGreaterThan(0);
+      // every tenant still reads exactly its own rows
+      const list = await req('globex:writer', 'GET', '/v1/tables/pipelines/rows?limit=1000');
+      for (const row of list.body['data'] as Json[]) expect(row['tenant_id']).toBe('globex');
+      expect((list.body['data'] as Json[]).length).toBe(5);
+    }, 180_000);
   });
 });
 
