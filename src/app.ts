@@ -63,6 +63,9 @@ import { createTestingService, type TestingService } from './services/testing/in
 import testingRoutes from './api/rest/testing/index.js';
 import postgrestRoutes from './api/postgrest/index.js';
 import { createRestFunctionsService, createRestRowsService, type RestFunctionsService, type RestRowsService } from './services/data/index.js';
+import clusterRoutes from './api/rest/cluster/index.js';
+import clusterGuard from './plugins/cluster-guard.js';
+import { createClusterService, type ClusterService } from './services/cluster/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -85,6 +88,7 @@ export interface AppServices extends BackupServices {
   /** The PostgREST face's core: reads/writes and functions (/rest/v1). */
   restRows: RestRowsService;
   restFunctions: RestFunctionsService;
+  cluster: ClusterService;
 }
 
 declare module 'fastify' {
@@ -215,6 +219,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, afterCommit: hooks.afterCommit }),
     restFunctions: createRestFunctionsService({ db, schema }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
+    cluster: createClusterService({ db }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -234,6 +239,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(limitsPlugin, { limits, redis: opts.redis });
   await app.register(maintenancePlugin);
   await app.register(idempotencyPlugin);
+  await app.register(clusterGuard);
 
   await app.register(healthRoutes);
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
@@ -261,6 +267,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(complianceRoutes, { prefix: '/v1/admin/compliance' });
   await app.register(testingRoutes, { prefix: '/v1/testing' });
   await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
+  await app.register(clusterRoutes, { prefix: '/v1/admin' });
   return app;
 }
 

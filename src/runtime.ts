@@ -18,6 +18,7 @@ type EmbeddedModule = { startEmbedded: typeof startEmbedded };
 import { createMigrator, defaultMigrationsDir, type Migrator } from './db/migrations/index.js';
 import { DEMO_TENANTS, seedDemo } from './db/seed.js';
 import { connectRedis, redisBoundsOf, type RedisHandle } from './redis.js';
+import { prepareCluster } from './services/cluster/index.js';
 
 export interface Runtime {
   readonly config: Config;
@@ -53,6 +54,7 @@ export async function createRuntime(config: Config, log: Logger, opts: RuntimeOp
     if (opts.role === 'api' && config.migrateOnBoot) {
       const applied = await migrator.up();
       log.info({ applied: applied.map((s) => s.id) }, applied.length ? 'migrations applied' : 'migrations current');
+      await prepareCluster(db.admin.pg, log);
     }
     if (manageRole) await db.admin.with((c) => ensureAppRole(c, config.DB_APP_ROLE, appRolePassword(config, adminUrl)));
     await db.start();

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { prepareCluster } from '../services/cluster/index.js';
 import {
   createMigrator,
   defaultMigrationsDir,
@@ -91,6 +92,11 @@ async function main(): Promise<number> {
     switch (args.command) {
       case 'up':
         done(await migrator.up({ to: args.to, dryRun: dry }), 'applied');
+        // on a Citus coordinator: distribute the tenant tables (a no-op on a single server)
+        if (!dry) {
+          const cluster = await prepareCluster(pool, { info: () => undefined });
+          if (cluster) out(`cluster: ${cluster.distributed.length} distributed tables, ${cluster.reference.length} reference tables`);
+        }
         return 0;
       case 'down':
         done(await migrator.down({ to: args.to, steps: args.steps, dryRun: dry }), 'rolled back');

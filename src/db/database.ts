@@ -11,6 +11,7 @@ import type { Config } from '../config.js';
 import { unavailable } from '../errors.js';
 import { createDbMetrics, type DbMetrics } from './metrics.js';
 import { StrataPool, type PoolOptions } from './pool.js';
+import { detectClusterMode, type ClusterMode } from './cluster-mode.js';
 import {
   runInTransaction,
   runSingleStatement,
@@ -60,6 +61,7 @@ export class Database {
   private readonly shards = new Map<string, Shard>();
   private readonly deps: SessionDeps;
   private gate: TenantGate | undefined;
+  private mode: ClusterMode = { cluster: false, citusVersion: null, workers: 0 };
 
   constructor(private readonly opts: DatabaseOptions) {
     const { config, log } = opts;
@@ -130,8 +132,23 @@ export class Database {
     return admitted.then(() => run().finally(leave));
   }
 
-  /** Prewarm pools and verify the application role cannot bypass row-level security. */
+  /** Cluster mode (a Citus coordinator with workers), detected at start(). */
+  get cluster(): boolean {
+    return this.mode.cluster;
+  }
+
+  get clusterMode(): ClusterMode {
+    return this.mode;
+  }
+
+  /**
+   * Prewarm pools and verify the application role cannot bypass row-level security. Detects
+   * cluster mode first: on a Citus coordinator, tenant sessions must reach the workers with their
+   * tenant (SET LOCAL propagation), which is checked here too.
+   */
   async start(): Promise<void> {
+    this.mode = await this.admin.with((c) => detectClusterMode(c));
+    this.deps.cluster = this.mode.cluster;
     for (const shard of this.shards.values()) {
       await shard.app.start();
       await shard.stream.start();
@@ -145,6 +162,14 @@ export class Database {
         throw new Error(
           `the application role ${r?.current_user ?? '?'} on shard ${shard.id} is a superuser or has BYPASSRLS; tenant isolation would not hold (set APP_DATABASE_URL to a plain role)`,
         );
+      }
+      if (this.mode.cluster) {
+        const { rows: set } = await shard.app.with((c) => c.query<{ v: string }>("SELECT current_setting('citus.propagate_set_commands') AS v"));
+        if (set[0]?.v !== 'local') {
+          throw new Error(
+            "cluster mode: citus.propagate_set_commands is not 'local' for tenant sessions, so the workers would not see the tenant (run the migrations, whose cluster step sets it on the database)",
+          );
+        }
       }
     }
     await this.admin.start();

@@ -7,7 +7,7 @@
  * together, so isolation costs no extra round trip. Nested calls become savepoints; serialization
  * failures and deadlocks are retried with jittered backoff.
  */
-import type pg from 'pg';
+import pg from 'pg';
 import type { Logger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import type { DbMetrics } from './metrics.js';
@@ -134,6 +134,16 @@ export interface SessionDeps {
   defaults: { retries: number; statementTimeoutMs: number; lockTimeoutMs: number; slowQueryMs: number };
   /** Slow-query log and N+1 detection, attached once the app has Redis (Database.observe). */
   observer?: QueryObserver;
+  /**
+   * Cluster mode (a Citus coordinator): the tenant is also set with `SET LOCAL` inside an explicit
+   * transaction block, the only form Citus forwards to the workers (see single-trip.ts).
+   */
+  cluster?: boolean;
+}
+
+/** `SET LOCAL strata.tenant_id = '<tenant>'`: SET takes no parameters, so the value is a quoted literal. */
+export function setLocalTenantSql(tenantId: string | null | undefined): string {
+  return `SET LOCAL strata.tenant_id = ${pg.escapeLiteral(tenantId ?? '')}`;
 }
 
 /**
@@ -302,6 +312,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
   const retries = opts.retries ?? deps.defaults.retries;
   const setupValues = setupValuesFor(deps, ctx, opts);
   const setup = opts.request ? (opts.readOnly ? SETUP_REQ_RO : SETUP_REQ_RW) : opts.readOnly ? SETUP_RO : SETUP_RW;
+  const block = deps.cluster ? { set: setLocalTenantSql(ctx.tenantId) } : undefined;
   return withRetries(deps, ctx, retries, async (attempt) => {
     const lease = await pool.acquire();
     if (ctx.alive && !ctx.alive()) {
@@ -316,6 +327,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
         setupValues,
         text,
         values,
+        block,
       );
       account(deps, pool.options.name, ctx, text, started, res.rowCount);
       lease.release();
@@ -324,7 +336,8 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
       account(deps, pool.options.name, ctx, text, started, null);
       deps.metrics.errors.inc({ pool: pool.options.name, sqlstate: sqlstateOf(err) });
       const lost = isConnectionError(err);
-      // an answer the socket could not parse destroyed the connection, but is no reason to retry
+      // cluster mode: the failed statement left its explicit transaction block aborted
+      if (block && !lost) await lease.client.query('ROLLBACK').catch(() => undefined);
       lease.release(lost || err instanceof UnreadableResultError ? true : undefined);
       // a prepared statement invalidated by a schema change is re-prepared once, transparently
       if (attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err))) return REPLAN;
@@ -416,6 +429,7 @@ async function attemptOnce<T>(
   corkUntilNextTick(client);
   const setup = Promise.all([
     client.query(`BEGIN ISOLATION LEVEL ${iso}${opts.readOnly ? ' READ ONLY' : ''}`),
+    ...(deps.cluster ? [client.query(setLocalTenantSql(ctx.tenantId))] : []),
     client.query(
       opts.request ? { name: 'strata_session_setup_req', text: SETUP_REQUEST_SQL } : { name: 'strata_session_setup', text: SETUP_SQL },
       setupValuesFor(deps, ctx, opts),

@@ -76,6 +76,7 @@ class SingleTripQuery extends BaseQuery {
     private readonly setupValues: readonly unknown[],
     text: string,
     values: readonly unknown[] | undefined,
+    private readonly block?: BlockWrap,
   ) {
     // text and values as separate arguments: a config object would be deep-copied by pg
     super(text, values as unknown[] | undefined);
@@ -107,6 +108,14 @@ class SingleTripQuery extends BaseQuery {
         this.parsedAs = name;
         state.statements.set(this.text, name);
       }
+      if (this.block) {
+        // cluster mode: an explicit transaction block, so that Citus sends SET LOCAL to the workers
+        for (const text of ['BEGIN', this.block.set]) {
+          connection.parse({ text, name: '', types: [] });
+          connection.bind({ portal: '', statement: '', values: [], valueMapper: prepareValue });
+          connection.execute({ portal: '' });
+        }
+      }
       if (!known) {
         this.parsedSetup = true;
         connection.parse({ text: this.setup.text, name: this.setup.name, types: [] });
@@ -118,6 +127,11 @@ class SingleTripQuery extends BaseQuery {
       connection.bind({ portal: '', statement: name, values: this.values ?? [], valueMapper: prepareValue });
       connection.describe({ type: 'P', name: '' });
       connection.execute({ portal: '' });
+      if (this.block) {
+        connection.parse({ text: 'COMMIT', name: '', types: [] });
+        connection.bind({ portal: '', statement: '', values: [], valueMapper: prepareValue });
+        connection.execute({ portal: '' });
+      }
       connection.sync();
     } finally {
       connection.stream.uncork?.();
@@ -156,6 +170,17 @@ class SingleTripQuery extends BaseQuery {
   }
 }
 
+/**
+ * Cluster mode (Citus): the batch becomes `BEGIN; <set>; setup; statement; COMMIT` before the one
+ * Sync. Citus propagates `SET LOCAL` to the workers (citus.propagate_set_commands = 'local') only
+ * inside an explicit transaction block, and `set_config()` never. Still one write and one round
+ * trip; on an error the block is left aborted, and the caller sends ROLLBACK.
+ */
+export interface BlockWrap {
+  /** A `SET LOCAL ...` statement with its values as quoted literals (SET takes no parameters). */
+  readonly set: string;
+}
+
 /** Run `setup` then `text` in one implicit transaction, one round trip; resolves to `text`'s result. */
 export function singleTrip<R extends pg.QueryResultRow>(
   client: pg.PoolClient,
@@ -163,13 +188,15 @@ export function singleTrip<R extends pg.QueryResultRow>(
   setupValues: readonly unknown[],
   text: string,
   values?: readonly unknown[],
+  block?: BlockWrap,
 ): Promise<pg.QueryResult<R>> {
   return new Promise((resolve, reject) => {
-    const q = new SingleTripQuery(setup, setupValues, text, values);
+    const q = new SingleTripQuery(setup, setupValues, text, values, block);
     q.callback = (err, res) => {
       if (err) return reject(err);
       const results = Array.isArray(res) ? res : [res];
-      resolve(results[results.length - 1] as pg.QueryResult<R>);
+      // the statement's result is the last one, or the one before COMMIT in a block
+      resolve(results[results.length - (block ? 2 : 1)] as pg.QueryResult<R>);
     };
     void client.query(q as unknown as pg.QueryConfig);
   });

@@ -43,12 +43,15 @@ import { createLimits, type JobSlot } from '../services/limits/index.js';
 const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
 /** How long a job over its tenant's limit waits (delayed) before it is tried again, plus jitter. */
 const LIMIT_DELAY_MS = 1_000;
+import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
+import { createClusterService, type ClusterService } from '../services/cluster/index.js';
 
 /** What processors may call: the same services the routes use. Later capabilities add theirs. */
 export interface ProcessorServices extends BackupServices {
   apiKeys: ApiKeyService;
   exports: ExportService;
   webhookDelivery: WebhookDeliveryService;
+  cluster: ClusterService;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {
@@ -83,12 +86,16 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'sweep-temporaries': sweepTemporariesJob,
   'search-index-create': searchIndexCreate,
   'search-index-drop': searchIndexDrop,
+  'tenant-move': tenantMove,
+  'tenant-isolate': tenantIsolate,
+  'cluster-rebalance': clusterRebalance,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
   const c = db.config;
   return {
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
+    cluster: createClusterService({ db }),
     ...createBackupServices(db, log),
     exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
     webhookDelivery: createWebhookDelivery({

@@ -16,14 +16,14 @@ import { connectRedis, redisBoundsOf, type RedisHandle } from '../../src/redis.j
 import { createJobs, type JobsService } from '../../src/jobs/queues.js';
 import { randomUUID } from 'node:crypto';
 import type { Role } from '../../src/domain.js';
-import { createTestDatabase, REDIS_URL, urlFor, type TestDatabase } from './databases.js';
+import { createTestDatabase, REDIS_URL, type TestDatabase } from './databases.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE, TEST_JWT_SECRET } from './constants.js';
 
 export interface TestApp {
   app: FastifyInstance;
   db: Database;
   config: Config;
-  database: TestDatabase;
+  database: Pick<TestDatabase, 'name' | 'url' | 'drop'>;
   redis: RedisHandle;
   migrator: Migrator;
   registry: Registry;
@@ -47,13 +47,15 @@ export interface TestAppOptions {
   jobs?: JobsService;
   /** Where the app's pino logger writes (to read its log lines in a test). */
   logStream?: pino.DestinationStream;
+  /** Run on this (already migrated) database instead of a clone of the template (the Citus suite). */
+  database?: Pick<TestDatabase, 'name' | 'url' | 'drop'>;
 }
 
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
-  const database = await createTestDatabase();
+  const database = opts.database ?? (await createTestDatabase());
   const env = {
     DATABASE_URL: database.url,
-    APP_DATABASE_URL: withUser(database.name),
+    APP_DATABASE_URL: withUser(database.url),
     REDIS_URL,
     JWT_SECRET: TEST_JWT_SECRET,
     LOG_LEVEL: opts.logLevel ?? 'silent',
@@ -111,8 +113,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   };
 }
 
-function withUser(database: string): string {
-  const u = new URL(urlFor(database));
+function withUser(databaseUrl: string): string {
+  const u = new URL(databaseUrl);
   u.username = TEST_APP_ROLE;
   u.password = TEST_APP_PASSWORD;
   return u.toString();

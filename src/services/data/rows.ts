@@ -104,19 +104,42 @@ export function createRowsService(opts: RowsServiceOptions) {
     return { kind: 'cond', column: name, op: 'eq', not: false, value: pk };
   }
 
-  function whereSql(t: TableInfo, filters: Filter[], params: Params): string {
-    return filters.length ? `WHERE ${filters.map((f) => filterSql(t, 't0', f, params)).join(' AND ')}` : '';
+  function whereSql(t: TableInfo, filters: Filter[], params: Params, ctx?: SessionContext): string {
+    const conds = filters.map((f) => filterSql(t, 't0', f, params));
+    const routed = ctx && tenantQual(t, ctx, params);
+    if (routed) conds.push(routed);
+    return conds.length ? `WHERE ${conds.join(' AND ')}` : '';
+  }
+
+  /**
+   * Cluster mode: `t0.tenant_id = $n` beside the RLS policy, so Citus routes the statement to the
+   * tenant's one shard instead of fanning out to all (the policy's qual is not used for routing).
+   * RLS still decides what is visible. Undefined on a single server or a table without tenant_id.
+   */
+  function tenantQual(t: TableInfo, ctx: SessionContext, params: Params): string | undefined {
+    return db.cluster && t.hasTenantId ? `t0.tenant_id = ${params.add(ctx.tenantId ?? '')}` : undefined;
   }
 
   function returningSql(t: TableInfo, select: string | undefined, s: BuildScope): string {
     return `${rowJsonSql(t, 't0', select ? parseSelect(select) : [{ kind: 'star' }], s)}::text AS j, t0.xmin::text AS v`;
   }
 
+  /**
+   * `<dml> RETURNING <row JSON>`. Cluster mode: Citus refuses functions that are not immutable
+   * (to_json) in a RETURNING list, so the write returns its rows from a data-modifying CTE named
+   * like the table alias and the JSON is built over them (same columns, same shape).
+   */
+  function withReturning(t: TableInfo, dml: string, select: string | undefined, s: BuildScope): string {
+    if (!db.cluster) return `${dml} RETURNING ${returningSql(t, select, s)}`;
+    const json = rowJsonSql(t, 't0', select ? parseSelect(select) : [{ kind: 'star' }], s);
+    return `WITH t0 AS (${dml} RETURNING t0.*, t0.xmin::text AS strata_v) SELECT ${json}::text AS j, t0.strata_v AS v FROM t0`;
+  }
+
   const selectParam = (qs: QueryString): string | undefined =>
     typeof qs['select'] === 'string' ? qs['select'] : undefined;
 
   /** The page statement of a rows-API read (shared by list and EXPLAIN of a rows query). */
-  async function buildList(t: TableInfo, qs: QueryString) {
+  async function buildList(t: TableInfo, qs: QueryString, ctx?: SessionContext) {
     const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
     checkEmbedPaths(rq.select, rq.embeds);
     const params = new Params();
@@ -127,6 +150,8 @@ export function createRowsService(opts: RowsServiceOptions) {
     const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
     // `rel!inner(...)`: only parents with a related row passing the embed's filters
     filters.push(...innerJoinsSql(t, 't0', rq.select, s));
+    const routed = ctx && tenantQual(t, ctx, params);
+    if (routed) filters.push(routed);
     const countFilters = [...filters];
     const countValues = [...params.values];
     if (rq.cursor !== undefined)
@@ -141,8 +166,8 @@ export function createRowsService(opts: RowsServiceOptions) {
 
   const service = {
     /** The statement and values a rows-API read of `table` with query string `qs` runs (for EXPLAIN). */
-    async listStatement(table: string, qs: QueryString): Promise<{ text: string; values: unknown[] }> {
-      const { text, params } = await buildList(await schema.table(table), qs);
+    async listStatement(table: string, qs: QueryString, ctx?: SessionContext): Promise<{ text: string; values: unknown[] }> {
+      const { text, params } = await buildList(await schema.table(table), qs, ctx);
       return { text, values: [...params.values] };
     },
 
@@ -153,7 +178,7 @@ export function createRowsService(opts: RowsServiceOptions) {
 
     /** list() over a relation described outside the registry (the tenant-filtered view of a materialized view). */
     async listTable(ctx: SessionContext, table: TableInfo, qs: QueryString, tx?: Tx): Promise<string> {
-      const { t, rq, params, order, limit, signature, text: unbounded, keyNames, countFilters, countValues } = await buildList(table, qs);
+      const { t, rq, params, order, limit, signature, text: unbounded, keyNames, countFilters, countValues } = await buildList(table, qs, ctx);
       // PostgreSQL sums the rows' JSON sizes and sends none past the bound (response-bounds.ts)
       const text = boundJsonSql(unbounded, keyNames, params.add(maxBytes));
       const countWhere = countFilters.length ? `WHERE ${countFilters.join(' AND ')}` : '';
@@ -219,19 +244,21 @@ export function createRowsService(opts: RowsServiceOptions) {
       // the plain read (no select, no other parameters) has one statement per table: built once
       const plain = Object.keys(qs).length === 0;
       let text = plain ? plainGets.get(t) : undefined;
-      let values: unknown[] = [pk];
+      const routed = db.cluster && t.hasTenantId;
+      let values: unknown[] = routed ? [pk, ctx.tenantId ?? ''] : [pk];
       if (text === undefined) {
         const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
         const params = new Params();
         const s = await scope(params, rq);
         checkEmbedPaths(rq.select, s.embeds);
         const where = filterSql(t, 't0', filter, params);
-        text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}`;
+        const qual = tenantQual(t, ctx, params);
+        text = `SELECT ${rowJsonSql(t, 't0', rq.select, s)}::text AS j, t0.xmin::text AS v FROM ${t.qualified} t0 WHERE ${where}${qual ? ` AND ${qual}` : ''}`;
         // The plain read (the table's own columns, one row) stays as it is: its size is what one row
         // holds, and it is the hot path. A select (aliases, embeds) is bounded like a page.
         if (!plain) text = boundJsonSql(text, ['v'], params.add(maxBytes));
         values = params.values;
-        if (plain && values.length === 1 && values[0] === pk) plainGets.set(t, text);
+        if (plain && values.length === (routed ? 2 : 1) && values[0] === pk) plainGets.set(t, text);
       }
       const { rows } = await singleStatement<{ j: string; v: string }>(ctx, tx, true, text, values);
       const row = rows[0];
@@ -292,7 +319,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const valuesSql = columns.length ? `VALUES ${values.join(', ')}` : 'DEFAULT VALUES';
       if (!columns.length && rows.length > 1)
         throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
-      const text = `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict} RETURNING ${returningSql(t, o.select, s)}`;
+      const text = withReturning(t, `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict}`, o.select, s);
       const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return result(res.rows, many, o.returning);
@@ -313,11 +340,11 @@ export function createRowsService(opts: RowsServiceOptions) {
       if (columns.length === 0) throw badRequest('EMPTY_BODY', 'nothing to update: the body names no column');
       const params = new Params();
       const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
-      const { where, single } = writeTarget(t, target, params);
+      const { where, single } = writeTarget(t, target, params, ctx);
       const version =
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
-      const text = `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
+      const text = withReturning(t, `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version}`, o.select ?? selectParam(target.qs), s);
       const r = await write(ctx, t, target, text, params, single, o, tx);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return r;
@@ -333,11 +360,11 @@ export function createRowsService(opts: RowsServiceOptions) {
     ): Promise<WriteResult> {
       const t = await schema.table(table);
       const params = new Params();
-      const { where, single } = writeTarget(t, target, params);
+      const { where, single } = writeTarget(t, target, params, ctx);
       const version =
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
-      const text = `DELETE FROM ${t.qualified} AS t0 ${where}${version} RETURNING ${returningSql(t, o.select ?? selectParam(target.qs), s)}`;
+      const text = withReturning(t, `DELETE FROM ${t.qualified} AS t0 ${where}${version}`, o.select ?? selectParam(target.qs), s);
       const r = await write(ctx, t, target, text, params, single, o, tx);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return r;
@@ -349,6 +376,7 @@ export function createRowsService(opts: RowsServiceOptions) {
     t: TableInfo,
     target: { pk?: string; qs: QueryString },
     params: Params,
+    ctx: SessionContext,
   ): { where: string; single: boolean } {
     // A parameter a write would silently ignore is refused: `limit=1` on a filtered DELETE must
     // not delete every matching row, and a filter beside a primary key must not be dropped.
@@ -360,7 +388,7 @@ export function createRowsService(opts: RowsServiceOptions) {
         throw badRequest('UNSUPPORTED_PARAMETER', `query parameter ${JSON.stringify(k)} does not apply to an update or delete: it changes every row the filters match`, { parameter: k });
     }
     if (target.pk !== undefined)
-      return { where: whereSql(t, [pkFilter(t, target.pk)], params), single: true };
+      return { where: whereSql(t, [pkFilter(t, target.pk)], params, ctx), single: true };
     const filterOnly: QueryString = {};
     for (const [k, v] of Object.entries(target.qs)) if (k !== 'select') filterOnly[k] = v;
     const rq = parseRowsQuery(filterOnly, { maxLimit: opts.maxLimit });
@@ -370,7 +398,7 @@ export function createRowsService(opts: RowsServiceOptions) {
         `refusing to change every row of ${t.name}: add a filter (e.g. ?id=eq.1) or use /rows/{pk}`,
       );
     }
-    return { where: whereSql(t, rq.filters, params), single: false };
+    return { where: whereSql(t, rq.filters, params, ctx), single: false };
   }
 
   /** One statement: in the caller's transaction, or as a single-round-trip tenant transaction. */
@@ -410,7 +438,7 @@ export function createRowsService(opts: RowsServiceOptions) {
         if (o.ifMatch !== undefined) {
           const p = new Params();
           const cur = await r.query<{ v: string }>(
-            `SELECT t0.xmin::text AS v FROM ${t.qualified} t0 ${whereSql(t, [pkFilter(t, target.pk!)], p)}`,
+            `SELECT t0.xmin::text AS v FROM ${t.qualified} t0 ${whereSql(t, [pkFilter(t, target.pk!)], p, ctx)}`,
             p.values,
             true,
           );

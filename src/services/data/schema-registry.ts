@@ -141,6 +141,14 @@ export function enumFromChecks(column: string, checks: Array<{ definition: strin
   return null;
 }
 
+/**
+ * The columns that address a row in the API: the primary key without a leading tenant_id, which the
+ * session already fixes (on a Citus cluster every tenant table's key is (tenant_id, id)).
+ */
+function rowKey(columns: string[]): string[] {
+  return columns.length > 1 && columns[0] === 'tenant_id' ? columns.slice(1) : columns;
+}
+
 function build(rows: Row[]): Map<string, TableInfo> {
   const map = new Map<string, TableInfo>();
   for (const r of rows) {
@@ -152,7 +160,7 @@ function build(rows: Row[]): Map<string, TableInfo> {
       name: r.name,
       columns,
       columnMap: new Map(columns.map((c) => [c.name, c])),
-      primaryKey: indexes.find((i) => i.primary)?.columns ?? [],
+      primaryKey: rowKey(indexes.find((i) => i.primary)?.columns ?? []),
       foreignKeys: (r.fks ?? []).filter((f) => EXPOSED_SCHEMAS.includes(f.schema)).map(({ name, table, columns: cols, refColumns }) => ({ name, table, columns: cols, refColumns })),
       referencedBy: [],
       indexes,

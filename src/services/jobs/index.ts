@@ -37,6 +37,12 @@ export interface JobInputs {
   'search-index-create': { table: string };
   /** Drop the search index of `table` and its definition. */
   'search-index-drop': { table: string };
+  /** Cluster mode: move a tenant's shard group to another worker online (SPEC 11). */
+  'tenant-move': { tenant: string; node: { host: string; port: number } };
+  /** Cluster mode: give a tenant a shard of its own. */
+  'tenant-isolate': { tenant: string };
+  /** Cluster mode: rebalance shards over the workers (citus_rebalance_start). */
+  'cluster-rebalance': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
 
@@ -55,6 +61,9 @@ export const JOB_QUEUES = {
   'sweep-temporaries': 'maintenance',
   'search-index-create': 'search',
   'search-index-drop': 'search',
+  'tenant-move': 'cluster',
+  'tenant-isolate': 'cluster',
+  'cluster-rebalance': 'cluster',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

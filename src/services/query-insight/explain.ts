@@ -221,6 +221,7 @@ export function createExplainService(deps: ExplainServiceDeps) {
 
   async function statement(
     input: ExplainInput,
+    ctx: SessionContext,
   ): Promise<{ text: string; values: unknown[]; offset: number }> {
     if ((input.sql === undefined) === (input.table === undefined)) {
       throw badRequest(
@@ -249,7 +250,7 @@ export function createExplainService(deps: ExplainServiceDeps) {
     }
     if (input.params !== undefined)
       throw badRequest('EXPLAIN_INPUT_INVALID', 'params go with sql; a rows-API query carries its values');
-    const built = await deps.rows.listStatement(input.table as string, toQueryString(input.query ?? ''));
+    const built = await deps.rows.listStatement(input.table as string, toQueryString(input.query ?? ''), ctx);
     return { ...built, offset: 0 };
   }
 
@@ -261,7 +262,7 @@ export function createExplainService(deps: ExplainServiceDeps) {
      */
     async explain(ctx: SessionContext, input: ExplainInput): Promise<ExplainResult> {
       const analyzed = input.analyze === true;
-      const { text, values, offset } = await statement(input);
+      const { text, values, offset } = await statement(input, ctx);
       const prefix = `EXPLAIN (${analyzed ? 'ANALYZE, BUFFERS, ' : ''}FORMAT JSON) `;
       const explainText = prefix + text;
       // the prefix must not change what the statement is: still exactly one EXPLAIN
