@@ -1,3 +1,4 @@
+REVOKE EXECUTE ON FUNCTION pg_advisory_xact_lock(integer, integer) FROM strata_tenant;
 DROP TABLE IF EXISTS strata.idempotency_keys;
 DROP INDEX IF EXISTS strata.webhook_deliveries_change_idx;
 DROP INDEX IF EXISTS strata.webhooks_leased_idx;

@@ -28,3 +28,9 @@ CREATE TABLE strata.idempotency_keys (
   PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX idempotency_keys_expiry_idx ON strata.idempotency_keys (expires_at);
+
+-- Webhook creation serialises one tenant's creations (the WEBHOOK_TENANT_MAX count) with a
+-- transaction-level advisory lock taken in the tenant session. 0009_analyst_sandbox took EXECUTE on
+-- the advisory-lock functions away from PUBLIC; tenant sessions get back this one form. Analysts do
+-- not: strata_analyst is NOINHERIT and a member of nothing, so a grant to strata_tenant never reaches it.
+GRANT EXECUTE ON FUNCTION pg_advisory_xact_lock(integer, integer) TO strata_tenant;

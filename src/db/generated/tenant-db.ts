@@ -122,6 +122,19 @@ export interface StrataComplianceColumns {
   declared_at: Defaulted<Timestamp>;
 }
 
+export interface StrataIdempotencyKeys {
+  tenant_id: string;
+  key: string;
+  fingerprint: string;
+  state: 'running' | 'done';
+  status: number | null;
+  headers: Json | null;
+  body: string | null;
+  created_at: Defaulted<Timestamp>;
+  updated_at: Defaulted<Timestamp>;
+  expires_at: Timestamp;
+}
+
 export interface StrataSandboxRevoked {
   fn: string;
   grantees: string[];
@@ -211,6 +224,8 @@ export interface StrataWebhooks {
   created_by: Defaulted<string>;
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
+  failures: Defaulted<number>;
+  last_success_at: Timestamp | null;
 }
 
 export interface TenantDB {
@@ -227,6 +242,7 @@ export interface PlatformDB {
   'strata.captured_tables': StrataCapturedTables;
   'strata.changes': StrataChanges;
   'strata.compliance_columns': StrataComplianceColumns;
+  'strata.idempotency_keys': StrataIdempotencyKeys;
   'strata.sandbox_revoked': StrataSandboxRevoked;
   'strata.search_indexes': StrataSearchIndexes;
   'strata.tenant_keys': StrataTenantKeys;
