@@ -36,6 +36,7 @@ describe('bounded cost per request', () => {
     t = await createTestApp({
       env: {
         DB_POOL_MAX: '2', // the export (stream) pool holds 2 connections
+        LIMITS_ENABLED: 'false', // the pool itself must run out here (the per-tenant caps are tested in limits.test.ts)
         DB_ACQUIRE_TIMEOUT_MS: '1000',
         RESPONSE_MAX_BYTES: String(1024 * 1024),
         SQL_MAX_RESULT_BYTES: String(2 * 1024 * 1024),

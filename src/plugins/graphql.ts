@@ -54,7 +54,7 @@ export default fp(
     const maxBytes = app.config.GRAPHQL_MAX_RESPONSE_BYTES || app.config.RESPONSE_MAX_BYTES;
     const requests = new WeakMap<FastifyRequest, GraphqlRequest>();
     let builtVersion = -1;
-    const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX);
+    const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX, app.config.GRAPHQL_MAX_RESPONSE_BYTES || app.config.RESPONSE_MAX_BYTES);
     compiled.enabled = app.config.GRAPHQL_COMPILER;
     app.decorate('graphqlCompiler', compiled);
 

@@ -138,6 +138,8 @@ export class CompiledQueries {
   constructor(
     private readonly db: Database,
     maxEntries: number,
+    /** The byte bound of one answer (GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES); past it the resolvers answer 413. */
+    private readonly maxBytes = 16 * 1024 * 1024,
   ) {
     // bounded by entries and by the documents' size (an AST is a few times its source)
     this.plans = new LRUCache<string, Entry>({ max: Math.max(1, maxEntries), maxSize: Math.max(1, maxEntries) * 32_768, sizeCalculation: (_v, k) => Math.max(1, k.length * 4) });
@@ -279,7 +281,10 @@ export class CompiledQueries {
       if (entry.constant) entry.statement = statement;
     }
     try {
-      return { kind: 'served', body: await this.execute(ctx, statement) };
+      const body = await this.execute(ctx, statement);
+      // Past the byte bound PostgreSQL sends no answer; the resolver path then answers 413
+      // RESPONSE_TOO_LARGE with its per-field budget, exactly as without the compiler.
+      return body === null ? { kind: 'fallback' } : { kind: 'served', body };
     } catch (err) {
       if (dataError(err)) {
         if (/^42/.test(String((err as { code?: unknown }).code))) log.warn({ err, sql: statement.text }, 'compiled GraphQL statement refused by PostgreSQL; the resolvers serve the query');
@@ -294,8 +299,10 @@ export class CompiledQueries {
    * statement and commit in one write), read-only. This is the one place where a bound on the
    * answer's size applies to compiled queries.
    */
-  private async execute(ctx: SessionContext, statement: Statement): Promise<string> {
-    const { rows } = await this.db.tenantQuery<{ j: string }>(ctx, statement.text, statement.values, { readOnly: true });
-    return (rows[0] as { j: string }).j;
+  private async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
+    // The JSON is measured inside PostgreSQL: an answer past the bound never reaches the service.
+    const text = `SELECT CASE WHEN octet_length(strata_c.j::text) <= $${statement.values.length + 1}::int8 THEN strata_c.j::text END AS j FROM (${statement.text}) strata_c`;
+    const { rows } = await this.db.tenantQuery<{ j: string | null }>(ctx, text, [...statement.values, this.maxBytes], { readOnly: true });
+    return (rows[0] as { j: string | null }).j;
   }
 }

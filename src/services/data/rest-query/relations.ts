@@ -53,7 +53,9 @@ function candidates(tables: Map<string, TableInfo>, t: TableInfo, target: string
   // many-to-many: a join table with a foreign key to each side, both inside its primary key
   for (const j of tables.values()) {
     if (j.name === tb.name || j.name === ob.name || j.primaryKey.length === 0 || j.base !== undefined) continue;
-    const inPk = (f: ForeignKey) => f.columns.every((c) => j.primaryKey.includes(c));
+    // the registry's primary key leaves out a leading tenant_id (the session fixes it), which a
+    // composite foreign key (tenant_id, x) still names
+    const inPk = (f: ForeignKey) => f.columns.every((c) => c === 'tenant_id' || j.primaryKey.includes(c));
     for (const toT of j.foreignKeys.filter((f) => f.table === tb.name && inPk(f) && shows(t, f.refColumns))) {
       for (const toTarget of j.foreignKeys.filter((f) => f.table === ob.name && f !== toT && inPk(f) && shows(other, f.refColumns))) {
         out.push({
