@@ -4,9 +4,7 @@
  * (`npm run docs:config`; CI fails when it is stale). A variable may instead carry its `description`
  * in the schema itself; the generator refuses a variable with neither.
  */
-import type { Env } from './config.js';
-
-export const CONFIG_DESCRIPTIONS: { readonly [K in keyof Env]?: string } = {
+export const CONFIG_DESCRIPTIONS: Readonly<Record<string, string>> = {
   NODE_ENV: '`production` in deployments (JSON logs, no demo tokens); `development` (the default of `npm start`) and `test` otherwise.',
   DATABASE_URL: 'Owner/admin connection: migrations and the platform\'s own tables. Unset: embedded PostgreSQL.',
   APP_DATABASE_URL: 'Connection for tenant sessions. Must be a plain role: not superuser, no BYPASSRLS, owning nothing (checked at boot). Unset: Strata creates/updates the login role `DB_APP_ROLE` and makes it a member of `strata_tenant`.',

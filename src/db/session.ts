@@ -71,6 +71,8 @@ export interface RequestSettings {
 
 /** Drops the session-level advisory locks of a connection (strata_tenant may EXECUTE it: migration 0009). */
 export const RELEASE_CLEAN_SQL = 'SELECT FROM pg_catalog.pg_advisory_unlock_all()';
+/** The longest a connection's clean-up may take before the connection is closed instead. */
+const CLEAN_TIMEOUT_MS = 1_000;
 
 /** Per-request accounting for Server-Timing and N+1 detection. */
 export interface QueryStats {
@@ -440,12 +442,20 @@ async function attemptOnce<T>(
   /** True when the connection is clean to reuse (always, unless releaseClean asks for the check). */
   const cleaned = async (): Promise<boolean> => {
     if (!opts.releaseClean) return true;
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await (tx.cleanQueued ?? client.query(RELEASE_CLEAN_SQL));
+      // Bounded: after a cancelled COPY the queued clean-up may never be answered; the connection
+      // is then closed rather than waited on (it would otherwise stay borrowed for good).
+      await Promise.race([
+        tx.cleanQueued ?? client.query(RELEASE_CLEAN_SQL),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('advisory-lock clean-up did not answer in 1 s')), CLEAN_TIMEOUT_MS))),
+      ]);
       return true;
     } catch (err) {
       deps.log.warn({ requestId: ctx.requestId, tenant: ctx.tenantId, err }, 'could not drop advisory locks; connection closed');
       return false;
+    } finally {
+      clearTimeout(timer);
     }
   };
   try {

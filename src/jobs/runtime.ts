@@ -19,22 +19,23 @@ import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Database } from '../db/database.js';
 import { createKysely } from '../db/kysely.js';
-import { createApiKeyService, type ApiKeyService } from '../services/identity/index.js';
+import { createApiKeyService } from '../services/identity/index.js';
 import { CANCELLED_REASON, DEFAULT_JOB_OPTIONS, QUEUE_NAMES, cancelKey, type JobData, type JobName, type QueueName } from './queues.js';
+import type { Processor, ProcessorServices } from './processor.js';
 import { bullmqConnection, redisBoundsOf, redisOptions } from '../redis.js';
 import { expireApiKeys } from './processors/expire-api-keys.js';
 import { sleepJob } from './processors/sleep.js';
 import { backupJob, backupVerifyJob, restoreJob } from './processors/backups.js';
-import { createBackupServices, type BackupServices } from '../services/backups/index.js';
+import { createBackupServices } from '../services/backups/index.js';
 import { refreshView } from './processors/refresh-view.js';
 import { exportJob } from './processors/export.js';
-import { createExportService, type ExportService } from '../services/exports/index.js';
+import { createExportService } from '../services/exports/index.js';
 import { createRegistryService } from '../services/data/index.js';
 import { deliverWebhook, replayWebhook } from './processors/webhooks.js';
 import { maintainChanges } from './processors/maintain-changes.js';
 import { sweepTemporariesJob } from './processors/sweep-temporaries.js';
 import { createChangeFeed, type ChangeFeed } from '../services/changes/index.js';
-import { createWebhookDelivery, type WebhookDeliveryService } from '../services/changes/index.js';
+import { createWebhookDelivery } from '../services/changes/index.js';
 import { startWebhookDispatcher, type WebhookDispatcher } from './webhook-dispatcher.js';
 import { searchIndexCreate, searchIndexDrop } from './processors/search-index.js';
 import { createLimits, type JobSlot } from '../services/limits/index.js';
@@ -44,32 +45,9 @@ const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
 /** How long a job over its tenant's limit waits (delayed) before it is tried again, plus jitter. */
 const LIMIT_DELAY_MS = 1_000;
 import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
-import { createClusterService, type ClusterService } from '../services/cluster/index.js';
+import { createClusterService } from '../services/cluster/index.js';
 
-/** What processors may call: the same services the routes use. Later capabilities add theirs. */
-export interface ProcessorServices extends BackupServices {
-  apiKeys: ApiKeyService;
-  exports: ExportService;
-  webhookDelivery: WebhookDeliveryService;
-  cluster: ClusterService;
-}
-
-export interface ProcessorContext<N extends JobName = JobName> {
-  job: Job<JobData<N>, unknown, N>;
-  /** Aborted when the job is cancelled (DELETE /v1/jobs/{id}); stop work and return or throw. */
-  signal: AbortSignal;
-  log: Logger;
-  db: Database;
-  services: ProcessorServices;
-  /** Report progress as `{ done, total, percent }` (total null when unknown). */
-  progress(done: number, total: number | null): Promise<void>;
-  /** Whether cancellation was requested (the signal follows it within a poll interval). */
-  isCancelled(): Promise<boolean>;
-  /** The worker's lock token of the job (for job.moveToDelayed). */
-  token: string | undefined;
-}
-
-export type Processor<N extends JobName> = (ctx: ProcessorContext<N>) => Promise<unknown>;
+export type { Processor, ProcessorContext, ProcessorServices } from './processor.js';
 
 /** Every job name has a processor: the compiler checks the map is complete. */
 export const PROCESSORS: { [N in JobName]: Processor<N> } = {

@@ -4,7 +4,7 @@
  */
 import { UnrecoverableError } from 'bullmq';
 import type { ProgressFn } from '../../services/backups/index.js';
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 import type { JobName } from '../queues.js';
 
 function reporter(ctx: ProcessorContext<JobName>): ProgressFn {

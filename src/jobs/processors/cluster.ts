@@ -1,5 +1,5 @@
 /** Tenant placement jobs on a Citus cluster (src/services/cluster): progress as the work goes. */
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 const reporter = (ctx: ProcessorContext) => async (info: Record<string, unknown>) => {
   await ctx.job.updateProgress(info);

@@ -1,5 +1,5 @@
 /** Scheduled maintenance: revoke every API key past its expiry (SPEC 1: keys are revocable). */
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 export async function expireApiKeys(ctx: ProcessorContext<'expire-api-keys'>): Promise<{ revoked: number }> {
   await ctx.progress(0, 1);

@@ -5,7 +5,7 @@
  * records the partial file in the job's progress and ends cancelled, never completed.
  */
 import { ExportAborted, type ExportFileResult } from '../../services/exports/index.js';
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 
 export async function exportJob(ctx: ProcessorContext<'export'>): Promise<ExportFileResult> {

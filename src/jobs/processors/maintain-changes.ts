@@ -1,5 +1,5 @@
 /** Scheduled: create the change log's partitions ahead and drop those past CHANGES_RETENTION_DAYS. */
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 export async function maintainChanges(ctx: ProcessorContext<'maintain-changes'>): Promise<{ created: number; dropped: number }> {
   const { CHANGES_PARTITIONS_AHEAD, CHANGES_RETENTION_DAYS } = ctx.db.config;

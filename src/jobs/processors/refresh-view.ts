@@ -4,7 +4,7 @@
  */
 import { DelayedError } from 'bullmq';
 import { refreshMaterializedView, type RefreshOutcome } from '../../services/analytics/index.js';
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 export async function refreshView(ctx: ProcessorContext<'refresh-view'>): Promise<RefreshOutcome> {
   const { view, reason } = ctx.job.data;

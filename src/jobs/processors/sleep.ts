@@ -3,7 +3,7 @@
  * it is the template for real processors: report progress as you go, stop when `signal` aborts.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 export async function sleepJob(ctx: ProcessorContext<'sleep'>): Promise<{ slept: number }> {
   const { ms, steps } = ctx.job.data;

@@ -1,6 +1,6 @@
 /** Scheduled: remove orphaned export and backup temporaries, and expired Idempotency-Key records. */
 import path from 'node:path';
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 import { sweepTemporaries } from '../../services/maintenance-sweep/index.js';
 
 export async function sweepTemporariesJob(ctx: ProcessorContext<'sweep-temporaries'>) {

@@ -1,5 +1,5 @@
 /** Webhook delivery jobs (queue `webhooks`): the ordered delivery loop of one webhook, and replays. */
-import type { ProcessorContext } from '../runtime.js';
+import type { ProcessorContext } from '../processor.js';
 
 export async function deliverWebhook(ctx: ProcessorContext<'deliver-webhook'>) {
   const stats = await ctx.services.webhookDelivery.runLoop(ctx.job.data.webhookId, ctx.signal);

@@ -90,9 +90,12 @@ export function createExportService(deps: ExportServiceDeps) {
   /**
    * The estimated row count of a plan: the caller's rows counted exactly up to COUNT_ESTIMATE_CAP
    * (the planner's estimate is computed over every tenant's rows, so it would tell one tenant how
-   * many rows the others hold). Runs the SELECT until the cap.
+   * many rows the others hold). Runs the SELECT until the cap; analyst SQL is not counted (-1).
    */
   async function estimate(tx: Tx, plan: ExportPlan): Promise<number> {
+    // Analyst SQL is not run a second time just to count it (that would double what an analyst can
+    // make the database do): its size is unknown (-1) until the export ends.
+    if (plan.analyst) return -1;
     const { rows } = await tx.query<{ n: string }>(`SELECT count(*)::bigint AS n FROM (SELECT FROM (${plan.select}) s LIMIT ${countCap}) c`);
     return Number(rows[0]?.n ?? 0);
   }
