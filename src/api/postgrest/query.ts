@@ -5,7 +5,7 @@
  * `on_conflict`. Anything it cannot read is refused (PGRST100), never dropped.
  */
 import { AppError } from '../../errors.js';
-import { parseCondition, parseLogic, parseOrder, parseSelect, type EmbedOptions, type RestQuery, type SelectItem } from '../../services/data/index.js';
+import { embedPaths, parseCondition, parseLogic, parseOrder, parseSelect, type EmbedOptions, type RestQuery, type SelectItem } from '../../services/data/index.js';
 import { PgrstError } from './errors.js';
 
 export type QueryString = Record<string, string | string[] | undefined>;
@@ -118,16 +118,7 @@ export function parseRequest(qs: QueryString, opts: { write: boolean }): ParsedR
 
 /** Embed options must name an embedded resource of the select (PGRST108 otherwise). */
 function checkEmbedPaths(r: ParsedRequest): void {
-  const paths = new Set<string>();
-  const walk = (items: SelectItem[], prefix: string) => {
-    for (const s of items) {
-      if (s.kind !== 'embed') continue;
-      const p = prefix ? `${prefix}.${s.alias ?? s.relation}` : (s.alias ?? s.relation);
-      paths.add(p);
-      walk(s.select, p);
-    }
-  };
-  walk(r.select, '');
+  const paths = embedPaths(r.select);
   for (const p of r.embeds.keys()) {
     if (!paths.has(p)) throw new PgrstError(400, 'PGRST108', `'${p}' is not an embedded resource in this request`, null, `Verify that '${p}' is included in the 'select' query parameter.`);
   }

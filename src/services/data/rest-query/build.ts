@@ -364,8 +364,8 @@ function embedSql(parent: string, rel: Relationship, target: TableInfo, select: 
   return `COALESCE((SELECT json_agg(_e.j ORDER BY _e.n) FROM (SELECT ${json} AS j, row_number() OVER (ORDER BY ${order}) AS n FROM ${children} ORDER BY ${order} LIMIT ${scope.params.add(limit)}${offset}) _e), '[]'::json)`;
 }
 
-/** Report embed options (`x.limit`, `x.status=`) that name no embedded relationship of the select. */
-export function checkEmbedPaths(select: SelectItem[], embeds: Map<string, EmbedOptions>): void {
+/** Every embed of a select by its dotted path (`runs`, `runs.steps`; an alias names its embed). */
+export function embedPaths(select: SelectItem[]): Set<string> {
   const paths = new Set<string>();
   const walk = (items: SelectItem[], prefix: string) => {
     for (const s of items) {
@@ -376,6 +376,12 @@ export function checkEmbedPaths(select: SelectItem[], embeds: Map<string, EmbedO
     }
   };
   walk(select, '');
+  return paths;
+}
+
+/** Report embed options (`x.limit`, `x.status=`) that name no embedded relationship of the select. */
+export function checkEmbedPaths(select: SelectItem[], embeds: Map<string, EmbedOptions>): void {
+  const paths = embedPaths(select);
   for (const p of embeds.keys()) {
     if (!paths.has(p)) throw badRequest('UNKNOWN_EMBED', `${p} is not an embedded relationship in select; embed it first, e.g. select=*,${p}(*)`, { embed: p });
   }
