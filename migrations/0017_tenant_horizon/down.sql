@@ -1,4 +1,4 @@
--- Undo 0017: the 0004 definitions of the horizon (cluster-wide) and of the capture trigger (no tenant
+-- Undo 0017: no write-answer bound function; the 0004 definitions of the horizon (cluster-wide) and of the capture trigger (no tenant
 -- lock), and EXECUTE back to PUBLIC on the partition functions.
 -- (the owner's grant is re-made after PUBLIC's, so the ACL reads as the default one did)
 REVOKE ALL ON FUNCTION strata.maintain_change_partitions(int, int) FROM CURRENT_USER;
@@ -58,3 +58,5 @@ BEGIN
   END IF;
   RETURN NULL;
 END $$;
+
+DROP FUNCTION strata.answer_within(bigint, bigint);

@@ -98,3 +98,20 @@ BEGIN
   END IF;
   RETURN NULL;
 END $$;
+
+-- 3. Byte bound of a write's answer (rows API and /rest/v1 writes returning their rows): the write
+--    statement is `WITH strata_w AS (<dml> RETURNING <row JSON> AS j ...) SELECT ... FROM strata_w
+--    WHERE strata.answer_within(<sum of the rows' JSON bytes>, <bound>)`. Past the bound this raises
+--    SQLSTATE ST413 before any row is sent, and the statement fails: the transaction rolls back and
+--    nothing is written (the service answers 413 RESPONSE_TOO_LARGE). Only tenant sessions need it.
+CREATE FUNCTION strata.answer_within(bytes bigint, max_bytes bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF bytes > max_bytes THEN
+    RAISE EXCEPTION 'the rows this statement returns come to % bytes of JSON, more than one answer may carry (% bytes)', bytes, max_bytes
+      USING ERRCODE = 'ST413', DETAIL = max_bytes::text;
+  END IF;
+  RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION strata.answer_within(bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION strata.answer_within(bigint, bigint) TO strata_tenant;

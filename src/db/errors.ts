@@ -37,6 +37,8 @@ export const SQLSTATE = {
   TOO_MANY_CONNECTIONS: '53300',
   /** "out of memory: Cannot enlarge string buffer": one value past PostgreSQL's 1 GB limit. */
   PROGRAM_LIMIT_EXCEEDED: '54000',
+  /** strata.answer_within (0017): the rows a write returns would pass the answer's byte bound; the write rolled back. */
+  ANSWER_TOO_LARGE: 'ST413',
 } as const;
 
 const CONNECTION_SQLSTATES = new Set<string>([
@@ -134,6 +136,11 @@ export function toAppError(err: unknown): AppError | undefined {
       return forbidden('FORBIDDEN_BY_DATABASE', 'the database refused this operation for your tenant or role');
     case SQLSTATE.PROGRAM_LIMIT_EXCEEDED:
       return responseTooLarge('a value of the answer is larger than PostgreSQL can build (1 GB); select fewer columns or rows');
+    case SQLSTATE.ANSWER_TOO_LARGE:
+      // the services answer this with their own setting named; this is the fallback
+      return responseTooLarge('the rows this write returns would be larger than one answer may be; nothing was written: ask for return=minimal or fewer columns', {
+        max_bytes: Number(e.detail) || undefined,
+      });
     case SQLSTATE.READ_ONLY_TRANSACTION:
       return forbidden('READ_ONLY', 'this operation may not write');
     default:

@@ -93,6 +93,9 @@ const STRATA_TO_PGRST: Record<string, [number, string]> = {
   MAINTENANCE_IN_PROGRESS: [503, 'PGRST001'],
   BODY_TOO_LARGE: [413, 'PGRST413'],
   TOO_MANY_ROWS: [413, 'PGRST413'],
+  // an answer past ROWS_MAX_RESPONSE_BYTES (PostgREST has no such bound, so no code): Strata's own
+  // code on both faces, kept apart from PGRST413 (the request body was too large)
+  RESPONSE_TOO_LARGE: [413, 'RESPONSE_TOO_LARGE'],
 };
 
 interface PgErrorLike {

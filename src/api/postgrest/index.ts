@@ -7,7 +7,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Capability } from '../../domain.js';
-import { EXPOSED_SCHEMAS, type Params, type SelectItem, type RestCall, type RestFunctionsService, type RestRowsService } from '../../services/data/index.js';
+import { EXPOSED_SCHEMAS, type Params, type SelectItem, type RestCall, type RestFunctionsService, type RestRowsService, type Written } from '../../services/data/index.js';
 import { authenticate, requestSettings } from './auth.js';
 import { PgrstError, pgrstErrorHandler } from './errors.js';
 import { checkProfile, negotiate, parsePrefer, parseRange, rangeAnswer, type Preferences } from './headers.js';
@@ -91,14 +91,15 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
   app.get('/:table', { schema: hide }, async (request, reply) => read(request, reply, (request.params as { table: string }).table, request.query as QueryString));
 
   /** Send a write's rows as PostgREST does for `Prefer: return=...`. */
-  function sendWritten(request: FastifyRequest, reply: FastifyReply, p: Preferences, written: string[], created: boolean, extra: string[]) {
+  function sendWritten(request: FastifyRequest, reply: FastifyReply, p: Preferences, w: Written, created: boolean, extra: string[]) {
+    const written = w.rows;
     const names = [...extra];
     if (p.return) names.push(`return=${p.return}`);
     if (p.tx) names.push(`tx=${p.tx}`);
     if (p.handling) names.push(`handling=${p.handling}`);
     if (p.maxAffected !== undefined) names.push(`max-affected=${p.maxAffected}`);
     applied(reply, p, names);
-    void reply.header('content-range', written.length ? `${created ? '*' : `0-${written.length - 1}`}/${created ? written.length : '*'}` : '*/*');
+    void reply.header('content-range', w.count ? `${created ? '*' : `0-${w.count - 1}`}/${created ? w.count : '*'}` : '*/*');
     if (p.return === 'representation') {
       const media = negotiate(request.headers.accept);
       if (media.kind === 'object') {
@@ -111,10 +112,12 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     return reply.code(created ? 201 : 204).send();
   }
 
-  const writeOptions = (p: Preferences, rq: { select: SelectItem[]; selectGiven: boolean }) => ({
+  const writeOptions = (p: Preferences, rq: { select: SelectItem[]; selectGiven: boolean }, location = false) => ({
     select: rq.selectGiven ? rq.select : undefined,
     rollback: p.tx === 'rollback',
     maxAffected: p.maxAffected,
+    // the rows leave PostgreSQL only when they are sent back (or name the created row's Location)
+    returnRows: p.return === 'representation' || (location && p.return === 'headers-only' && !rq.selectGiven),
   });
 
   app.post('/:table', { schema: hide }, async (request, reply) => {
@@ -124,17 +127,17 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     const body = request.body === undefined ? {} : request.body;
     if (body === null || typeof body !== 'object') throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the body must be a JSON object or an array of objects');
     const written = await rows.insert(call(request), table, body, {
-      ...writeOptions(p, rq),
+      ...writeOptions(p, rq, true),
       columns: rq.columns,
       missingDefault: p.missing === 'default',
       onConflict: rq.onConflict,
       resolution: p.resolution === 'merge-duplicates' ? 'merge' : p.resolution === 'ignore-duplicates' ? 'ignore' : undefined,
     });
     const extra = [p.resolution ? `resolution=${p.resolution}` : '', p.missing ? `missing=${p.missing}` : ''].filter(Boolean);
-    if (p.return === 'headers-only' && written.length === 1 && !rq.selectGiven) {
+    if (p.return === 'headers-only' && written.rows.length === 1 && !rq.selectGiven) {
       // PostgREST's Location: the created row by its primary key
       const t = await app.services.schema.table(table);
-      const row = JSON.parse(written[0]!) as Record<string, unknown>;
+      const row = JSON.parse(written.rows[0]!) as Record<string, unknown>;
       if (t.primaryKey.length && t.primaryKey.every((k) => row[k] !== undefined && row[k] !== null)) {
         void reply.header('location', `/${table}?${t.primaryKey.map((k) => `${encodeURIComponent(k)}=eq.${encodeURIComponent(String(row[k] as string | number))}`).join('&')}`);
       }

@@ -14,8 +14,13 @@
  * - boundRowsSql: any row-returning statement (analyst SQL, time series, search, change history,
  *   GraphQL): every row is sized as `to_json(row)`; rows past the bound are not sent, and a one-row
  *   summary says how many rows there were (read with readBounded).
+ * - boundWriteSql: a write returning its rows (rows API, /rest/v1): a write cannot be cut, so
+ *   PostgreSQL fails the statement (SQLSTATE ST413, strata.answer_within of migration 0017) when
+ *   the rows' JSON would pass the bound, before sending any: the transaction rolls back, nothing is
+ *   written, and the caller answers 413 (isAnswerTooLarge).
  */
 import type pg from 'pg';
+import { SQLSTATE } from '../../db/errors.js';
 import { responseTooLarge } from '../../errors.js';
 
 /**
@@ -50,6 +55,23 @@ export function boundRowsSql(inner: string, maxParam: string): string {
     `SELECT strata_r.*, strata_m."strata$rows" FROM strata_m LEFT JOIN strata_r ON strata_r."strata$bytes" <= ${maxParam}::int8`
   );
 }
+
+/**
+ * A write answered only when it fits: `ctes` defines (at least) the CTE `strata_w` of the written
+ * rows, with their JSON text in column `j` (a data-modifying CTE is always run to completion, and
+ * before the outer SELECT can fail). The rows' bytes are summed once (an InitPlan) and checked by
+ * strata.answer_within, which raises ST413 past `$maxParam`; no row is sent then.
+ */
+export function boundWriteSql(ctes: string, maxParam: string): string {
+  return (
+    `WITH ${ctes} SELECT strata_w.* FROM strata_w ` +
+    `WHERE strata.answer_within((SELECT sum(octet_length(strata_s.j) + 1) FROM strata_w strata_s)::int8, ${maxParam}::int8)`
+  );
+}
+
+/** True for the error of a boundWriteSql statement past its bound (SQLSTATE ST413; the write rolled back). */
+export const isAnswerTooLarge = (err: unknown): boolean =>
+  typeof err === 'object' && err !== null && (err as { code?: unknown }).code === SQLSTATE.ANSWER_TOO_LARGE;
 
 /** Text before the caller's statement in boundRowsSql (to map error positions back). */
 export const BOUND_ROWS_PREFIX_LENGTH = boundRowsSql('', '$1').indexOf('\n') + 1;

@@ -14,6 +14,7 @@ import type { EmbedOptions, Filter, OrderItem, SelectItem } from './rest-query/p
 import { resolveRelationship } from './rest-query/relations.js';
 import { validateRow } from './rest-query/validate.js';
 import { toParam } from './rows.js';
+import { boundJsonSql, boundWriteSql, isAnswerTooLarge, isOver, tooLarge } from './response-bounds.js';
 
 const q = pg.escapeIdentifier;
 
@@ -50,6 +51,17 @@ export interface WriteOptions {
   rollback?: boolean;
   /** Refuse (and roll back) when more rows would change (Prefer: max-affected with handling=strict). */
   maxAffected?: number;
+  /**
+   * The rows are sent back (return=representation, or headers-only's Location): default true. When
+   * false the statement answers only how many rows it wrote (no row leaves PostgreSQL).
+   */
+  returnRows?: boolean;
+}
+
+/** What a write answers: the rows' JSON text (empty when not asked for) and how many were written. */
+export interface Written {
+  rows: string[];
+  count: number;
 }
 
 export interface RestRowsOptions {
@@ -57,6 +69,8 @@ export interface RestRowsOptions {
   schema: SchemaRegistry;
   maxRows: number;
   countCap: number;
+  /** Most bytes of JSON one answer (a read's page, a write's returned rows) carries (ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES): past it 413. */
+  maxResponseBytes?: number;
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
 }
 
@@ -69,6 +83,24 @@ class Rollback<T> extends Error {
 
 export function createRestRowsService(opts: RestRowsOptions) {
   const { db, schema } = opts;
+  const maxBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
+  const SETTING = 'ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES';
+  const readOverflow = () => tooLarge('the answer', maxBytes, SETTING, 'ask for fewer rows (limit), fewer columns (select) or smaller embeds (<embed>.limit)');
+  /** ST413 of a bounded write (rolled back) as the 413 naming the setting. */
+  const writeOverflow = (err: unknown): never => {
+    if (!isAnswerTooLarge(err)) throw err;
+    throw tooLarge('the rows this write returns', maxBytes, SETTING, 'nothing was written; ask for Prefer: return=minimal, fewer columns (select) or change fewer rows at a time');
+  };
+
+  /**
+   * `<dml> RETURNING <row JSON>` bounded in bytes (past the bound PostgreSQL fails the statement,
+   * nothing is written), or, when the rows are not sent back, only the count of rows written.
+   */
+  function returning(dml: string, json: string, o: WriteOptions): string {
+    if (o.returnRows === false) return `WITH strata_w AS (${dml} RETURNING 1) SELECT NULL::text AS j, count(*)::int AS n FROM strata_w`;
+    // the bound is the service's own setting, an integer: written in the statement, not one more parameter
+    return boundWriteSql(`strata_w AS (${dml} RETURNING ${json}::text AS j)`, String(Math.floor(maxBytes)));
+  }
 
   async function scopeFor(params: Params, embeds: Map<string, EmbedOptions>): Promise<BuildScope> {
     const tables = await schema.tables();
@@ -128,24 +160,26 @@ export function createRestRowsService(opts: RestRowsOptions) {
     return stripNulls ? `json_strip_nulls(${json})` : json;
   };
 
-  async function runWrite<T>(call: RestCall, t: TableInfo, o: WriteOptions, text: string, values: unknown[], map: (rows: Array<{ j: string }>) => T): Promise<T> {
+  async function runWrite(call: RestCall, t: TableInfo, o: WriteOptions, text: string, values: unknown[]): Promise<Written> {
+    const written = (rows: Array<{ j: string | null; n?: number }>): Written =>
+      rows[0]?.n !== undefined ? { rows: [], count: rows[0].n } : { rows: rows.map((x) => x.j ?? 'null'), count: rows.length };
     const check = (n: number) => {
       if (o.maxAffected !== undefined && n > o.maxAffected) {
         throw new AppError(400, 'MAX_AFFECTED_EXCEEDED', 'Query result exceeds max-affected preference constraint', { details: `The query affects ${n} rows` });
       }
     };
     if (!o.rollback && o.maxAffected === undefined) {
-      const res = await db.tenantQuery<{ j: string }>(call.ctx, text, values, txOptions(call, false));
+      const res = await db.tenantQuery<{ j: string | null; n?: number }>(call.ctx, text, values, txOptions(call, false)).catch(writeOverflow);
       await opts.afterCommit?.(call.ctx, [t.name]);
-      return map(res.rows);
+      return written(res.rows);
     }
     try {
       const out = await db.withTenant(
         call.ctx,
         async (tx: Tx) => {
-          const res = await tx.query<{ j: string }>(text, values);
-          check(res.rows.length);
-          const value = map(res.rows);
+          const res = await tx.query<{ j: string | null; n?: number }>(text, values).catch(writeOverflow);
+          const value = written(res.rows);
+          check(value.count);
           if (o.rollback) throw new Rollback(value);
           return value;
         },
@@ -154,7 +188,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
       await opts.afterCommit?.(call.ctx, [t.name]);
       return out;
     } catch (err) {
-      if (err instanceof Rollback) return err.value as T;
+      if (err instanceof Rollback) return err.value as Written;
       throw err;
     }
   }
@@ -189,10 +223,15 @@ export function createRestRowsService(opts: RestRowsOptions) {
       const json = rowJson(t, rq.select, s, o.stripNulls);
       const order = orderBy(t, rq, s);
       const paging = ` LIMIT ${params.add(limit)}${rq.offset ? ` OFFSET ${params.add(rq.offset)}` : ''}`;
-      const text = `SELECT ${json}::text AS j FROM ${t.qualified} t0${where}${order}${paging}`;
+      // PostgreSQL sums the rows' JSON sizes and sends none past the bound (response-bounds.ts)
+      const text = boundJsonSql(`SELECT ${json}::text AS j FROM ${t.qualified} t0${where}${order}${paging}`, [], String(Math.floor(maxBytes)));
+      const page = (rows: Array<Record<string, unknown>>): string[] => {
+        if (rows.length > 0 && isOver(rows[rows.length - 1]!)) throw readOverflow();
+        return rows.map((r) => r['j'] as string);
+      };
       if (!o.count) {
         const res = await db.tenantQuery<{ j: string }>(call.ctx, text, params.values, txOptions(call, readOnly));
-        return { rows: res.rows.map((r) => r.j), offset: rq.offset };
+        return { rows: page(res.rows), offset: rq.offset };
       }
       // planned and estimated counts would read the planner's table-wide statistics, which describe
       // every tenant's rows: a tenant gets an exact count capped at POSTGREST_COUNT_CAP instead
@@ -203,11 +242,11 @@ export function createRestRowsService(opts: RestRowsOptions) {
       return db.withTenant(
         call.ctx,
         async (tx) => {
-          const [page, counted] = await Promise.all([
+          const [p, counted] = await Promise.all([
             tx.query<{ j: string }>(text, params.values),
             tx.query<{ n: string }>(countSql, countValues, { final: true }),
           ]);
-          return { rows: page.rows.map((r) => r.j), offset: rq.offset, total: Number(counted.rows[0]?.n ?? 0) };
+          return { rows: page(p.rows), offset: rq.offset, total: Number(counted.rows[0]?.n ?? 0) };
         },
         txOptions(call, readOnly),
       );
@@ -222,11 +261,11 @@ export function createRestRowsService(opts: RestRowsOptions) {
       table: string,
       body: unknown,
       o: WriteOptions & { columns?: string[]; missingDefault?: boolean; onConflict?: string[]; resolution?: 'merge' | 'ignore' },
-    ): Promise<string[]> {
+    ): Promise<Written> {
       const t = await schema.table(table);
       const many = Array.isArray(body);
       const raw = (many ? (body as unknown[]) : [body]);
-      if (raw.length === 0) return [];
+      if (raw.length === 0) return { rows: [], count: 0 };
       if (raw.length > opts.maxRows * 10) throw badRequest('TOO_MANY_ROWS', `at most ${opts.maxRows * 10} rows per request`);
       let columns: string[];
       if (o.columns) {
@@ -270,32 +309,32 @@ export function createRestRowsService(opts: RestRowsOptions) {
       const s = await scopeFor(params, new Map());
       const head = columns.length ? ` (${columns.map(q).join(', ')}) VALUES ${values.join(', ')}` : ' DEFAULT VALUES';
       if (!columns.length && rows.length > 1) throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
-      const text = `INSERT INTO ${t.qualified} AS t0${head}${conflict} RETURNING ${rowJson(t, o.select ?? [{ kind: 'star' }], s)}::text AS j`;
-      return runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j));
+      const text = returning(`INSERT INTO ${t.qualified} AS t0${head}${conflict}`, rowJson(t, o.select ?? [{ kind: 'star' }], s), o);
+      return runWrite(call, t, o, text, params.values);
     },
 
     /** Update the rows the filters match; `{}` changes nothing. */
-    async update(call: RestCall, table: string, rq: RestQuery, patch: unknown, o: WriteOptions): Promise<string[]> {
+    async update(call: RestCall, table: string, rq: RestQuery, patch: unknown, o: WriteOptions): Promise<Written> {
       const t = await schema.table(table);
       const row = validateRow(t, patch, { partial: true });
       const columns = Object.keys(row);
       const params = new Params();
       const s = await scopeFor(params, rq.embeds);
       const where = writeWhere(t, rq, s, 'UPDATE');
-      if (columns.length === 0) return [];
+      if (columns.length === 0) return { rows: [], count: 0 };
       const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
-      const text = `UPDATE ${t.qualified} AS t0 SET ${sets} ${where} RETURNING ${rowJson(t, o.select ?? [{ kind: 'star' }], s)}::text AS j`;
-      return runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j));
+      const text = returning(`UPDATE ${t.qualified} AS t0 SET ${sets} ${where}`, rowJson(t, o.select ?? [{ kind: 'star' }], s), o);
+      return runWrite(call, t, o, text, params.values);
     },
 
     /** Delete the rows the filters match. */
-    async remove(call: RestCall, table: string, rq: RestQuery, o: WriteOptions): Promise<string[]> {
+    async remove(call: RestCall, table: string, rq: RestQuery, o: WriteOptions): Promise<Written> {
       const t = await schema.table(table);
       const params = new Params();
       const s = await scopeFor(params, rq.embeds);
       const where = writeWhere(t, rq, s, 'DELETE');
-      const text = `DELETE FROM ${t.qualified} AS t0 ${where} RETURNING ${rowJson(t, o.select ?? [{ kind: 'star' }], s)}::text AS j`;
-      return runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j));
+      const text = returning(`DELETE FROM ${t.qualified} AS t0 ${where}`, rowJson(t, o.select ?? [{ kind: 'star' }], s), o);
+      return runWrite(call, t, o, text, params.values);
     },
   };
 }

@@ -24,7 +24,7 @@ import {
 import type { CursorCodec } from './rest-query/cursor.js';
 import { parseRowsQuery, parseSelect, type Filter, type RowsQuery } from './rest-query/parse.js';
 import { validateRow } from './rest-query/validate.js';
-import { boundJsonSql, isOver, tooLarge } from './response-bounds.js';
+import { boundJsonSql, boundWriteSql, isAnswerTooLarge, isOver, tooLarge } from './response-bounds.js';
 
 const q = pg.escapeIdentifier;
 /** Read-only query parameters an update or delete by filter refuses rather than ignores. */
@@ -125,15 +125,33 @@ export function createRowsService(opts: RowsServiceOptions) {
   }
 
   /**
-   * `<dml> RETURNING <row JSON>`. Cluster mode: Citus refuses functions that are not immutable
-   * (to_json) in a RETURNING list, so the write returns its rows from a data-modifying CTE named
-   * like the table alias and the JSON is built over them (same columns, same shape).
+   * `<dml> RETURNING <row JSON>`, bounded: past the answer's byte bound PostgreSQL fails the
+   * statement before sending a row (boundWriteSql), so the write rolls back and answers 413.
+   * `return=minimal` returns no rows at all: one row with the count and the version (a filtered
+   * write of a million rows costs no answer). Cluster mode: Citus refuses functions that are not
+   * immutable (to_json) in a RETURNING list, so the write returns its rows from a data-modifying CTE
+   * named like the table alias and the JSON is built over them (same columns, same shape).
    */
-  function withReturning(t: TableInfo, dml: string, select: string | undefined, s: BuildScope): string {
-    if (!db.cluster) return `${dml} RETURNING ${returningSql(t, select, s)}`;
+  function withReturning(t: TableInfo, dml: string, select: string | undefined, s: BuildScope, returning: ReturnPreference | undefined): string {
+    if (returning === 'minimal')
+      return `WITH strata_w AS (${dml} RETURNING t0.xmin::text AS v) SELECT NULL::text AS j, min(strata_w.v) AS v, count(*)::int AS n FROM strata_w`;
+    // the bound is the service's own setting, an integer: written in the statement, not one more parameter
+    const max = String(Math.floor(maxBytes));
+    if (!db.cluster) return boundWriteSql(`strata_w AS (${dml} RETURNING ${returningSql(t, select, s)})`, max);
     const json = rowJsonSql(t, 't0', select ? parseSelect(select) : [{ kind: 'star' }], s);
-    return `WITH t0 AS (${dml} RETURNING t0.*, t0.xmin::text AS strata_v) SELECT ${json}::text AS j, t0.strata_v AS v FROM t0`;
+    return boundWriteSql(`t0 AS (${dml} RETURNING t0.*, t0.xmin::text AS strata_v), strata_w AS (SELECT ${json}::text AS j, t0.strata_v AS v FROM t0)`, max);
   }
+
+  /** ST413 of a bounded write (rolled back) as the 413 naming the setting. */
+  const writeOverflow = (err: unknown): never => {
+    if (!isAnswerTooLarge(err)) throw err;
+    throw tooLarge(
+      'the rows this write returns',
+      maxBytes,
+      'ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES',
+      'nothing was written; ask for return=minimal (Prefer header), fewer columns (select) or change fewer rows at a time',
+    );
+  };
 
   const selectParam = (qs: QueryString): string | undefined =>
     typeof qs['select'] === 'string' ? qs['select'] : undefined;
@@ -319,8 +337,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       const valuesSql = columns.length ? `VALUES ${values.join(', ')}` : 'DEFAULT VALUES';
       if (!columns.length && rows.length > 1)
         throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
-      const text = withReturning(t, `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict}`, o.select, s);
-      const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
+      const text = withReturning(t, `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict}`, o.select, s, o.returning);
+      const res = await singleStatement<WrittenRow>(ctx, tx, false, text, params.values).catch(writeOverflow);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return result(res.rows, many, o.returning);
     },
@@ -344,7 +362,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const version =
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
-      const text = withReturning(t, `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version}`, o.select ?? selectParam(target.qs), s);
+      const text = withReturning(t, `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version}`, o.select ?? selectParam(target.qs), s, o.returning);
       const r = await write(ctx, t, target, text, params, single, o, tx);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return r;
@@ -364,7 +382,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const version =
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
       const s = await scope(params, { select: [], filters: [], order: [], embeds: new Map() });
-      const text = withReturning(t, `DELETE FROM ${t.qualified} AS t0 ${where}${version}`, o.select ?? selectParam(target.qs), s);
+      const text = withReturning(t, `DELETE FROM ${t.qualified} AS t0 ${where}${version}`, o.select ?? selectParam(target.qs), s, o.returning);
       const r = await write(ctx, t, target, text, params, single, o, tx);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
       return r;
@@ -423,8 +441,8 @@ export function createRowsService(opts: RowsServiceOptions) {
     tx: Tx | undefined,
   ): Promise<WriteResult> {
     if (o.ifMatch === undefined) {
-      const res = await singleStatement<{ j: string; v: string }>(ctx, tx, false, text, params.values);
-      if (single && res.rows.length === 0)
+      const res = await singleStatement<WrittenRow>(ctx, tx, false, text, params.values).catch(writeOverflow);
+      if (single && writtenCount(res.rows) === 0)
         throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(target.pk)} in ${t.name}`);
       return result(res.rows, !single, o.returning);
     }
@@ -433,8 +451,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       tx,
       false,
     )(async (r) => {
-      const res = await r.query<{ j: string; v: string }>(text, params.values, false);
-      if (single && res.rows.length === 0) {
+      const res = await r.query<WrittenRow>(text, params.values, false).catch(writeOverflow);
+      if (single && writtenCount(res.rows) === 0) {
         if (o.ifMatch !== undefined) {
           const p = new Params();
           const cur = await r.query<{ v: string }>(
@@ -457,13 +475,19 @@ export function createRowsService(opts: RowsServiceOptions) {
   }
 }
 
+/** A written row (`j` its JSON, `v` its version), or with return=minimal the one row of the count `n`. */
+type WrittenRow = { j: string; v: string; n?: number };
+
+const writtenCount = (rows: WrittenRow[]): number => (rows[0]?.n !== undefined ? rows[0].n : rows.length);
+
 function result(
-  rows: Array<{ j: string; v: string }>,
+  rows: WrittenRow[],
   many: boolean,
   returning: ReturnPreference | undefined,
 ): WriteResult {
-  const etag = !many && rows[0] ? `"${rows[0].v}"` : undefined;
-  if (returning === 'minimal') return { count: rows.length, etag };
+  const count = writtenCount(rows);
+  const etag = !many && count > 0 && rows[0] ? `"${rows[0].v}"` : undefined;
+  if (returning === 'minimal') return { count, etag };
   const data = many ? `[${rows.map((r) => r.j).join(',')}]` : (rows[0]?.j ?? 'null');
   return { body: `{"data":${data}}`, count: rows.length, etag };
 }
