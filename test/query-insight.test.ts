@@ -412,6 +412,7 @@ describe('query insight', () => {
   describe('GET /v1/admin/index-advice', () => {
     interface Advice {
       hypopg: string;
+      redacted: boolean;
       queries_analyzed: number;
       suggestions: {
         table: string;
@@ -419,7 +420,7 @@ describe('query insight', () => {
         statement: string;
         cost_before: number;
         cost_after: number;
-        queries: { sql: string }[];
+        queries: { sql: string; cost_before: number | null; cost_after: number | null }[];
       }[];
       skipped: { sql: string; reason: string }[];
     }
@@ -456,8 +457,15 @@ describe('query insight', () => {
       expect(s.table).toBe('"public"."insight_events"');
       expect(s.columns).toEqual(['category']);
       expect(s.statement).toBe('CREATE INDEX CONCURRENTLY ON "public"."insight_events" ("category")');
-      expect(s.cost_after).toBeLessThanOrEqual(s.cost_before / 2);
+      // a tenant admin gets no planner cost (computed over every tenant's rows): redacted
+      expect(body.redacted).toBe(true);
+      expect([s.cost_before, s.cost_after, s.queries[0]!.cost_before, s.queries[0]!.cost_after]).toEqual([null, null, null, null]);
       expect(s.queries[0]!.sql).toContain('insight_events');
+      // platform_admin gets the costs
+      const full = (await t.app.inject({ method: 'GET', url: '/v1/admin/index-advice', headers: h['acme_platform'] })).json<Advice>();
+      expect(full.redacted).toBe(false);
+      const fs = full.suggestions.find((x) => x.columns.join() === 'category')!;
+      expect(fs.cost_after).toBeLessThanOrEqual(fs.cost_before / 2);
       // advice builds nothing: no index appeared, and the hypothetical ones are gone
       const { rows } = await t.db.adminQuery(
         "SELECT indexname FROM pg_indexes WHERE tablename = 'insight_events'",

@@ -134,6 +134,35 @@ describe('search indexes', () => {
     expect(later.statusCode).toBe(201);
   });
 
+  it("keeps the backfill's counts of every tenant's rows from a tenant: the jobs are the platform's, even when a platform_admin token names a tenant", async () => {
+    const asAcmePlatform = await t.auth('platform_admin', 'acme');
+    const created = await t.app.inject({ method: 'POST', url: '/v1/admin/search-indexes', headers: asAcmePlatform, payload: { table: 'run_steps', columns: [{ name: 'name', weight: 'A' }] } });
+    expect(created.statusCode, created.body).toBe(202);
+    const jobId = created.json<{ job_id: string }>().job_id;
+    const job = await finished(jobId);
+    expect(job.state).toBe('completed');
+    // the platform sees the total: every tenant's rows (acme's alone are fewer)
+    const all = (await t.db.adminQuery<{ n: number; acme: number }>("SELECT count(*)::int AS n, count(*) FILTER (WHERE tenant_id = 'acme')::int AS acme FROM run_steps")).rows[0]!;
+    expect((job.result as { rows: number }).rows).toBe(all.n);
+    expect(all.acme).toBeLessThan(all.n);
+    // acme's admin, who may read the index's status and job id, cannot read the job (its progress
+    // and result count globex's rows); before, a job enqueued by acme's platform token was acme's
+    const view = await t.app.inject({ url: '/v1/admin/search-indexes/run_steps', headers: await t.auth('admin', 'acme') });
+    expect(view.json().data.job_id).toBe(jobId);
+    for (const role of ['admin', 'reader'] as const) {
+      const res = await t.app.inject({ url: `/v1/jobs/${jobId}`, headers: await t.auth(role, 'acme') });
+      expect(res.statusCode, role).toBe(404);
+      expect(res.json().error.code).toBe('JOB_NOT_FOUND');
+      const events = await t.app.inject({ url: `/v1/jobs/${jobId}/events`, headers: await t.auth(role, 'acme') });
+      expect(events.statusCode, role).toBe(404);
+    }
+    const dropped = await t.app.inject({ method: 'DELETE', url: '/v1/admin/search-indexes/run_steps', headers: asAcmePlatform });
+    expect(dropped.statusCode).toBe(202);
+    const dropJob = dropped.json<{ job_id: string }>().job_id;
+    expect((await finished(dropJob)).state).toBe('completed');
+    expect((await t.app.inject({ url: `/v1/jobs/${dropJob}`, headers: await t.auth('admin', 'acme') })).statusCode).toBe(404);
+  });
+
   it('declares a vector column on a table and searches it exactly', async () => {
     // pipeline_runs has no real[] column: refused; documents' own vector is searched exactly
     const res = await t.app.inject({ method: 'POST', url: '/v1/admin/search-indexes', headers: await platform(), payload: { table: 'pipeline_runs', vector: { column: 'params', dimensions: 3 } } });

@@ -33,13 +33,20 @@ export interface IndexSuggestion {
   table: string;
   columns: string[];
   statement: string;
-  cost_before: number;
-  cost_after: number;
-  queries: { sql: string; occurrences: number; cost_before: number; cost_after: number }[];
+  /** Planner costs: null when redacted (tenant roles). */
+  cost_before: number | null;
+  cost_after: number | null;
+  queries: { sql: string; occurrences: number; cost_before: number | null; cost_after: number | null }[];
 }
 
 export interface IndexAdvice {
   hypopg: 'available';
+  /**
+   * True for tenant roles: plan costs come from planner statistics computed over every tenant's rows
+   * of the shared tables, so a tenant admin gets the suggestions without them (ordered by how often
+   * their queries ran), never figures that would tell how many rows other tenants hold.
+   */
+  redacted: boolean;
   queries_analyzed: number;
   suggestions: IndexSuggestion[];
   skipped: { sql: string; reason: string }[];
@@ -122,8 +129,8 @@ export function createIndexAdvisor(deps: IndexAdviceDeps) {
   }
 
   return {
-    /** Advice for the given slow-log entries (already scoped to the caller's tenant). */
-    async advise(entries: SlowQueryEntry[]): Promise<IndexAdvice> {
+    /** Advice for the given slow-log entries (already scoped to the caller's tenant); `redact` for tenant roles. */
+    async advise(entries: SlowQueryEntry[], opts: { redact?: boolean } = {}): Promise<IndexAdvice> {
       const hypo = await deps.extensions('hypopg');
       if (!hypo.available) {
         throw new AppError(
@@ -285,8 +292,8 @@ export function createIndexAdvisor(deps: IndexAdviceDeps) {
           };
           suggestions.set(key, s);
         }
-        s.cost_before = round(s.cost_before + qu.baseline);
-        s.cost_after = round(s.cost_after + pick.cost);
+        s.cost_before = round(s.cost_before! + qu.baseline);
+        s.cost_after = round(s.cost_after! + pick.cost);
         s.queries.push({
           sql: qu.sql,
           occurrences: qu.occurrences,
@@ -294,14 +301,17 @@ export function createIndexAdvisor(deps: IndexAdviceDeps) {
           cost_after: round(pick.cost),
         });
       }
-      return {
-        hypopg: 'available',
-        queries_analyzed: queries.length,
-        suggestions: [...suggestions.values()].sort(
-          (a, b) => b.cost_before - b.cost_after - (a.cost_before - a.cost_after),
-        ),
-        skipped,
-      };
+      const ranked = [...suggestions.values()].sort(
+        (a, b) => b.cost_before! - b.cost_after! - (a.cost_before! - a.cost_after!),
+      );
+      if (!opts.redact) return { hypopg: 'available', redacted: false, queries_analyzed: queries.length, suggestions: ranked, skipped };
+      // Tenant roles: no cost, and no order by cost (it would rank the tables by size); the most
+      // run queries first, then by name
+      const occurrences = (s: IndexSuggestion) => s.queries.reduce((n, qu) => n + qu.occurrences, 0);
+      const redacted = ranked
+        .map((s) => ({ ...s, cost_before: null, cost_after: null, queries: s.queries.map((qu) => ({ ...qu, cost_before: null, cost_after: null })) }))
+        .sort((a, b) => occurrences(b) - occurrences(a) || a.statement.localeCompare(b.statement));
+      return { hypopg: 'available', redacted: true, queries_analyzed: queries.length, suggestions: redacted, skipped };
     },
   };
 }

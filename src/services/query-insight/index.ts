@@ -78,7 +78,8 @@ export function createQueryInsightService(deps: QueryInsightDeps) {
     /** Index advice from the caller's slow queries (every tenant's for a platform admin). */
     async indexAdvice(ctx: SessionContext): Promise<IndexAdvice> {
       const entries = await slowLog.list({ tenant: scopeOf(ctx), limit: deps.config.SLOW_QUERY_LOG_MAX });
-      return advisor.advise(entries);
+      // planner costs span every tenant's rows: only platform_admin sees them
+      return advisor.advise(entries, { redact: ctx.role !== 'platform_admin' });
     },
   };
 }

@@ -365,7 +365,9 @@ export function createSearchService(opts: SearchServiceOptions) {
       );
       if (!inserted.rowCount) throw conflict('SEARCH_INDEX_EXISTS', `table ${t.name} already has a search index; DELETE it first to change it`, { table: t.name });
       try {
-        const { job_id } = await jobs.enqueue(ctx, 'search-index-create', { table: t.name });
+        // A platform job, whoever's token asked: the table is every tenant's, and its progress counts
+        // every tenant's rows (a tenant's admin must not read them on GET /v1/jobs/{id})
+        const { job_id } = await jobs.enqueue({ ...ctx, tenantId: null }, 'search-index-create', { table: t.name });
         await db.adminQuery('UPDATE strata.search_indexes SET job_id = $2 WHERE table_name = $1', [t.name, job_id]);
         defs.invalidate();
         return { index: await this.getIndex(t.name), job_id };
@@ -387,7 +389,7 @@ export function createSearchService(opts: SearchServiceOptions) {
         throw conflict('SEARCH_INDEX_BUSY', `the search index of ${table} is being built; wait for it (or cancel its job ${d.jobId ?? ''})`, { job_id: d.jobId });
       }
       defs.invalidate();
-      const { job_id } = await jobs.enqueue(ctx, 'search-index-drop', { table });
+      const { job_id } = await jobs.enqueue({ ...ctx, tenantId: null }, 'search-index-drop', { table });
       await db.adminQuery('UPDATE strata.search_indexes SET job_id = $2 WHERE table_name = $1', [table, job_id]);
       return { job_id };
     },

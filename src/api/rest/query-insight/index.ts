@@ -107,22 +107,27 @@ const ExplainResult = Type.Object({
   }),
 });
 
+const Cost = Type.Union([Type.Number(), Type.Null()], { description: 'Planner cost; null when redacted' });
 const IndexAdvice = Type.Object({
   hypopg: Type.Literal('available'),
+  redacted: Type.Boolean({
+    description:
+      'true for tenant roles: planner costs are computed over every tenant, so cost_before/cost_after are null and suggestions are ordered by how often their queries ran; platform_admin gets the costs',
+  }),
   queries_analyzed: Type.Integer(),
   suggestions: Type.Array(
     Type.Object({
       table: Type.String(),
       columns: Type.Array(Type.String()),
       statement: Type.String({ description: 'CREATE INDEX CONCURRENTLY ...' }),
-      cost_before: Type.Number(),
-      cost_after: Type.Number(),
+      cost_before: Cost,
+      cost_after: Cost,
       queries: Type.Array(
         Type.Object({
           sql: Type.String(),
           occurrences: Type.Integer(),
-          cost_before: Type.Number(),
-          cost_after: Type.Number(),
+          cost_before: Cost,
+          cost_after: Cost,
         }),
       ),
     }),
