@@ -6,7 +6,10 @@
  * allowed, and they must carry an error code), every error has the `{ error: { code, message } }`
  * shape, and nothing is written anywhere.
  *
- * Oversized and amplifying inputs (AMPLIFYING_QUERIES and the last bodies) go to every route too.
+ * Oversized and amplifying inputs (AMPLIFYING_QUERIES, OVERSIZED_BODIES and the last hostile
+ * bodies) go to every route too, and writes get amplifying query strings with a valid body (the
+ * select list is what multiplies a write's answer). The PostgREST face (/rest/v1, left out of the
+ * OpenAPI document) is swept as well; its errors have PostgREST's `{ code, message }` shape.
  *
  * The per-route tests elsewhere assert the exact code of each bad input; this one makes sure no
  * route was left out.
@@ -62,6 +65,30 @@ const AMPLIFYING_QUERIES = [
   'time=created_at&bucket=1h&group=id&fill=zero&from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z',
   `query=${encodeURIComponent(DOUBLING_FRAGMENTS)}`,
 ];
+
+/** Bodies past BODY_LIMIT_BYTES (1 MiB by default): a bulk insert of 90,000 rows, one 2 MB string. */
+const OVERSIZED_BODIES: { body: string; type: string }[] = [
+  { body: `[${Array.from({ length: 90_000 }, (_, i) => `{"name":"n${i}"}`).join(',')}]`, type: 'application/json' },
+  { body: JSON.stringify({ name: 'x'.repeat(2_000_000), sql: 'select 1', query: '{ __typename }' }), type: 'application/json' },
+];
+
+/**
+ * Amplifying query strings sent with a valid write body: a write's answer repeats what the select
+ * asks for once per row written, so these must be refused before the write runs (or bounded).
+ */
+const AMPLIFYING_WRITE_QUERIES = [
+  `id=eq.999999999&select=${Array.from({ length: 520 }, (_, i) => `a${i}:description`).join(',')}`,
+  'id=eq.999999999&select=*,pipeline_runs(*,pipelines(*,pipeline_runs(*,pipelines(*,pipeline_runs(*)))))',
+  `select=${Array.from({ length: 520 }, (_, i) => `a${i}:description`).join(',')}`,
+];
+const WRITE_BODY = { body: JSON.stringify({ name: 'amplified', status: 'paused' }), type: 'application/json' };
+
+/** The PostgREST face's routes (not in the OpenAPI document). */
+const POSTGREST_ROUTES = ['GET', 'POST', 'PATCH', 'DELETE'].flatMap((method) => [
+  { method, path: '/rest/v1/pipelines' },
+  { method, path: '/rest/v1/{table}' },
+  ...(method === 'GET' || method === 'POST' ? [{ method, path: '/rest/v1/rpc/{fn}' }] : []),
+]);
 
 const WIDE_SQL = `SELECT ${Array.from({ length: 300 }, (_, i) => `null::int AS ${`c${String(i).padStart(3, '0')}`.padEnd(63, 'x')}`).join(', ')} FROM generate_series(1, 2000)`;
 
@@ -123,6 +150,7 @@ describe('bad input sweep over every route', () => {
     // GraphQL is served by mercurius, outside the OpenAPI document
     { method: 'POST', path: '/graphql' },
     { method: 'GET', path: '/graphql' },
+    ...POSTGREST_ROUTES,
   ];
 
   /** Every concrete URL to try for one route: hostile values in each path parameter, then hostile query strings. */
@@ -149,7 +177,8 @@ describe('bad input sweep over every route', () => {
         if (withBody) {
           // a key that matches no row: a route that rightly ignores a body (DELETE) then changes nothing
           const plain = r.path.replace(/\{table\}/g, 'pipelines').replace(/\{[^}]+\}/g, '999999999');
-          for (const b of HOSTILE_BODIES) attempts.push({ url: plain, body: b });
+          for (const b of [...HOSTILE_BODIES, ...OVERSIZED_BODIES]) attempts.push({ url: plain, body: b });
+          if (plain.includes('pipelines')) for (const q of AMPLIFYING_WRITE_QUERIES) attempts.push({ url: `${plain}?${q}`, body: WRITE_BODY });
         }
         for (const a of attempts) {
           sent++;
@@ -171,9 +200,10 @@ describe('bad input sweep over every route', () => {
             }
             if (!((res.status === 501 || res.status === 503) && typeof code === 'string')) failures.push(`${res.status} ${where}: ${text.slice(0, 200)}`);
           } else if (res.status >= 400 && res.headers.get('content-type')?.includes('application/json')) {
-            const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown }; errors?: { message?: unknown; extensions?: { code?: unknown } }[] };
-            // REST: { error: { code, message } }; GraphQL: { errors: [{ message, extensions: { code } }] }
-            const err = body.error ?? { code: body.errors?.[0]?.extensions?.code, message: body.errors?.[0]?.message };
+            const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown }; errors?: { message?: unknown; extensions?: { code?: unknown } }[]; code?: unknown; message?: unknown };
+            // REST: { error: { code, message } }; GraphQL: { errors: [{ message, extensions: { code } }] }; /rest/v1:
+            // { code, message } (the router's own refusals, such as 414 PARAM_TOO_LONG, keep Strata's shape there)
+            const err = body.error ?? (a.url.startsWith('/rest/v1/') ? { code: body.code, message: body.message } : { code: body.errors?.[0]?.extensions?.code, message: body.errors?.[0]?.message });
             if (typeof err?.code !== 'string' || typeof err.message !== 'string') failures.push(`${res.status} without an error code: ${where}: ${text.slice(0, 200)}`);
           }
         }

@@ -18,7 +18,7 @@ describe('byte bounds of write answers', () => {
   let writer: Record<string, string>;
   let globex: Record<string, string>;
   beforeAll(async () => {
-    t = await createTestApp({ env: { ROWS_MAX_RESPONSE_BYTES: String(MAX) } });
+    t = await createTestApp({ env: { ROWS_MAX_RESPONSE_BYTES: String(MAX), RESPONSE_MAX_BYTES: String(MAX) } });
     writer = await t.auth('writer', 'acme');
     globex = await t.auth('writer', 'globex');
     await t.db.adminQuery(
@@ -141,6 +141,19 @@ describe('byte bounds of write answers', () => {
       const ok = await send('GET', '/rest/v1/pipelines?select=id&limit=5', globex);
       expect(ok.statusCode).toBe(200);
       expect(ok.json<unknown[]>()).toHaveLength(5);
+    });
+  });
+
+  describe('search (issue 13 item 2: bounded, not tested before)', () => {
+    it('answers 413 RESPONSE_TOO_LARGE when the hits pass RESPONSE_MAX_BYTES, and the hits within it', async () => {
+      // 200 rows of globex's match, each with 1 KB of description: 100 hits of 1 KB, the bound is 64 KB
+      const res = await send('GET', '/v1/search?table=pipelines&q=globex&limit=100', globex);
+      expect(res.statusCode, res.body).toBe(413);
+      expect(res.json<{ error: { code: string; message: string } }>().error).toMatchObject({ code: 'RESPONSE_TOO_LARGE' });
+      expect(res.json<{ error: { message: string } }>().error.message).toMatch(/RESPONSE_MAX_BYTES/);
+      const ok = await send('GET', '/v1/search?table=pipelines&q=globex&limit=10', globex);
+      expect(ok.statusCode, ok.body).toBe(200);
+      expect(ok.json<{ data: unknown[] }>().data).toHaveLength(10);
     });
   });
 });
