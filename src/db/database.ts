@@ -34,7 +34,8 @@ export type PoolKind = 'app' | 'stream';
  */
 export interface TenantGate {
   enter(pool: string, kind: PoolKind, tenantId: string): true | Promise<void>;
-  leave(pool: string, tenantId: string): void;
+  /** `heldMs`: how long the session held its slot (the gate's measure of how heavy the tenant's work is). */
+  leave(pool: string, tenantId: string, heldMs: number): void;
 }
 
 export interface Shard {
@@ -126,10 +127,14 @@ export class Database {
     const gate = this.gate;
     if (gate === undefined || tenantId === null) return run();
     const name = pool.options.name;
-    const leave = () => gate.leave(name, tenantId);
+    let started = 0;
+    const go = () => {
+      started = performance.now();
+      return run().finally(() => gate.leave(name, tenantId, performance.now() - started));
+    };
     const admitted = gate.enter(name, kind, tenantId);
-    if (admitted === true) return run().finally(leave);
-    return admitted.then(() => run().finally(leave));
+    if (admitted === true) return go();
+    return admitted.then(go);
   }
 
   /** Cluster mode (a Citus coordinator with workers), detected at start(). */

@@ -14,7 +14,12 @@ interface Waiter {
 interface Slot {
   held: number;
   waiters: Waiter[];
+  /** Moving average of how long this tenant's sessions held a slot (ms); 0 until one has left. */
+  avgMs: number;
 }
+
+/** Weight of the newest hold time in the moving average (about the last 10 sessions count). */
+const AVG_WEIGHT = 0.2;
 
 /** 429 TENANT_CONCURRENCY_LIMIT with Retry-After. */
 export function concurrencyLimited(what: string, limit: number, retryAfterS = 1): AppError {
@@ -27,14 +32,47 @@ export function concurrencyLimited(what: string, limit: number, retryAfterS = 1)
   );
 }
 
+/** How recently another tenant must have entered a resource for it to count as shared (contended). */
+export const CONTENDED_MS = 1000;
+
+interface Recent {
+  /** The tenant that entered last, and when a different tenant than the one before it last entered. */
+  tenant: string;
+  switchedAt: number;
+}
+
+/** A limit that may depend on the tenant's average hold time and on whether other tenants use the resource. */
+export type LimitFn = (avgMs: number, contended: boolean) => number;
+
 export class Gates {
   private readonly slots = new Map<string, Map<string, Slot>>();
+  private readonly recent = new Map<string, Recent>();
+
+  /** Note an entry; true when another tenant entered this resource within CONTENDED_MS. */
+  private contended(resource: string, tenantId: string, now: number): boolean {
+    const r = this.recent.get(resource);
+    if (!r) {
+      this.recent.set(resource, { tenant: tenantId, switchedAt: 0 });
+      return false;
+    }
+    if (r.tenant !== tenantId) {
+      r.tenant = tenantId;
+      r.switchedAt = now;
+      return true;
+    }
+    return now - r.switchedAt < CONTENDED_MS;
+  }
+
+  private isContended(resource: string, now: number): boolean {
+    const r = this.recent.get(resource);
+    return r !== undefined && now - r.switchedAt < CONTENDED_MS;
+  }
 
   private slot(resource: string, tenantId: string): Slot {
     let byTenant = this.slots.get(resource);
     if (!byTenant) this.slots.set(resource, (byTenant = new Map<string, Slot>()));
     let s = byTenant.get(tenantId);
-    if (!s) byTenant.set(tenantId, (s = { held: 0, waiters: [] }));
+    if (!s) byTenant.set(tenantId, (s = { held: 0, waiters: [], avgMs: 0 }));
     return s;
   }
 
@@ -50,8 +88,9 @@ export class Gates {
    * Take a slot: `true` at once when one is free, else a promise resolved when one is handed over,
    * rejected with `onTimeout()` after `waitMs` (0: at once).
    */
-  enter(resource: string, tenantId: string, limit: number, waitMs: number, onTimeout: () => Error): true | Promise<void> {
+  enter(resource: string, tenantId: string, limit: number | LimitFn, waitMs: number, onTimeout: () => Error): true | Promise<void> {
     const s = this.slot(resource, tenantId);
+    if (typeof limit === 'function') limit = limit(s.avgMs, this.contended(resource, tenantId, Date.now()));
     if (s.held < limit) {
       s.held++;
       return true;
@@ -76,10 +115,19 @@ export class Gates {
     });
   }
 
-  /** Give a slot back: handed to the tenant's first waiter, or freed. */
-  leave(resource: string, tenantId: string): void {
+  /**
+   * Give a slot back: handed to the tenant's first waiter, or freed. With `heldMs`, the hold time
+   * joins the tenant's moving average; with `limitNow`, a slot is handed on only while the tenant
+   * holds fewer than that (its limit may have dropped since the waiter queued: a tenant turned heavy).
+   */
+  leave(resource: string, tenantId: string, heldMs?: number, limitNow?: LimitFn): void {
     const s = this.slots.get(resource)?.get(tenantId);
     if (!s) return;
+    if (heldMs !== undefined) s.avgMs = s.avgMs === 0 ? heldMs : s.avgMs + AVG_WEIGHT * (heldMs - s.avgMs);
+    if (limitNow !== undefined && s.held > limitNow(s.avgMs, this.isContended(resource, Date.now()))) {
+      if (s.held > 0) s.held--; // over the lowered limit: the slot is not handed on
+      return;
+    }
     for (let w = s.waiters.shift(); w; w = s.waiters.shift()) {
       if (w.done) continue;
       w.admit(); // the slot passes on: `held` is unchanged
@@ -87,6 +135,11 @@ export class Gates {
     }
     // the entry stays (one small object per tenant seen): no allocation churn on the hot path
     if (s.held > 0) s.held--;
+  }
+
+  /** The moving average of a tenant's hold times on a resource, ms (0: none yet). */
+  averageMs(resource: string, tenantId: string): number {
+    return this.slots.get(resource)?.get(tenantId)?.avgMs ?? 0;
   }
 
   /** Slots held by a tenant (tests, metrics). */
