@@ -175,6 +175,13 @@ describe('heavy tenants on a shared pool', () => {
     return max;
   }
 
+  it('runs tenant queries without parallel workers (DB_TENANT_MAX_PARALLEL_WORKERS, default 0), so a connection cap is a CPU cap', async () => {
+    const a = await t.auth('analyst', 'acme');
+    const res = await t.app.inject({ method: 'POST', url: '/v1/sql', headers: a, payload: { sql: "select current_setting('max_parallel_workers_per_gather') as v" } });
+    expect(res.statusCode).toBe(200);
+    expect(res.json<{ data: Array<{ v: string }> }>().data[0]!.v).toBe('0');
+  });
+
   it("keeps a slow tenant alone at its whole share, cuts it to LIMIT_HEAVY_CONNECTIONS once another tenant uses the pool, and serves both", async () => {
     const a = await t.auth('analyst', 'acme');
     const b = await t.auth('analyst', 'globex');

@@ -78,6 +78,9 @@ export class Database {
       },
     };
     const base = poolOptions(config);
+    // Tenant sessions: at most this many parallel workers per query, so a tenant's connection cap
+    // also caps the database CPUs its queries can take (fair shares, docs/limits.md).
+    const tenantServerOptions = `-c max_parallel_workers_per_gather=${config.DB_TENANT_MAX_PARALLEL_WORKERS}`;
     this.admin = new StrataPool(
       { ...base, name: 'admin', connectionString: opts.adminUrl, max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 4)), min: 0 },
       log,
@@ -85,12 +88,13 @@ export class Database {
     );
     this.shards.set(DEFAULT_SHARD, {
       id: DEFAULT_SHARD,
-      app: new StrataPool({ ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true }, log, this.metrics),
+      app: new StrataPool({ ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true, serverOptions: tenantServerOptions }, log, this.metrics),
       stream: new StrataPool(
         {
           ...base,
           name: `${DEFAULT_SHARD}/stream`,
           connectionString: opts.appUrl,
+          serverOptions: tenantServerOptions,
           max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 2)),
           min: 0,
           // A stream (export, cursor) holds its connection as long as its statement may run: only a

@@ -16,6 +16,17 @@ interface Slot {
   waiters: Waiter[];
   /** Moving average of how long this tenant's sessions held a slot (ms); 0 until one has left. */
   avgMs: number;
+  /** When each slot held through enter() was taken (performance.now(), oldest first). */
+  starts: number[];
+}
+
+/**
+ * How heavy a tenant's work is now: its average hold time, or the age of its oldest running
+ * session when that is longer (a new tenant's first slow burst counts before any session ends).
+ */
+function heaviness(s: Slot, now: number): number {
+  const oldest = s.starts[0];
+  return oldest === undefined ? s.avgMs : Math.max(s.avgMs, now - oldest);
 }
 
 /** Weight of the newest hold time in the moving average (about the last 10 sessions count). */
@@ -72,7 +83,7 @@ export class Gates {
     let byTenant = this.slots.get(resource);
     if (!byTenant) this.slots.set(resource, (byTenant = new Map<string, Slot>()));
     let s = byTenant.get(tenantId);
-    if (!s) byTenant.set(tenantId, (s = { held: 0, waiters: [], avgMs: 0 }));
+    if (!s) byTenant.set(tenantId, (s = { held: 0, waiters: [], avgMs: 0, starts: [] }));
     return s;
   }
 
@@ -90,9 +101,11 @@ export class Gates {
    */
   enter(resource: string, tenantId: string, limit: number | LimitFn, waitMs: number, onTimeout: () => Error): true | Promise<void> {
     const s = this.slot(resource, tenantId);
-    if (typeof limit === 'function') limit = limit(s.avgMs, this.contended(resource, tenantId, Date.now()));
+    const now = performance.now();
+    if (typeof limit === 'function') limit = limit(heaviness(s, now), this.contended(resource, tenantId, now));
     if (s.held < limit) {
       s.held++;
+      s.starts.push(now);
       return true;
     }
     if (waitMs <= 0) return Promise.reject(onTimeout());
@@ -102,6 +115,7 @@ export class Gates {
         admit: () => {
           w.done = true;
           clearTimeout(w.timer);
+          s.starts.push(performance.now());
           resolve();
         },
         timer: setTimeout(() => {
@@ -123,8 +137,19 @@ export class Gates {
   leave(resource: string, tenantId: string, heldMs?: number, limitNow?: LimitFn): void {
     const s = this.slots.get(resource)?.get(tenantId);
     if (!s) return;
-    if (heldMs !== undefined) s.avgMs = s.avgMs === 0 ? heldMs : s.avgMs + AVG_WEIGHT * (heldMs - s.avgMs);
-    if (limitNow !== undefined && s.held > limitNow(s.avgMs, this.isContended(resource, Date.now()))) {
+    const now = performance.now();
+    if (heldMs !== undefined) {
+      s.avgMs = s.avgMs === 0 ? heldMs : s.avgMs + AVG_WEIGHT * (heldMs - s.avgMs);
+      // drop the start of the session that left: the one nearest to now - heldMs (a handful at most)
+      const started = now - heldMs;
+      let at = -1;
+      for (let i = 0, best = Infinity; i < s.starts.length; i++) {
+        const d = Math.abs(s.starts[i]! - started);
+        if (d < best) [best, at] = [d, i];
+      }
+      if (at >= 0) s.starts.splice(at, 1);
+    }
+    if (limitNow !== undefined && s.held > limitNow(heaviness(s, now), this.isContended(resource, now))) {
       if (s.held > 0) s.held--; // over the lowered limit: the slot is not handed on
       return;
     }
