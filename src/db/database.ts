@@ -81,6 +81,10 @@ export class Database {
     // Tenant sessions: at most this many parallel workers per query, so a tenant's connection cap
     // also caps the database CPUs its queries can take (fair shares, docs/limits.md).
     const tenantServerOptions = `-c max_parallel_workers_per_gather=${config.DB_TENANT_MAX_PARALLEL_WORKERS}`;
+    // A server that stops answering (stopped, partitioned) would hold a statement already sent for
+    // ever: every statement of the tenant-session pool is bounded by the statement timeout, so past
+    // it and DB_CLIENT_GRACE_MS the client gives up and drops the connection (503 DB_UNRESPONSIVE).
+    const appReadTimeoutMs = config.DB_STATEMENT_TIMEOUT_MS > 0 && config.DB_CLIENT_GRACE_MS > 0 ? config.DB_STATEMENT_TIMEOUT_MS + config.DB_CLIENT_GRACE_MS : undefined;
     this.admin = new StrataPool(
       { ...base, name: 'admin', connectionString: opts.adminUrl, max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 4)), min: 0 },
       log,
@@ -88,7 +92,11 @@ export class Database {
     );
     this.shards.set(DEFAULT_SHARD, {
       id: DEFAULT_SHARD,
-      app: new StrataPool({ ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true, serverOptions: tenantServerOptions }, log, this.metrics),
+      app: new StrataPool(
+        { ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true, serverOptions: tenantServerOptions, readTimeoutMs: appReadTimeoutMs },
+        log,
+        this.metrics,
+      ),
       stream: new StrataPool(
         {
           ...base,
