@@ -171,6 +171,10 @@ export const EnvSchema = Type.Object({
   LIMIT_STREAM_CONNECTIONS: Type.Optional(
     Type.Integer({ minimum: 1, maximum: 1000, description: 'Connections of the streaming pool (exports, cursors) one tenant may hold at once (default: half of that pool, rounded up)' }),
   ),
+  DB_CLIENT_GRACE_MS: Int(5_000, 0, 600_000, 'How long past DB_STATEMENT_TIMEOUT_MS a tenant-session statement may go unanswered before the client gives up on a server that stopped answering and drops the connection (503 DB_UNRESPONSIVE); 0 turns the client-side limit off'),
+  DB_TENANT_MAX_PARALLEL_WORKERS: Int(0, 0, 64, 'max_parallel_workers_per_gather of tenant sessions: 0 (default) runs each query in one backend, so the per-tenant connection caps also cap the database CPUs one tenant can take; raise it for a deployment with few tenants and many cores'),
+  LIMIT_HEAVY_MS: Int(100, 1, 3_600_000, 'A tenant whose sessions on a pool lately took longer than this on average (moving average of the connection hold time) is a heavy tenant there: it may hold only LIMIT_HEAVY_CONNECTIONS of that pool at once, so slow work of one tenant cannot fill the database\'s CPUs while others wait'),
+  LIMIT_HEAVY_CONNECTIONS: Int(2, 1, 1000, 'Connections of a pool a heavy tenant (see LIMIT_HEAVY_MS) may hold at once while another tenant has used that pool within the last second (a tenant alone keeps its whole share); more wait their turn up to DB_ACQUIRE_TIMEOUT_MS, then 429 TENANT_CONCURRENCY_LIMIT'),
   LIMIT_EXPORTS: Int(2, 1, 1000, 'Streamed exports (GET /v1/tables/{table}/export, POST /v1/sql/export) one tenant may run at once per API process; more answer 429 TENANT_CONCURRENCY_LIMIT at once'),
   LIMIT_JOBS: Int(2, 1, 1000, 'Jobs of one tenant running at once across all workers; a job over the limit is put back as delayed (not failed) and retried shortly'),
   LIMITS_CACHE_TTL_MS: Int(5_000, 0, 3_600_000, 'How long a process keeps a tenant\'s limits before reading them again (a PATCH is seen at once by the process that served it, by the others within this time)'),

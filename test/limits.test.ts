@@ -153,6 +153,71 @@ describe('concurrency caps per tenant', () => {
   });
 });
 
+describe('heavy tenants on a shared pool', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    // app_connections 5 of 10; a tenant whose sessions average over 50 ms is heavy: 1 connection while others share the pool
+    t = await createTestApp({ env: { DB_POOL_MAX: '10', DB_ACQUIRE_TIMEOUT_MS: '5000', LIMIT_HEAVY_MS: '50', LIMIT_HEAVY_CONNECTIONS: '1' } });
+  });
+  afterEach(async () => expectNoCheckedOutClients(t.db));
+  afterAll(async () => t?.close());
+
+  /** Run `work` while sampling how many app-pool connections `tenant` holds; answers the largest count seen. */
+  async function maxHeld(tenant: string, work: () => Promise<unknown>): Promise<number> {
+    const pool = t.db.shardFor(tenant).app.options.name;
+    let max = 0;
+    const timer = setInterval(() => (max = Math.max(max, t.app.limits.held(pool, tenant))), 5);
+    try {
+      await work();
+    } finally {
+      clearInterval(timer);
+    }
+    return max;
+  }
+
+  it('runs tenant queries without parallel workers (DB_TENANT_MAX_PARALLEL_WORKERS, default 0), so a connection cap is a CPU cap', async () => {
+    const a = await t.auth('analyst', 'acme');
+    const res = await t.app.inject({ method: 'POST', url: '/v1/sql', headers: a, payload: { sql: "select current_setting('max_parallel_workers_per_gather') as v" } });
+    expect(res.statusCode).toBe(200);
+    expect(res.json<{ data: Array<{ v: string }> }>().data[0]!.v).toBe('0');
+  });
+
+  it("keeps a slow tenant alone at its whole share, cuts it to LIMIT_HEAVY_CONNECTIONS once another tenant uses the pool, and serves both", async () => {
+    const a = await t.auth('analyst', 'acme');
+    const b = await t.auth('analyst', 'globex');
+    const q = (h: Record<string, string>, sql: string) => t.app.inject({ method: 'POST', url: '/v1/sql', headers: h, payload: { sql } });
+    const pool = t.db.shardFor('acme').app.options.name;
+    const slowBurst = () => Promise.all(Array.from({ length: 3 }, () => q(a, 'select pg_sleep(0.3) as s')));
+
+    // alone: three slow sessions at once, twice (the first burst makes its average long)
+    for (const burst of [1, 2]) {
+      let res: Awaited<ReturnType<typeof slowBurst>> = [];
+      const seen = await maxHeld('acme', async () => (res = await slowBurst()));
+      expect(res.map((r) => r.statusCode)).toEqual([200, 200, 200]);
+      expect(seen, `burst ${burst} alone`).toBe(3);
+    }
+    expect(t.app.limits.averageMs(pool, 'acme')).toBeGreaterThan(50);
+
+    // shared: globex reads while acme bursts again; acme now runs one session at a time, all answered
+    let quick: number[] = [];
+    const seen = await maxHeld('acme', async () => {
+      expect((await q(b, 'select 1 as one')).statusCode).toBe(200);
+      const burst = slowBurst();
+      const reads: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        reads.push((await q(b, 'select 2 as two')).statusCode);
+        await sleep(60);
+      }
+      quick = reads;
+      expect((await burst).map((r) => r.statusCode)).toEqual([200, 200, 200]);
+    });
+    expect(seen).toBe(1);
+    expect(quick).toEqual([200, 200, 200, 200, 200]);
+    expect(t.app.limits.averageMs(pool, 'globex')).toBeLessThan(50);
+    expect(t.app.limits.held(pool, 'acme')).toBe(0);
+  });
+});
+
 describe('request rate per tenant across API processes', () => {
   let t: TestApp;
   let second: FastifyInstance;

@@ -34,7 +34,8 @@ export type PoolKind = 'app' | 'stream';
  */
 export interface TenantGate {
   enter(pool: string, kind: PoolKind, tenantId: string): true | Promise<void>;
-  leave(pool: string, tenantId: string): void;
+  /** `heldMs`: how long the session held its slot (the gate's measure of how heavy the tenant's work is). */
+  leave(pool: string, tenantId: string, heldMs: number): void;
 }
 
 export interface Shard {
@@ -77,6 +78,13 @@ export class Database {
       },
     };
     const base = poolOptions(config);
+    // Tenant sessions: at most this many parallel workers per query, so a tenant's connection cap
+    // also caps the database CPUs its queries can take (fair shares, docs/limits.md).
+    const tenantServerOptions = `-c max_parallel_workers_per_gather=${config.DB_TENANT_MAX_PARALLEL_WORKERS}`;
+    // A server that stops answering (stopped, partitioned) would hold a statement already sent for
+    // ever: every statement of the tenant-session pool is bounded by the statement timeout, so past
+    // it and DB_CLIENT_GRACE_MS the client gives up and drops the connection (503 DB_UNRESPONSIVE).
+    const appReadTimeoutMs = config.DB_STATEMENT_TIMEOUT_MS > 0 && config.DB_CLIENT_GRACE_MS > 0 ? config.DB_STATEMENT_TIMEOUT_MS + config.DB_CLIENT_GRACE_MS : undefined;
     this.admin = new StrataPool(
       { ...base, name: 'admin', connectionString: opts.adminUrl, max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 4)), min: 0 },
       log,
@@ -84,12 +92,17 @@ export class Database {
     );
     this.shards.set(DEFAULT_SHARD, {
       id: DEFAULT_SHARD,
-      app: new StrataPool({ ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true }, log, this.metrics),
+      app: new StrataPool(
+        { ...base, name: `${DEFAULT_SHARD}/app`, connectionString: opts.appUrl, pipeline: true, serverOptions: tenantServerOptions, readTimeoutMs: appReadTimeoutMs },
+        log,
+        this.metrics,
+      ),
       stream: new StrataPool(
         {
           ...base,
           name: `${DEFAULT_SHARD}/stream`,
           connectionString: opts.appUrl,
+          serverOptions: tenantServerOptions,
           max: Math.max(2, Math.ceil(config.DB_POOL_MAX / 2)),
           min: 0,
           // A stream (export, cursor) holds its connection as long as its statement may run: only a
@@ -126,10 +139,14 @@ export class Database {
     const gate = this.gate;
     if (gate === undefined || tenantId === null) return run();
     const name = pool.options.name;
-    const leave = () => gate.leave(name, tenantId);
+    let started = 0;
+    const go = () => {
+      started = performance.now();
+      return run().finally(() => gate.leave(name, tenantId, performance.now() - started));
+    };
     const admitted = gate.enter(name, kind, tenantId);
-    if (admitted === true) return run().finally(leave);
-    return admitted.then(() => run().finally(leave));
+    if (admitted === true) return go();
+    return admitted.then(go);
   }
 
   /** Cluster mode (a Citus coordinator with workers), detected at start(). */

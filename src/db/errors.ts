@@ -60,13 +60,21 @@ interface PgErrorLike {
 }
 
 /** True for errors meaning the connection (not the statement) is gone. */
+/**
+ * node-postgres' client-side read timeout (`query_timeout`, DB_CLIENT_GRACE_MS past the statement
+ * timeout) fired: the server did not answer at all (stopped, partitioned). The connection is dropped.
+ */
+export function isReadTimeout(err: unknown): boolean {
+  return err instanceof Error && err.message === 'Query read timeout';
+}
+
 export function isConnectionError(err: unknown): boolean {
   if (!err || typeof err !== 'object') return false;
   const code = (err as PgErrorLike).code;
   if (code && (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code))) return true;
   const msg = err instanceof Error ? err.message : '';
   // node-postgres raises these without a code when the socket closes under it
-  return /Connection terminated|Client has encountered a connection error|not queryable/.test(msg);
+  return /Connection terminated|Client has encountered a connection error|not queryable|Query read timeout/.test(msg);
 }
 
 export function isRetryable(err: unknown): boolean {
@@ -79,6 +87,9 @@ export function toAppError(err: unknown): AppError | undefined {
   if (err instanceof AppError) return err;
   if (isOversizedResult(err)) {
     return responseTooLarge('the answer is too large to send; select fewer columns or rows (see docs/limits.md)');
+  }
+  if (isReadTimeout(err)) {
+    return unavailable('DB_UNRESPONSIVE', 'the database did not answer within the statement timeout and its grace (DB_CLIENT_GRACE_MS); the connection was dropped', 5, err);
   }
   if (isConnectionError(err)) {
     return unavailable('DB_UNAVAILABLE', 'the database connection was lost; retry shortly', 1, err);

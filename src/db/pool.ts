@@ -31,6 +31,10 @@ export interface PoolOptions {
   readonly healthCheckIntervalMs: number;
   /** Send queries without waiting for the previous answer (one round trip for a whole transaction). */
   readonly pipeline?: boolean;
+  /** Server settings every connection starts with (libpq `options`, e.g. `-c max_parallel_workers_per_gather=0`). */
+  readonly serverOptions?: string;
+  /** Client-side limit on waiting for a statement's answer (node-postgres `query_timeout`); the connection is dropped past it. */
+  readonly readTimeoutMs?: number;
   readonly applicationName?: string;
 }
 
@@ -84,6 +88,8 @@ export class StrataPool {
       application_name: options.applicationName ?? `strata:${options.name}`,
       // pg passes unknown options through to each Client; `pipeline` is Client config in pg >= 8.22.
       ...(options.pipeline ? { pipeline: true } : {}),
+      ...(options.serverOptions ? { options: options.serverOptions } : {}),
+      ...(options.readTimeoutMs ? { query_timeout: options.readTimeoutMs } : {}),
       // an exception while parsing an answer fails that connection's queries, not the process
       stream: guardedStream,
     });

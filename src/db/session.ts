@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import type { RequestContext } from '../domain.js';
 import type { DbMetrics } from './metrics.js';
 import type { StrataPool } from './pool.js';
-import { isConnectionError, isRetryable } from './errors.js';
+import { isConnectionError, isReadTimeout, isRetryable } from './errors.js';
 import { sqlstateOf } from './pool.js';
 import { singleTrip, type SetupStatement } from './single-trip.js';
 import { clientGone } from '../errors.js';
@@ -345,7 +345,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
       if (attempt === 1 && ['0A000', '26000'].includes(sqlstateOf(err))) return REPLAN;
       // a read whose connection died under it (a restarted or terminated backend) is simply run
       // again on another connection; a write is not, since whether it committed is unknown
-      if (lost && opts.readOnly && attempt <= READ_RECONNECTS) {
+      if (lost && opts.readOnly && attempt <= READ_RECONNECTS && !isReadTimeout(err)) {
         deps.log.debug({ requestId: ctx.requestId, tenant: ctx.tenantId, attempt, err }, 'read lost its connection; retrying on another');
         return REPLAN;
       }

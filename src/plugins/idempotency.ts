@@ -10,11 +10,13 @@
  * - same key, other request: 422 IDEMPOTENCY_KEY_REUSED; still running: 409 IDEMPOTENCY_KEY_IN_USE.
  */
 import fp from 'fastify-plugin';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, badRequest } from '../errors.js';
 import { createIdempotencyStore, IDEMPOTENCY_KEY, requestFingerprint } from '../services/idempotency/index.js';
 
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+const asArray = <T>(h: T | T[] | undefined): T[] => (h === undefined ? [] : Array.isArray(h) ? h : [h]);
 const KEPT_HEADERS = ['content-type', 'location', 'etag', 'preference-applied'];
 
 declare module 'fastify' {
@@ -33,7 +35,7 @@ export default fp(
     });
     app.decorateRequest('idempotency', null);
 
-    app.addHook('preHandler', async (request: FastifyRequest, reply) => {
+    const preHandler = async (request: FastifyRequest, reply: FastifyReply) => {
       if (!WRITE_METHODS.has(request.method)) return;
       const key = request.headers['idempotency-key'];
       if (key === undefined || !request.ctx) return;
@@ -56,9 +58,9 @@ export default fp(
           request.log.info({ key, status: found.status }, 'idempotent replay of a stored answer');
           return reply.code(found.status).headers(found.headers).header('idempotent-replayed', 'true').send(found.body);
       }
-    });
+    };
 
-    app.addHook('onSend', async (request, reply, payload) => {
+    const onSend = async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
       const claim = request.idempotency;
       if (!claim) return payload;
       request.idempotency = null;
@@ -78,6 +80,14 @@ export default fp(
         request.log.warn({ err, key: claim.key }, 'could not store the answer of an idempotent request');
       }
       return payload;
+    };
+
+    // Only routes that take writes carry the hooks: a read pays nothing for idempotency.
+    app.addHook('onRoute', (route) => {
+      const methods = Array.isArray(route.method) ? route.method : [route.method];
+      if (!methods.some((m) => WRITE_METHODS.has(m))) return;
+      route.preHandler = [preHandler, ...asArray(route.preHandler)];
+      route.onSend = [...asArray(route.onSend), onSend];
     });
   },
   { name: 'strata-idempotency', dependencies: ['strata-maintenance'] },

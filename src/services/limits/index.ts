@@ -90,12 +90,29 @@ export function createLimits(deps: LimitsDeps) {
   }
 
   const kindLimit = (kind: PoolKind, limits: TenantLimits) => (kind === 'stream' ? limits.stream_connections : limits.app_connections);
+  const heavyMs = config.LIMIT_HEAVY_MS;
+  const heavyConnections = config.LIMIT_HEAVY_CONNECTIONS;
+  /**
+   * A tenant's connection limit on a pool now: its own, or, while its sessions run long and other
+   * tenants use the same pool, the heavy-tenant limit. A tenant alone keeps its whole share.
+   */
+  const effective = (limit: number, avgMs: number, contended: boolean) => (contended && avgMs > heavyMs ? Math.min(limit, heavyConnections) : limit);
+  const kinds = new Map<string, PoolKind>();
   const poolGate: TenantGate = {
     enter(pool, kind, tenantId) {
+      kinds.set(pool, kind);
       const limit = kindLimit(kind, cached(tenantId));
-      return gates.enter(pool, tenantId, limit, waitMs, () => concurrencyLimited(`${kind} connections`, limit));
+      let applied = limit;
+      return gates.enter(
+        pool,
+        tenantId,
+        (avgMs, contended) => (applied = effective(limit, avgMs, contended)),
+        waitMs,
+        () => concurrencyLimited(applied < limit ? `${kind} connections while its queries run long (a heavy tenant)` : `${kind} connections`, applied),
+      );
     },
-    leave: (pool, tenantId) => gates.leave(pool, tenantId),
+    leave: (pool, tenantId, heldMs) =>
+      gates.leave(pool, tenantId, heldMs, (avgMs, contended) => effective(kindLimit(kinds.get(pool) ?? 'app', cached(tenantId)), avgMs, contended)),
   };
 
   const service = {
@@ -126,6 +143,8 @@ export function createLimits(deps: LimitsDeps) {
     },
     /** Held slots (tests and metrics). */
     held: (resource: string, tenantId: string) => gates.held(resource, tenantId),
+    /** Moving average of a tenant's connection hold time on a pool, ms (tests and metrics). */
+    averageMs: (resource: string, tenantId: string) => gates.averageMs(resource, tenantId),
     totals: () => gates.totals(),
     /** Effective limits and the tenant's own overrides, from the stored jsonb. */
     view(stored: unknown): { limits: TenantLimits; overrides: LimitOverrides } {

@@ -35,6 +35,9 @@ export type IncrCallback = (err: Error | null, res: { current: number; ttl: numb
 export class RateWindows {
   private readonly counters = new Map<string, Counter>();
   private timer: NodeJS.Timeout | undefined;
+  /** A flush asked for at once (a tenant's first request of a window), coalesced per event-loop turn. */
+  private immediate: NodeJS.Immediate | undefined;
+  private flushing = false;
   private closed = false;
 
   constructor(private readonly o: RateWindowOptions) {}
@@ -52,14 +55,23 @@ export class RateWindows {
     if (!c || c.window !== window) {
       c = { window, known: 0, pending: 1, flushing: 0 };
       this.counters.set(key, c);
-      // learn what the other processes counted in this window at once, without holding the request
-      void this.flushOne(key, c, windowMs);
+      // learn what the other processes counted in this window soon, without holding the request:
+      // every tenant starting a window in this turn of the event loop shares one Redis round trip
+      this.flushSoon(windowMs);
       cb(null, { current: 1, ttl });
       return;
     }
     c.pending++;
     this.schedule(windowMs);
     cb(null, { current: c.known + c.pending + c.flushing, ttl });
+  }
+
+  private flushSoon(windowMs: number): void {
+    if (this.immediate || this.closed) return;
+    this.immediate = setImmediate(() => {
+      this.immediate = undefined;
+      void this.flushAll(windowMs);
+    });
   }
 
   private schedule(windowMs: number): void {
@@ -71,59 +83,71 @@ export class RateWindows {
     this.timer.unref();
   }
 
+  /**
+   * Add every pending count to Redis in one pipeline (INCRBY + PEXPIRE per counter): one round trip
+   * and one timer per sync interval, however many tenants are active. On failure or timeout the
+   * counts stay local (fail open).
+   */
   private async flushAll(windowMs: number): Promise<void> {
+    if (this.flushing) return this.schedule(windowMs); // one batch in flight at a time
     const now = Math.floor(Date.now() / windowMs);
-    const work: Array<Promise<void>> = [];
+    const batch: Array<[Counter, number]> = [];
+    const pipeline = this.o.redis.pipeline();
     for (const [key, c] of this.counters) {
       if (c.window < now - 1) {
         this.counters.delete(key); // a window long gone: its counts no longer matter
         continue;
       }
-      if (c.pending > 0 && c.flushing === 0) work.push(this.flushOne(key, c, windowMs));
+      if (c.pending === 0) continue;
+      const n = c.pending;
+      c.pending = 0;
+      c.flushing = n;
+      batch.push([c, n]);
+      const rkey = this.redisKey(key, windowMs, c.window);
+      pipeline.incrby(rkey, n).pexpire(rkey, windowMs * 2);
     }
-    await Promise.all(work);
-    for (const c of this.counters.values()) if (c.pending > 0) return this.schedule(windowMs);
-  }
-
-  /** Add the pending count of one window to Redis; on failure or timeout the counts stay local. */
-  private async flushOne(key: string, c: Counter, windowMs: number): Promise<void> {
-    const n = c.pending;
-    c.pending = 0;
-    c.flushing = n;
-    const rkey = this.redisKey(key, windowMs, c.window);
+    if (batch.length === 0) return;
+    this.flushing = true;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const total = await Promise.race([
-        this.o.redis
-          .multi()
-          .incrby(rkey, n)
-          .pexpire(rkey, windowMs * 2)
-          .exec()
-          .then((r) => {
-            const [err, v] = r?.[0] ?? [new Error('no reply'), null];
-            if (err) throw err;
-            return Number(v);
-          }),
+      const replies = await Promise.race([
+        pipeline.exec(),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`rate limit counter: Redis did not answer within ${this.o.timeoutMs} ms`)), this.o.timeoutMs);
+          timer = setTimeout(() => reject(new Error(`rate limit counters: Redis did not answer within ${this.o.timeoutMs} ms`)), this.o.timeoutMs);
         }),
       ]);
-      // `total` includes our n; counts made meanwhile are still in `pending`
-      c.known = Math.max(c.known + n, total);
-      c.flushing = 0;
+      let failed: unknown;
+      batch.forEach(([c, n], i) => {
+        const [err, v] = replies?.[2 * i] ?? [new Error('no reply'), null];
+        c.flushing = 0;
+        if (err) {
+          failed ??= err;
+          c.known += n; // counted here, not in Redis
+        } else {
+          // the total includes our n; counts made meanwhile are still in `pending`
+          c.known = Math.max(c.known + n, Number(v));
+        }
+      });
+      if (failed) this.o.onRedisError?.(failed);
     } catch (err) {
-      // fail open: keep counting locally (these n stay counted here, not in Redis)
-      c.known += n;
-      c.flushing = 0;
+      // fail open: keep counting locally (these counts stay here, not in Redis)
+      for (const [c, n] of batch) {
+        c.known += n;
+        c.flushing = 0;
+      }
       this.o.onRedisError?.(err);
     } finally {
       clearTimeout(timer);
+      this.flushing = false;
     }
+    for (const c of this.counters.values()) if (c.pending > 0) return this.schedule(windowMs);
   }
 
   close(): void {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.immediate) clearImmediate(this.immediate);
     this.timer = undefined;
+    this.immediate = undefined;
   }
 }
