@@ -437,7 +437,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       let p: ReplayProgress;
       if (from.progress) p = from.progress;
       else {
-        const until = from.until ?? (await db.adminQuery<{ h: string }>('SELECT strata.change_horizon()::text AS h')).rows[0]?.h ?? '0';
+        const until = from.until ?? (await db.adminQuery<{ h: string }>('SELECT strata.change_horizon($1)::text AS h', [tenantId])).rows[0]?.h ?? '0';
         const { rows } = w
           ? await db.adminQuery<{ n: string }>(
               `SELECT count(*)::text AS n FROM strata.changes WHERE tenant_id = $1 AND id > $2::bigint AND id <= $3::bigint
