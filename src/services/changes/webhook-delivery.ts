@@ -7,10 +7,12 @@
  * split into lanes by the webhook's `ordering`: `row` (default: table + primary key), `table`, or
  * `webhook` (one lane). A lane's events go one at a time in id order (so a row's events arrive in
  * commit order); lanes go in parallel (WEBHOOK_CONCURRENCY), so one failing row does not hold up the
- * others. The cursor moves past a batch only when every event of it was answered 2xx or
- * dead-lettered: at-least-once, the receiver de-duplicates by X-Strata-Event-Id. A failure is
- * recorded and its lane stops; the loop finishes the other lanes of the batch and ENDS, setting the
- * webhook's `next_attempt_at` (exponential backoff with jitter): no worker slot is held while a
+ * others; an endpoint that is failing or never answered gets one lane at a time until it answers,
+ * and a pass starts no new lane after WEBHOOK_BREAKER_THRESHOLD failures without a success. The
+ * cursor moves past a batch only when every event of it was answered 2xx or dead-lettered:
+ * at-least-once, the receiver de-duplicates by X-Strata-Event-Id. A failure is recorded and its
+ * lane stops; the loop finishes the other lanes of the batch and ENDS, setting the webhook's
+ * `next_attempt_at` (exponential backoff with jitter): no worker slot is held while a
  * backoff runs out. The dispatcher starts the loop again when it is due; the retried batch skips
  * the events already delivered or dead-lettered (from strata.webhook_deliveries), and each event
  * keeps its own attempt count; after WEBHOOK_MAX_ATTEMPTS it is dead-lettered (recorded `dead`) and
@@ -102,6 +104,8 @@ interface LeasedWebhook {
   cursor: string;
   attempt: number;
   failures: number;
+  /** Has answered 2xx at least once. */
+  proven: boolean;
   wait_ms: number;
 }
 
@@ -123,7 +127,7 @@ export function backoffMs(attempt: number, base: number, max: number): number {
   return Math.round(d / 2 + Math.random() * (d / 2));
 }
 
-const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::text AS cursor, attempt, failures,
+const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::text AS cursor, attempt, failures, last_success_at IS NOT NULL AS proven,
   greatest(0, ceil(extract(epoch FROM next_attempt_at - now()) * 1000))::int AS wait_ms`;
 
 export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: ChangeFeed; settings: DeliverySettings }) {
@@ -232,6 +236,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       queue.splice(1);
       if (queue[0]) queue[0] = queue[0].slice(0, 1);
     }
+    let onSuccess: (() => void) | undefined;
     const runLane = async (lane: ChangeEvent[]) => {
       for (const e of lane) {
         if (out.leaseLost || signal.aborted) return;
@@ -241,6 +246,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
         if (r.ok) {
           out.anySuccess = true;
           out.consecutive = 0;
+          onSuccess?.();
         } else {
           out.consecutive++;
         }
@@ -258,10 +264,29 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
         }
       }
     };
-    const workers = Array.from({ length: Math.min(s.concurrency, queue.length) }, async () => {
-      for (let lane = queue.shift(); lane; lane = queue.shift()) await runLane(lane);
-    });
-    await Promise.all(workers);
+    // The circuit opens within the batch: past `breakerThreshold` failed attempts with no success,
+    // no further lane is started (a black hole would otherwise cost one timeout per lane).
+    const tripped = () => !out.anySuccess && out.consecutive >= s.breakerThreshold;
+    const runner = async () => {
+      for (let lane = tripped() ? undefined : queue.shift(); lane; lane = tripped() ? undefined : queue.shift()) await runLane(lane);
+    };
+    // An endpoint that is failing or has never answered gets one lane at a time until it answers
+    // 2xx: its timeouts then come one by one, not as a burst of parallel failures (each a recorded
+    // attempt on the shared admin pool, and a held socket each).
+    const width = Math.min(s.concurrency, queue.length);
+    const runners: Array<Promise<void>> = [];
+    const widen = () => {
+      while (runners.length < width) runners.push(runner());
+    };
+    if (w.proven && w.failures === 0) widen();
+    else {
+      runners.push(runner());
+      onSuccess = widen;
+    }
+    for (let n = 0; n !== runners.length; ) {
+      n = runners.length;
+      await Promise.all(runners);
+    }
     return out;
   }
 
