@@ -296,6 +296,32 @@ describe('webhooks', () => {
     }
   });
 
+  it('a replay that keeps meeting failures can be cancelled: it ends cancelled and sends nothing more', async () => {
+    const w = await create({ url: rx.url, tables: ['pipelines'], ops: ['insert'] });
+    const start = rx.got.length;
+    for (let i = 0; i < 30; i++) await insert(`wh-cancel-${i}`);
+    await vi.waitFor(() => expect(rx.got.slice(start).map((g) => g.event.after?.['name'])).toContain('wh-cancel-29'), { timeout: 15_000, interval: 50 });
+    const ids = rx.got.slice(start).map((g) => BigInt(g.event.id));
+    const [first, last] = [ids.reduce((x, y) => (x < y ? x : y)), ids.reduce((x, y) => (x > y ? x : y))];
+    await t.db.adminQuery('UPDATE strata.webhooks SET active = false WHERE id = $1', [w.id]);
+    rx.fail(1_000_000); // the endpoint keeps failing: 30 events x 4 attempts, each failure a delayed step
+    const r = await call('POST', `/v1/webhooks/${w.id}/replay`, admin, { after: String(first - 1n), until: String(last) });
+    expect(r.status).toBe(202);
+    const jobId = r.body['job_id'] as string;
+    const replayed = async () => (await deliveries(w.id)).filter((d) => d['replay'] === true).length;
+    await vi.waitFor(async () => expect(await replayed()).toBeGreaterThanOrEqual(6), { timeout: 10_000, interval: 50 });
+    expect((await call('DELETE', `/v1/jobs/${jobId}`, admin)).status).toBe(202);
+    await vi.waitFor(
+      async () => expect(((await call('GET', `/v1/jobs/${jobId}`, admin)).body['data'] as Json)['state']).toBe('cancelled'),
+      { timeout: 10_000, interval: 50 },
+    );
+    const sent = await replayed();
+    // longer than the largest backoff (WEBHOOK_BACKOFF_MAX_MS 200): a run still scheduled would have sent
+    await new Promise((res) => setTimeout(res, 1_000));
+    expect(await replayed()).toBe(sent);
+    expect(sent).toBeLessThan(120);
+  });
+
   it('delivers after a worker process is killed mid-delivery', async () => {
     // Only the child process serves the queue until it is killed.
     await workers?.close({ timeoutMs: 5000 });
