@@ -70,7 +70,24 @@ describe('faults: jobs and webhooks', () => {
       });
     });
     const held: net.Socket[] = [];
-    const blackHole = net.createServer((s) => held.push(s)); // accepts, never answers
+    // accepts, never answers; counts the requests hanging at once, per endpoint and in all
+    const open = new Map<string, number>();
+    const most = { perEndpoint: 0, all: 0 };
+    const timeline: string[] = [];
+    const blackHole = net.createServer((s) => {
+      held.push(s);
+      s.once('data', (d: Buffer) => {
+        const hole = d.toString().split(' ')[1] ?? '?';
+        open.set(hole, (open.get(hole) ?? 0) + 1);
+        most.perEndpoint = Math.max(most.perEndpoint, open.get(hole)!);
+        most.all = Math.max(most.all, [...open.values()].reduce((a, b) => a + b, 0));
+        timeline.push(`${Date.now()} open ${hole} ${JSON.stringify([...open])}`);
+        s.on('close', () => {
+          open.set(hole, open.get(hole)! - 1);
+          timeline.push(`${Date.now()} close ${hole}`);
+        });
+      });
+    });
     await new Promise<void>((r) => healthy.listen(0, '127.0.0.1', () => r()));
     await new Promise<void>((r) => blackHole.listen(0, '127.0.0.1', () => r()));
     const okUrl = `http://127.0.0.1:${(healthy.address() as net.AddressInfo).port}/ok`;
@@ -114,6 +131,23 @@ describe('faults: jobs and webhooks', () => {
       console.log(
         `[figures] with 20 black-hole webhooks in acme (3 s timeout): healthy acme p50 ${pct(lat.acme, 50)} ms p99 ${pct(lat.acme, 99)} ms; globex p50 ${pct(lat.globex, 50)} ms p99 ${pct(lat.globex, 99)} ms`,
       );
+      // nothing of the healthy webhooks waited behind the black holes as a failed or repeated attempt:
+      // each of their 41 events (warm-up included) was delivered once, at its first attempt
+      const healthyRows = await t.db.adminQuery<{ tenant_id: string; ok: number; other: number; events: number }>(
+        `SELECT d.tenant_id, count(*) FILTER (WHERE d.status = 'succeeded' AND d.attempt = 1)::int AS ok,
+                count(*) FILTER (WHERE d.status <> 'succeeded' OR d.attempt <> 1)::int AS other, count(DISTINCT d.change_id)::int AS events
+           FROM strata.webhook_deliveries d JOIN strata.webhooks w ON w.id = d.webhook_id
+          WHERE w.url = $1 AND NOT d.replay GROUP BY d.tenant_id ORDER BY d.tenant_id`,
+        [okUrl],
+      );
+      expect(healthyRows.rows).toEqual([
+        { tenant_id: 'acme', ok: 41, other: 0, events: 41 },
+        { tenant_id: 'globex', ok: 41, other: 0, events: 41 },
+      ]);
+      // failing endpoints share one slot of the tenant, and an endpoint that never answered gets one
+      // lane at a time: never more than one request hung in the black holes at once (was: a lane per
+      // pending row, up to WEBHOOK_CONCURRENCY, timing out together)
+      expect(most, timeline.join('\n')).toEqual({ perEndpoint: 1, all: 1 });
       // failing endpoints share one slot of the tenant: at most one black hole is being tried at a time
       const leased = await t.db.adminQuery<{ n: number }>(
         "SELECT count(*)::int AS n FROM strata.webhooks WHERE tenant_id = 'acme' AND url LIKE '%/hole-%' AND lease_until > now()",

@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
+import { QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -36,8 +37,11 @@ const ENV = {
 };
 const log = pino({ level: 'silent' });
 
-/** A local receiver on a port of our range: `fail(n)` answers 500 to the next n requests. */
-function receiver(port: number) {
+/**
+ * A local receiver on a free port (chosen at listen: parallel runs on one machine do not collide):
+ * `fail(n)` answers 500 to the next n requests.
+ */
+function receiver() {
   const got: Received[] = [];
   let failures = 0;
   let hang = false;
@@ -64,14 +68,16 @@ function receiver(port: number) {
   });
   return {
     got,
-    url: `http://127.0.0.1:${port}/hook`,
+    get url() {
+      return `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`;
+    },
     fail(n: number) {
       failures = n;
     },
     hang(on: boolean) {
       hang = on;
     },
-    listen: () => new Promise<void>((r) => server.listen(port, '127.0.0.1', () => r())),
+    listen: () => new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r())),
     close: () =>
       new Promise<void>((r) => {
         for (const res of hung) res.destroy();
@@ -91,8 +97,8 @@ describe('webhooks', () => {
   let admin: Record<string, string>;
   let writer: Record<string, string>;
   let globexAdmin: Record<string, string>;
-  const rx = receiver(3222);
-  const rxGlobex = receiver(3223);
+  const rx = receiver();
+  const rxGlobex = receiver();
 
   beforeAll(async () => {
     jobs = createJobs({ redisUrl: REDIS_URL, prefix, log });
@@ -242,6 +248,78 @@ describe('webhooks', () => {
     );
     expect(job['result']).toEqual({ delivered: 1, dead: 0 });
     expect((await deliveries(w.id)).at(-1)).toMatchObject({ status: 'succeeded', replay: true, change_id: deadId });
+  });
+
+  it('a replay waits out its retries as a delayed job, not in a worker slot, and keeps its attempt count', async () => {
+    const w = await create({ url: rx.url, tables: ['pipelines'], ops: ['insert'] });
+    const start = rx.got.length;
+    const id = await insert('wh-replay');
+    await vi.waitFor(() => expect(rx.got.slice(start).map((g) => g.event.after?.['name'])).toContain('wh-replay'), { timeout: 15_000, interval: 50 });
+    const changeId = rx.got.slice(start).find((g) => g.event.after?.['name'] === 'wh-replay')!.event.id;
+    // the delivery loop is idle (no new events); the next 3 requests (the replay's) answer 500
+    await t.db.adminQuery('UPDATE strata.webhooks SET active = false WHERE id = $1', [w.id]);
+    rx.fail(3);
+    const events = new QueueEvents('webhooks', { connection: { url: REDIS_URL }, prefix });
+    const delayed: string[] = [];
+    events.on('delayed', ({ jobId }) => delayed.push(jobId));
+    await events.waitUntilReady();
+    try {
+      const r = await call('POST', `/v1/webhooks/${w.id}/replay`, admin, { after: String(BigInt(changeId) - 1n), until: changeId });
+      expect(r.status).toBe(202);
+      const jobId = r.body['job_id'] as string;
+      const job = await vi.waitFor(
+        async () => {
+          const j = (await call('GET', `/v1/jobs/${jobId}`, admin)).body['data'] as Json;
+          expect(j['state']).toBe('completed');
+          return j;
+        },
+        { timeout: 15_000, interval: 50 },
+      );
+      expect(job['result']).toEqual({ delivered: 1, dead: 0 });
+      // each failed attempt sent the job back to delayed (the worker slot was free during the
+      // backoff) and a later run went on from the saved progress: 4 runs, one per attempt
+      expect(delayed.filter((x) => x === jobId).length).toBe(3);
+      const raw = await jobs.queues.webhooks.getJob(jobId);
+      expect(raw?.attemptsStarted).toBe(4);
+      expect((raw?.data as { resume?: Json }).resume).toMatchObject({ cursor: String(BigInt(changeId) - 1n), attempts: 3, total: 1 });
+      const mine = (await deliveries(w.id)).filter((d) => d['replay'] === true);
+      expect(mine.map((d) => [d['status'], d['attempt']])).toEqual([
+        ['failed', 1],
+        ['failed', 2],
+        ['failed', 3],
+        ['succeeded', 4],
+      ]);
+      expect(mine.every((d) => d['change_id'] === changeId)).toBe(true);
+      expect(id).toBeTruthy();
+    } finally {
+      await events.close();
+    }
+  });
+
+  it('a replay that keeps meeting failures can be cancelled: it ends cancelled and sends nothing more', async () => {
+    const w = await create({ url: rx.url, tables: ['pipelines'], ops: ['insert'] });
+    const start = rx.got.length;
+    for (let i = 0; i < 30; i++) await insert(`wh-cancel-${i}`);
+    await vi.waitFor(() => expect(rx.got.slice(start).map((g) => g.event.after?.['name'])).toContain('wh-cancel-29'), { timeout: 15_000, interval: 50 });
+    const ids = rx.got.slice(start).map((g) => BigInt(g.event.id));
+    const [first, last] = [ids.reduce((x, y) => (x < y ? x : y)), ids.reduce((x, y) => (x > y ? x : y))];
+    await t.db.adminQuery('UPDATE strata.webhooks SET active = false WHERE id = $1', [w.id]);
+    rx.fail(1_000_000); // the endpoint keeps failing: 30 events x 4 attempts, each failure a delayed step
+    const r = await call('POST', `/v1/webhooks/${w.id}/replay`, admin, { after: String(first - 1n), until: String(last) });
+    expect(r.status).toBe(202);
+    const jobId = r.body['job_id'] as string;
+    const replayed = async () => (await deliveries(w.id)).filter((d) => d['replay'] === true).length;
+    await vi.waitFor(async () => expect(await replayed()).toBeGreaterThanOrEqual(6), { timeout: 10_000, interval: 50 });
+    expect((await call('DELETE', `/v1/jobs/${jobId}`, admin)).status).toBe(202);
+    await vi.waitFor(
+      async () => expect(((await call('GET', `/v1/jobs/${jobId}`, admin)).body['data'] as Json)['state']).toBe('cancelled'),
+      { timeout: 10_000, interval: 50 },
+    );
+    const sent = await replayed();
+    // longer than the largest backoff (WEBHOOK_BACKOFF_MAX_MS 200): a run still scheduled would have sent
+    await new Promise((res) => setTimeout(res, 1_000));
+    expect(await replayed()).toBe(sent);
+    expect(sent).toBeLessThan(120);
   });
 
   it('delivers after a worker process is killed mid-delivery', async () => {

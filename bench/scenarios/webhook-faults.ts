@@ -14,7 +14,10 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
+import { readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import pg from 'pg';
 import { ROOT, env, sleep, spawnLogged, stop } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
@@ -58,9 +61,88 @@ async function addWebhook(admin: pg.Client, tenant: string, url: string): Promis
   );
 }
 
+/**
+ * Evidence for stalls: every 100 ms, the change sequence, the horizon each tenant's readers use, and
+ * the horizon as it was computed before migration 0016 (capture locks of every database and every
+ * tenant of the server). Reported: the longest time each stayed below a position the sequence had
+ * reached 1 s earlier, and the samples where another database held a capture lock.
+ */
+function horizonSampler(dbUrl: string) {
+  const c = new pg.Client({ connectionString: dbUrl });
+  const samples: Array<{ at: number; v: bigint; a: bigint; b: bigint; old: bigint; foreign: number }> = [];
+  let stop = false;
+  const done = (async () => {
+    await c.connect();
+    while (!stop) {
+      const { rows } = await c.query<{ v: string; a: string; b: string; old: string; foreign: number }>(
+        `SELECT (SELECT last_value FROM strata.changes_id_seq)::text AS v, strata.change_horizon('whf-a')::text AS a, strata.change_horizon('whf-b')::text AS b,
+                least((SELECT last_value FROM strata.changes_id_seq), (SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) FROM pg_locks l
+                   WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND (l.classid::bigint >> 16) = 17220))::text AS old,
+                (SELECT count(*)::int FROM pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND (l.classid::bigint >> 16) = 17220
+                    AND l.database <> (SELECT oid FROM pg_database WHERE datname = current_database())) AS foreign`,
+      );
+      const r = rows[0]!;
+      samples.push({ at: Date.now(), v: BigInt(r.v), a: BigInt(r.a), b: BigInt(r.b), old: BigInt(r.old), foreign: r.foreign });
+      await sleep(100);
+    }
+    await c.end();
+  })();
+  /** Longest run (ms) during which `h` stayed below the sequence position of 1 s before. */
+  const longest = (from: number, to: number, h: (x: (typeof samples)[number]) => bigint) => {
+    const xs = samples.filter((x) => x.at >= from && x.at <= to);
+    let best = 0;
+    let since: number | undefined;
+    for (const x of xs) {
+      const ref = [...xs].reverse().find((y) => y.at <= x.at - 1000);
+      if (ref && h(x) < ref.v) {
+        since ??= x.at - 1000;
+        best = Math.max(best, x.at - since);
+      } else since = undefined;
+    }
+    return best;
+  };
+  return {
+    report(from: number, to: number) {
+      const xs = samples.filter((x) => x.at >= from && x.at <= to);
+      return {
+        samples: xs.length,
+        longest_stall_ms: { 'whf-a': longest(from, to, (x) => x.a), 'whf-b': longest(from, to, (x) => x.b), before_0016: longest(from, to, (x) => x.old) },
+        samples_with_foreign_capture_locks: xs.filter((x) => x.foreign > 0).length,
+      };
+    },
+    async close() {
+      stop = true;
+      await done.catch(() => undefined);
+    },
+  };
+}
+
+/** The worker's per-second samples (event-loop delay, admin-pool waiters), cut per phase. */
+function readWorkerReport(file: string, phases: Array<{ phase: string; window: { from: number; to: number } }>) {
+  let seconds: Array<{ at: number; loop_ms: number; admin_waiting: number; admin_total: number }> = [];
+  try {
+    seconds = (JSON.parse(readFileSync(file, 'utf8')) as { seconds: typeof seconds }).seconds;
+  } catch {
+    // the worker wrote no report (killed): the figures are absent
+  }
+  return phases.map((p) => {
+    const xs = seconds.filter((x) => x.at >= p.window.from && x.at <= p.window.to + 1000);
+    return {
+      phase: p.phase,
+      worst_loop_ms: Math.max(0, ...xs.map((x) => x.loop_ms)),
+      most_admin_waiting: Math.max(0, ...xs.map((x) => x.admin_waiting)),
+      admin_connections: Math.max(0, ...xs.map((x) => x.admin_total)),
+      notable: xs.filter((x) => x.loop_ms > 200 || x.admin_waiting > 0).map((x) => ({ at_s: +((x.at - p.window.from) / 1000).toFixed(1), loop_ms: x.loop_ms, admin_waiting: x.admin_waiting })),
+    };
+  });
+}
+
 /** Steady inserts in both tenants; latency per tenant from COMMIT to arrival at the healthy receiver. */
-async function phase(ctx: BenchContext, arrived: Map<string, number>, label: string) {
+async function phase(ctx: BenchContext, arrived: Map<string, number>, label: string, sampler: ReturnType<typeof horizonSampler>) {
   const pool = new pg.Pool({ connectionString: ctx.appUrl, max: 8 });
+  // this process stamps the arrivals: its own stalls would show as delivery latency
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
   const acked = new Map<string, { tenant: string; at: number }>();
   const run = `${label}-${randomUUID().slice(0, 6)}`;
   let sent = 0;
@@ -88,7 +170,8 @@ async function phase(ctx: BenchContext, arrived: Map<string, number>, label: str
   const drain = Date.now();
   while ([...acked.keys()].some((n) => !arrived.has(n)) && Date.now() - drain < 60_000) await sleep(100);
   await pool.end();
-  const out: Record<string, unknown> = { phase: label, write_errors: errors };
+  loop.disable();
+  const out: Record<string, unknown> = { phase: label, write_errors: errors, bench_loop_max_ms: Math.round(loop.max / 1e6), window: { from: started, to: Date.now() }, horizon: sampler.report(started, Date.now()) };
   for (const tenant of TENANTS) {
     const lat = [...acked].filter(([, v]) => v.tenant === tenant).map(([n, v]) => (arrived.has(n) ? Math.max(0, arrived.get(n)! - v.at) : NaN)).filter((x) => !Number.isNaN(x));
     const total = [...acked.values()].filter((v) => v.tenant === tenant).length;
@@ -100,7 +183,7 @@ async function phase(ctx: BenchContext, arrived: Map<string, number>, label: str
       .slice(0, 5);
     out[tenant] = { events: total, lost: total - lat.length, p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), max_ms: pct(lat, 100), slowest };
   }
-  return out as { phase: string; write_errors: number } & Record<(typeof TENANTS)[number], { events: number; lost: number; p50_ms: number; p99_ms: number; max_ms: number; slowest: unknown }>;
+  return out as { phase: string; write_errors: number; bench_loop_max_ms: number; window: { from: number; to: number }; horizon: ReturnType<typeof sampler.report> } & Record<(typeof TENANTS)[number], { events: number; lost: number; p50_ms: number; p99_ms: number; max_ms: number; slowest: unknown }>;
 }
 
 const scenario: BenchScenario = {
@@ -126,6 +209,8 @@ const scenario: BenchScenario = {
     await new Promise<void>((r) => hole.listen(0, '127.0.0.1', () => r()));
     const rxUrl = `http://127.0.0.1:${(rx.address() as net.AddressInfo).port}/hook`;
     const holeUrl = (i: number) => `http://127.0.0.1:${(hole.address() as net.AddressInfo).port}/stuck-${i}`;
+    const loopFile = path.join(os.tmpdir(), `whf-loop-${randomUUID()}.json`);
+    const sampler = horizonSampler(ctx.dbUrl);
     const worker = spawnLogged('webhook-faults-worker', process.execPath, [
       '--input-type=module',
       '-e',
@@ -134,13 +219,32 @@ const scenario: BenchScenario = {
        import { loadConfig } from '${path.join(ROOT, 'dist', 'config.js')}';
        import { Database } from '${path.join(ROOT, 'dist', 'db', 'database.js')}';
        import { startWorkers } from '${path.join(ROOT, 'dist', 'jobs', 'runtime.js')}';
+       import { monitorEventLoopDelay } from 'node:perf_hooks';
+       import { writeFileSync } from 'node:fs';
+       const loop = monitorEventLoopDelay({ resolution: 10 });
+       loop.enable();
+       // per second: the worst event-loop delay and the most callers waiting for an admin connection
+       const seconds = [];
+       let waiting = 0;
+       let db;
+       setInterval(() => { if (db) waiting = Math.max(waiting, db.admin.waitingCount); }, 10).unref();
+       setInterval(() => {
+         seconds.push({ at: Date.now(), loop_ms: Math.round(loop.max / 1e6), admin_waiting: waiting, admin_total: db ? db.admin.totalCount : 0 });
+         loop.reset();
+         waiting = 0;
+       }, 1000).unref();
        const config = loadConfig(process.env);
        const log = pino({ level: 'warn' });
-       const db = new Database({ config, adminUrl: config.DATABASE_URL, appUrl: config.APP_DATABASE_URL, log, registry: new Registry() });
+       const registry = new Registry();
+       db = new Database({ config, adminUrl: config.DATABASE_URL, appUrl: config.APP_DATABASE_URL, log, registry });
        await db.start();
        const w = startWorkers({ redisUrl: config.REDIS_URL, prefix: 'bench-whf-${randomUUID()}', log, db, queues: ['webhooks'], concurrency: 4 });
-       process.on('SIGTERM', async () => { await w.close({ timeoutMs: 2000 }); await db.close(); process.exit(0); });`,
-    ], { DATABASE_URL: ctx.dbUrl, APP_DATABASE_URL: ctx.appUrl, JWT_SECRET: ctx.secret, NODE_ENV: 'production', WEBHOOK_ALLOW_PRIVATE: 'true' });
+       process.on('SIGTERM', async () => {
+         const acquire = (await registry.getSingleMetric('strata_db_pool_acquire_seconds').get()).values.filter((v) => v.labels.pool === 'admin');
+         writeFileSync(process.env.WHF_LOOP_FILE, JSON.stringify({ seconds, acquire }));
+         await w.close({ timeoutMs: 2000 }); await db.close(); process.exit(0);
+       });`,
+    ], { DATABASE_URL: ctx.dbUrl, APP_DATABASE_URL: ctx.appUrl, JWT_SECRET: ctx.secret, NODE_ENV: 'production', WEBHOOK_ALLOW_PRIVATE: 'true', WHF_LOOP_FILE: loopFile });
     try {
       for (const tenant of TENANTS) await addWebhook(admin, tenant, rxUrl);
       // warm-up: the worker is up and both healthy endpoints have delivered (proven) before timing
@@ -152,11 +256,14 @@ const scenario: BenchScenario = {
       for (let i = 0; i < 600 && !TENANTS.every((t) => arrived.has(`warm-${t}`)); i++) await sleep(100);
       if (!TENANTS.every((t) => arrived.has(`warm-${t}`))) throw new Error('webhook-faults: the worker delivered nothing within 60 s');
       await sleep(1000);
-      const quiet = await phase(ctx, arrived, 'quiet');
+      const quiet = await phase(ctx, arrived, 'quiet', sampler);
       ctx.log(`webhook-faults quiet: ${JSON.stringify(quiet)}`);
       for (let i = 0; i < STUCK; i++) await addWebhook(admin, 'whf-a', holeUrl(i));
-      const stuck = await phase(ctx, arrived, 'stuck');
+      const stuck = await phase(ctx, arrived, 'stuck', sampler);
       ctx.log(`webhook-faults with ${STUCK} black-hole webhooks in whf-a: ${JSON.stringify(stuck)}`);
+      await stop(worker);
+      const workerReport = readWorkerReport(loopFile, [quiet, stuck]);
+      ctx.log(`webhook-faults worker, per phase: ${JSON.stringify(workerReport)}`);
       const breaker = (await admin.query<{ open: number; tried: number }>(
         "SELECT count(*) FILTER (WHERE failures >= 3)::int AS open, count(*) FILTER (WHERE failures > 0)::int AS tried FROM strata.webhooks WHERE tenant_id = 'whf-a' AND url LIKE '%/stuck-%'",
       )).rows[0];
@@ -171,10 +278,23 @@ const scenario: BenchScenario = {
         ...TENANTS.map((t) => `| ${t === 'whf-a' ? 'tenant A (same tenant)' : 'tenant B'} | ${quiet[t].p50_ms} / ${quiet[t].p99_ms} | ${stuck[t].p50_ms} / ${stuck[t].p99_ms} | ${ratio(t)}x | ${quiet[t].lost + stuck[t].lost} |`),
         '',
         `Black holes at the end of the stuck phase: ${breaker?.tried ?? 0} of ${STUCK} tried, ${breaker?.open ?? 0} with the breaker open.`,
+        '',
+        'Longest time the readers\' horizon stayed behind the change sequence by over 1 s (ms), per phase: ' +
+          [quiet, stuck].map((p) => `${p.phase}: A ${p.horizon.longest_stall_ms['whf-a']}, B ${p.horizon.longest_stall_ms['whf-b']}, the pre-0016 cluster-wide horizon ${p.horizon.longest_stall_ms.before_0016} (samples with another database's capture lock: ${p.horizon.samples_with_foreign_capture_locks}/${p.horizon.samples})`).join('; ') +
+          '.',
       ];
-      return { md, json: { quiet, stuck, ratio_p99: { 'whf-a': ratio('whf-a'), 'whf-b': ratio('whf-b') }, black_holes: breaker } };
+      md.push(
+        '',
+        'Worker process, per phase (event-loop delay; callers waiting for an admin connection): ' +
+          workerReport.map((w) => `${w.phase}: worst loop delay ${w.worst_loop_ms} ms, most waiting ${w.most_admin_waiting}`).join('; ') +
+          `; this process (which stamps arrivals): worst loop delay quiet ${quiet.bench_loop_max_ms} ms, stuck ${stuck.bench_loop_max_ms} ms` +
+          '.',
+      );
+      return { md, json: { quiet, stuck, worker: workerReport, ratio_p99: { 'whf-a': ratio('whf-a'), 'whf-b': ratio('whf-b') }, black_holes: breaker } };
     } finally {
       await stop(worker);
+      await sampler.close();
+      rmSync(loopFile, { force: true });
       await admin.query("UPDATE strata.webhooks SET active = false WHERE tenant_id IN ('whf-a', 'whf-b')").catch(() => undefined);
       await admin.end();
       for (const s of held) s.destroy();

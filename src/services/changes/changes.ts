@@ -3,7 +3,7 @@
  * horizon, a follow-forever stream, one row's history, and undo.
  *
  * Reads run in the caller's tenant session (row-level security keeps them to their own events): first
- * the horizon (strata.change_horizon()), then, in a later statement and so a later snapshot, the
+ * the tenant's horizon (strata.change_horizon(tenant)), then, in a later statement and so a later snapshot, the
  * page up to it; a page never holds an id above which a lower one could still commit.
  */
 import pg from 'pg';
@@ -90,7 +90,8 @@ export async function readChanges(
   limit: number,
   bounds: { until?: string; maxBytes?: number; report?: { cut: boolean } } = {},
 ): Promise<ChangeEvent[]> {
-  const { rows } = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
+  // the tenant's horizon: only transactions writing this tenant's events can hold it back
+  const { rows } = await tx.query<{ h: string }>('SELECT strata.change_horizon($1)::text AS h', [tenantId]);
   const h = rows[0]?.h ?? '0';
   const values: unknown[] = [tenantId, after, h, limit];
   let until = '';

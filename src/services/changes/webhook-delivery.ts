@@ -7,10 +7,12 @@
  * split into lanes by the webhook's `ordering`: `row` (default: table + primary key), `table`, or
  * `webhook` (one lane). A lane's events go one at a time in id order (so a row's events arrive in
  * commit order); lanes go in parallel (WEBHOOK_CONCURRENCY), so one failing row does not hold up the
- * others. The cursor moves past a batch only when every event of it was answered 2xx or
- * dead-lettered: at-least-once, the receiver de-duplicates by X-Strata-Event-Id. A failure is
- * recorded and its lane stops; the loop finishes the other lanes of the batch and ENDS, setting the
- * webhook's `next_attempt_at` (exponential backoff with jitter): no worker slot is held while a
+ * others; an endpoint that is failing or never answered gets one lane at a time until it answers,
+ * and a pass starts no new lane after WEBHOOK_BREAKER_THRESHOLD failures without a success. The
+ * cursor moves past a batch only when every event of it was answered 2xx or dead-lettered:
+ * at-least-once, the receiver de-duplicates by X-Strata-Event-Id. A failure is recorded and its
+ * lane stops; the loop finishes the other lanes of the batch and ENDS, setting the webhook's
+ * `next_attempt_at` (exponential backoff with jitter): no worker slot is held while a
  * backoff runs out. The dispatcher starts the loop again when it is due; the retried batch skips
  * the events already delivered or dead-lettered (from strata.webhook_deliveries), and each event
  * keeps its own attempt count; after WEBHOOK_MAX_ATTEMPTS it is dead-lettered (recorded `dead`) and
@@ -34,7 +36,6 @@ import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Database } from '../../db/database.js';
 import { createLatch, type ChangeFeed } from './change-feed.js';
@@ -63,6 +64,25 @@ export interface DeliverySettings {
 }
 
 export type WebhookOrdering = 'row' | 'table' | 'webhook';
+/** Where a webhook replay stands between its runs (job data, JSON). */
+export interface ReplayProgress {
+  /** The range's end, fixed at the first run (the horizon then, when the request gave none). */
+  until: string;
+  /** Events finished (delivered or dead-lettered) are those with id <= cursor. */
+  cursor: string;
+  /** Attempts already made for the next event after `cursor`. */
+  attempts: number;
+  done: number;
+  total: number;
+  delivered: number;
+  dead: number;
+}
+
+/** One run of a replay: finished (`waitMs` absent), or stopped to wait `waitMs` before the next attempt. */
+export interface ReplayStep {
+  progress: ReplayProgress;
+  waitMs?: number;
+}
 type LoopStats = { delivered: number; failed: number; dead: number };
 interface BatchOutcome {
   leaseLost: boolean;
@@ -84,6 +104,8 @@ interface LeasedWebhook {
   cursor: string;
   attempt: number;
   failures: number;
+  /** Has answered 2xx at least once. */
+  proven: boolean;
   wait_ms: number;
 }
 
@@ -105,7 +127,7 @@ export function backoffMs(attempt: number, base: number, max: number): number {
   return Math.round(d / 2 + Math.random() * (d / 2));
 }
 
-const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::text AS cursor, attempt, failures,
+const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::text AS cursor, attempt, failures, last_success_at IS NOT NULL AS proven,
   greatest(0, ceil(extract(epoch FROM next_attempt_at - now()) * 1000))::int AS wait_ms`;
 
 export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: ChangeFeed; settings: DeliverySettings }) {
@@ -214,6 +236,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       queue.splice(1);
       if (queue[0]) queue[0] = queue[0].slice(0, 1);
     }
+    let onSuccess: (() => void) | undefined;
     const runLane = async (lane: ChangeEvent[]) => {
       for (const e of lane) {
         if (out.leaseLost || signal.aborted) return;
@@ -223,6 +246,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
         if (r.ok) {
           out.anySuccess = true;
           out.consecutive = 0;
+          onSuccess?.();
         } else {
           out.consecutive++;
         }
@@ -240,10 +264,29 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
         }
       }
     };
-    const workers = Array.from({ length: Math.min(s.concurrency, queue.length) }, async () => {
-      for (let lane = queue.shift(); lane; lane = queue.shift()) await runLane(lane);
-    });
-    await Promise.all(workers);
+    // The circuit opens within the batch: past `breakerThreshold` failed attempts with no success,
+    // no further lane is started (a black hole would otherwise cost one timeout per lane).
+    const tripped = () => !out.anySuccess && out.consecutive >= s.breakerThreshold;
+    const runner = async () => {
+      for (let lane = tripped() ? undefined : queue.shift(); lane; lane = tripped() ? undefined : queue.shift()) await runLane(lane);
+    };
+    // An endpoint that is failing or has never answered gets one lane at a time until it answers
+    // 2xx: its timeouts then come one by one, not as a burst of parallel failures (each a recorded
+    // attempt on the shared admin pool, and a held socket each).
+    const width = Math.min(s.concurrency, queue.length);
+    const runners: Array<Promise<void>> = [];
+    const widen = () => {
+      while (runners.length < width) runners.push(runner());
+    };
+    if (w.proven && w.failures === 0) widen();
+    else {
+      runners.push(runner());
+      onSuccess = widen;
+    }
+    for (let n = 0; n !== runners.length; ) {
+      n = runners.length;
+      await Promise.all(runners);
+    }
     return out;
   }
 
@@ -399,51 +442,66 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
       }
     },
 
-    /** Re-deliver the events in (after, until] of one webhook (of `tenantId`), each retried as usual. */
+    /**
+     * Re-deliver the events in (after, until] of one webhook (of `tenantId`), in id order, each
+     * retried as usual. One call is one run of the replay job: it goes on while events succeed (or
+     * are dead-lettered) and STOPS at a failed attempt, returning the backoff to wait (`waitMs`) and
+     * where it stands; the caller waits it out without holding a worker (job back to delayed) and
+     * calls again with that `progress`. The first call (no `from.progress`) fixes `until` and counts
+     * the events.
+     */
     async replay(
       webhookId: string,
       tenantId: string,
-      range: { after: string; until?: string },
+      from: { after: string; until?: string; progress?: ReplayProgress },
       signal: AbortSignal,
-      progress: (done: number, total: number) => Promise<void>,
-    ): Promise<{ delivered: number; dead: number }> {
+      report: (done: number, total: number) => Promise<void>,
+    ): Promise<ReplayStep> {
       const found = await db.adminQuery<LeasedWebhook>(`SELECT ${RETURNING} FROM strata.webhooks WHERE id = $1 AND tenant_id = $2`, [webhookId, tenantId]);
       const w = found.rows[0];
-      if (!w) return { delivered: 0, dead: 0 };
-      const until = range.until ?? (await db.adminQuery<{ h: string }>('SELECT strata.change_horizon()::text AS h')).rows[0]?.h ?? '0';
-      const { rows } = await db.adminQuery<{ n: string }>(
-        `SELECT count(*)::text AS n FROM strata.changes WHERE tenant_id = $1 AND id > $2::bigint AND id <= $3::bigint
-            AND (cardinality($4::text[]) = 0 OR table_name = ANY ($4)) AND op = ANY ($5)`,
-        [tenantId, range.after, until, w.tables, w.ops],
-      );
-      const total = Number(rows[0]?.n ?? 0);
-      const stats = { delivered: 0, dead: 0 };
-      let cursor = range.after;
-      let done = 0;
-      await progress(0, total);
-      while (!signal.aborted) {
-        const events = await nextEvents(w, cursor, 100, until);
-        if (!events.length) break;
-        for (const e of events) {
-          for (let attempt = 1; ; attempt++) {
-            const r = await send(w, e, attempt, true);
-            const dead = !r.ok && attempt >= s.maxAttempts;
+      let p: ReplayProgress;
+      if (from.progress) p = from.progress;
+      else {
+        const until = from.until ?? (await db.adminQuery<{ h: string }>('SELECT strata.change_horizon($1)::text AS h', [tenantId])).rows[0]?.h ?? '0';
+        const { rows } = w
+          ? await db.adminQuery<{ n: string }>(
+              `SELECT count(*)::text AS n FROM strata.changes WHERE tenant_id = $1 AND id > $2::bigint AND id <= $3::bigint
+                  AND (cardinality($4::text[]) = 0 OR table_name = ANY ($4)) AND op = ANY ($5)`,
+              [tenantId, from.after, until, w.tables, w.ops],
+            )
+          : { rows: [] };
+        p = { until, cursor: from.after, attempts: 0, done: 0, total: Number(rows[0]?.n ?? 0), delivered: 0, dead: 0 };
+        await report(0, p.total);
+      }
+      if (!w) return { progress: p }; // deleted meanwhile: nothing more to send
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        while (!signal.aborted) {
+          const events = await nextEvents(w, p.cursor, 100, p.until);
+          if (!events.length) break;
+          for (const e of events) {
+            if (signal.aborted) return { progress: p };
+            const attempt: number = p.attempts + 1;
+            const r = await send(w, e, attempt, true, w.url.startsWith('https:') ? undefined : agent);
+            const dead: boolean = !r.ok && attempt >= s.maxAttempts;
             await db.adminQuery(
               `INSERT INTO strata.webhook_deliveries (webhook_id, tenant_id, change_id, attempt, status, http_status, error, duration_ms, replay)
                VALUES ($1, $2, $3::bigint, $4, $5, $6, $7, $8, true)`,
               [w.id, w.tenant_id, e.id, attempt, r.ok ? 'succeeded' : dead ? 'dead' : 'failed', r.status, r.error?.slice(0, 500) ?? null, r.ms],
             );
-            if (r.ok) stats.delivered++;
-            if (dead) stats.dead++;
-            if (r.ok || dead || signal.aborted) break;
-            await sleep(backoffMs(attempt, s.backoffBaseMs, s.backoffMaxMs), undefined, { signal }).catch(() => undefined);
+            if (!r.ok && !dead) {
+              // the next attempt of this event is due after the backoff: give the worker back meanwhile
+              p = { ...p, attempts: attempt };
+              return { progress: p, waitMs: backoffMs(attempt, s.backoffBaseMs, s.backoffMaxMs) };
+            }
+            p = { ...p, cursor: e.id, attempts: 0, done: p.done + 1, delivered: p.delivered + (r.ok ? 1 : 0), dead: p.dead + (dead ? 1 : 0) };
+            await report(p.done, p.total);
           }
-          cursor = e.id;
-          await progress(++done, total);
-          if (signal.aborted) break;
         }
+        return { progress: p };
+      } finally {
+        agent.destroy();
       }
-      return stats;
     },
 
     /**

@@ -87,7 +87,7 @@ export function createWebhookService(deps: { db: Database; changes: ChangeServic
           }
         }
         // Start after the newest event under the horizon: everything not yet exposed is delivered.
-        const horizon = await tx.query<{ h: string }>('SELECT strata.change_horizon()::text AS h');
+        const horizon = await tx.query<{ h: string }>('SELECT strata.change_horizon($1)::text AS h', [ctx.tenantId]);
         const h = await tx.query<{ c: string }>(
           `SELECT coalesce((SELECT max(id) FROM strata.changes WHERE tenant_id = $1 AND id <= $2::bigint), 0)::text AS c`,
           [ctx.tenantId, horizon.rows[0]?.h ?? '0'],

@@ -7,6 +7,7 @@
 import type { JobsOptions, Queue } from 'bullmq';
 import type { BaseLogger } from 'pino';
 import type { RequestContext } from '../../domain.js';
+import type { ReplayProgress } from '../changes/index.js';
 import type { ExportJobInput } from '../exports/index.js';
 
 /** Input of each job. Later capabilities (exports, backups) add their jobs here and in JOB_QUEUES. */
@@ -27,8 +28,11 @@ export interface JobInputs {
   export: ExportJobInput;
   /** The ordered delivery loop of one webhook (job id `webhooks-<webhook id>`). */
   'deliver-webhook': { webhookId: string };
-  /** Re-deliver a webhook's events in (after, until]. */
-  'replay-webhook': { webhookId: string; after: string; until?: string };
+  /**
+   * Re-deliver a webhook's events in (after, until]. `resume` is written by the job itself when it
+   * goes back to delayed to wait out a retry's backoff (it holds no worker slot meanwhile).
+   */
+  'replay-webhook': { webhookId: string; after: string; until?: string; resume?: ReplayProgress };
   /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
   'maintain-changes': Record<never, never>;
   /** Remove orphaned export/backup temporaries and expired Idempotency-Key records (scheduled; platform). */
@@ -45,6 +49,7 @@ export interface JobInputs {
   'cluster-rebalance': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
+
 
 /** The queue each job runs on. */
 export const JOB_QUEUES = {
