@@ -618,3 +618,25 @@ describe('compliance operations', () => {
     });
   });
 });
+
+describe('subject ids in logs', () => {
+  it('never writes the subject id of DELETE /v1/subjects/{id} to the logs', async () => {
+    const lines: string[] = [];
+    const stream = { write: (s: string) => void lines.push(s) };
+    const app = await createTestApp({ logStream: stream, logLevel: 'info' });
+    try {
+      const res = await app.app.inject({ method: 'DELETE', url: '/v1/subjects/jane.doe%40example.org?x=1', headers: await app.auth('admin', 'acme') });
+      expect(res.statusCode).toBe(409);
+      expect(res.json().error.code).toBe('NO_SUBJECT_DECLARATIONS');
+      expect(JSON.stringify(res.json())).not.toContain('jane');
+      const other = await app.app.inject({ url: '/v1/admin/compliance/subjects', headers: await app.auth('admin', 'acme') });
+      expect(other.statusCode).toBe(200);
+      const all = lines.join('');
+      expect(all).toContain('/v1/subjects/[redacted]');
+      expect(all).toContain('/v1/admin/compliance/subjects');
+      expect(all).not.toContain('jane');
+    } finally {
+      await app.close();
+    }
+  });
+});

@@ -25,6 +25,7 @@ const SKIP: Array<[RegExp, string]> = [
   [/\/v1\/testing\//, 'needs TESTING_MODE=true; covered by the testing-mode tests'],
   [/\/rest\/v1\/rpc\//, 'names a function of the reader\'s own schema'],
   [/\/v1\/admin\/tenants\/acme.*limits/, 'changes the limits of the tenant the other examples run as'],
+  [/\/v1\/admin\/compliance\/keys\/rotate/, 'needs ENCRYPTION_MASTER_KEYS (501 without it); covered by test/compliance-ops.test.ts'],
 ];
 
 /** The curl commands of the README's bash blocks, continuation lines and multi-line quotes joined. */
