@@ -163,6 +163,7 @@ export function createRotation(deps: { db: Database; schema: SchemaRegistry; key
     const targetKey = keyring.get(target);
     if (!targetKey) throw notFound('KEY_NOT_FOUND', `data key version ${target} of tenant ${tenantId} does not exist`);
     const { rows: cols } = await db.adminQuery<{ table_name: string; column_name: string }>(`SELECT table_name, column_name FROM strata.compliance_columns WHERE encrypted ORDER BY table_name, column_name`);
+    await deps.schema.refresh(); // a worker's registry may predate the last migration
     const tables = await deps.schema.tables();
     const work = cols.filter((c) => tables.get(c.table_name)?.columnMap.has(c.column_name) && tables.get(c.table_name)!.primaryKey.length);
     const stale = (col: string) => `${q(col)} LIKE 'sx1.%' AND split_part(${q(col)}, '.', 2) <> $2`;

@@ -100,8 +100,10 @@ export function createScan(deps: { db: Database; schema: SchemaRegistry }) {
       job: { id: string; ctx: RequestContext; tables: string[] | null; sampleSize: number },
       progress: (done: number, total: number | null) => Promise<void>,
       signal?: AbortSignal,
-    ): Promise<{ tables: number; findings: ScanFinding[] }> {
+    ): Promise<{ tables: number; findings: ScanFinding[]; skipped: Array<{ table: string; reason: string }> }> {
+      await schema.refresh(); // a worker's registry may predate the last migration
       const tables = await targetTables(job.tables ?? undefined);
+      const skipped: Array<{ table: string; reason: string }> = [];
       const { rows: declared } = await db.adminQuery<{ table_name: string; column_name: string; encrypted: boolean; pii: string | null }>(
         `SELECT table_name, column_name, encrypted, pii FROM strata.compliance_columns`,
       );
@@ -112,9 +114,18 @@ export function createScan(deps: { db: Database; schema: SchemaRegistry }) {
         if (signal?.aborted) throw new Error('cancelled');
         const candidates = t.columns.filter((c) => c.name !== 'tenant_id' && !c.isArray && !t.primaryKey.includes(c.name) && !c.name.endsWith('_bidx'));
         const sampled = candidates.filter((c) => SAMPLED_TYPES.has(c.udt) && !decl.get(`${t.name}.${c.name}`)?.encrypted).map((c) => c.name);
-        const rows = await sample(job.ctx, t, sampled, job.sampleSize);
+        let rows: Array<Record<string, unknown>>;
+        try {
+          rows = await sample(job.ctx, t, sampled, job.sampleSize);
+        } catch (err) {
+          // a table tenant sessions may not read (no grant) is judged by column names only
+          const code = (err as { code?: string }).code ?? 'error';
+          skipped.push({ table: t.name, reason: code === '42501' || code === 'FORBIDDEN_BY_DATABASE' ? 'not readable by tenant sessions: judged by column names only' : `sampling failed (${code}): judged by column names only` });
+          rows = [];
+        }
         for (const c of candidates) {
           const values = sampled.includes(c.name) ? rows.map((r) => r[c.name]) : [];
+          if (signal?.aborted) throw new Error('cancelled');
           const f = judgeColumn(c.name, values);
           if (!f) continue;
           const examples = values
@@ -139,7 +150,7 @@ export function createScan(deps: { db: Database; schema: SchemaRegistry }) {
         `INSERT INTO strata.compliance_scans (job_id, tenant_id, requested_by, findings) VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO UPDATE SET findings = EXCLUDED.findings, finished_at = now()`,
         [job.id, job.ctx.tenantId, job.ctx.actor, JSON.stringify(findings)],
       );
-      return { tables: tables.length, findings };
+      return { tables: tables.length, findings, skipped };
     },
   };
 }
