@@ -6,13 +6,24 @@
  * Real PostgreSQL, Redis and BullMQ workers; bad input answers a coded 4xx and writes nothing.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createJobs, type JobsService, type JobView } from '../src/jobs/queues.js';
 import { startWorkers, type WorkerRuntime } from '../src/jobs/runtime.js';
-import { createFaker, decryptField, encryptField, ibanValid, keyVersionOf, luhnValid, parseMasterKeys } from '../src/services/compliance/index.js';
+import {
+  createFaker,
+  decryptField,
+  encryptField,
+  ibanValid,
+  keyVersionOf,
+  luhnValid,
+  parseMasterKeys,
+} from '../src/services/compliance/index.js';
 import type { SessionContext } from '../src/db/session.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { REDIS_URL, urlFor } from './helpers/databases.js';
@@ -73,10 +84,27 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO strata_tenant;
 SELECT strata.enable_capture('public.people'), strata.enable_capture('public.support_tickets'), strata.enable_capture('public.vault_items');
 `;
 
-const CARDS = ['4111 1111 1111 1111', '5500 0000 0000 0004', '4012888888881881', '378282246310005', '6011111111111117', '4242424242424242'];
-const IBANS = ['DE89370400440532013000', 'GB82WEST12345698765432', 'FR1420041010050500013M02606', 'NL91ABNA0417164300'];
+const CARDS = [
+  '4111 1111 1111 1111',
+  '5500 0000 0000 0004',
+  '4012888888881881',
+  '378282246310005',
+  '6011111111111117',
+  '4242424242424242',
+];
+const IBANS = [
+  'DE89370400440532013000',
+  'GB82WEST12345698765432',
+  'FR1420041010050500013M02606',
+  'NL91ABNA0417164300',
+];
 
-const ctxOf = (tenantId: string): SessionContext => ({ requestId: 'test', tenantId, actor: 'seed', role: 'admin' });
+const ctxOf = (tenantId: string): SessionContext => ({
+  requestId: 'test',
+  tenantId,
+  actor: 'seed',
+  role: 'admin',
+});
 
 async function deleteKeys(prefix: string): Promise<void> {
   const r = new Redis(REDIS_URL);
@@ -91,15 +119,24 @@ describe('compliance operations', () => {
   let jobs: JobsService;
   let workers: WorkerRuntime;
   const copies: string[] = [];
+  const backupDir = mkdtempSync(join(tmpdir(), 'strata-compliance-backups-'));
 
-  const q = <R extends pg.QueryResultRow = Record<string, unknown>>(text: string, values?: unknown[]) => t.db.adminQuery<R>(text, values);
-  const asTenant = <R extends pg.QueryResultRow = Record<string, unknown>>(tenant: string, text: string, values?: unknown[]) =>
-    t.db.withTenant(ctxOf(tenant), (tx) => tx.query<R>(text, values));
+  const q = <R extends pg.QueryResultRow = Record<string, unknown>>(text: string, values?: unknown[]) =>
+    t.db.adminQuery<R>(text, values);
+  const asTenant = <R extends pg.QueryResultRow = Record<string, unknown>>(
+    tenant: string,
+    text: string,
+    values?: unknown[],
+  ) => t.db.withTenant(ctxOf(tenant), (tx) => tx.query<R>(text, values));
   const waitJob = (id: string, timeout = 60_000) =>
     vi.waitFor(
       async () => {
-        const v: JobView = await jobs.get({ requestId: 'test', tenantId: null, actor: 'test', role: 'platform_admin' }, id);
-        if (v.state === 'failed') throw Object.assign(new Error(`job ${id} failed: ${v.error}`), { final: true });
+        const v: JobView = await jobs.get(
+          { requestId: 'test', tenantId: null, actor: 'test', role: 'platform_admin' },
+          id,
+        );
+        if (v.state === 'failed')
+          throw Object.assign(new Error(`job ${id} failed: ${v.error}`), { final: true });
         if (v.state !== 'completed') throw new Error(`job ${id} is ${v.state}`);
         return v;
       },
@@ -116,20 +153,38 @@ describe('compliance operations', () => {
       );
       const id = rows[0]!.id;
       for (let k = 0; k < i; k++) {
-        await asTenant(tenant, `INSERT INTO public.purchases (person_id, person_email, iban) VALUES ($1, $2, $3)`, [id, `person${i}@${domain}`, IBANS[(i + k) % IBANS.length]]);
-        await asTenant(tenant, `INSERT INTO public.support_tickets (person_ref, email, body) VALUES ($1, $2, $3)`, [ref, `person${i}@${domain}`, `Ticket ${k} from Person Number${i}`]);
+        await asTenant(
+          tenant,
+          `INSERT INTO public.purchases (person_id, person_email, iban) VALUES ($1, $2, $3)`,
+          [id, `person${i}@${domain}`, IBANS[(i + k) % IBANS.length]],
+        );
+        await asTenant(
+          tenant,
+          `INSERT INTO public.support_tickets (person_ref, email, body) VALUES ($1, $2, $3)`,
+          [ref, `person${i}@${domain}`, `Ticket ${k} from Person Number${i}`],
+        );
       }
     }
   }
 
   beforeAll(async () => {
     jobs = createJobs({ redisUrl: REDIS_URL, prefix, log });
-    t = await createTestApp({ jobs, env: { ENCRYPTION_MASTER_KEYS: RING, DB_POOL_MAX: '8' } });
+    t = await createTestApp({
+      jobs,
+      env: { ENCRYPTION_MASTER_KEYS: RING, DB_POOL_MAX: '8', BACKUP_DIR: backupDir },
+    });
     await q(SCHEMA);
     await t.app.services.schema.refresh();
     await seedTenant('acme', 'acme.test');
     await seedTenant('globex', 'globex.test');
-    workers = startWorkers({ redisUrl: REDIS_URL, prefix, log, db: t.db, queues: ['compliance'], cancelPollMs: 50 });
+    workers = startWorkers({
+      redisUrl: REDIS_URL,
+      prefix,
+      log,
+      db: t.db,
+      queues: ['compliance'],
+      cancelPollMs: 50,
+    });
   }, 90_000);
   afterEach(async () => expectNoCheckedOutClients(t.db));
   afterAll(async () => {
@@ -144,40 +199,98 @@ describe('compliance operations', () => {
     await server.end();
     await t?.close();
     await jobs?.close();
+    rmSync(backupDir, { recursive: true, force: true });
   });
 
   const put = async (url: string, body: unknown, role: 'platform_admin' | 'admin' = 'platform_admin') =>
-    t.app.inject({ method: 'PUT', url, headers: await t.auth(role, role === 'platform_admin' ? null : 'acme'), payload: body as Record<string, unknown> });
+    t.app.inject({
+      method: 'PUT',
+      url,
+      headers: await t.auth(role, role === 'platform_admin' ? null : 'acme'),
+      payload: body as Record<string, unknown>,
+    });
 
   describe('subject declarations', () => {
     it('declares, lists and reads which columns identify a subject', async () => {
       let res = await put('/v1/admin/compliance/subjects/people', { columns: ['ref'], action: 'delete' });
       expect(res.statusCode).toBe(200);
       expect(res.json().data).toMatchObject({ table: 'people', columns: ['ref'], action: 'delete' });
-      res = await put('/v1/admin/compliance/subjects/support_tickets', { columns: ['person_ref'], action: 'anonymize' });
+      res = await put('/v1/admin/compliance/subjects/support_tickets', {
+        columns: ['person_ref'],
+        action: 'anonymize',
+      });
       expect(res.statusCode).toBe(200);
-      const list = await t.app.inject({ url: '/v1/admin/compliance/subjects', headers: await t.auth('admin', 'acme') });
+      const list = await t.app.inject({
+        url: '/v1/admin/compliance/subjects',
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(list.statusCode).toBe(200);
       expect(list.json().data.map((d: { table: string }) => d.table)).toEqual(['people', 'support_tickets']);
     });
 
     it('refuses bad declarations with a coded 4xx and writes nothing', async () => {
-      const before = (await q<{ n: string }>(`SELECT count(*) AS n, max(declared_at) AS at FROM strata.compliance_subjects`)).rows[0];
+      const before = (
+        await q<{ n: string }>(`SELECT count(*) AS n, max(declared_at) AS at FROM strata.compliance_subjects`)
+      ).rows[0];
       const cases: Array<[string, unknown, number, string, 'platform_admin' | 'admin']> = [
-        ['/v1/admin/compliance/subjects/people', { columns: ['nope'], action: 'delete' }, 400, 'UNKNOWN_COLUMN', 'platform_admin'],
-        ['/v1/admin/compliance/subjects/purchases', { columns: ['person_id'], action: 'anonymize' }, 400, 'SUBJECT_COLUMN_NOT_ANONYMIZABLE', 'platform_admin'],
-        ['/v1/admin/compliance/subjects/people', { columns: ['tenant_id'], action: 'delete' }, 400, 'INVALID_SUBJECT_COLUMN', 'platform_admin'],
-        ['/v1/admin/compliance/subjects/people', { columns: ['ref'], action: 'shred' }, 400, 'VALIDATION_FAILED', 'platform_admin'],
-        ['/v1/admin/compliance/subjects/people', { columns: [], action: 'delete' }, 400, 'VALIDATION_FAILED', 'platform_admin'],
-        ['/v1/admin/compliance/subjects/no_such_table', { columns: ['ref'], action: 'delete' }, 404, 'TABLE_NOT_FOUND', 'platform_admin'],
-        ['/v1/admin/compliance/subjects/people', { columns: ['ref'], action: 'delete' }, 403, 'ROLE_FORBIDDEN', 'admin'],
+        [
+          '/v1/admin/compliance/subjects/people',
+          { columns: ['nope'], action: 'delete' },
+          400,
+          'UNKNOWN_COLUMN',
+          'platform_admin',
+        ],
+        [
+          '/v1/admin/compliance/subjects/purchases',
+          { columns: ['person_id'], action: 'anonymize' },
+          400,
+          'SUBJECT_COLUMN_NOT_ANONYMIZABLE',
+          'platform_admin',
+        ],
+        [
+          '/v1/admin/compliance/subjects/people',
+          { columns: ['tenant_id'], action: 'delete' },
+          400,
+          'INVALID_SUBJECT_COLUMN',
+          'platform_admin',
+        ],
+        [
+          '/v1/admin/compliance/subjects/people',
+          { columns: ['ref'], action: 'shred' },
+          400,
+          'VALIDATION_FAILED',
+          'platform_admin',
+        ],
+        [
+          '/v1/admin/compliance/subjects/people',
+          { columns: [], action: 'delete' },
+          400,
+          'VALIDATION_FAILED',
+          'platform_admin',
+        ],
+        [
+          '/v1/admin/compliance/subjects/no_such_table',
+          { columns: ['ref'], action: 'delete' },
+          404,
+          'TABLE_NOT_FOUND',
+          'platform_admin',
+        ],
+        [
+          '/v1/admin/compliance/subjects/people',
+          { columns: ['ref'], action: 'delete' },
+          403,
+          'ROLE_FORBIDDEN',
+          'admin',
+        ],
       ];
       for (const [url, body, status, code, role] of cases) {
         const res = await put(url, body, role);
         expect(res.statusCode, `${url} ${JSON.stringify(body)}`).toBe(status);
         expect(res.json().error.code).toBe(code);
       }
-      const after = (await q<{ n: string }>(`SELECT count(*) AS n, max(declared_at) AS at FROM strata.compliance_subjects`)).rows[0];
+      const after = (
+        await q<{ n: string }>(`SELECT count(*) AS n, max(declared_at) AS at FROM strata.compliance_subjects`)
+      ).rows[0];
       expect(after).toEqual(before);
     });
   });
@@ -187,56 +300,146 @@ describe('compliance operations', () => {
 
     it('erases the subject across tables in one transaction with an exact report', async () => {
       // column declarations the anonymized support_tickets must lose too
-      expect((await put('/v1/admin/compliance/columns/support_tickets/email', { pii: 'email', masks: { reader: 'partial' } })).statusCode).toBe(200);
-      expect((await put('/v1/admin/compliance/columns/support_tickets/body', { pii: 'free_text' })).statusCode).toBe(200);
+      expect(
+        (
+          await put('/v1/admin/compliance/columns/support_tickets/email', {
+            pii: 'email',
+            masks: { reader: 'partial' },
+          })
+        ).statusCode,
+      ).toBe(200);
+      expect(
+        (await put('/v1/admin/compliance/columns/support_tickets/body', { pii: 'free_text' })).statusCode,
+      ).toBe(200);
       // a value of acme's c-2 encrypted under a subject key (a backup copy of it is kept in memory)
       const subjectKeys = t.app.services.complianceOps.subjectKeys;
       const fctx = { tenantId: 'acme', table: 'people', column: 'card' };
       shredded = await subjectKeys.encrypt('c-2', CARDS[1]!, fctx);
       await asTenant('acme', `UPDATE public.people SET card = $1 WHERE ref = 'c-2'`, [shredded]);
       expect(await subjectKeys.decrypt('c-2', shredded, fctx)).toBe(CARDS[1]);
-      const globexBefore = (await asTenant('globex', `SELECT (SELECT count(*) FROM people) c, (SELECT count(*) FROM purchases) o, (SELECT string_agg(person_ref || ':' || coalesce(email, '-'), ',' ORDER BY id) FROM support_tickets) tk`)).rows[0];
-      const otherBefore = (await asTenant('acme', `SELECT (SELECT count(*) FROM purchases o JOIN people c ON c.id = o.person_id WHERE c.ref <> 'c-2') o, (SELECT count(*) FROM support_tickets WHERE person_ref <> 'c-2') t`)).rows[0];
+      const globexBefore = (
+        await asTenant(
+          'globex',
+          `SELECT (SELECT count(*) FROM people) c, (SELECT count(*) FROM purchases) o, (SELECT string_agg(person_ref || ':' || coalesce(email, '-'), ',' ORDER BY id) FROM support_tickets) tk`,
+        )
+      ).rows[0];
+      const otherBefore = (
+        await asTenant(
+          'acme',
+          `SELECT (SELECT count(*) FROM purchases o JOIN people c ON c.id = o.person_id WHERE c.ref <> 'c-2') o, (SELECT count(*) FROM support_tickets WHERE person_ref <> 'c-2') t`,
+        )
+      ).rows[0];
 
-      const res = await t.app.inject({ method: 'DELETE', url: '/v1/subjects/c-2', headers: await t.auth('admin', 'acme') });
+      // a backup taken before the erasure still holds the subject: the report names it
+      const backup = await t.app.services.backups.create('full');
+      const res = await t.app.inject({
+        method: 'DELETE',
+        url: '/v1/subjects/c-2',
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(res.statusCode).toBe(200);
       const report = res.json().data;
+      expect(report.backups).toEqual([
+        {
+          id: backup.id,
+          kind: 'full',
+          taken_at: backup.snapshot_at,
+          expires_after: new Date(
+            Date.parse(backup.started_at) + t.config.BACKUP_KEEP_DAYS * 86_400_000,
+          ).toISOString(),
+        },
+      ]);
       expect(report.tenant).toBe('acme');
       expect(report.tables).toEqual([
         { table: 'people', action: 'delete', matched_by: ['ref'], deleted: 1, anonymized: 0 },
         { table: 'purchases', action: 'cascade', matched_by: [], deleted: 2, anonymized: 0 },
-        { table: 'support_tickets', action: 'anonymize', matched_by: ['person_ref'], deleted: 0, anonymized: 2 },
+        {
+          table: 'support_tickets',
+          action: 'anonymize',
+          matched_by: ['person_ref'],
+          deleted: 0,
+          anonymized: 2,
+        },
       ]);
       expect(report.totals).toEqual({ rows: 5, deleted: 3, anonymized: 2 });
       expect(report.crypto_shredded).toBe(true);
       expect(report.change_log.entries_anonymized).toBeGreaterThanOrEqual(3 + 2 + 2);
-      expect(Array.isArray(report.backups)).toBe(true);
 
       // no row of the subject is left
-      expect((await asTenant('acme', `SELECT count(*)::int n FROM people WHERE ref = 'c-2'`)).rows[0]!.n).toBe(0);
-      expect((await asTenant('acme', `SELECT count(*)::int n FROM purchases WHERE person_email = 'person2@acme.test'`)).rows[0]!.n).toBe(0);
-      const support_tickets = (await asTenant<{ person_ref: string | null; email: string | null; body: string }>('acme', `SELECT person_ref, email, body FROM support_tickets WHERE body LIKE 'erased:%'`)).rows;
+      expect(
+        (await asTenant('acme', `SELECT count(*)::int n FROM people WHERE ref = 'c-2'`)).rows[0]!.n,
+      ).toBe(0);
+      expect(
+        (
+          await asTenant(
+            'acme',
+            `SELECT count(*)::int n FROM purchases WHERE person_email = 'person2@acme.test'`,
+          )
+        ).rows[0]!.n,
+      ).toBe(0);
+      const support_tickets = (
+        await asTenant<{ person_ref: string | null; email: string | null; body: string }>(
+          'acme',
+          `SELECT person_ref, email, body FROM support_tickets WHERE body LIKE 'erased:%'`,
+        )
+      ).rows;
       expect(support_tickets).toHaveLength(2);
       for (const tk of support_tickets) expect(tk).toMatchObject({ person_ref: null, email: null });
-      expect((await asTenant('acme', `SELECT count(*)::int n FROM support_tickets WHERE person_ref = 'c-2' OR email = 'person2@acme.test' OR body LIKE '%Number2'`)).rows[0]!.n).toBe(0);
+      expect(
+        (
+          await asTenant(
+            'acme',
+            `SELECT count(*)::int n FROM support_tickets WHERE person_ref = 'c-2' OR email = 'person2@acme.test' OR body LIKE '%Number2'`,
+          )
+        ).rows[0]!.n,
+      ).toBe(0);
       // the change log no longer holds the subject's values
-      const leaks = await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE tenant_id = 'acme' AND (before::text ~ 'person2@acme|c-2"|Number2' OR after::text ~ 'person2@acme|c-2"|Number2')`);
+      const leaks = await q<{ n: number }>(
+        `SELECT count(*)::int n FROM strata.changes WHERE tenant_id = 'acme' AND (before::text ~ 'person2@acme|c-2"|Number2' OR after::text ~ 'person2@acme|c-2"|Number2')`,
+      );
       expect(leaks.rows[0]!.n).toBe(0);
       // other subjects and the other tenant are untouched
-      expect((await asTenant('acme', `SELECT (SELECT count(*) FROM purchases o JOIN people c ON c.id = o.person_id WHERE c.ref <> 'c-2') o, (SELECT count(*) FROM support_tickets WHERE person_ref <> 'c-2') t`)).rows[0]).toEqual(otherBefore);
-      expect((await asTenant('globex', `SELECT (SELECT count(*) FROM people) c, (SELECT count(*) FROM purchases) o, (SELECT string_agg(person_ref || ':' || coalesce(email, '-'), ',' ORDER BY id) FROM support_tickets) tk`)).rows[0]).toEqual(globexBefore);
-      expect((await asTenant('globex', `SELECT count(*)::int n FROM people WHERE ref = 'c-2'`)).rows[0]!.n).toBe(1);
+      expect(
+        (
+          await asTenant(
+            'acme',
+            `SELECT (SELECT count(*) FROM purchases o JOIN people c ON c.id = o.person_id WHERE c.ref <> 'c-2') o, (SELECT count(*) FROM support_tickets WHERE person_ref <> 'c-2') t`,
+          )
+        ).rows[0],
+      ).toEqual(otherBefore);
+      expect(
+        (
+          await asTenant(
+            'globex',
+            `SELECT (SELECT count(*) FROM people) c, (SELECT count(*) FROM purchases) o, (SELECT string_agg(person_ref || ':' || coalesce(email, '-'), ',' ORDER BY id) FROM support_tickets) tk`,
+          )
+        ).rows[0],
+      ).toEqual(globexBefore);
+      expect(
+        (await asTenant('globex', `SELECT count(*)::int n FROM people WHERE ref = 'c-2'`)).rows[0]!.n,
+      ).toBe(1);
       // crypto-shredded: the ciphertext (as a backup would hold it) no longer decrypts
-      await expect(subjectKeys.decrypt('c-2', shredded, fctx)).rejects.toMatchObject({ statusCode: 422, code: 'KEY_NOT_FOUND' });
+      await expect(subjectKeys.decrypt('c-2', shredded, fctx)).rejects.toMatchObject({
+        statusCode: 422,
+        code: 'KEY_NOT_FOUND',
+      });
       // the erasure is recorded without the subject id itself
-      const rec = await q<{ subject_hash: string; report: unknown }>(`SELECT subject_hash, report FROM strata.compliance_erasures`);
+      const rec = await q<{ subject_hash: string; report: unknown }>(
+        `SELECT subject_hash, report FROM strata.compliance_erasures`,
+      );
       expect(rec.rows).toHaveLength(1);
       expect(JSON.stringify(rec.rows[0])).not.toContain('c-2');
     });
 
     it('answers 404 for a subject with nothing left, and coded 4xx for bad input, writing nothing', async () => {
       const snapshot = async () =>
-        JSON.stringify((await q(`SELECT (SELECT count(*) FROM strata.compliance_erasures) e, (SELECT count(*) FROM strata.changes) ch, (SELECT count(*) FROM public.people) c, (SELECT count(*) FROM public.support_tickets WHERE person_ref IS NULL) t`)).rows);
+        JSON.stringify(
+          (
+            await q(
+              `SELECT (SELECT count(*) FROM strata.compliance_erasures) e, (SELECT count(*) FROM strata.changes) ch, (SELECT count(*) FROM public.people) c, (SELECT count(*) FROM public.support_tickets WHERE person_ref IS NULL) t`,
+            )
+          ).rows,
+        );
       const before = await snapshot();
       const cases: Array<[string, Record<string, string>, number, string]> = [
         ['/v1/subjects/c-2', await t.auth('admin', 'acme'), 404, 'SUBJECT_NOT_FOUND'],
@@ -256,30 +459,59 @@ describe('compliance operations', () => {
   });
 
   describe('PII scan', () => {
-    it('reports PII columns by name and value with masked examples of the caller\'s tenant only, declaring nothing', async () => {
+    it("reports PII columns by name and value with masked examples of the caller's tenant only, declaring nothing", async () => {
       // a table tenant sessions cannot read (no grant): judged by its column names, reported as skipped
       await q(`CREATE TABLE public.internal_notes (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, tenant_id text NOT NULL, contact_email text);
                ALTER TABLE public.internal_notes ENABLE ROW LEVEL SECURITY; ALTER TABLE public.internal_notes FORCE ROW LEVEL SECURITY;
                INSERT INTO public.internal_notes (tenant_id, contact_email) VALUES ('acme', 'hidden@acme.test')`);
       const declaredBefore = (await q(`SELECT * FROM strata.compliance_columns ORDER BY 1, 2`)).rows;
-      const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/scan', headers: await t.auth('admin', 'acme'), payload: { sample_size: 50 } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/admin/compliance/scan',
+        headers: await t.auth('admin', 'acme'),
+        payload: { sample_size: 50 },
+      });
       expect(res.statusCode).toBe(202);
       const id = res.json().job_id as string;
       await waitJob(id);
-      const got = await t.app.inject({ url: `/v1/admin/compliance/scan/${id}`, headers: await t.auth('admin', 'acme') });
+      const got = await t.app.inject({
+        url: `/v1/admin/compliance/scan/${id}`,
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(got.statusCode).toBe(200);
       const job = got.json().data;
       expect(job.progress).toMatchObject({ percent: 100 });
-      const findings = job.result.findings as Array<{ table: string; column: string; category: string; confidence: number; by: string[]; examples: string[]; declared: boolean; proposal: { pii: string } }>;
-      const find = (table: string, column: string) => findings.find((f) => f.table === table && f.column === column);
-      expect(find('people', 'email')).toMatchObject({ category: 'email', by: ['name', 'value'], declared: false, proposal: { pii: 'email' } });
+      const findings = job.result.findings as Array<{
+        table: string;
+        column: string;
+        category: string;
+        confidence: number;
+        by: string[];
+        examples: string[];
+        declared: boolean;
+        proposal: { pii: string };
+      }>;
+      const find = (table: string, column: string) =>
+        findings.find((f) => f.table === table && f.column === column);
+      expect(find('people', 'email')).toMatchObject({
+        category: 'email',
+        by: ['name', 'value'],
+        declared: false,
+        proposal: { pii: 'email' },
+      });
       expect(find('people', 'email')!.confidence).toBeGreaterThanOrEqual(0.9);
       expect(find('people', 'card')).toMatchObject({ category: 'card', by: ['name', 'value'] });
       expect(find('purchases', 'iban')).toMatchObject({ category: 'iban', by: ['name', 'value'] });
       expect(find('people', 'phone')).toMatchObject({ category: 'phone' });
       expect(find('support_tickets', 'email')).toMatchObject({ declared: true });
-      expect(find('internal_notes', 'contact_email')).toMatchObject({ category: 'email', by: ['name'], examples: [] });
-      expect(job.result.skipped).toEqual([{ table: 'internal_notes', reason: expect.stringContaining('judged by column names only') as string }]);
+      expect(find('internal_notes', 'contact_email')).toMatchObject({
+        category: 'email',
+        by: ['name'],
+        examples: [],
+      });
+      expect(job.result.skipped).toEqual([
+        { table: 'internal_notes', reason: expect.stringContaining('judged by column names only') as string },
+      ]);
       // examples are masked, and only acme's rows were sampled
       const examples = findings.flatMap((f) => f.examples);
       expect(examples.length).toBeGreaterThan(0);
@@ -290,7 +522,10 @@ describe('compliance operations', () => {
       // proposals only
       expect((await q(`SELECT * FROM strata.compliance_columns ORDER BY 1, 2`)).rows).toEqual(declaredBefore);
       // another tenant cannot read the job
-      const other = await t.app.inject({ url: `/v1/admin/compliance/scan/${id}`, headers: await t.auth('admin', 'globex') });
+      const other = await t.app.inject({
+        url: `/v1/admin/compliance/scan/${id}`,
+        headers: await t.auth('admin', 'globex'),
+      });
       expect(other.statusCode).toBe(404);
     });
 
@@ -305,7 +540,12 @@ describe('compliance operations', () => {
         [{}, 'reader', 403, 'ROLE_FORBIDDEN'],
       ];
       for (const [body, role, status, code] of cases) {
-        const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/scan', headers: await t.auth(role as 'admin', 'acme'), payload: body as Record<string, unknown> });
+        const res = await t.app.inject({
+          method: 'POST',
+          url: '/v1/admin/compliance/scan',
+          headers: await t.auth(role as 'admin', 'acme'),
+          payload: body as Record<string, unknown>,
+        });
         expect(res.statusCode, JSON.stringify(body)).toBe(status);
         expect(res.json().error.code).toBe(code);
       }
@@ -332,9 +572,15 @@ describe('compliance operations', () => {
         expect(fake.slice(0, 2)).toBe(iban.slice(0, 2));
         expect(fake).not.toBe(iban);
       }
-      const emails = new Set(Array.from({ length: 500 }, (_, i) => a.fake({ category: 'email', maxLength: null }, `user${i}@acme.test`)));
+      const emails = new Set(
+        Array.from({ length: 500 }, (_, i) =>
+          a.fake({ category: 'email', maxLength: null }, `user${i}@acme.test`),
+        ),
+      );
       expect(emails.size).toBe(500);
-      expect(a.fake({ category: 'phone', maxLength: null }, '+1 555 010 1001')).toMatch(/^\+\d \d{3} \d{3} \d{4}$/);
+      expect(a.fake({ category: 'phone', maxLength: null }, '+1 555 010 1001')).toMatch(
+        /^\+\d \d{3} \d{3} \d{4}$/,
+      );
     });
 
     it('copies the database with every declared column faked, every foreign key valid and every unique constraint satisfied', async () => {
@@ -350,7 +596,12 @@ describe('compliance operations', () => {
       }
       const target = `${t.database.name}_anon`.slice(0, 63);
       copies.push(target);
-      const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/anonymize', headers: await t.auth('platform_admin', null), payload: { target_database: target, seed: 's1' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/admin/compliance/anonymize',
+        headers: await t.auth('platform_admin', null),
+        payload: { target_database: target, seed: 's1' },
+      });
       expect(res.statusCode).toBe(202);
       expect(res.json().target_database).toBe(target);
       const job = await waitJob(res.json().job_id, 120_000);
@@ -371,25 +622,72 @@ describe('compliance operations', () => {
         expect(dst).toEqual(src);
         expect(dst.every((c) => c['convalidated'] === true)).toBe(true);
         // and checked directly: no orphan, no duplicate
-        expect((await copy.query(`SELECT count(*)::int n FROM public.purchases o WHERE NOT EXISTS (SELECT 1 FROM public.people c WHERE c.tenant_id = o.tenant_id AND c.id = o.person_id)`)).rows[0].n).toBe(0);
-        expect((await copy.query(`SELECT count(*)::int n FROM public.purchases o WHERE o.person_email IS NOT NULL AND NOT EXISTS (SELECT 1 FROM public.people c WHERE c.tenant_id = o.tenant_id AND c.email = o.person_email)`)).rows[0].n).toBe(0);
-        expect((await copy.query(`SELECT count(*)::int n FROM (SELECT tenant_id, email FROM public.people GROUP BY 1, 2 HAVING count(*) > 1) d`)).rows[0].n).toBe(0);
+        expect(
+          (
+            await copy.query(
+              `SELECT count(*)::int n FROM public.purchases o WHERE NOT EXISTS (SELECT 1 FROM public.people c WHERE c.tenant_id = o.tenant_id AND c.id = o.person_id)`,
+            )
+          ).rows[0].n,
+        ).toBe(0);
+        expect(
+          (
+            await copy.query(
+              `SELECT count(*)::int n FROM public.purchases o WHERE o.person_email IS NOT NULL AND NOT EXISTS (SELECT 1 FROM public.people c WHERE c.tenant_id = o.tenant_id AND c.email = o.person_email)`,
+            )
+          ).rows[0].n,
+        ).toBe(0);
+        expect(
+          (
+            await copy.query(
+              `SELECT count(*)::int n FROM (SELECT tenant_id, email FROM public.people GROUP BY 1, 2 HAVING count(*) > 1) d`,
+            )
+          ).rows[0].n,
+        ).toBe(0);
         // no original value of a declared (or tied) column is in the copy
-        const cols: Array<[string, string]> = [['people', 'email'], ['people', 'phone'], ['people', 'card'], ['people', 'full_name'], ['people', 'ref'], ['purchases', 'iban'], ['purchases', 'person_email'], ['support_tickets', 'email'], ['support_tickets', 'body']];
+        const cols: Array<[string, string]> = [
+          ['people', 'email'],
+          ['people', 'phone'],
+          ['people', 'card'],
+          ['people', 'full_name'],
+          ['people', 'ref'],
+          ['purchases', 'iban'],
+          ['purchases', 'person_email'],
+          ['support_tickets', 'email'],
+          ['support_tickets', 'body'],
+        ];
         for (const [table, column] of cols) {
-          const originals = new Set((await q<{ v: string }>(`SELECT "${column}" AS v FROM public."${table}" WHERE "${column}" IS NOT NULL`)).rows.map((r) => r.v));
-          const copied = (await copy.query<{ v: string }>(`SELECT "${column}" AS v FROM public."${table}" WHERE "${column}" IS NOT NULL`)).rows.map((r) => r.v);
+          const originals = new Set(
+            (
+              await q<{ v: string }>(
+                `SELECT "${column}" AS v FROM public."${table}" WHERE "${column}" IS NOT NULL`,
+              )
+            ).rows.map((r) => r.v),
+          );
+          const copied = (
+            await copy.query<{ v: string }>(
+              `SELECT "${column}" AS v FROM public."${table}" WHERE "${column}" IS NOT NULL`,
+            )
+          ).rows.map((r) => r.v);
           expect(copied.length, `${table}.${column}`).toBeGreaterThan(0);
           for (const v of copied) expect(originals.has(v), `${table}.${column} kept ${v}`).toBe(false);
         }
         // formats kept
-        for (const r of (await copy.query<{ email: string; card: string }>(`SELECT email, card FROM public.people`)).rows) {
+        for (const r of (
+          await copy.query<{ email: string; card: string }>(`SELECT email, card FROM public.people`)
+        ).rows) {
           expect(r.email).toMatch(/@example\.com$/);
           expect(luhnValid(r.card.replace(/\D/g, ''))).toBe(true);
         }
-        for (const r of (await copy.query<{ iban: string }>(`SELECT iban FROM public.purchases`)).rows) expect(ibanValid(r.iban)).toBe(true);
+        for (const r of (await copy.query<{ iban: string }>(`SELECT iban FROM public.purchases`)).rows)
+          expect(ibanValid(r.iban)).toBe(true);
         // nothing of schema strata that holds originals or keys
-        expect((await copy.query(`SELECT (SELECT count(*)::int FROM strata.changes) ch, (SELECT count(*)::int FROM strata.tenant_keys) k, (SELECT count(*)::int FROM strata.compliance_erasures) e, (SELECT count(*)::int FROM strata.tenants) tn`)).rows[0]).toEqual({ ch: 0, k: 0, e: 0, tn: 2 });
+        expect(
+          (
+            await copy.query(
+              `SELECT (SELECT count(*)::int FROM strata.changes) ch, (SELECT count(*)::int FROM strata.tenant_keys) k, (SELECT count(*)::int FROM strata.compliance_erasures) e, (SELECT count(*)::int FROM strata.tenants) tn`,
+            )
+          ).rows[0],
+        ).toEqual({ ch: 0, k: 0, e: 0, tn: 2 });
       } finally {
         await copy.end();
       }
@@ -398,13 +696,22 @@ describe('compliance operations', () => {
     it('copies one tenant only when asked', async () => {
       const target = `${t.database.name}_anon1`.slice(0, 63);
       copies.push(target);
-      const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/anonymize', headers: await t.auth('platform_admin', null), payload: { target_database: target, tenant: 'globex' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/admin/compliance/anonymize',
+        headers: await t.auth('platform_admin', null),
+        payload: { target_database: target, tenant: 'globex' },
+      });
       expect(res.statusCode).toBe(202);
       await waitJob(res.json().job_id, 120_000);
       const copy = new pg.Client({ connectionString: urlFor(target) });
       await copy.connect();
       try {
-        const tenants = (await copy.query(`SELECT DISTINCT tenant_id FROM public.people UNION SELECT DISTINCT tenant_id FROM public.support_tickets UNION SELECT id FROM strata.tenants`)).rows;
+        const tenants = (
+          await copy.query(
+            `SELECT DISTINCT tenant_id FROM public.people UNION SELECT DISTINCT tenant_id FROM public.support_tickets UNION SELECT id FROM strata.tenants`,
+          )
+        ).rows;
         expect(tenants).toEqual([{ tenant_id: 'globex' }]);
         expect((await copy.query(`SELECT count(*)::int n FROM public.people`)).rows[0].n).toBe(3);
       } finally {
@@ -425,7 +732,12 @@ describe('compliance operations', () => {
         [{}, 'admin', 403, 'ROLE_FORBIDDEN'],
       ];
       for (const [body, role, status, code] of cases) {
-        const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/anonymize', headers: await t.auth(role, role === 'admin' ? 'acme' : null), payload: body as Record<string, unknown> });
+        const res = await t.app.inject({
+          method: 'POST',
+          url: '/v1/admin/compliance/anonymize',
+          headers: await t.auth(role, role === 'admin' ? 'acme' : null),
+          payload: body as Record<string, unknown>,
+        });
         expect(res.statusCode, JSON.stringify(body)).toBe(status);
         expect(res.json().error.code).toBe(code);
       }
@@ -438,23 +750,41 @@ describe('compliance operations', () => {
     const fctx = (tenantId: string) => ({ tenantId, table: 'vault_items', column: 'secret' });
     const keys = () => t.app.services.compliance.keys;
     const readAll = async (tenant: string) => {
-      const { rows } = await asTenant<{ id: string; secret: string }>(tenant, `SELECT id, secret FROM vault_items ORDER BY id`);
+      const { rows } = await asTenant<{ id: string; secret: string }>(
+        tenant,
+        `SELECT id, secret FROM vault_items ORDER BY id`,
+      );
       const out = new Map<string, string>();
       for (const r of rows) {
         const v = keyVersionOf(r.secret)!;
         const k = await keys().version(tenant, v);
-        out.set(r.id, decryptField(r.secret, () => k, fctx(tenant)));
+        out.set(
+          r.id,
+          decryptField(r.secret, () => k, fctx(tenant)),
+        );
       }
       return out;
     };
     const insert = async (tenant: string, plain: string) => {
       const cur = await keys().current(tenant);
-      const { rows } = await asTenant<{ id: string }>(tenant, `INSERT INTO vault_items (secret) VALUES ($1) RETURNING id`, [encryptField(plain, cur.key, cur.version, fctx(tenant))]);
+      const { rows } = await asTenant<{ id: string }>(
+        tenant,
+        `INSERT INTO vault_items (secret) VALUES ($1) RETURNING id`,
+        [encryptField(plain, cur.key, cur.version, fctx(tenant))],
+      );
       return rows[0]!.id;
     };
 
     beforeAll(async () => {
-      expect((await put('/v1/admin/compliance/columns/vault_items/secret', { encrypted: true, pii: 'other', plaintext_roles: ['admin'] })).statusCode).toBe(200);
+      expect(
+        (
+          await put('/v1/admin/compliance/columns/vault_items/secret', {
+            encrypted: true,
+            pii: 'other',
+            plaintext_roles: ['admin'],
+          })
+        ).statusCode,
+      ).toBe(200);
       const cur = await keys().current('acme');
       const values: string[] = [];
       const plains: string[] = [];
@@ -462,14 +792,20 @@ describe('compliance operations', () => {
         plains.push(`secret-${i}`);
         values.push(encryptField(`secret-${i}`, cur.key, cur.version, fctx('acme')));
       }
-      const { rows } = await asTenant<{ id: string }>('acme', `INSERT INTO vault_items (secret) SELECT unnest($1::text[]) RETURNING id`, [values]);
+      const { rows } = await asTenant<{ id: string }>(
+        'acme',
+        `INSERT INTO vault_items (secret) SELECT unnest($1::text[]) RETURNING id`,
+        [values],
+      );
       rows.forEach((r, i) => expected.set(r.id, plains[i]!));
       await insert('globex', 'globex-secret');
     }, 60_000);
 
-    it('re-encrypts a tenant\'s rows under a new data key while reads and writes go on, losing nothing', async () => {
+    it("re-encrypts a tenant's rows under a new data key while reads and writes go on, losing nothing", async () => {
       const globexBefore = (await asTenant('globex', `SELECT secret FROM vault_items`)).rows;
-      const changesBefore = (await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE table_name = 'vault_items'`)).rows[0]!.n;
+      const changesBefore = (
+        await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE table_name = 'vault_items'`)
+      ).rows[0]!.n;
       let stop = false;
       let reads = 0;
       let writes = 0;
@@ -485,7 +821,10 @@ describe('compliance operations', () => {
               const id = ids[(i * 7919) % ids.length]!;
               const plain = `updated-${i}`;
               const cur = await keys().current('acme');
-              await asTenant('acme', `UPDATE vault_items SET secret = $2 WHERE id = $1`, [id, encryptField(plain, cur.key, cur.version, fctx('acme'))]);
+              await asTenant('acme', `UPDATE vault_items SET secret = $2 WHERE id = $1`, [
+                id,
+                encryptField(plain, cur.key, cur.version, fctx('acme')),
+              ]);
               expected.set(id, plain);
             }
             writes++;
@@ -505,15 +844,31 @@ describe('compliance operations', () => {
           }
         }
       })();
-      const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/keys/rotate', headers: await t.auth('admin', 'acme'), payload: { kind: 'data' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/admin/compliance/keys/rotate',
+        headers: await t.auth('admin', 'acme'),
+        payload: { kind: 'data' },
+      });
       expect(res.statusCode).toBe(202);
-      expect(res.json().data).toMatchObject({ kind: 'data', tenant_id: 'acme', target: '2', state: 'running' });
+      expect(res.json().data).toMatchObject({
+        kind: 'data',
+        tenant_id: 'acme',
+        target: '2',
+        state: 'running',
+      });
       const job = await waitJob(res.json().job_id, 120_000);
       const rotationId = res.json().data.id as string;
-      const own = await t.app.inject({ url: `/v1/admin/compliance/keys/rotations/${rotationId}`, headers: await t.auth('admin', 'acme') });
+      const own = await t.app.inject({
+        url: `/v1/admin/compliance/keys/rotations/${rotationId}`,
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(own.statusCode).toBe(200);
       expect(own.json().data).toMatchObject({ id: rotationId, state: 'completed' });
-      const foreign = await t.app.inject({ url: `/v1/admin/compliance/keys/rotations/${rotationId}`, headers: await t.auth('admin', 'globex') });
+      const foreign = await t.app.inject({
+        url: `/v1/admin/compliance/keys/rotations/${rotationId}`,
+        headers: await t.auth('admin', 'globex'),
+      });
       expect(foreign.statusCode).toBe(404);
       expect(foreign.json().error.code).toBe('ROTATION_NOT_FOUND');
       stop = true;
@@ -526,39 +881,74 @@ describe('compliance operations', () => {
       // nothing lost: every row decrypts to what was last written
       const all = await readAll('acme');
       expect(all).toEqual(expected);
-      const versions = (await asTenant<{ v: string; n: number }>('acme', `SELECT split_part(secret, '.', 2) v, count(*)::int n FROM vault_items GROUP BY 1`)).rows;
+      const versions = (
+        await asTenant<{ v: string; n: number }>(
+          'acme',
+          `SELECT split_part(secret, '.', 2) v, count(*)::int n FROM vault_items GROUP BY 1`,
+        )
+      ).rows;
       expect(versions).toEqual([{ v: '2', n: expected.size }]);
       // the old version is retired, not destroyed; the other tenant is untouched; no change events of the re-keying
-      const acmeKeys = (await q<{ version: number; retired: boolean }>(`SELECT version, retired_at IS NOT NULL AS retired FROM strata.tenant_keys WHERE tenant_id = 'acme' AND kind = 'data' ORDER BY version`)).rows;
-      expect(acmeKeys).toEqual([{ version: 1, retired: true }, { version: 2, retired: false }]);
+      const acmeKeys = (
+        await q<{ version: number; retired: boolean }>(
+          `SELECT version, retired_at IS NOT NULL AS retired FROM strata.tenant_keys WHERE tenant_id = 'acme' AND kind = 'data' ORDER BY version`,
+        )
+      ).rows;
+      expect(acmeKeys).toEqual([
+        { version: 1, retired: true },
+        { version: 2, retired: false },
+      ]);
       expect((await asTenant('globex', `SELECT secret FROM vault_items`)).rows).toEqual(globexBefore);
-      const changes = (await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE table_name = 'vault_items'`)).rows[0]!.n;
+      const changes = (
+        await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE table_name = 'vault_items'`)
+      ).rows[0]!.n;
       expect(changes - changesBefore).toBe(writes);
-      expect((await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE actor = 'key-rotation'`)).rows[0]!.n).toBe(0);
+      expect(
+        (await q<{ n: number }>(`SELECT count(*)::int n FROM strata.changes WHERE actor = 'key-rotation'`))
+          .rows[0]!.n,
+      ).toBe(0);
     }, 180_000);
 
     it('resumes an interrupted rotation from its saved position', async () => {
       const ops = t.app.services.complianceOps;
-      const noJobs = { enqueue: async () => ({ job_id: 'compliance-00000000-0000-0000-0000-000000000000' }), queues: { compliance: { getJob: async () => undefined } } } as unknown as JobsService;
-      const { rotation } = await ops.rotation.start({ requestId: 'r', tenantId: 'acme', actor: 'test', role: 'admin' }, { kind: 'data' }, noJobs);
+      const noJobs = {
+        enqueue: async () => ({ job_id: 'compliance-00000000-0000-0000-0000-000000000000' }),
+        queues: { compliance: { getJob: async () => undefined } },
+      } as unknown as JobsService;
+      const { rotation } = await ops.rotation.start(
+        { requestId: 'r', tenantId: 'acme', actor: 'test', role: 'admin' },
+        { kind: 'data' },
+        noJobs,
+      );
       expect(rotation.target).toBe('3');
       const abort = new AbortController();
       await expect(
-        ops.rotation.run(rotation.id, async (done) => {
-          if (done > 0) abort.abort();
-        }, abort.signal),
+        ops.rotation.run(
+          rotation.id,
+          async (done) => {
+            if (done > 0) abort.abort();
+          },
+          abort.signal,
+        ),
       ).rejects.toThrow(/cancelled/);
       const saved = await ops.rotation.get(rotation.id);
       expect(saved.state).toBe('running');
       expect(saved.done).toBeGreaterThan(0);
       expect(saved.done).toBeLessThan(expected.size);
       expect(saved.position).toMatchObject({ table: 'vault_items', column: 'secret' });
-      const partly = (await asTenant<{ v: string; n: number }>('acme', `SELECT split_part(secret, '.', 2) v, count(*)::int n FROM vault_items GROUP BY 1 ORDER BY 1`)).rows;
+      const partly = (
+        await asTenant<{ v: string; n: number }>(
+          'acme',
+          `SELECT split_part(secret, '.', 2) v, count(*)::int n FROM vault_items GROUP BY 1 ORDER BY 1`,
+        )
+      ).rows;
       expect(partly.map((p) => p.v)).toEqual(['2', '3']);
       expect(await readAll('acme')).toEqual(expected);
       const out = await ops.rotation.run(rotation.id, async () => undefined);
       expect(out.rotation.state).toBe('completed');
-      expect((await asTenant('acme', `SELECT DISTINCT split_part(secret, '.', 2) v FROM vault_items`)).rows).toEqual([{ v: '3' }]);
+      expect(
+        (await asTenant('acme', `SELECT DISTINCT split_part(secret, '.', 2) v FROM vault_items`)).rows,
+      ).toEqual([{ v: '3' }]);
       expect(await readAll('acme')).toEqual(expected);
     }, 120_000);
 
@@ -566,20 +956,41 @@ describe('compliance operations', () => {
       // a key wrapped by k1 (as before k2 was put first in ENCRYPTION_MASTER_KEYS)
       const k1 = parseMasterKeys(K1)!;
       const dek = randomBytes(32);
-      await q(`INSERT INTO strata.tenant_keys (tenant_id, kind, version, master_key_id, wrapped) VALUES ('globex', 'data', 2, 'k1', $1)`, [k1.wrap(dek, 'globex:data:2').wrapped]);
-      const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/keys/rotate', headers: await t.auth('platform_admin', null), payload: { kind: 'master' } });
+      await q(
+        `INSERT INTO strata.tenant_keys (tenant_id, kind, version, master_key_id, wrapped) VALUES ('globex', 'data', 2, 'k1', $1)`,
+        [k1.wrap(dek, 'globex:data:2').wrapped],
+      );
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/admin/compliance/keys/rotate',
+        headers: await t.auth('platform_admin', null),
+        payload: { kind: 'master' },
+      });
       expect(res.statusCode).toBe(202);
       await waitJob(res.json().job_id);
-      const ids = (await q<{ id: string }>(`SELECT DISTINCT master_key_id AS id FROM strata.tenant_keys`)).rows;
+      const ids = (await q<{ id: string }>(`SELECT DISTINCT master_key_id AS id FROM strata.tenant_keys`))
+        .rows;
       expect(ids).toEqual([{ id: 'k2' }]);
-      const row = (await q<{ wrapped: Buffer }>(`SELECT wrapped FROM strata.tenant_keys WHERE tenant_id = 'globex' AND kind = 'data' AND version = 2`)).rows[0]!;
-      expect(parseMasterKeys(RING)!.unwrap({ masterKeyId: 'k2', wrapped: row.wrapped }, 'globex:data:2').equals(dek)).toBe(true);
+      const row = (
+        await q<{ wrapped: Buffer }>(
+          `SELECT wrapped FROM strata.tenant_keys WHERE tenant_id = 'globex' AND kind = 'data' AND version = 2`,
+        )
+      ).rows[0]!;
+      expect(
+        parseMasterKeys(RING)!
+          .unwrap({ masterKeyId: 'k2', wrapped: row.wrapped }, 'globex:data:2')
+          .equals(dek),
+      ).toBe(true);
       keys().forget();
       expect(await readAll('acme')).toEqual(expected);
     }, 60_000);
 
     it('refuses bad rotation requests with a coded 4xx and changes no key', async () => {
-      const snapshot = async () => JSON.stringify((await q(`SELECT tenant_id, kind, version, master_key_id FROM strata.tenant_keys ORDER BY 1, 2, 3`)).rows) + JSON.stringify((await q(`SELECT count(*) FROM strata.key_rotations`)).rows);
+      const snapshot = async () =>
+        JSON.stringify(
+          (await q(`SELECT tenant_id, kind, version, master_key_id FROM strata.tenant_keys ORDER BY 1, 2, 3`))
+            .rows,
+        ) + JSON.stringify((await q(`SELECT count(*) FROM strata.key_rotations`)).rows);
       const before = await snapshot();
       const cases: Array<[unknown, 'platform_admin' | 'admin' | 'writer', string | null, number, string]> = [
         [{ kind: 'master' }, 'admin', 'acme', 403, 'ROLE_FORBIDDEN'],
@@ -591,7 +1002,12 @@ describe('compliance operations', () => {
         [{ kind: 'data' }, 'writer', 'acme', 403, 'ROLE_FORBIDDEN'],
       ];
       for (const [body, role, tenant, status, code] of cases) {
-        const res = await t.app.inject({ method: 'POST', url: '/v1/admin/compliance/keys/rotate', headers: await t.auth(role, tenant), payload: body as Record<string, unknown> });
+        const res = await t.app.inject({
+          method: 'POST',
+          url: '/v1/admin/compliance/keys/rotate',
+          headers: await t.auth(role, tenant),
+          payload: body as Record<string, unknown>,
+        });
         expect(res.statusCode, JSON.stringify(body)).toBe(status);
         expect(res.json().error.code).toBe(code);
       }
@@ -600,56 +1016,86 @@ describe('compliance operations', () => {
   });
 
   describe('report', () => {
-    it('reports declarations, scan coverage, encryption status, key ages and erasures for the caller\'s tenant', async () => {
-      const res = await t.app.inject({ url: '/v1/admin/compliance/report', headers: await t.auth('admin', 'acme') });
+    it("reports declarations, scan coverage, encryption status, key ages and erasures for the caller's tenant", async () => {
+      const res = await t.app.inject({
+        url: '/v1/admin/compliance/report',
+        headers: await t.auth('admin', 'acme'),
+      });
       expect(res.statusCode).toBe(200);
       const r = res.json().data;
       expect(r.scope).toEqual({ tenant: 'acme' });
-      expect(r.declared_columns.map((d: { table: string; column: string }) => `${d.table}.${d.column}`)).toContain('people.email');
+      expect(
+        r.declared_columns.map((d: { table: string; column: string }) => `${d.table}.${d.column}`),
+      ).toContain('people.email');
       expect(r.subjects).toHaveLength(2);
       expect(r.scan.findings).toBeGreaterThan(0);
       expect(r.scan.coverage).toBeGreaterThan(0);
       expect(r.scan.coverage).toBeLessThanOrEqual(1);
       const vault_items = r.encryption.find((e: { table: string }) => e.table === 'vault_items');
-      expect(vault_items).toMatchObject({ column: 'secret', plaintext_values: 0, by_key_version: { '3': expect.any(Number) as number } });
+      expect(vault_items).toMatchObject({
+        column: 'secret',
+        plaintext_values: 0,
+        by_key_version: { '3': expect.any(Number) as number },
+      });
       expect(new Set(r.keys.map((k: { tenant: string }) => k.tenant))).toEqual(new Set(['acme']));
       expect(r.keys[0]).toMatchObject({ age_days: 0 });
       expect(r.erasures).toMatchObject({ total: 1, by_outcome: { erased: 1 } });
-      expect(r.erasures.recent[0]).toMatchObject({ rows_deleted: 3, rows_anonymized: 2, crypto_shredded: true });
+      expect(r.erasures.recent[0]).toMatchObject({
+        rows_deleted: 3,
+        rows_anonymized: 2,
+        crypto_shredded: true,
+      });
       expect(r.master_keys).toBeNull();
       expect(typeof r.audit.available).toBe('boolean');
       // another tenant's report shows none of acme's erasures or keys
-      const g = (await t.app.inject({ url: '/v1/admin/compliance/report', headers: await t.auth('admin', 'globex') })).json().data;
+      const g = (
+        await t.app.inject({ url: '/v1/admin/compliance/report', headers: await t.auth('admin', 'globex') })
+      ).json().data;
       expect(g.erasures.total).toBe(0);
       expect(new Set(g.keys.map((k: { tenant: string }) => k.tenant))).toEqual(new Set(['globex']));
       // platform_admin sees every tenant and the key ring's ids (never the keys)
-      const p = (await t.app.inject({ url: '/v1/admin/compliance/report', headers: await t.auth('platform_admin', null) })).json().data;
+      const p = (
+        await t.app.inject({
+          url: '/v1/admin/compliance/report',
+          headers: await t.auth('platform_admin', null),
+        })
+      ).json().data;
       expect(p.master_keys).toEqual({ active: 'k2', configured: ['k2', 'k1'] });
       expect(JSON.stringify(p)).not.toContain(K2.slice(3));
-      const forbidden = await t.app.inject({ url: '/v1/admin/compliance/report', headers: await t.auth('writer', 'acme') });
+      const forbidden = await t.app.inject({
+        url: '/v1/admin/compliance/report',
+        headers: await t.auth('writer', 'acme'),
+      });
       expect(forbidden.statusCode).toBe(403);
     });
   });
-});
 
-describe('subject ids in logs', () => {
-  it('never writes the subject id of DELETE /v1/subjects/{id} to the logs', async () => {
-    const lines: string[] = [];
-    const stream = { write: (s: string) => void lines.push(s) };
-    const app = await createTestApp({ logStream: stream, logLevel: 'info' });
-    try {
-      const res = await app.app.inject({ method: 'DELETE', url: '/v1/subjects/jane.doe%40example.org?x=1', headers: await app.auth('admin', 'acme') });
-      expect(res.statusCode).toBe(409);
-      expect(res.json().error.code).toBe('NO_SUBJECT_DECLARATIONS');
-      expect(JSON.stringify(res.json())).not.toContain('jane');
-      const other = await app.app.inject({ url: '/v1/admin/compliance/subjects', headers: await app.auth('admin', 'acme') });
-      expect(other.statusCode).toBe(200);
-      const all = lines.join('');
-      expect(all).toContain('/v1/subjects/[redacted]');
-      expect(all).toContain('/v1/admin/compliance/subjects');
-      expect(all).not.toContain('jane');
-    } finally {
-      await app.close();
-    }
+  describe('subject ids in logs', () => {
+    it('never writes the subject id of DELETE /v1/subjects/{id} to the logs', async () => {
+      const lines: string[] = [];
+      const stream = { write: (s: string) => void lines.push(s) };
+      const app = await createTestApp({ logStream: stream, logLevel: 'info', jobs });
+      try {
+        const res = await app.app.inject({
+          method: 'DELETE',
+          url: '/v1/subjects/jane.doe%40example.org?x=1',
+          headers: await app.auth('admin', 'acme'),
+        });
+        expect(res.statusCode).toBe(409);
+        expect(res.json().error.code).toBe('NO_SUBJECT_DECLARATIONS');
+        expect(JSON.stringify(res.json())).not.toContain('jane');
+        const other = await app.app.inject({
+          url: '/v1/admin/compliance/subjects',
+          headers: await app.auth('admin', 'acme'),
+        });
+        expect(other.statusCode).toBe(200);
+        const all = lines.join('');
+        expect(all).toContain('/v1/subjects/[redacted]');
+        expect(all).toContain('/v1/admin/compliance/subjects');
+        expect(all).not.toContain('jane');
+      } finally {
+        await app.close();
+      }
+    });
   });
 });
