@@ -253,8 +253,8 @@ export function createRotation(deps: { db: Database; schema: SchemaRegistry; key
     let failed = 0;
     await progress(done, total);
     const sources = [
-      { table: 'strata.tenant_keys', key: ['tenant_id', 'kind', 'version'], context: (r: Record<string, unknown>) => `${String(r['tenant_id'])}:${String(r['kind'])}:${String(r['version'])}` },
-      { table: 'strata.subject_keys', key: ['tenant_id', 'subject_id'], context: (r: Record<string, unknown>) => `${String(r['tenant_id'])}:subject:${String(r['subject_id'])}` },
+      { table: 'strata.tenant_keys', key: ['tenant_id', 'kind', 'version'], types: { tenant_id: 'text', kind: 'text', version: 'integer' } as Record<string, string>, context: (r: Record<string, unknown>) => `${String(r['tenant_id'])}:${String(r['kind'])}:${String(r['version'])}` },
+      { table: 'strata.subject_keys', key: ['tenant_id', 'subject_id'], types: { tenant_id: 'text', subject_id: 'text' } as Record<string, string>, context: (r: Record<string, unknown>) => `${String(r['tenant_id'])}:subject:${String(r['subject_id'])}` },
     ];
     for (const s of sources) {
       let after: unknown[] | null = null;
@@ -266,18 +266,22 @@ export function createRotation(deps: { db: Database; schema: SchemaRegistry; key
           [active, ...(after ?? [])],
         );
         if (!rows.length) break;
+        const rewrapped: Array<Record<string, unknown>> = [];
         for (const r of rows) {
-          let w;
           try {
-            const plain = keys.unwrap({ masterKeyId: r.master_key_id, wrapped: r.wrapped }, s.context(r));
-            w = keys.wrap(plain, s.context(r));
+            const w = keys.wrap(keys.unwrap({ masterKeyId: r.master_key_id, wrapped: r.wrapped }, s.context(r)), s.context(r));
+            rewrapped.push({ ...Object.fromEntries(s.key.map((k) => [k, r[k]])), old_id: r.master_key_id, old_w: r.wrapped.toString('base64'), new_id: w.masterKeyId, new_w: w.wrapped.toString('base64') });
           } catch {
             failed++; // wrapped by a master key no longer in the ring: it stays as it is, and is reported
-            continue;
           }
+        }
+        // one statement per batch, each row a compare-and-set on its old wrapping
+        if (rewrapped.length) {
           await db.adminQuery(
-            `UPDATE ${s.table} SET master_key_id = $1, wrapped = $2 WHERE ${s.key.map((k, i) => `${k} = $${i + 5}`).join(' AND ')} AND master_key_id = $3 AND wrapped = $4`,
-            [w.masterKeyId, w.wrapped, r.master_key_id, r.wrapped, ...s.key.map((k) => r[k])],
+            `UPDATE ${s.table} AS t SET master_key_id = v.new_id, wrapped = decode(v.new_w, 'base64')
+               FROM jsonb_to_recordset($1::jsonb) AS v(${s.key.map((k) => `${k} ${s.types[k]}`).join(', ')}, old_id text, old_w text, new_id text, new_w text)
+              WHERE ${s.key.map((k) => `t.${k} = v.${k}`).join(' AND ')} AND t.master_key_id = v.old_id AND t.wrapped = decode(v.old_w, 'base64')`,
+            [JSON.stringify(rewrapped)],
           );
         }
         after = s.key.map((k) => rows[rows.length - 1]![k]);
