@@ -45,6 +45,9 @@ import { createResultCache, type ResultCache } from './services/analytics/index.
 import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
 import { createDeclarations, createTenantKeys, parseMasterKeys, type Declarations, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
 import complianceRoutes from './api/rest/compliance/index.js';
+import complianceOpsRoutes from './api/rest/compliance/ops.js';
+import subjectRoutes from './api/rest/subjects/index.js';
+import { createComplianceOps, type ComplianceOps } from './services/compliance/index.js';
 import { createTimeseriesService, type TimeseriesService } from './services/analytics/index.js';
 import { createViewsService, type ViewsService } from './services/analytics/index.js';
 import viewAdminRoutes, { viewReadRoutes } from './api/rest/views/index.js';
@@ -84,6 +87,8 @@ export interface AppServices extends BackupServices {
   webhooks: WebhookService;
   search: SearchService;
   compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
+  /** Scan, anonymized copies, subject erasure, key rotation, the report (issue 15's operations). */
+  complianceOps: ComplianceOps;
   testing: TestingService;
   /** The PostgREST face's core: reads/writes and functions (/rest/v1). */
   restRows: RestRowsService;
@@ -190,6 +195,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     maxLimit: config.ROWS_MAX_LIMIT,
   });
   const limits = createLimits({ db, config, log: app.log });
+  const tenantKeys = createTenantKeys({ db, keys: masterKeys });
   const services: AppServices = {
     tenants: createTenantService({
       kysely,
@@ -212,9 +218,10 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     ...changeServices(config, db, schema, app.log),
     compliance: {
       declarations: createDeclarations({ db, schema }),
-      keys: createTenantKeys({ db, keys: masterKeys }),
+      keys: tenantKeys,
       masterKeys,
     },
+    complianceOps: createComplianceOps({ db, schema, keys: tenantKeys, masterKeys, backups: { completed: () => services.backups.completed() } }),
     testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
     restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES, afterCommit: hooks.afterCommit }),
     restFunctions: createRestFunctionsService({ db, schema }),
@@ -265,6 +272,8 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(searchRoutes, { prefix: '/v1/search' });
   await app.register(searchIndexRoutes, { prefix: '/v1/admin/search-indexes' });
   await app.register(complianceRoutes, { prefix: '/v1/admin/compliance' });
+  await app.register(complianceOpsRoutes, { prefix: '/v1/admin/compliance' });
+  await app.register(subjectRoutes, { prefix: '/v1/subjects' });
   await app.register(testingRoutes, { prefix: '/v1/testing' });
   await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
   await app.register(clusterRoutes, { prefix: '/v1/admin' });

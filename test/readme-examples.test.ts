@@ -26,6 +26,7 @@ const SKIP: Array<[RegExp, string]> = [
   [/\/rest\/v1\/rpc\//, 'names a function of the reader\'s own schema'],
   [/\/v1\/admin\/tenants\/acme.*limits/, 'changes the limits of the tenant the other examples run as'],
   [/\/v1\/tables\/pipelines\/rows\?status=eq\.paused/, 'a mass update of the demo rows the other examples read (its 413 needs rows past the bound; test/write-bounds.test.ts)'],
+  [/\/v1\/admin\/compliance\/keys\/rotate/, 'needs ENCRYPTION_MASTER_KEYS (501 without it); covered by test/compliance-ops.test.ts'],
 ];
 
 /** The curl commands of the README's bash blocks, continuation lines and multi-line quotes joined. */

@@ -46,6 +46,8 @@ const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
 const LIMIT_DELAY_MS = 1_000;
 import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
 import { createClusterService } from '../services/cluster/index.js';
+import { complianceAnonymize, complianceRotate, complianceScan } from './processors/compliance.js';
+import { createComplianceOps, createTenantKeys, parseMasterKeys } from '../services/compliance/index.js';
 
 export type { Processor, ProcessorContext, ProcessorServices } from './processor.js';
 
@@ -67,11 +69,17 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'tenant-move': tenantMove,
   'tenant-isolate': tenantIsolate,
   'cluster-rebalance': clusterRebalance,
+  'compliance-scan': complianceScan,
+  'compliance-anonymize': complianceAnonymize,
+  'compliance-rotate': complianceRotate,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
   const c = db.config;
+  const masterKeys = parseMasterKeys(c.ENCRYPTION_MASTER_KEYS);
+  const schema = createRegistryService({ db });
   return {
+    complianceOps: createComplianceOps({ db, schema, keys: createTenantKeys({ db, keys: masterKeys }), masterKeys }),
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
     cluster: createClusterService({ db }),
     ...createBackupServices(db, log),

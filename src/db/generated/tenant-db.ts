@@ -122,6 +122,33 @@ export interface StrataComplianceColumns {
   declared_at: Defaulted<Timestamp>;
 }
 
+export interface StrataComplianceErasures {
+  id: string;
+  tenant_id: string;
+  subject_hash: string;
+  requested_by: string;
+  request_id: string | null;
+  requested_at: Defaulted<Timestamp>;
+  outcome: string;
+  report: Json;
+}
+
+export interface StrataComplianceScans {
+  job_id: string;
+  tenant_id: string | null;
+  requested_by: string;
+  finished_at: Defaulted<Timestamp>;
+  findings: Json;
+}
+
+export interface StrataComplianceSubjects {
+  table_name: string;
+  columns: string[];
+  action: 'delete' | 'anonymize';
+  declared_by: string;
+  declared_at: Defaulted<Timestamp>;
+}
+
 export interface StrataIdempotencyKeys {
   tenant_id: string;
   key: string;
@@ -133,6 +160,20 @@ export interface StrataIdempotencyKeys {
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
   expires_at: Timestamp;
+}
+
+export interface StrataKeyRotations {
+  id: string;
+  kind: 'master' | 'data';
+  tenant_id: string | null;
+  target: string;
+  state: Defaulted<'running' | 'completed' | 'failed'>;
+  position: Defaulted<Json>;
+  done: Defaulted<Int8>;
+  job_id: string | null;
+  requested_by: string;
+  started_at: Defaulted<Timestamp>;
+  finished_at: Timestamp | null;
 }
 
 export interface StrataSandboxRevoked {
@@ -154,6 +195,14 @@ export interface StrataSearchIndexes {
   created_by: string;
   created_at: Defaulted<Timestamp>;
   updated_at: Defaulted<Timestamp>;
+}
+
+export interface StrataSubjectKeys {
+  tenant_id: string;
+  subject_id: string;
+  master_key_id: string;
+  wrapped: Buffer;
+  created_at: Defaulted<Timestamp>;
 }
 
 export interface StrataTenantKeys {
@@ -242,9 +291,14 @@ export interface PlatformDB {
   'strata.captured_tables': StrataCapturedTables;
   'strata.changes': StrataChanges;
   'strata.compliance_columns': StrataComplianceColumns;
+  'strata.compliance_erasures': StrataComplianceErasures;
+  'strata.compliance_scans': StrataComplianceScans;
+  'strata.compliance_subjects': StrataComplianceSubjects;
   'strata.idempotency_keys': StrataIdempotencyKeys;
+  'strata.key_rotations': StrataKeyRotations;
   'strata.sandbox_revoked': StrataSandboxRevoked;
   'strata.search_indexes': StrataSearchIndexes;
+  'strata.subject_keys': StrataSubjectKeys;
   'strata.tenant_keys': StrataTenantKeys;
   'strata.tenants': StrataTenants;
   'strata.views': StrataViews;

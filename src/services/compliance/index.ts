@@ -8,3 +8,12 @@ export { createTenantKeys, encryptionDisabled, type TenantKeys } from './keys.js
 export { applyMask, parseMaskRule, PII_CATEGORIES, type MaskRule, type PiiCategory } from './masking.js';
 export { categoryByName, categoryByValue, ibanValid, judgeColumn, luhnValid, type Finding } from './detection.js';
 export { blindIndexColumn, createDeclarations, maskValue, ruleFor, type ColumnPolicy, type DeclareInput, type Declarations } from './declarations.js';
+export { createComplianceOps, type ComplianceOps, type ComplianceOpsDeps } from './ops.js';
+export { SUBJECT_ACTIONS, type SubjectAction, type SubjectDeclaration } from './subjects.js';
+export { SUBJECT_CIPHERTEXT_PREFIX, type SubjectKeys } from './subject-keys.js';
+export { subjectDigest, type ErasureReport, type BackupLister } from './erasure.js';
+export { type Rotation, type RotationKind } from './rotation.js';
+export { SCAN_DEFAULT_SAMPLE, SCAN_MAX_SAMPLE, type ScanFinding, type ScanInput } from './scan.js';
+export { createFaker, type FakeColumn } from './fakes.js';
+export { fakedColumns, type AnonymizeInput, type AnonymizeResult } from './anonymize.js';
+export { REPORT_COUNT_CAP } from './report.js';

@@ -47,6 +47,12 @@ export interface JobInputs {
   'tenant-isolate': { tenant: string };
   /** Cluster mode: rebalance shards over the workers (citus_rebalance_start). */
   'cluster-rebalance': Record<never, never>;
+  /** Sample every table (or `tables`) for PII; findings proposed, never applied (SPEC 12). */
+  'compliance-scan': { tables: string[] | null; sample_size: number };
+  /** Build an anonymized copy of the database (or one tenant) in `target_database`. */
+  'compliance-anonymize': { target_database: string; tenant: string | null; seed: string };
+  /** Run or resume key rotation `rotation_id` (strata.key_rotations). */
+  'compliance-rotate': { rotation_id: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -69,6 +75,9 @@ export const JOB_QUEUES = {
   'tenant-move': 'cluster',
   'tenant-isolate': 'cluster',
   'cluster-rebalance': 'cluster',
+  'compliance-scan': 'compliance',
+  'compliance-anonymize': 'compliance',
+  'compliance-rotate': 'compliance',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];
