@@ -44,6 +44,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
+import { tooLarge } from '../../services/data/index.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation } from './compile.js';
 
@@ -143,6 +144,11 @@ export class CompiledQueries {
   ) {
     // bounded by entries and by the documents' size (an AST is a few times its source)
     this.plans = new LRUCache<string, Entry>({ max: Math.max(1, maxEntries), maxSize: Math.max(1, maxEntries) * 32_768, sizeCalculation: (_v, k) => Math.max(1, k.length * 4) });
+  }
+
+  /** The 413 of an answer past the byte bound (live queries; the resolvers raise their own). */
+  tooLarge(): AppError {
+    return tooLarge('the GraphQL answer', this.maxBytes, 'GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES', 'ask for fewer rows (first), fewer fields or fewer nested lists') as AppError;
   }
 
   clear(): void {
@@ -299,7 +305,7 @@ export class CompiledQueries {
    * statement and commit in one write), read-only. This is the one place where a bound on the
    * answer's size applies to compiled queries.
    */
-  private async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
+  async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
     // The JSON is measured inside PostgreSQL: an answer past the bound never reaches the service.
     const text = `SELECT CASE WHEN octet_length(strata_c.j::text) <= $${statement.values.length + 1}::int8 THEN strata_c.j::text END AS j FROM (${statement.text}) strata_c`;
     const { rows } = await this.db.tenantQuery<{ j: string | null }>(ctx, text, [...statement.values, this.maxBytes], { readOnly: true });
