@@ -3,7 +3,8 @@
  *
  * The plan cache is an LRU (bounded in entries and in source bytes) keyed by (schema version,
  * role, operation name, document text). A hit skips parsing and validation; an operation without
- * variables also skips costing and compilation (its statement is cached with it). Documents the
+ * variables also skips costing and compilation (its statement is cached with it), and so does one
+ * with variables sent again with the same values (the last 16 value sets per document). Documents the
  * compiler cannot serve are cached as such, so they go straight to the resolvers.
  *
  * Anything unusual falls back to the resolver path (mercurius), which then answers exactly as it
@@ -57,7 +58,12 @@ interface Prepared {
   /** No variable definitions: cost and statement depend on nothing but the text. */
   constant: boolean;
   statement?: Statement;
+  /** With variables: the statements of the last variable values seen (by their JSON), oldest first. */
+  byValues?: Map<string, Statement>;
 }
+
+/** Statements kept per document with variables (a dashboard re-sends the same values). */
+const STATEMENTS_PER_DOCUMENT = 16;
 /** 'resolvers': the compiler does not serve it; 'text': (a shape entry) cache this document by its text. */
 type Entry = Prepared | 'resolvers' | 'text';
 export interface Statement {
@@ -135,6 +141,8 @@ export class CompiledQueries {
   /** Plan cache lookups that found / did not find the document. */
   hits = 0;
   misses = 0;
+  /** Statements compiled (a repeated document, or the same variable values again, compiles none). */
+  compiles = 0;
 
   constructor(
     private readonly db: Database,
@@ -273,18 +281,31 @@ export class CompiledQueries {
     if (entry === 'resolvers' || entry === 'text') return { kind: 'fallback' };
 
     let statement = entry.statement;
+    // Same document, same variable values: costing and compilation gave this statement already
+    // (the values decide both, so the key is exact: nothing is assumed about how a value is used).
+    const valuesKey = statement || entry.constant ? undefined : JSON.stringify(vars ?? {});
+    if (valuesKey !== undefined) statement = entry.byValues?.get(valuesKey);
     if (!statement) {
       const coerced = getVariableValues(schema, entry.operation.variableDefinitions ?? [], vars ?? {});
       if (coerced.errors) return { kind: 'fallback' };
       try {
         checkLimits(schema, entry.costDocument, operationName, vars);
         statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
+        this.compiles++;
       } catch (err) {
         if (err instanceof Unsupported) this.plans.set(entryKey, 'resolvers');
         else if (!(err instanceof AppError)) log.warn({ err }, 'GraphQL compiler failed; the resolvers serve the query');
         return { kind: 'fallback' };
       }
       if (entry.constant) entry.statement = statement;
+      else if (valuesKey !== undefined && valuesKey.length <= 4096) {
+        const kept = (entry.byValues ??= new Map<string, Statement>());
+        if (kept.size >= STATEMENTS_PER_DOCUMENT) kept.delete(kept.keys().next().value as string);
+        // the text is usually the same for every value set: keep it once
+        let text = statement.text;
+        for (const k of kept.values()) if (k.text === text) text = k.text;
+        kept.set(valuesKey, { text, values: statement.values });
+      }
     }
     try {
       const body = await this.execute(ctx, statement);
