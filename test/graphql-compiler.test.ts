@@ -1,5 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, type OperationDefinitionNode } from 'graphql/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
+import { compileOperation } from '../src/api/graphql/compile.js';
+import { boundedText } from '../src/api/graphql/compiled.js';
 
 type Row = Record<string, unknown>;
 const pluck = (list: unknown, key: string) => (list as Row[]).map((x) => x[key]);
@@ -162,6 +165,15 @@ describe('GraphQL compiler: one statement per query operation', () => {
     await gql(reader, q); // the schema was rebuilt (or not): the answer is still right
     const r = await gql(reader, q);
     expect(r.body.data.pipelines.nodes).toHaveLength(1);
+  });
+
+  it('runs the compiled statement once per request: the byte-bound wrapper does not duplicate it (one scan per table level)', async () => {
+    const op = parse('{ pipelines(first: 5) { nodes { id pipeline_runs(first: 3) { id } } } }').definitions[0] as OperationDefinitionNode;
+    const statement = compileOperation(t.app.graphql.schema, op, {}, {});
+    const plan = await t.db.adminQuery<{ 'QUERY PLAN': string }>(`EXPLAIN (COSTS OFF) ${boundedText(statement)}`, [...statement.values, 1_000_000]);
+    const text = plan.rows.map((r) => r['QUERY PLAN']).join('\n');
+    expect(text.match(/Scan[^\n]* on pipelines /g) ?? [], text).toHaveLength(1);
+    expect(text.match(/Scan[^\n]* on pipeline_runs /g) ?? [], text).toHaveLength(1);
   });
 
   it('reuses the statement of a document sent again with the same variable values, and answers each value set with its own rows', async () => {

@@ -73,6 +73,16 @@ export interface Statement {
 
 export type CompiledOutcome = { kind: 'served'; body: string } | { kind: 'failed'; error: unknown } | { kind: 'fallback' };
 
+/**
+ * A compiled statement measured inside PostgreSQL: its JSON text when it fits the byte bound (the
+ * parameter after the statement's own), else NULL. OFFSET 0 fences the statement: pulled up into
+ * this query, its expression would be written twice (in octet_length and in THEN) and PostgreSQL
+ * would run the whole statement twice (two InitPlans), doubling the cost of every query.
+ */
+export function boundedText(statement: Statement): string {
+  return `SELECT CASE WHEN octet_length(strata_c.j) <= $${statement.values.length + 1}::int8 THEN strata_c.j END AS j FROM (${statement.text} OFFSET 0) strata_c`;
+}
+
 /** `last` is a page size like `first`: the cost limit (which reads `first`) must count it too. */
 export function costView(document: DocumentNode): DocumentNode {
   return visit(document, {
@@ -328,7 +338,7 @@ export class CompiledQueries {
    */
   async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
     // The JSON is measured inside PostgreSQL: an answer past the bound never reaches the service.
-    const text = `SELECT CASE WHEN octet_length(strata_c.j::text) <= $${statement.values.length + 1}::int8 THEN strata_c.j::text END AS j FROM (${statement.text}) strata_c`;
+    const text = boundedText(statement);
     const { rows } = await this.db.tenantQuery<{ j: string | null }>(ctx, text, [...statement.values, this.maxBytes], { readOnly: true });
     return (rows[0] as { j: string | null }).j;
   }
