@@ -18,7 +18,8 @@ export const DEFAULT_GRAPHQL_MAX_BYTES = 16 * 1024 * 1024;
 
 /** A write statement (sql-write.ts) and whether it returns rows. */
 const WRITE = /^\s*(INSERT|UPDATE|DELETE)\b/i;
-const RETURNING = /\bRETURNING\b/;
+/** The clause sql-write.ts appends (outside quotes: a column may be named "RETURNING"). */
+const RETURNING = /(?<!")\bRETURNING\b(?!")/;
 
 /** The rows a bounded statement produced (sent or not): a write's affected rows. */
 const readBoundedTotal = (res: pg.QueryResult): number => Number((res.rows[0] as Record<string, unknown> | undefined)?.['strata$rows'] ?? 0);
