@@ -60,7 +60,7 @@ export default fp(
     const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX, app.config.GRAPHQL_MAX_RESPONSE_BYTES || app.config.RESPONSE_MAX_BYTES);
     compiled.enabled = app.config.GRAPHQL_COMPILER;
     app.decorate('graphqlCompiler', compiled);
-    const live = new LiveQueries(app.services.changes, compiled, { maxPerTenant: app.config.GRAPHQL_LIVE_MAX_PER_TENANT, debounceMs: app.config.GRAPHQL_LIVE_DEBOUNCE_MS, recheckMs: app.config.STREAM_AUTH_RECHECK_MS }, app.log);
+    const live = new LiveQueries(app.db, app.services.changes, compiled, { maxPerTenant: app.config.GRAPHQL_LIVE_MAX_PER_TENANT, debounceMs: app.config.GRAPHQL_LIVE_DEBOUNCE_MS, recheckMs: app.config.STREAM_AUTH_RECHECK_MS }, app.log);
     app.decorate('graphqlLive', live);
 
     /**

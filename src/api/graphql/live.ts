@@ -32,6 +32,7 @@ import {
   type GraphQLSchema,
   type OperationDefinitionNode,
 } from 'graphql/index.js';
+import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import type { ChangeService } from '../../services/changes/index.js';
 import type { CredentialEnd, CredentialWatch } from '../../services/identity/index.js';
@@ -151,6 +152,7 @@ class TenantHub {
   readonly ready: Promise<void>;
 
   constructor(
+    private readonly db: Database,
     private readonly changes: ChangeService,
     private readonly ctx: SessionContext,
     private readonly log: FastifyBaseLogger,
@@ -164,7 +166,7 @@ class TenantHub {
     let after: string | undefined;
     while (!this.abort.signal.aborted) {
       try {
-        after ??= await latestId(this.changes, this.ctx);
+        after ??= await horizon(this.db, this.ctx);
         started();
         for await (const e of this.changes.follow(this.ctx, after, {}, this.abort.signal)) {
           after = e.id;
@@ -207,21 +209,21 @@ class TenantHub {
   }
 }
 
-/** The newest change id the tenant can see now (the feed is horizon-safe: it pages from there). */
-async function latestId(changes: ChangeService, ctx: SessionContext): Promise<string> {
-  let after = '0';
-  for (;;) {
-    const page = await changes.list(ctx, { after, limit: 1000 });
-    const last = page.data.at(-1);
-    if (last) after = last.id;
-    if (!page.next_cursor) return after;
-  }
+/**
+ * Where a tenant's follower starts: the change horizon (strata.change_horizon()). Every event at or
+ * below it is settled (committed or rolled back), so it is in the first answers, which run after;
+ * every event above it is read by the follower. One statement, whatever the length of the log.
+ */
+async function horizon(db: Database, ctx: SessionContext): Promise<string> {
+  const { rows } = await db.tenantQuery<{ h: string }>(ctx, 'SELECT strata.change_horizon()::text AS h', [], { readOnly: true });
+  return rows[0]?.h ?? '0';
 }
 
 export class LiveQueries {
   private readonly hubs = new Map<string, TenantHub>();
 
   constructor(
+    private readonly db: Database,
     private readonly changes: ChangeService,
     private readonly compiled: CompiledQueries,
     private readonly opts: LiveOptions,
@@ -253,7 +255,7 @@ export class LiveQueries {
       throw new AppError(429, 'LIVE_QUERY_LIMIT', `tenant ${tenantId} has ${this.opts.maxPerTenant} open live queries on this server (GRAPHQL_LIVE_MAX_PER_TENANT); close one first`, { max: this.opts.maxPerTenant });
     }
     if (!hub) {
-      hub = new TenantHub(this.changes, ctx, this.log);
+      hub = new TenantHub(this.db, this.changes, ctx, this.log);
       this.hubs.set(tenantId, hub);
     }
     const tenantHub = hub;
