@@ -121,6 +121,24 @@ export function postgraphileTarget(port: number): Target {
   };
 }
 
+/**
+ * PostGraphile 5 (bench/anchors/postgraphile5) over Strata's benchmark database as Strata's app role,
+ * the tenant set by pgSettings (`strata.tenant_id`) under the same RLS policies: the two-level
+ * relationship query (pipelines -> pipeline_runs -> run_steps), as Strata's lists scenario asks it.
+ */
+export function postgraphile5Target(port: number, appUrl: string): Target {
+  const query =
+    '{ allPipelines(first: 10) { nodes { rowId name pipelineRunsByTenantIdAndPipelineId(first: 5) { nodes { rowId status runStepsByTenantIdAndRunId(first: 10) { nodes { rowId name } } } } } } }';
+  return {
+    name: 'C5-rls',
+    desc: 'PostGraphile 5.1.5 two-level relationship, pgSettings tenant under RLS',
+    port,
+    start: () => spawnLogged('C5-rls', process.execPath, [path.join(ROOT, 'bench', 'anchors', 'postgraphile5', 'server.mjs')], { PORT: String(port), NODE_ENV: 'production', DATABASE_URL: appUrl }),
+    request: () => ({ method: 'POST', path: '/graphql', headers: { 'content-type': 'application/json', 'x-tenant-id': '1' }, body: gql(query) }),
+    check: (_id, body) => (JSON.parse(body) as { data: { allPipelines: { nodes: unknown[] } } }).data.allPipelines.nodes.length === 10,
+  };
+}
+
 export function anchorTarget(name: string, mode: 'rls' | 'norls', port: number): Target {
   return {
     name,

@@ -25,7 +25,7 @@ import { SignJWT } from 'jose';
 import { APP_PASSWORD, APP_ROLE, BENCH_TENANTS, prepareBenchDatabase } from './setup.js';
 import {
   CONNECTION_LEVELS, DATABASE, DURATION, OUT, SERVER_URL, POOL_CONNECTIONS, ROOT, ROUNDS, SCENARIOS, SECRET, WARMUP,
-  anchorTarget, cannon, gql, histogram, log, median, metricsText, pgbench, postgraphileTarget, sleep, startAndCheck, stop, strataTarget, tenantOf, variant,
+  anchorTarget, cannon, gql, histogram, log, median, metricsText, pgbench, postgraphileTarget, postgraphile5Target, sleep, startAndCheck, stop, strataTarget, tenantOf, variant,
   type Measured,
 } from './lib.js';
 import type { BenchContext, BenchScenario } from './scenarios/types.js';
@@ -37,6 +37,10 @@ async function main(): Promise<void> {
   if (!existsSync(path.join(ROOT, 'bench', 'anchors', 'node_modules', 'postgraphile'))) {
     log('installing the reference servers (bench/anchors: Fastify + pg, PostGraphile 4.14.1)');
     execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: path.join(ROOT, 'bench', 'anchors'), stdio: 'inherit' });
+  }
+  if (has('lists') && !existsSync(path.join(ROOT, 'bench', 'anchors', 'postgraphile5', 'node_modules', 'postgraphile'))) {
+    log('installing PostGraphile 5 (bench/anchors/postgraphile5)');
+    execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: path.join(ROOT, 'bench', 'anchors', 'postgraphile5'), stdio: 'inherit' });
   }
   log('building dist/ (npm run build)');
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit' });
@@ -133,6 +137,7 @@ async function main(): Promise<void> {
       variant(gqlTarget, 'GraphQL two-level relationship', 'pipelines(first: 10) { pipeline_runs(first: 5) { run_steps } }',
         () => ({ method: 'POST', path: '/graphql', headers: { 'content-type': 'application/json', authorization: tokens[1]! }, body: gql('{ pipelines(first: 10) { nodes { id name pipeline_runs(first: 5) { id status run_steps(first: 10) { id name } } } } }') }),
         (_id, body) => (JSON.parse(body) as { data: { pipelines: { nodes: unknown[] } } }).data.pipelines.nodes.length === 10),
+      postgraphile5Target(3104, appUrl.toString()),
     ];
     md.push(`## Lists and relationships, 16 connections, ${DURATION}s`, '', '| query | req/s | p50 ms | p99 ms | non-2xx |', '|---|---:|---:|---:|---:|');
     const listRuns: Measured[] = [];
@@ -150,7 +155,7 @@ async function main(): Promise<void> {
       }
     }
     const ratio = (a: number, b: number) => ((listRuns[a]?.rps ?? 0) / (listRuns[b]?.rps || 1)).toFixed(2);
-    md.push('', `GraphQL / REST: 50-row page ${ratio(1, 0)}x, two-level relationship ${ratio(3, 2)}x.`);
+    md.push('', `GraphQL / REST: 50-row page ${ratio(1, 0)}x, two-level relationship ${ratio(3, 2)}x. Two-level, Strata GraphQL / PostGraphile 5: ${ratio(3, 4)}x.`);
     md.push('');
     report['lists'] = listRuns;
   }

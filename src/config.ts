@@ -89,6 +89,8 @@ export const EnvSchema = Type.Object({
   GRAPHQL_COMPILER: Type.Boolean({ default: true, description: 'Compile each GraphQL query operation into one SQL statement that builds the response JSON' }),
   /** GraphQL plan cache: documents kept parsed, validated (and, without variables, compiled) per (document, operation, role). */
   GRAPHQL_PLAN_CACHE_MAX: Int(1000, 1, 1_000_000),
+  GRAPHQL_LIVE_MAX_PER_TENANT: Int(200, 1, 100_000, 'Live queries (subscription { live { ... } }) one tenant may hold open per API process; more are refused with 429 LIVE_QUERY_LIMIT'),
+  GRAPHQL_LIVE_DEBOUNCE_MS: Int(20, 0, 60_000, 'How long a live query waits after a change event touching its tables before running again (events within it are folded into one re-run)'),
   /** pg_trgm word_similarity a fuzzy match needs (pg_trgm.word_similarity_threshold for the query). */
   SEARCH_FUZZY_SIMILARITY: Type.Number({ default: 0.5, minimum: 0.05, maximum: 1 }),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024, 1_073_741_824),

@@ -1,5 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, type OperationDefinitionNode } from 'graphql/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
+import { compileOperation } from '../src/api/graphql/compile.js';
+import { boundedText } from '../src/api/graphql/compiled.js';
 
 type Row = Record<string, unknown>;
 const pluck = (list: unknown, key: string) => (list as Row[]).map((x) => x[key]);
@@ -162,6 +165,43 @@ describe('GraphQL compiler: one statement per query operation', () => {
     await gql(reader, q); // the schema was rebuilt (or not): the answer is still right
     const r = await gql(reader, q);
     expect(r.body.data.pipelines.nodes).toHaveLength(1);
+  });
+
+  it('runs the compiled statement once per request: the byte-bound wrapper does not duplicate it (one scan per table level)', async () => {
+    const op = parse('{ pipelines(first: 5) { nodes { id pipeline_runs(first: 3) { id } } } }').definitions[0] as OperationDefinitionNode;
+    const statement = compileOperation(t.app.graphql.schema, op, {}, {});
+    const plan = await t.db.adminQuery<{ 'QUERY PLAN': string }>(`EXPLAIN (COSTS OFF) ${boundedText(statement)}`, [...statement.values, 1_000_000]);
+    const text = plan.rows.map((r) => r['QUERY PLAN']).join('\n');
+    expect(text.match(/Scan[^\n]* on pipelines /g) ?? [], text).toHaveLength(1);
+    expect(text.match(/Scan[^\n]* on pipeline_runs /g) ?? [], text).toHaveLength(1);
+  });
+
+  it('reuses the statement of a document sent again with the same variable values, and answers each value set with its own rows', async () => {
+    const c = t.app.graphqlCompiler;
+    const doc = 'query P($like: String!, $n: Int!) { pipelines(where: { name: { _like: $like } }, first: $n, order_by: [{ name: asc }]) { totalCount nodes { name } } }';
+    const ask = async (variables: Record<string, unknown>) => {
+      const r = await t.app.inject({ method: 'POST', url: '/graphql', headers: reader, payload: { query: doc, variables } });
+      expect(r.statusCode, r.body).toBe(200);
+      return r.json().data.pipelines;
+    };
+    const first = await ask({ like: 'stmt-%', n: 2 });
+    const compiles = c.compiles;
+    expect(await ask({ like: 'stmt-%', n: 2 })).toEqual(first);
+    expect(c.compiles).toBe(compiles); // same values: no costing, no compilation
+    // the statement is kept, not the answer: a new row shows
+    const w = await t.app.inject({ method: 'POST', url: '/v1/tables/pipelines/rows', headers: await t.auth('writer', 'acme'), payload: { name: 'stmt-a' } });
+    expect(w.statusCode).toBe(201);
+    const again = await ask({ like: 'stmt-%', n: 2 });
+    expect(again.totalCount).toBe(first.totalCount + 1);
+    expect(again.nodes.map((x: { name: string }) => x.name)).toContain('stmt-a');
+    // other values compile their own statement: a different page size is a different LIMIT
+    const one = await ask({ like: 'stmt-%', n: 1 });
+    expect(c.compiles).toBe(compiles + 1);
+    expect(one.nodes).toHaveLength(1);
+    expect(await ask({ like: 'nothing-%', n: 2 })).toEqual({ totalCount: 0, nodes: [] });
+    // a value past the limit is still refused, cached statements or not
+    const big = await t.app.inject({ method: 'POST', url: '/graphql', headers: reader, payload: { query: doc, variables: { like: 'stmt-%', n: 100_000 } } });
+    expect(big.json().errors[0].extensions.code).toBe('LIMIT_TOO_LARGE');
   });
 
   it('sends search, views and introspection to the resolvers, and mixes nothing up', async () => {

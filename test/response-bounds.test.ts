@@ -264,6 +264,35 @@ describe('bounded cost per request', () => {
       expect(ok.json().data.pipelines.nodes).toHaveLength(2);
     });
 
+    it('bounds a mutation answer in bytes: 413 RESPONSE_TOO_LARGE, and the write is rolled back', async () => {
+      const names = async () => (await t.db.adminQuery<{ name: string }>(`SELECT name FROM pipelines WHERE tenant_id = 'acme' AND name LIKE 'big%' ORDER BY name`)).rows.map((r) => r.name);
+      const before = await count();
+      // RETURNING two 700 KiB descriptions passes the 1 MiB bound: nothing renamed
+      const upd = await gql(writer, 'mutation { update_pipelines(where: { name: { _like: "big%" } }, _set: { name: "bigger" }) { affected_rows returning { id description } } }');
+      expect(upd.statusCode).toBe(413);
+      expect(upd.json().data).toBeNull();
+      expect(upd.json().errors[0].extensions.code).toBe('RESPONSE_TOO_LARGE');
+      expect(await names()).toEqual(['big1', 'big2']);
+      // an insert returning a row past the bound (sized inside PostgreSQL): nothing inserted
+      const ins = await gql(writer, `mutation { insert_pipelines(objects: [{ name: "huge", description: "${'z'.repeat(1100 * 1024)}" }]) { id description } }`);
+      expect(ins.statusCode).toBe(413);
+      expect(ins.json().errors[0].extensions.code).toBe('RESPONSE_TOO_LARGE');
+      expect(await count()).toBe(before);
+      // several fields share one budget: each of the two fits alone, both together do not; both roll back
+      const two = await gql(writer, 'mutation { a: update_pipelines_by_pk(pk_columns: { id: "0" }, _set: { name: "x" }) { id } b: update_pipelines(where: { name: { _eq: "big1" } }, _set: { name: "big1b" }) { returning { description } } c: update_pipelines(where: { name: { _eq: "big2" } }, _set: { name: "big2b" }) { returning { description } } }');
+      expect(two.statusCode).toBe(413);
+      expect(two.json().errors[0].extensions.code).toBe('RESPONSE_TOO_LARGE');
+      expect(await names()).toEqual(['big1', 'big2']);
+      // the same write with a small answer goes through, affected_rows counts every row
+      const small = await gql(writer, 'mutation { update_pipelines(where: { name: { _like: "big%" } }, _set: { name: "bigger" }) { affected_rows returning { id } } }');
+      expect(small.statusCode).toBe(200);
+      expect(small.json().data.update_pipelines.affected_rows).toBe(2);
+      expect(small.json().data.update_pipelines.returning).toHaveLength(2);
+      expect(await names()).toEqual(['bigger', 'bigger']);
+      await t.db.adminQuery(`UPDATE pipelines SET name = CASE WHEN description LIKE 'x%' THEN 'big1' ELSE 'big2' END WHERE tenant_id = 'acme' AND name = 'bigger'`);
+      await alive();
+    });
+
     it('answers a subscription sent over HTTP POST with 400 SUBSCRIPTION_NEEDS_WEBSOCKET', async () => {
       const r = await gql(reader, 'subscription { changes { id } }');
       expect(r.statusCode).toBe(400);

@@ -19,7 +19,8 @@ import { formatErrors } from '../api/graphql/errors.js';
 import { buildGraphqlSchema } from '../api/graphql/schema.js';
 import { viewFields } from '../api/graphql/views.js';
 import { normalizeLiterals } from '../api/graphql/normalize.js';
-import { changesSubscriptionOptions } from '../api/graphql/changes.js';
+import { changesSubscriptionOptions, liveResolution } from '../api/graphql/changes.js';
+import { LiveQueries } from '../api/graphql/live.js';
 import { CompiledQueries, costView } from '../api/graphql/compiled.js';
 import { graphiqlRoutes } from '../api/graphql/graphiql.js';
 
@@ -27,6 +28,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** The one-statement query compiler and its plan cache (GraphQL). */
     graphqlCompiler: CompiledQueries;
+    /** Live queries (subscription { live { ... } }): their per-tenant change followers. */
+    graphqlLive: LiveQueries;
   }
 }
 
@@ -57,6 +60,8 @@ export default fp(
     const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX, app.config.GRAPHQL_MAX_RESPONSE_BYTES || app.config.RESPONSE_MAX_BYTES);
     compiled.enabled = app.config.GRAPHQL_COMPILER;
     app.decorate('graphqlCompiler', compiled);
+    const live = new LiveQueries(app.db, app.services.changes, compiled, { maxPerTenant: app.config.GRAPHQL_LIVE_MAX_PER_TENANT, debounceMs: app.config.GRAPHQL_LIVE_DEBOUNCE_MS, recheckMs: app.config.STREAM_AUTH_RECHECK_MS }, app.log);
+    app.decorate('graphqlLive', live);
 
     /**
      * A query operation answered by one compiled statement: true when the reply is sent. Anything
@@ -109,6 +114,7 @@ export default fp(
     });
     app.addHook('onClose', async () => {
       unsubscribe();
+      live.close();
     });
 
     // GraphQL has its own introspection; keep its routes out of the REST OpenAPI document.
@@ -193,6 +199,10 @@ export default fp(
         throw badRequest('SUBSCRIPTION_NEEDS_WEBSOCKET', 'subscriptions are served over a WebSocket at /graphql (graphql-ws); send queries and mutations over HTTP');
       }
       checkLimits(schema, costView(document), state.operationName, variables as Record<string, unknown> | undefined);
+    });
+
+    app.graphql.addHook('onSubscriptionResolution', async (execution, context, id) => {
+      liveResolution(execution as { data?: Record<string, unknown> | null }, context as Parameters<typeof liveResolution>[1], id);
     });
 
     app.graphql.addHook('onResolution', async (execution, context) => {

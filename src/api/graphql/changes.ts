@@ -14,9 +14,25 @@ import { parseCursor, type ChangeEvent, type ChangeService } from '../../service
 import type { CredentialEnd, CredentialWatch } from '../../services/identity/index.js';
 import { AppError } from '../../errors.js';
 import { JSONScalar } from './scalars.js';
+import { planLive, type LiveEvent, type LiveQueries } from './live.js';
 
 interface SubscriptionContext {
-  cdc?: { changes: ChangeService; ctx: RequestContext; watch?: CredentialWatch; recheckMs?: number };
+  cdc?: { changes: ChangeService; ctx: RequestContext; watch?: CredentialWatch; recheckMs?: number; live?: LiveQueries; results?: Map<unknown, unknown> };
+  /** mercurius' id of the subscription (the resolver's context only). */
+  id?: unknown;
+}
+
+/**
+ * The data of a live query's latest answer, by subscription: the `live` field resolves to null (so
+ * graphql-js runs no resolver below it) and the answer PostgreSQL built is put in its place just
+ * before the message is sent (liveResolution, mercurius' onSubscriptionResolution hook).
+ */
+export function liveResolution(execution: { data?: Record<string, unknown> | null }, context: SubscriptionContext, id: unknown): void {
+  const results = context.cdc?.results;
+  if (!results?.has(id)) return;
+  const data = results.get(id);
+  results.delete(id);
+  if (execution.data && 'live' in execution.data) execution.data['live'] = data;
 }
 
 /** The subscription's last value: resolving the field to an Error makes it the message's error. */
@@ -111,11 +127,33 @@ function followIterator(
   return it;
 }
 
-/** The Subscription root type. */
-export function changesSubscriptionType(): GraphQLObjectType {
+/** The Subscription root type: `changes`, and `live` (a query re-run on change, live.ts) over `query`. */
+export function changesSubscriptionType(query: GraphQLObjectType): GraphQLObjectType {
   return new GraphQLObjectType<unknown, SubscriptionContext>({
     name: 'Subscription',
     fields: {
+      live: {
+        type: query,
+        description:
+          'A live query: the selection (any query over tables) is answered at once and again each time a change event touches a table it reads, only when the answer changed. Tables must be captured.',
+        subscribe: async (_root, _args, context, info) => {
+          const cdc = context.cdc;
+          if (!cdc?.live) throw new Error('subscriptions need an authenticated WebSocket connection');
+          try {
+            const plan = planLive(info);
+            await cdc.live.checkCaptured(plan.tables);
+            return mapEvents(cdc.live.open(cdc.ctx, plan, cdc.watch));
+          } catch (err) {
+            throw coded(err);
+          }
+        },
+        resolve: (event: unknown, _args, context) => {
+          const e = (event as { live: LiveEvent }).live;
+          if ('error' in e) throw e.error;
+          context.cdc?.results?.set(context.id, e.data);
+          return null;
+        },
+      },
       changes: {
         type: new GraphQLNonNull(ChangeEventType),
         description: 'Change events of captured tables, in id order, from `after` (default: from now).',
@@ -131,6 +169,33 @@ export function changesSubscriptionType(): GraphQLObjectType {
       },
     },
   });
+}
+
+/**
+ * A refusal at subscribe time as the WebSocket's `error` message carries it: mercurius sends only
+ * the message and the error's `extensions`, so the code goes in both (`LIVE_QUERY_LIMIT: ...`).
+ */
+function coded(err: unknown): unknown {
+  if (!(err instanceof AppError)) return err;
+  return Object.assign(new Error(`${err.code}: ${err.message}`, { cause: err }), { extensions: { code: err.code, status: err.statusCode, ...(err.details === undefined ? {} : { details: err.details }) } });
+}
+
+/** A live query's events as subscription payloads (graphql-js runs the root field on `{ live }`). */
+function mapEvents(it: AsyncIterableIterator<LiveEvent>): AsyncIterableIterator<{ live: LiveEvent }> {
+  const out: AsyncIterableIterator<{ live: LiveEvent }> = {
+    async next() {
+      const r = await it.next();
+      return r.done ? { done: true, value: undefined } : { done: false, value: { live: r.value } };
+    },
+    async return() {
+      await it.return?.();
+      return { done: true, value: undefined };
+    },
+    [Symbol.asyncIterator]() {
+      return out;
+    },
+  };
+  return out;
 }
 
 /** The newest id the tenant can see now: a subscription without `after` starts from there. */
@@ -153,6 +218,8 @@ export function changesSubscriptionOptions(app: FastifyInstance) {
         ctx: request.ctx,
         watch: app.auth.watch(request.headers, request.ctx),
         recheckMs: app.config.STREAM_AUTH_RECHECK_MS,
+        live: app.graphqlLive,
+        results: new Map(),
       },
     }),
   };

@@ -3,7 +3,8 @@
  *
  * The plan cache is an LRU (bounded in entries and in source bytes) keyed by (schema version,
  * role, operation name, document text). A hit skips parsing and validation; an operation without
- * variables also skips costing and compilation (its statement is cached with it). Documents the
+ * variables also skips costing and compilation (its statement is cached with it), and so does one
+ * with variables sent again with the same values (the last 16 value sets per document). Documents the
  * compiler cannot serve are cached as such, so they go straight to the resolvers.
  *
  * Anything unusual falls back to the resolver path (mercurius), which then answers exactly as it
@@ -44,6 +45,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
+import { tooLarge } from '../../services/data/index.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation } from './compile.js';
 
@@ -56,7 +58,12 @@ interface Prepared {
   /** No variable definitions: cost and statement depend on nothing but the text. */
   constant: boolean;
   statement?: Statement;
+  /** With variables: the statements of the last variable values seen (by their JSON), oldest first. */
+  byValues?: Map<string, Statement>;
 }
+
+/** Statements kept per document with variables (a dashboard re-sends the same values). */
+const STATEMENTS_PER_DOCUMENT = 16;
 /** 'resolvers': the compiler does not serve it; 'text': (a shape entry) cache this document by its text. */
 type Entry = Prepared | 'resolvers' | 'text';
 export interface Statement {
@@ -65,6 +72,16 @@ export interface Statement {
 }
 
 export type CompiledOutcome = { kind: 'served'; body: string } | { kind: 'failed'; error: unknown } | { kind: 'fallback' };
+
+/**
+ * A compiled statement measured inside PostgreSQL: its JSON text when it fits the byte bound (the
+ * parameter after the statement's own), else NULL. OFFSET 0 fences the statement: pulled up into
+ * this query, its expression would be written twice (in octet_length and in THEN) and PostgreSQL
+ * would run the whole statement twice (two InitPlans), doubling the cost of every query.
+ */
+export function boundedText(statement: Statement): string {
+  return `SELECT CASE WHEN octet_length(strata_c.j) <= $${statement.values.length + 1}::int8 THEN strata_c.j END AS j FROM (${statement.text} OFFSET 0) strata_c`;
+}
 
 /** `last` is a page size like `first`: the cost limit (which reads `first`) must count it too. */
 export function costView(document: DocumentNode): DocumentNode {
@@ -134,6 +151,8 @@ export class CompiledQueries {
   /** Plan cache lookups that found / did not find the document. */
   hits = 0;
   misses = 0;
+  /** Statements compiled (a repeated document, or the same variable values again, compiles none). */
+  compiles = 0;
 
   constructor(
     private readonly db: Database,
@@ -143,6 +162,11 @@ export class CompiledQueries {
   ) {
     // bounded by entries and by the documents' size (an AST is a few times its source)
     this.plans = new LRUCache<string, Entry>({ max: Math.max(1, maxEntries), maxSize: Math.max(1, maxEntries) * 32_768, sizeCalculation: (_v, k) => Math.max(1, k.length * 4) });
+  }
+
+  /** The 413 of an answer past the byte bound (live queries; the resolvers raise their own). */
+  tooLarge(): AppError {
+    return tooLarge('the GraphQL answer', this.maxBytes, 'GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES', 'ask for fewer rows (first), fewer fields or fewer nested lists') as AppError;
   }
 
   clear(): void {
@@ -267,18 +291,31 @@ export class CompiledQueries {
     if (entry === 'resolvers' || entry === 'text') return { kind: 'fallback' };
 
     let statement = entry.statement;
+    // Same document, same variable values: costing and compilation gave this statement already
+    // (the values decide both, so the key is exact: nothing is assumed about how a value is used).
+    const valuesKey = statement || entry.constant ? undefined : JSON.stringify(vars ?? {});
+    if (valuesKey !== undefined) statement = entry.byValues?.get(valuesKey);
     if (!statement) {
       const coerced = getVariableValues(schema, entry.operation.variableDefinitions ?? [], vars ?? {});
       if (coerced.errors) return { kind: 'fallback' };
       try {
         checkLimits(schema, entry.costDocument, operationName, vars);
         statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
+        this.compiles++;
       } catch (err) {
         if (err instanceof Unsupported) this.plans.set(entryKey, 'resolvers');
         else if (!(err instanceof AppError)) log.warn({ err }, 'GraphQL compiler failed; the resolvers serve the query');
         return { kind: 'fallback' };
       }
       if (entry.constant) entry.statement = statement;
+      else if (valuesKey !== undefined && valuesKey.length <= 4096) {
+        const kept = (entry.byValues ??= new Map<string, Statement>());
+        if (kept.size >= STATEMENTS_PER_DOCUMENT) kept.delete(kept.keys().next().value as string);
+        // the text is usually the same for every value set: keep it once
+        let text = statement.text;
+        for (const k of kept.values()) if (k.text === text) text = k.text;
+        kept.set(valuesKey, { text, values: statement.values });
+      }
     }
     try {
       const body = await this.execute(ctx, statement);
@@ -299,9 +336,9 @@ export class CompiledQueries {
    * statement and commit in one write), read-only. This is the one place where a bound on the
    * answer's size applies to compiled queries.
    */
-  private async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
+  async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
     // The JSON is measured inside PostgreSQL: an answer past the bound never reaches the service.
-    const text = `SELECT CASE WHEN octet_length(strata_c.j::text) <= $${statement.values.length + 1}::int8 THEN strata_c.j::text END AS j FROM (${statement.text}) strata_c`;
+    const text = boundedText(statement);
     const { rows } = await this.db.tenantQuery<{ j: string | null }>(ctx, text, [...statement.values, this.maxBytes], { readOnly: true });
     return (rows[0] as { j: string | null }).j;
   }

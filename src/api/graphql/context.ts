@@ -16,6 +16,14 @@ import { boundRowsSql, readBounded, tooLarge } from '../../services/data/index.j
 /** The default byte budget of one GraphQL request (GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES). */
 export const DEFAULT_GRAPHQL_MAX_BYTES = 16 * 1024 * 1024;
 
+/** A write statement (sql-write.ts) and whether it returns rows. */
+const WRITE = /^\s*(INSERT|UPDATE|DELETE)\b/i;
+/** The clause sql-write.ts appends (outside quotes: a column may be named "RETURNING"). */
+const RETURNING = /(?<!")\bRETURNING\b(?!")/;
+
+/** The rows a bounded statement produced (sent or not): a write's affected rows. */
+const readBoundedTotal = (res: pg.QueryResult): number => Number((res.rows[0] as Record<string, unknown> | undefined)?.['strata$rows'] ?? 0);
+
 /** Rejection that makes withTenant roll the mutation transaction back. */
 class Rollback extends Error {}
 const ROLLBACK = new Rollback('rollback');
@@ -108,6 +116,19 @@ export class GraphqlRequest {
     return [boundRowsSql(text, `$${all.length}`), all];
   }
 
+  /**
+   * A statement of the mutation transaction bounded by the bytes left. A write with RETURNING
+   * becomes a data-modifying CTE read through the bound (the write runs in full whatever is sent);
+   * a write without RETURNING sends no rows and is left as it is.
+   */
+  private boundedWrite(text: string, values: unknown[]): [string, unknown[]] {
+    if (!WRITE.test(text)) return this.bounded(text, values);
+    if (!RETURNING.test(text)) return [text, values];
+    const all = [...values, Math.max(0, this.bytesLeft)];
+    const read = boundRowsSql('SELECT * FROM strata_w', `$${all.length}`);
+    return [`WITH strata_w AS (\n${text}\n), ${read.slice('WITH '.length)}`, all];
+  }
+
   /** Take a bounded result's bytes off the budget; 413 RESPONSE_TOO_LARGE when rows were left out. */
   private settle<R extends pg.QueryResultRow>(res: pg.QueryResult<R>): pg.QueryResult<R> {
     const b = readBounded(res);
@@ -144,7 +165,16 @@ export class GraphqlRequest {
     this.mutation ??= new MutationTransaction(this.db, this.ctx);
     try {
       const tx = await this.mutation.tx();
-      return await tx.query<R>(text, values);
+      // The mutation's answer is bounded like a query's: its RETURNING rows and the reads of its
+      // selection. Past the bound the field fails 413 RESPONSE_TOO_LARGE, which fails the request:
+      // the transaction rolls back, so an answer too large to send writes nothing.
+      const [bounded, all] = this.boundedWrite(text, values);
+      if (bounded === text) return await tx.query<R>(text, values);
+      const res = await tx.query<R>(bounded, all);
+      const total = readBoundedTotal(res);
+      this.settle(res);
+      res.rowCount = total;
+      return res;
     } catch (err) {
       this.mutationFailed = true;
       throw err;

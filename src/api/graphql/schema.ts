@@ -270,10 +270,11 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
   for (const [k, v] of Object.entries(extra)) if (!(k in query)) query[k] = v; // views.ts: dashboards (a table of that name wins)
   query['search'] = searchField();
   if (!Object.keys(query).length) query['_empty'] = { type: GraphQLBoolean, description: 'No table is exposed yet.' };
+  const queryType = new GraphQLObjectType({ name: 'Query', fields: query });
   return new GraphQLSchema({
-    query: new GraphQLObjectType({ name: 'Query', fields: query }),
+    query: queryType,
     mutation: Object.keys(mutation).length ? new GraphQLObjectType({ name: 'Mutation', fields: mutation }) : undefined,
-    subscription: changesSubscriptionType(),
+    subscription: changesSubscriptionType(queryType),
   });
 }
 
