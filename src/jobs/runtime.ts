@@ -46,6 +46,7 @@ const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
 const LIMIT_DELAY_MS = 1_000;
 import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
 import { createClusterService } from '../services/cluster/index.js';
+import { sandboxCreate } from './processors/sandboxes.js';
 
 export type { Processor, ProcessorContext, ProcessorServices } from './processor.js';
 
@@ -67,6 +68,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'tenant-move': tenantMove,
   'tenant-isolate': tenantIsolate,
   'cluster-rebalance': clusterRebalance,
+  'sandbox-create': sandboxCreate,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {

@@ -31,7 +31,7 @@ export interface JobInputs {
   'replay-webhook': { webhookId: string; after: string; until?: string };
   /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
   'maintain-changes': Record<never, never>;
-  /** Remove orphaned export/backup temporaries and expired Idempotency-Key records (scheduled; platform). */
+  /** Remove orphaned export/backup temporaries, expired Idempotency-Key records and expired tenant sandboxes (scheduled; platform). */
   'sweep-temporaries': Record<never, never>;
   /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
   'search-index-create': { table: string };
@@ -43,6 +43,8 @@ export interface JobInputs {
   'tenant-isolate': { tenant: string };
   /** Cluster mode: rebalance shards over the workers (citus_rebalance_start). */
   'cluster-rebalance': Record<never, never>;
+  /** Copy one tenant's rows into the sandbox recorded in strata.sandboxes (POST /v1/admin/sandboxes). */
+  'sandbox-create': { sandbox_id: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -64,6 +66,7 @@ export const JOB_QUEUES = {
   'tenant-move': 'cluster',
   'tenant-isolate': 'cluster',
   'cluster-rebalance': 'cluster',
+  'sandbox-create': 'sandboxes',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];
