@@ -80,7 +80,7 @@ describe('tenant sandboxes', () => {
   const create = async (headers: Headers, body: Record<string, unknown>) => {
     const res = await inject('POST', '/v1/admin/sandboxes', headers, body);
     expect(res.statusCode, res.body).toBe(202);
-    const out = res.json() as { data: { id: string; status: string; tenant: string; name: string }; job_id: string };
+    const out = res.json<{ data: { id: string; status: string; tenant: string; name: string }; job_id: string }>();
     expect(out.data.status).toBe('creating');
     const job = await finished(out.job_id);
     expect(job.state, JSON.stringify(job)).toBe('completed');
