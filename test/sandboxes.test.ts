@@ -143,6 +143,10 @@ describe('tenant sandboxes', () => {
     const sample = (await t.db.adminQuery("SELECT to_jsonb(p) AS j FROM pipelines p WHERE tenant_id = 'acme' ORDER BY id LIMIT 20")).rows;
     const inBox = await onSandbox(acmeBox.id, async (c) => (await c.query('SELECT to_jsonb(p) AS j FROM pipelines p ORDER BY id LIMIT 20')).rows);
     expect(inBox).toEqual(sample);
+    // the copy knows which migrations it has (so `strata migrate` can be tried on it), and no other tenant's record
+    const applied = (await t.db.adminQuery<{ id: string }>('SELECT id FROM strata.schema_migrations ORDER BY id')).rows;
+    expect(await onSandbox(acmeBox.id, async (c) => (await c.query<{ id: string }>('SELECT id FROM strata.schema_migrations ORDER BY id')).rows)).toEqual(applied);
+    expect(await onSandbox(acmeBox.id, async (c) => (await c.query<{ id: string }>('SELECT id FROM strata.tenants')).rows)).toEqual([{ id: 'acme' }]);
     // no change events were produced by the copy
     expect(await onSandbox(acmeBox.id, async (c) => (await c.query<{ n: number }>('SELECT count(*)::int AS n FROM strata.changes')).rows[0]!.n)).toBe(0);
   });

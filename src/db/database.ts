@@ -24,6 +24,8 @@ import {
 } from './session.js';
 
 export const DEFAULT_SHARD = 'default';
+/** Sandboxes one process keeps pools open to at once (least recently used closed first). */
+const MAX_SANDBOX_SHARDS = 32;
 
 /** The pools of a shard a tenant session may take a connection from. */
 export type PoolKind = 'app' | 'stream';
@@ -196,7 +198,12 @@ export class Database {
    */
   private sandboxShard(target: SandboxTarget): Shard {
     const found = this.sandboxShards.get(target.database);
-    if (found) return found;
+    if (found) {
+      // most recently used last: the bound below closes the pools unused the longest
+      this.sandboxShards.delete(target.database);
+      this.sandboxShards.set(target.database, found);
+      return found;
+    }
     const config = this.opts.config;
     const base = poolOptions(config);
     const url = new URL(this.opts.appUrl);
@@ -210,6 +217,12 @@ export class Database {
       stream: new StrataPool({ ...base, name: `${id}/stream`, connectionString, max: Math.max(1, Math.ceil(max / 2)), min: 0 }, this.opts.log, this.metrics),
     };
     this.sandboxShards.set(target.database, shard);
+    // bounded: a sandbox dropped by another process never tells this one, so its pools are only
+    // closed here when unused for longest (their connections were already ended by the drop)
+    if (this.sandboxShards.size > MAX_SANDBOX_SHARDS) {
+      const oldest = this.sandboxShards.keys().next().value as string;
+      void this.closeSandbox(oldest).catch((err: unknown) => this.opts.log.warn({ err, database: oldest }, 'could not close the pools of a sandbox'));
+    }
     return shard;
   }
 
