@@ -312,6 +312,24 @@ describe('tenant sandboxes', () => {
     await t.db.adminQuery('DELETE FROM strata.sandboxes WHERE id = $1', [id]);
   });
 
+  it('holds the per-tenant bound under concurrent creations, and a DELETE while copying leaves nothing behind', async () => {
+    const before = await realCounts();
+    const answers = await Promise.all(['c1', 'c2', 'c3'].map((name) => inject('POST', '/v1/admin/sandboxes', h['globex']!, { tenant: 'globex', name })));
+    const statuses = answers.map((a) => a.statusCode).sort();
+    expect(statuses).toEqual([202, 202, 409]);
+    expect(answers.find((a) => a.statusCode === 409)!.json().error.code).toBe('SANDBOX_LIMIT_REACHED');
+    const made = answers.filter((a) => a.statusCode === 202).map((a) => a.json<{ data: { id: string }; job_id: string }>());
+    // deleted at once, while their copies are queued or running
+    for (const m of made) expect((await inject('DELETE', `/v1/admin/sandboxes/${m.data.id}`, h['globex']!)).statusCode).toBe(200);
+    for (const m of made) await finished(m.job_id);
+    await waitFor(async () => {
+      const left = (await sandboxDatabases()).filter((d) => made.some((m) => d === databaseFor(m.data.id)));
+      return left.length === 0 ? true : undefined;
+    }, 30_000);
+    expect((await records()).filter((r) => r.tenant_id === 'globex')).toEqual([]);
+    expect(await realCounts()).toEqual(before);
+  });
+
   it('DELETE drops the database; the name then serves nothing', async () => {
     const res = await inject('DELETE', `/v1/admin/sandboxes/${acmeBox.id}`, h['acme']!);
     expect(res.statusCode, res.body).toBe(200);
