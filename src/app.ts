@@ -69,6 +69,9 @@ import { createRestFunctionsService, createRestRowsService, type RestFunctionsSe
 import clusterRoutes from './api/rest/cluster/index.js';
 import clusterGuard from './plugins/cluster-guard.js';
 import { createClusterService, type ClusterService } from './services/cluster/index.js';
+import { createSandboxService, type SandboxService } from './services/sandboxes/index.js';
+import sandboxRoutes from './api/rest/sandboxes/index.js';
+import sandboxPlugin from './plugins/sandbox.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -94,6 +97,7 @@ export interface AppServices extends BackupServices {
   restRows: RestRowsService;
   restFunctions: RestFunctionsService;
   cluster: ClusterService;
+  sandboxes: SandboxService;
 }
 
 declare module 'fastify' {
@@ -227,6 +231,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     restFunctions: createRestFunctionsService({ db, schema }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
     cluster: createClusterService({ db }),
+    sandboxes: createSandboxService({ db, log: app.log, ttlS: config.SANDBOX_TTL_S, maxPerTenant: config.SANDBOX_MAX_PER_TENANT }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -247,6 +252,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(maintenancePlugin);
   await app.register(idempotencyPlugin);
   await app.register(clusterGuard);
+  await app.register(sandboxPlugin);
 
   await app.register(healthRoutes);
   await app.register(tenantRoutes, { prefix: '/v1/admin/tenants' });
@@ -277,6 +283,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(testingRoutes, { prefix: '/v1/testing' });
   await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
   await app.register(clusterRoutes, { prefix: '/v1/admin' });
+  await app.register(sandboxRoutes, { prefix: '/v1/admin/sandboxes' });
   return app;
 }
 

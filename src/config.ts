@@ -191,6 +191,11 @@ export const EnvSchema = Type.Object({
   /** Testing mode: most rows one tenant snapshot may hold (more -> 413 SNAPSHOT_TOO_LARGE), and how long snapshots are kept. */
   TESTING_SNAPSHOT_MAX_ROWS: Type.Integer({ default: 100_000, minimum: 1, maximum: 10_000_000, description: "Testing mode: most rows one tenant snapshot may hold (more: 413 SNAPSHOT_TOO_LARGE)" }),
   TESTING_SNAPSHOT_TTL_S: Type.Integer({ default: 86_400, minimum: 60, maximum: 2_592_000, description: "Testing mode: seconds a tenant snapshot is kept (in Redis)" }),
+  /** Tenant sandboxes (docs/testing.md#tenant-sandboxes): lifetime, how many per tenant, the largest copy, pool per sandbox. */
+  SANDBOX_TTL_S: Type.Integer({ default: 86_400, minimum: 60, maximum: 2_592_000, description: 'Tenant sandboxes: seconds a sandbox lives when POST /v1/admin/sandboxes gives no ttl_s; expired sandboxes are refused at once and dropped by the sweep (SWEEP_CRON)' }),
+  SANDBOX_MAX_PER_TENANT: Type.Integer({ default: 3, minimum: 1, maximum: 100, description: 'Tenant sandboxes: how many one tenant may have at once, creating or ready (more: 409 SANDBOX_LIMIT_REACHED)' }),
+  SANDBOX_MAX_ROWS: Type.Integer({ default: 1_000_000, minimum: 1, maximum: 1_000_000_000, description: 'Tenant sandboxes: most rows one sandbox may copy (a larger tenant: the job fails with SANDBOX_TOO_LARGE and the database is dropped)' }),
+  SANDBOX_POOL_MAX: Type.Integer({ default: 4, minimum: 1, maximum: 100, description: 'Tenant sandboxes: connections per API process to one sandbox database (its streaming pool gets half, at least one)' }),
   /** BullMQ slots of the webhooks queue per worker process (delivery loops wait on the network): at least WORKER_CONCURRENCY. */
   WEBHOOK_WORKER_CONCURRENCY: Int(16, 1, 1024),
   /** Webhooks a tenant may have (more -> 409 WEBHOOK_LIMIT_REACHED). */

@@ -32,6 +32,17 @@ export interface RequestContext {
   readonly tenantId: string | null;
   readonly actor: string;
   readonly role: Role;
+  /** Set when the request names a tenant sandbox: every tenant session of it runs on the sandbox's database. */
+  readonly sandbox?: SandboxTarget;
+  /** The token's `sandbox` claim: such a credential is served against that sandbox only, never the real data. */
+  readonly sandboxClaim?: string;
+}
+
+/** A tenant sandbox a request is served against (resolved and checked against the tenant by the API). */
+export interface SandboxTarget {
+  readonly id: string;
+  /** The sandbox's database on the same server (strata_sbx_<hex>, from strata.sandboxes, never from input). */
+  readonly database: string;
 }
 
 /** Tenant identifiers: also enforced by a CHECK on strata.tenants. */

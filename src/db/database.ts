@@ -16,6 +16,7 @@ import {
   runInTransaction,
   runSingleStatement,
   type QueryObserver,
+  type SandboxTarget,
   type SessionContext,
   type SessionDeps,
   type Tx,
@@ -23,6 +24,8 @@ import {
 } from './session.js';
 
 export const DEFAULT_SHARD = 'default';
+/** Sandboxes one process keeps pools open to at once (least recently used closed first). */
+const MAX_SANDBOX_SHARDS = 32;
 
 /** The pools of a shard a tenant session may take a connection from. */
 export type PoolKind = 'app' | 'stream';
@@ -60,6 +63,8 @@ export class Database {
   readonly metrics: DbMetrics;
   readonly admin: StrataPool;
   private readonly shards = new Map<string, Shard>();
+  /** Pools of the tenant sandboxes requests were served against, by database name (opened on first use). */
+  private readonly sandboxShards = new Map<string, Shard>();
   private readonly deps: SessionDeps;
   private gate: TenantGate | undefined;
   private mode: ClusterMode = { cluster: false, citusVersion: null, workers: 0 };
@@ -199,6 +204,55 @@ export class Database {
     return shard;
   }
 
+  /** The shard a session context runs on: its sandbox's database when it names one, else its tenant's shard. */
+  shardOf(ctx: SessionContext): Shard {
+    return ctx.sandbox === undefined ? this.shardFor(ctx.tenantId) : this.sandboxShard(ctx.sandbox);
+  }
+
+  /**
+   * Small pools on a sandbox's database, as the application role (so RLS applies there as here),
+   * opened on first use and kept until closeSandbox().
+   */
+  private sandboxShard(target: SandboxTarget): Shard {
+    const found = this.sandboxShards.get(target.database);
+    if (found) {
+      // most recently used last: the bound below closes the pools unused the longest
+      this.sandboxShards.delete(target.database);
+      this.sandboxShards.set(target.database, found);
+      return found;
+    }
+    const config = this.opts.config;
+    const base = poolOptions(config);
+    const url = new URL(this.opts.appUrl);
+    url.pathname = `/${target.database}`;
+    const connectionString = url.toString();
+    const max = config.SANDBOX_POOL_MAX;
+    const id = `sandbox:${target.id}`;
+    const shard: Shard = {
+      id,
+      app: new StrataPool({ ...base, name: `${id}/app`, connectionString, pipeline: true, max, min: 0 }, this.opts.log, this.metrics),
+      stream: new StrataPool({ ...base, name: `${id}/stream`, connectionString, max: Math.max(1, Math.ceil(max / 2)), min: 0 }, this.opts.log, this.metrics),
+    };
+    this.sandboxShards.set(target.database, shard);
+    // bounded: a sandbox dropped by another process never tells this one, so its pools are only
+    // closed here when unused for longest (their connections were already ended by the drop)
+    if (this.sandboxShards.size > MAX_SANDBOX_SHARDS) {
+      const oldest = this.sandboxShards.keys().next().value as string;
+      void this.closeSandbox(oldest).catch((err: unknown) => this.opts.log.warn({ err, database: oldest }, 'could not close the pools of a sandbox'));
+    }
+    return shard;
+  }
+
+  /** Close this process's pools on a sandbox's database (before it is dropped, or once it is gone). */
+  async closeSandbox(database: string): Promise<void> {
+    const shard = this.sandboxShards.get(database);
+    if (!shard) return;
+    this.sandboxShards.delete(database);
+    await Promise.all([shard.app.drain(2_000), shard.stream.drain(2_000)]);
+    this.metrics.unregisterPool(shard.app);
+    this.metrics.unregisterPool(shard.stream);
+  }
+
   allShards(): Shard[] {
     return [...this.shards.values()];
   }
@@ -210,8 +264,8 @@ export class Database {
    */
   withTenant<T>(ctx: SessionContext | Tx, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
     // a savepoint of an open transaction already holds its connection (and its slot)
-    if ('ctx' in ctx) return runInTransaction(this.shardFor(ctx.ctx.tenantId).app, this.deps, ctx, fn, opts);
-    const pool = this.shardFor(ctx.tenantId).app;
+    if ('ctx' in ctx) return runInTransaction(this.shardOf(ctx.ctx).app, this.deps, ctx, fn, opts);
+    const pool = this.shardOf(ctx).app;
     return this.gated(pool, 'app', ctx.tenantId, () => runInTransaction(pool, this.deps, ctx, fn, opts));
   }
 
@@ -222,7 +276,7 @@ export class Database {
 
   /** A tenant transaction on a non-pipelined connection, for cursors and COPY streams. */
   withTenantStream<T>(ctx: SessionContext, fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T> {
-    const pool = this.shardFor(ctx.tenantId).stream;
+    const pool = this.shardOf(ctx).stream;
     return this.gated(pool, 'stream', ctx.tenantId, () => runInTransaction(pool, this.deps, ctx, fn, opts));
   }
 
@@ -239,7 +293,7 @@ export class Database {
     if (opts?.isolation && opts.isolation !== 'read committed') {
       return this.withTenant(ctx, (tx) => tx.query<R>(text, values, { final: true }), opts);
     }
-    const pool = this.shardFor(ctx.tenantId).app;
+    const pool = this.shardOf(ctx).app;
     if (this.gate === undefined) return runSingleStatement<R>(pool, this.deps, ctx, text, values, opts);
     return this.gated(pool, 'app', ctx.tenantId, () => runSingleStatement<R>(pool, this.deps, ctx, text, values, opts));
   }
@@ -251,7 +305,7 @@ export class Database {
 
   /** Pools of every shard and the admin pool. */
   pools(): StrataPool[] {
-    return [this.admin, ...[...this.shards.values()].flatMap((s) => [s.app, s.stream])];
+    return [this.admin, ...[...this.shards.values(), ...this.sandboxShards.values()].flatMap((s) => [s.app, s.stream])];
   }
 
   /** Clients borrowed and not yet returned, across all pools. */

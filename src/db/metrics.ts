@@ -20,6 +20,8 @@ export interface DbMetrics {
   /** querySeconds bound to a pool's label, cached (observing through labels() objects skips hashing). */
   queryHistogram(pool: string): { observe(v: number): void };
   registerPool(pool: PoolLike): void;
+  /** A pool closed for good (a dropped sandbox's): its gauges stop being reported. */
+  unregisterPool(pool: PoolLike): void;
 }
 
 /** Metrics live on the given registry so several apps (tests) never collide. */
@@ -94,5 +96,6 @@ export function createDbMetrics(registry: Registry): DbMetrics {
       registers: [registry],
     }),
     registerPool: (p) => void pools.add(p),
+    unregisterPool: (p) => void pools.delete(p),
   };
 }

@@ -100,6 +100,8 @@ export interface QueryObserver {
   readonly repeatThreshold: number;
 }
 
+export type { SandboxTarget } from '../domain.js';
+
 export interface SessionContext extends RequestContext {
   readonly stats?: QueryStats;
   /**

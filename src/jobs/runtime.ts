@@ -48,6 +48,7 @@ import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluste
 import { createClusterService } from '../services/cluster/index.js';
 import { complianceAnonymize, complianceRotate, complianceScan } from './processors/compliance.js';
 import { createComplianceOps, createTenantKeys, parseMasterKeys } from '../services/compliance/index.js';
+import { sandboxCreate } from './processors/sandboxes.js';
 
 export type { Processor, ProcessorContext, ProcessorServices } from './processor.js';
 
@@ -72,6 +73,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'compliance-scan': complianceScan,
   'compliance-anonymize': complianceAnonymize,
   'compliance-rotate': complianceRotate,
+  'sandbox-create': sandboxCreate,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {

@@ -34,6 +34,7 @@ export const CLUSTER_UNSUPPORTED: readonly Rule[] = [
   { prefix: '/v1/exports', capability: 'export jobs', reason: 'COPY exports through the coordinator are not yet verified on a cluster' },
   { prefix: '/v1/search', capability: 'search', reason: 'search over distributed tables is not yet verified on a cluster' },
   { prefix: '/v1/admin/search-indexes', capability: 'search indexes', reason: 'search index DDL on distributed tables is not yet verified on a cluster' },
+  { prefix: '/v1/admin/sandboxes', capability: 'tenant sandboxes', reason: "a sandbox is a copy of the coordinator's database; a cluster's tenant rows live on the workers' shards" },
   { prefix: '/v1/admin/index-advice', capability: 'index advice', reason: 'HypoPG hypothetical indexes exist only on the coordinator, where no shard rows are planned' },
 ];
 

@@ -42,7 +42,8 @@ export default fp(
       if (typeof key !== 'string' || !IDEMPOTENCY_KEY.test(key)) {
         throw badRequest('BAD_IDEMPOTENCY_KEY', 'Idempotency-Key must be 1 to 255 visible ASCII characters (e.g. a UUID)');
       }
-      const tenant = request.ctx.tenantId ?? '';
+      // a sandbox's keys are its own: the same key on the real tenant and on a sandbox are two requests
+      const tenant = (request.ctx.tenantId ?? '') + (request.ctx.sandbox ? `@sandbox:${request.ctx.sandbox.id}` : '');
       const found = await store.begin(tenant, key, requestFingerprint(request.method, request.url, request.body));
       switch (found.kind) {
         case 'new':

@@ -181,6 +181,23 @@ export interface StrataSandboxRevoked {
   grantees: string[];
 }
 
+export interface StrataSandboxes {
+  id: Defaulted<string>;
+  tenant_id: string;
+  name: string;
+  database: string;
+  status: Defaulted<'creating' | 'ready' | 'failed'>;
+  anonymized: Defaulted<boolean>;
+  job_id: string | null;
+  error: string | null;
+  tables: number | null;
+  rows: Int8 | null;
+  created_by: string;
+  created_at: Defaulted<Timestamp>;
+  ready_at: Timestamp | null;
+  expires_at: Timestamp;
+}
+
 export interface StrataSearchIndexes {
   table_name: string;
   columns: Json;
@@ -297,6 +314,7 @@ export interface PlatformDB {
   'strata.idempotency_keys': StrataIdempotencyKeys;
   'strata.key_rotations': StrataKeyRotations;
   'strata.sandbox_revoked': StrataSandboxRevoked;
+  'strata.sandboxes': StrataSandboxes;
   'strata.search_indexes': StrataSearchIndexes;
   'strata.subject_keys': StrataSubjectKeys;
   'strata.tenant_keys': StrataTenantKeys;

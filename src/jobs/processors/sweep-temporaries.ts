@@ -2,6 +2,7 @@
 import path from 'node:path';
 import type { ProcessorContext } from '../processor.js';
 import { sweepTemporaries } from '../../services/maintenance-sweep/index.js';
+import { createSandboxService } from '../../services/sandboxes/index.js';
 
 export async function sweepTemporariesJob(ctx: ProcessorContext<'sweep-temporaries'>) {
   const c = ctx.db.config;
@@ -13,6 +14,8 @@ export async function sweepTemporariesJob(ctx: ProcessorContext<'sweep-temporari
     db: ctx.db,
     log: ctx.log,
   });
-  if (result.exports || result.backups || result.manifests) ctx.log.info(result, 'orphaned temporaries swept');
-  return result;
+  // expired tenant sandboxes: their databases are dropped (requests were already refused at expiry)
+  const sandboxes = await createSandboxService({ db: ctx.db, log: ctx.log, ttlS: c.SANDBOX_TTL_S, maxPerTenant: c.SANDBOX_MAX_PER_TENANT }).sweep();
+  if (result.exports || result.backups || result.manifests || sandboxes) ctx.log.info({ ...result, sandboxes }, 'orphaned temporaries and expired sandboxes swept');
+  return { ...result, sandboxes };
 }

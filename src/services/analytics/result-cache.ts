@@ -170,7 +170,7 @@ export function createResultCache(opts: ResultCacheOptions) {
 
     async lookup<T>(ctx: RequestContext, req: CacheRequest, compute: () => Promise<T>): Promise<{ value: T; status: CacheStatus }> {
       const bypass = async () => ({ value: await compute(), status: 'bypass' as const });
-      if (ctx.tenantId === null || suspect || !(await optedIn(req.table)) || redis.status !== 'ready') return bypass();
+      if (ctx.tenantId === null || ctx.sandbox !== undefined || suspect || !(await optedIn(req.table)) || redis.status !== 'ready') return bypass();
       const deps = await dependencies(req.table, req.qs);
       if (!deps) return bypass();
       const key = `${prefix}:e:${ctx.tenantId}:${ctx.role}:${req.table}:${normaliseRequest(req)}`;

@@ -48,7 +48,8 @@ export function createWriteHooks(deps: {
   return {
     async afterCommit(ctx, tables) {
       const written = new Set(tables);
-      if (!written.size) return;
+      // a sandbox's writes change neither the real tenant's cached reads nor its views
+      if (!written.size || ctx.sandbox !== undefined) return;
       try {
         const all = await reached(written);
         await Promise.all([

@@ -13,7 +13,12 @@ export interface Principal {
   tenantId: string | null;
   actor: string;
   role: Role;
+  /** The token's `sandbox` claim (a sandbox name): the credential reaches that sandbox only. */
+  sandboxClaim?: string;
 }
+
+/** A sandbox name in a `sandbox` claim (the same rule as strata.sandboxes.name). */
+const SANDBOX_CLAIM = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 type AuthHeaders = { authorization?: string | undefined; 'x-api-key'?: string | string[] | undefined };
 
@@ -152,8 +157,15 @@ export function createAuthenticator(deps: { config: Config; db: Database; jwtSec
       throw unauthorized('TOKEN_INVALID', "the bearer token's tenant_id claim is malformed");
     }
     if (tenant === undefined && role !== 'platform_admin') throw unauthorized('TOKEN_INVALID', 'the bearer token has no tenant_id claim');
+    const sandbox = payload['sandbox'];
+    if (sandbox !== undefined && (typeof sandbox !== 'string' || !SANDBOX_CLAIM.test(sandbox))) {
+      throw unauthorized('TOKEN_INVALID', "the bearer token's sandbox claim must be a sandbox name (^[a-z0-9][a-z0-9_-]{0,62}$)");
+    }
+    if (sandbox !== undefined && tenant === undefined) throw unauthorized('TOKEN_INVALID', 'the bearer token has a sandbox claim but no tenant_id claim');
     const expiresAt = expiryOf(payload);
-    return { principal: { tenantId: tenant ?? null, actor: payload.sub.slice(0, 200), role: role as Role }, expiresAt };
+    const principal: Principal = { tenantId: tenant ?? null, actor: payload.sub.slice(0, 200), role: role as Role };
+    if (sandbox !== undefined) principal.sandboxClaim = sandbox;
+    return { principal, expiresAt };
   }
 
   async function fromApiKey(key: string): Promise<Principal> {

@@ -35,7 +35,7 @@ export interface JobInputs {
   'replay-webhook': { webhookId: string; after: string; until?: string; resume?: ReplayProgress };
   /** Create change-log partitions ahead, drop those past retention (scheduled; platform). */
   'maintain-changes': Record<never, never>;
-  /** Remove orphaned export/backup temporaries and expired Idempotency-Key records (scheduled; platform). */
+  /** Remove orphaned export/backup temporaries, expired Idempotency-Key records and expired tenant sandboxes (scheduled; platform). */
   'sweep-temporaries': Record<never, never>;
   /** Build the search index recorded for `table` in strata.search_indexes (SPEC 10). */
   'search-index-create': { table: string };
@@ -53,6 +53,8 @@ export interface JobInputs {
   'compliance-anonymize': { target_database: string; tenant: string | null; seed: string };
   /** Run or resume key rotation `rotation_id` (strata.key_rotations). */
   'compliance-rotate': { rotation_id: string };
+  /** Copy one tenant's rows into the sandbox recorded in strata.sandboxes (POST /v1/admin/sandboxes). */
+  'sandbox-create': { sandbox_id: string };
 }
 export type JobName = keyof JobInputs;
 
@@ -78,6 +80,7 @@ export const JOB_QUEUES = {
   'compliance-scan': 'compliance',
   'compliance-anonymize': 'compliance',
   'compliance-rotate': 'compliance',
+  'sandbox-create': 'sandboxes',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

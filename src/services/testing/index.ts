@@ -33,3 +33,5 @@ export function createTestingService(deps: TestingServiceDeps) {
 
 export type TestingService = ReturnType<typeof createTestingService>;
 export type { SnapshotInfo } from './snapshots.js';
+/** Tenant tables, parents first: also the tables a tenant sandbox copies (src/services/sandboxes). */
+export { tenantTables } from './tenant-tables.js';
