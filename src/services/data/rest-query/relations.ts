@@ -41,7 +41,7 @@ function exposures(tables: Map<string, TableInfo>, x: TableInfo): Array<{ table:
 /** `cols` as the relation names them, or undefined when it does not show every one. */
 const named = (as: Map<string, string>, cols: string[]): string[] | undefined => {
   const out = cols.map((c) => as.get(c));
-  return out.every((c) => c !== undefined) ? (out as string[]) : undefined;
+  return out.every((c) => c !== undefined) ? out : undefined;
 };
 
 function candidates(tables: Map<string, TableInfo>, t: TableInfo, target: string): Candidate[] {
