@@ -56,6 +56,9 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
   app.addHook('onRequest', async (request) => {
     await authenticate(request, app.auth, capabilityOf(request));
     checkProfile(request.headers, EXPOSED_SCHEMAS);
+    // an Accept no answer can be given in is refused before anything runs (PostgREST answers 406
+    // to a write too, even one that would send no body); the OpenAPI root has its own media type
+    if ((request.routeOptions.url ?? '/').endsWith('/') === false) negotiate(request.headers.accept);
   });
 
   /** The tenant session of this request, with `Prefer: timezone` when PostgreSQL knows the zone. */
