@@ -549,6 +549,78 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
     });
   });
 
+  // Cases ported from postgrest-js's own suite (test/basic, transforms, filters, resource-embedding),
+  // run unmodified through the client against Strata over this fixture schema.
+  describe("postgrest-js's own cases (a port)", () => {
+    it('orders, limits, ranges and filters an embedded resource with referencedTable', async () => {
+      const r = await sb
+        .from('authors')
+        .select('name,books(title)')
+        .in('id', [1, 2])
+        .order('id')
+        .order('title', { referencedTable: 'books', ascending: false })
+        .limit(1, { referencedTable: 'books' });
+      expect(r.error).toBeNull();
+      expect(r.data).toEqual([
+        { name: 'Ann', books: [{ title: 'Beta' }] },
+        { name: 'Bob', books: [{ title: 'Gamma' }] },
+      ]);
+      const ranged = await sb.from('authors').select('name,books(title)').eq('id', 1).order('title', { referencedTable: 'books' }).range(1, 1, { referencedTable: 'books' }).single();
+      expect(ranged.data).toEqual({ name: 'Ann', books: [{ title: 'Beta' }] });
+      const ored = await sb.from('authors').select('name,books(title)').eq('id', 2).or('pages.gt.400,pages.is.null', { referencedTable: 'books' }).single();
+      expect(ored.data).toEqual({ name: 'Bob', books: [{ title: 'Gamma' }, { title: 'Delta' }] });
+    });
+
+    it('matches several columns at once and filters with the raw filter() form', async () => {
+      const m = await sb.from('books').select('id').match({ author_id: 1, title: 'Beta' });
+      expect(m.data).toEqual([{ id: 2 }]);
+      const f = await sb.from('books').select('id').filter('id', 'in', '(1,3)').order('id');
+      expect(f.data).toEqual([{ id: 1 }, { id: 3 }]);
+      const n = await sb.from('books').select('id').not('pages', 'is', null).lt('pages', 400).lte('id', 4).order('id');
+      expect(n.data).toEqual([{ id: 1 }, { id: 2 }]);
+    });
+
+    it('rejects with throwOnError(), errors maybeSingle() on several rows, and refuses explain() and geojson() with 406', async () => {
+      await expect(sb.from('no_such_table').select().throwOnError()).rejects.toMatchObject({ code: 'PGRST205' });
+      const several = await sb.from('books').select('id').maybeSingle();
+      expect(several.error).toMatchObject({ code: 'PGRST116' });
+      const plan = await sb.from('books').select('id').explain();
+      expect(plan.status).toBe(406);
+      expect(plan.error).toMatchObject({ code: 'PGRST107' });
+      const geo = await sb.from('books').select('id').geojson();
+      expect(geo.status).toBe(406);
+    });
+
+    it('counts inserts and deletes, updates with a single() representation, and keeps max-affected', async () => {
+      const ins = await pg.from('genres').insert([{ name: 'port-a' }, { name: 'port-b' }], { count: 'exact' }).select('name');
+      expect(ins.status).toBe(201);
+      expect(ins.count).toBe(2);
+      const upd = await pg.from('genres').update({ name: 'port-c' }).eq('name', 'port-a').select('name').single();
+      expect(upd).toMatchObject({ status: 200, data: { name: 'port-c' } });
+      const capped = await (pg.from('genres').delete().like('name', 'port-%') as unknown as { maxAffected(n: number): PromiseLike<{ status: number; error: unknown }> }).maxAffected(1);
+      expect(capped.status).toBe(400);
+      expect(capped.error).toMatchObject({ code: 'PGRST124' });
+      expect(await sql("SELECT name FROM genres WHERE name LIKE 'port-%' ORDER BY name")).toEqual([{ name: 'port-b' }, { name: 'port-c' }]);
+      const del = await pg.from('genres').delete({ count: 'exact' }).like('name', 'port-%');
+      expect(del.status).toBe(204);
+      expect(del.count).toBe(2);
+      expect(await sql("SELECT name FROM genres WHERE name LIKE 'port-%'")).toEqual([]);
+    });
+
+    it('counts a set-returning rpc with head: true, and stops on abortSignal() while the server carries on', async () => {
+      const head = await sb.rpc('page_counts', undefined, { head: true, count: 'exact' });
+      expect(head.error).toBeNull();
+      const [expected] = await sql<{ n: number }>("SELECT count(*)::int AS n FROM books WHERE tenant_id = 'acme' AND pages IS NOT NULL");
+      expect(head.count).toBe(expected!.n);
+      expect(head.data).toBeNull();
+      const ac = new AbortController();
+      ac.abort();
+      const aborted = await sb.from('books').select('id').abortSignal(ac.signal);
+      expect(aborted.error).toMatchObject({ message: expect.stringContaining('AbortError') as unknown as string });
+      expect((await sb.from('books').select('id').eq('id', 1)).data).toEqual([{ id: 1 }]);
+    });
+  });
+
   describe('function arguments and results beyond SETOF a table', () => {
     it('passes the whole body to a single unnamed json argument, and to a json argument with Prefer: params=single-object', async () => {
       const echo = await pg.rpc('echo_json', { any: 'keys', n: [1, 2] });

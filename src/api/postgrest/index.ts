@@ -118,7 +118,10 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     if (p.handling) names.push(`handling=${p.handling}`);
     if (p.maxAffected !== undefined) names.push(`max-affected=${p.maxAffected}`);
     applied(reply, p, names);
-    void reply.header('content-range', written.length ? `${created ? '*' : `0-${written.length - 1}`}/${created ? written.length : '*'}` : '*/*');
+    // the total is the number of rows written when a count was asked for (PostgREST: `*/2`)
+    const total = created || p.count ? String(written.length) : '*';
+    if (p.count) names.push(`count=${p.count}`);
+    void reply.header('content-range', written.length ? `${created ? '*' : `0-${written.length - 1}`}/${total}` : `*/${p.count ? 0 : '*'}`);
     if (p.return === 'representation') {
       const media = negotiate(request.headers.accept);
       if (media.kind === 'object') {
