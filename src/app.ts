@@ -159,7 +159,9 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
             ? [400, 'BAD_URL', 'the URL has a malformed percent-encoded component']
             : [400, 'BAD_REQUEST', err.message];
       request.log.info({ code, status }, message);
-      void (reply as unknown as FastifyReply).code(status).header('x-request-id', request.id).send({ error: { code, message } });
+      // the PostgREST face answers in PostgREST's flat shape (its code for a request it cannot read)
+      const body = request.url.startsWith('/rest/v1/') ? { code: 'PGRST100', message, details: { code }, hint: null } : { error: { code, message } };
+      void (reply as unknown as FastifyReply).code(status).header('x-request-id', request.id).send(body);
     },
   });
   const registry = opts.registry ?? new Registry();

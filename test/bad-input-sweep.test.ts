@@ -12,7 +12,8 @@
  * OpenAPI document) is swept as well; its errors have PostgREST's `{ code, message }` shape.
  *
  * The per-route tests elsewhere assert the exact code of each bad input; this one makes sure no
- * route was left out.
+ * route was left out. The PostgREST face (/rest/v1, hidden from the OpenAPI document) gets the same
+ * sweep plus its own headers (Prefer, Accept, Range, profiles), with PostgREST's flat error shape.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -84,7 +85,7 @@ const AMPLIFYING_WRITE_QUERIES = [
 const WRITE_BODY = { body: JSON.stringify({ name: 'amplified', status: 'paused' }), type: 'application/json' };
 
 /** The PostgREST face's routes (not in the OpenAPI document). */
-const POSTGREST_ROUTES = ['GET', 'POST', 'PATCH', 'DELETE'].flatMap((method) => [
+const POSTGREST_SWEPT_ROUTES = ['GET', 'POST', 'PATCH', 'DELETE'].flatMap((method) => [
   { method, path: '/rest/v1/pipelines' },
   { method, path: '/rest/v1/{table}' },
   ...(method === 'GET' || method === 'POST' ? [{ method, path: '/rest/v1/rpc/{fn}' }] : []),
@@ -107,6 +108,39 @@ const HOSTILE_BODIES: { body: string; type: string }[] = [
   // columns with 63-character names (bounded as JSON bytes), a NUL in values pasted into exports
   { body: JSON.stringify({ query: DOUBLING_FRAGMENTS, sql: WIDE_SQL, format: 'ndjson', table: 'pipelines', filters: { name: 'eq.\u0000x' } }), type: 'application/json' },
   { body: JSON.stringify({ sql: 'select $1::text as v', params: ['a\u0000b'], format: 'csv', query: 'subscription { changes { id } }' }), type: 'application/json' },
+];
+
+/** The PostgREST face's routes (hidden from openapi.json); {fn} is a function that does not exist. */
+const POSTGREST_ROUTES = [
+  { method: 'GET', path: '/rest/v1/' },
+  { method: 'GET', path: '/rest/v1/{table}' },
+  { method: 'HEAD', path: '/rest/v1/{table}' },
+  { method: 'POST', path: '/rest/v1/{table}' },
+  { method: 'PATCH', path: '/rest/v1/{table}' },
+  { method: 'DELETE', path: '/rest/v1/{table}' },
+  { method: 'GET', path: '/rest/v1/rpc/{fn}' },
+  { method: 'POST', path: '/rest/v1/rpc/{fn}' },
+];
+
+/** PostgREST's query syntax gone wrong. */
+const POSTGREST_QUERIES = [
+  'select=id,pipeline_runs!nope(*)&pipeline_runs.limit=-1&order=pipeline_runs(id).up',
+  'id=not.in.(1,2&or=(id.eq.1,and(name.eq.x)&and=)&name=like(any).{',
+  'select=id::bogus_type,name->>a->b::int[]&id=cs.{1,2&name=fts(xx).a b',
+  'select=count(),id.sum()&limit=1e9&offset=-3',
+  'select=...pipeline_runs(*)&columns=a b&on_conflict=;drop',
+  // a long list (matching no row: a DELETE with it is a valid request)
+  `id=in.(${Array.from({ length: 1500 }, (_, i) => -1 - i).join(',')})`,
+];
+
+/** PostgREST's headers gone wrong (each sent with a plain URL). */
+const POSTGREST_HEADERS: Record<string, string>[] = [
+  { prefer: 'return=representation, count=exact, tx=rollback, handling=strict, max-affected=-1' },
+  { prefer: 'handling=strict, timezone=../../etc/passwd, params=single-object, missing=default, resolution=merge-duplicates' },
+  { accept: 'application/vnd.pgrst.object+json' },
+  { accept: 'bogus/type;q=2, text/csv;q=0' },
+  { range: 'items=9-1', 'range-unit': 'items' },
+  { 'accept-profile': 'strata', 'content-profile': 'pg_catalog' },
 ];
 
 describe('bad input sweep over every route', () => {
@@ -150,7 +184,7 @@ describe('bad input sweep over every route', () => {
     // GraphQL is served by mercurius, outside the OpenAPI document
     { method: 'POST', path: '/graphql' },
     { method: 'GET', path: '/graphql' },
-    ...POSTGREST_ROUTES,
+    ...POSTGREST_SWEPT_ROUTES,
   ];
 
   /** Every concrete URL to try for one route: hostile values in each path parameter, then hostile query strings. */
@@ -206,6 +240,52 @@ describe('bad input sweep over every route', () => {
             const err = body.error ?? (a.url.startsWith('/rest/v1/') ? { code: body.code, message: body.message } : { code: body.errors?.[0]?.extensions?.code, message: body.errors?.[0]?.message });
             if (typeof err?.code !== 'string' || typeof err.message !== 'string') failures.push(`${res.status} without an error code: ${where}: ${text.slice(0, 200)}`);
           }
+        }
+      }
+    }
+    expect(sent).toBeGreaterThan(1000);
+    expect(failures).toEqual([]);
+    expect(await snapshot()).toBe(before);
+    await expectNoCheckedOutClients(t.db);
+  }, 300_000);
+
+  it('answers every malformed /rest/v1 request with a 4xx in PostgREST shape (PGRSTxxx or a SQLSTATE), writing nothing', async () => {
+    const before = await snapshot();
+    const failures: string[] = [];
+    let sent = 0;
+    const fill = (u: string) => u.replace('{table}', 'pipelines').replace('{fn}', 'no_such_function');
+    for (const r of POSTGREST_ROUTES) {
+      const withBody = ['POST', 'PATCH', 'DELETE'].includes(r.method);
+      for (const role of ['none', 'reader', 'writer', 'admin', 'analyst', 'platform_admin']) {
+        const attempts: { url: string; body?: { body: string; type: string }; headers?: Record<string, string> }[] = [];
+        for (const param of r.path.match(/\{[^}]+\}/g) ?? []) for (const v of HOSTILE_SEGMENTS) attempts.push({ url: fill(r.path.replace(param, v)) });
+        for (const q of [...HOSTILE_QUERIES, ...AMPLIFYING_QUERIES, ...POSTGREST_QUERIES]) attempts.push({ url: `${fill(r.path)}?${q}` });
+        // the plain URL with bad headers and a valid body: a filter matching no row for PATCH and
+        // DELETE, and tx=rollback for an insert the headers alone do not make invalid
+        for (const h of POSTGREST_HEADERS) {
+          const rollback: Record<string, string> = r.method === 'POST' && r.path.endsWith('{table}') ? { prefer: [h['prefer'], 'tx=rollback'].filter(Boolean).join(', ') } : {};
+          attempts.push({ url: `${fill(r.path)}?id=eq.-42`, headers: { ...h, ...rollback }, ...(withBody ? { body: { body: '{"name":"sweep"}', type: 'application/json' } } : {}) });
+        }
+        if (withBody) for (const b of HOSTILE_BODIES) attempts.push({ url: `${fill(r.path)}?id=eq.-42`, body: b });
+        for (const a of attempts) {
+          sent++;
+          const res = await fetch(`${base}${a.url}`, {
+            method: r.method,
+            headers: { ...headers[role], ...a.headers, ...(a.body ? { 'content-type': a.body.type } : {}) },
+            body: a.body?.body,
+            signal: AbortSignal.timeout(15000),
+          });
+          const text = await res.text();
+          const where = `${role} ${r.method} ${a.url.slice(0, 120)}${a.body ? ` body=${a.body.body.slice(0, 40)}` : ''}${a.headers ? ` ${JSON.stringify(a.headers)}` : ''}`;
+          let body: { code?: unknown; message?: unknown } | undefined;
+          try {
+            body = text ? (JSON.parse(text) as typeof body) : undefined;
+          } catch {
+            body = undefined;
+          }
+          const coded = typeof body?.code === 'string' && /^(PGRST\d{3}|[0-9A-Z]{5})$/.test(body.code) && typeof body.message === 'string';
+          if (res.status >= 500 && !(res.status === 503 && coded)) failures.push(`${res.status} ${where}: ${text.slice(0, 200)}`);
+          else if (res.status >= 400 && r.method !== 'HEAD' && !coded) failures.push(`${res.status} without a PostgREST error: ${where}: ${text.slice(0, 200)}`);
         }
       }
     }

@@ -549,6 +549,219 @@ describe('PostgREST face (/rest/v1) with postgrest-js and supabase-js', () => {
     });
   });
 
+  // Cases ported from postgrest-js's own suite (test/basic, transforms, filters, resource-embedding),
+  // run unmodified through the client against Strata over this fixture schema.
+  describe("postgrest-js's own cases (a port)", () => {
+    it('orders, limits, ranges and filters an embedded resource with referencedTable', async () => {
+      const r = await sb
+        .from('authors')
+        .select('name,books(title)')
+        .in('id', [1, 2])
+        .order('id')
+        .order('title', { referencedTable: 'books', ascending: false })
+        .limit(1, { referencedTable: 'books' });
+      expect(r.error).toBeNull();
+      expect(r.data).toEqual([
+        { name: 'Ann', books: [{ title: 'Beta' }] },
+        { name: 'Bob', books: [{ title: 'Gamma' }] },
+      ]);
+      const ranged = await sb.from('authors').select('name,books(title)').eq('id', 1).order('title', { referencedTable: 'books' }).range(1, 1, { referencedTable: 'books' }).single();
+      expect(ranged.data).toEqual({ name: 'Ann', books: [{ title: 'Beta' }] });
+      const ored = await sb.from('authors').select('name,books(title)').eq('id', 2).or('pages.gt.400,pages.is.null', { referencedTable: 'books' }).single();
+      expect(ored.data).toEqual({ name: 'Bob', books: [{ title: 'Gamma' }, { title: 'Delta' }] });
+    });
+
+    it('matches several columns at once and filters with the raw filter() form', async () => {
+      const m = await sb.from('books').select('id').match({ author_id: 1, title: 'Beta' });
+      expect(m.data).toEqual([{ id: 2 }]);
+      const f = await sb.from('books').select('id').filter('id', 'in', '(1,3)').order('id');
+      expect(f.data).toEqual([{ id: 1 }, { id: 3 }]);
+      const n = await sb.from('books').select('id').not('pages', 'is', null).lt('pages', 400).lte('id', 4).order('id');
+      expect(n.data).toEqual([{ id: 1 }, { id: 2 }]);
+    });
+
+    it('rejects with throwOnError(), errors maybeSingle() on several rows, and refuses explain() and geojson() with 406', async () => {
+      await expect(sb.from('no_such_table').select().throwOnError()).rejects.toMatchObject({ code: 'PGRST205' });
+      const several = await sb.from('books').select('id').maybeSingle();
+      expect(several.error).toMatchObject({ code: 'PGRST116' });
+      const plan = await sb.from('books').select('id').explain();
+      expect(plan.status).toBe(406);
+      expect(plan.error).toMatchObject({ code: 'PGRST107' });
+      const geo = await sb.from('books').select('id').geojson();
+      expect(geo.status).toBe(406);
+    });
+
+    it('counts inserts and deletes, updates with a single() representation, and keeps max-affected', async () => {
+      const ins = await pg.from('genres').insert([{ name: 'port-a' }, { name: 'port-b' }], { count: 'exact' }).select('name');
+      expect(ins.status).toBe(201);
+      expect(ins.count).toBe(2);
+      const upd = await pg.from('genres').update({ name: 'port-c' }).eq('name', 'port-a').select('name').single();
+      expect(upd).toMatchObject({ status: 200, data: { name: 'port-c' } });
+      const capped = await (pg.from('genres').delete().like('name', 'port-%') as unknown as { maxAffected(n: number): PromiseLike<{ status: number; error: unknown }> }).maxAffected(1);
+      expect(capped.status).toBe(400);
+      expect(capped.error).toMatchObject({ code: 'PGRST124' });
+      expect(await sql("SELECT name FROM genres WHERE name LIKE 'port-%' ORDER BY name")).toEqual([{ name: 'port-b' }, { name: 'port-c' }]);
+      const del = await pg.from('genres').delete({ count: 'exact' }).like('name', 'port-%');
+      expect(del.status).toBe(204);
+      expect(del.count).toBe(2);
+      expect(await sql("SELECT name FROM genres WHERE name LIKE 'port-%'")).toEqual([]);
+    });
+
+    it('counts a set-returning rpc with head: true, and stops on abortSignal() while the server carries on', async () => {
+      const head = await sb.rpc('page_counts', undefined, { head: true, count: 'exact' });
+      expect(head.error).toBeNull();
+      const [expected] = await sql<{ n: number }>("SELECT count(*)::int AS n FROM books WHERE tenant_id = 'acme' AND pages IS NOT NULL");
+      expect(head.count).toBe(expected!.n);
+      expect(head.data).toBeNull();
+      const ac = new AbortController();
+      ac.abort();
+      const aborted = await sb.from('books').select('id').abortSignal(ac.signal);
+      expect(aborted.error).toMatchObject({ message: expect.stringContaining('AbortError') });
+      expect((await sb.from('books').select('id').eq('id', 1)).data).toEqual([{ id: 1 }]);
+    });
+  });
+
+  describe('function arguments and results beyond SETOF a table', () => {
+    it('passes the whole body to a single unnamed json argument, and to a json argument with Prefer: params=single-object', async () => {
+      const echo = await pg.rpc('echo_json', { any: 'keys', n: [1, 2] });
+      expect(echo.error).toBeNull();
+      expect(echo.data).toEqual({ any: 'keys', n: [1, 2] });
+      const arr = await raw('/rpc/echo_json', { method: 'POST', body: '[1,{"a":2}]' });
+      expect(arr.status).toBe(200);
+      expect(arr.body).toEqual([1, { a: 2 }]);
+      const single = await raw('/rpc/sum_object', { method: 'POST', body: '{"a":2,"b":3.5}', headers: { prefer: 'params=single-object' } });
+      expect(single.status).toBe(200);
+      expect(single.body).toBe(5.5);
+      expect(single.headers.get('preference-applied')).toBe('params=single-object');
+      // without the preference the keys are argument names: sum_object has no argument a
+      const named = await raw('/rpc/sum_object', { method: 'POST', body: '{"a":2,"b":3.5}' });
+      expect(named.status).toBe(404);
+      expect(named.body).toMatchObject({ code: 'PGRST202' });
+      const byName = await raw('/rpc/sum_object', { method: 'POST', body: '{"payload":{"a":1,"b":1}}' });
+      expect(byName.body).toBe(2);
+      const none = await raw('/rpc/add_them', { method: 'POST', body: '{"a":1}', headers: { prefer: 'params=single-object' } });
+      expect(none.status).toBe(404);
+      expect(none.body).toMatchObject({ code: 'PGRST202' });
+      const notObject = await raw('/rpc/add_them', { method: 'POST', body: '[1,2]' });
+      expect(notObject.status).toBe(400);
+      expect(notObject.body).toMatchObject({ code: 'PGRST102' });
+    });
+
+    it('reads TABLE(...), SETOF composite and SETOF scalar results with select, filters, order, paging and counts, under RLS', async () => {
+      const stats = await sb.rpc('author_stats', undefined, { count: 'exact' }).select('author_id,books').gte('books', 2).order('author_id', { ascending: false });
+      expect(stats.error).toBeNull();
+      expect(stats.count).toBe(2);
+      expect(stats.data).toEqual([
+        { author_id: 2, books: 2 },
+        { author_id: 1, books: 2 },
+      ]);
+      const globexStats = await globex.rpc('author_stats').select('author_id');
+      expect(globexStats.data).toEqual([{ author_id: 11 }]);
+      const lengths = await raw('/rpc/title_lengths?select=t:title,len&len=eq.5&order=title&limit=1');
+      expect(lengths.status).toBe(200);
+      expect(lengths.body).toEqual([{ t: 'Alpha', len: 5 }]);
+      const pages = await raw('/rpc/page_counts?page_counts=gt.200&order=page_counts.desc');
+      expect(pages.body).toEqual([500, 350]);
+      const csv = await raw('/rpc/page_counts?page_counts=gt.1000', { headers: { accept: 'text/csv' } });
+      expect(csv.text).toBe('page_counts');
+      const unknown = await raw('/rpc/author_stats?nope=eq.1');
+      expect(unknown.status).toBe(400);
+      expect(unknown.body).toMatchObject({ code: '42703' });
+      const embed = await raw('/rpc/author_stats?select=author_id,authors(name)');
+      expect(embed.status).toBe(400);
+      expect(embed.body).toMatchObject({ code: 'PGRST200' });
+    });
+
+    it('filters a one-row result (OUT parameters, a scalar): the value, or null when filtered out', async () => {
+      expect((await raw('/rpc/first_book')).body).toEqual({ id: 1, title: 'Alpha' });
+      expect((await raw('/rpc/first_book?select=title&title=eq.Alpha')).body).toEqual({ title: 'Alpha' });
+      expect((await raw('/rpc/first_book?title=eq.Nope')).body).toBeNull();
+      expect((await raw('/rpc/add_them?a=1&b=2&add_them=gt.2')).body).toBe(3);
+      expect((await raw('/rpc/add_them?a=1&b=2&add_them=gt.5')).body).toBeNull();
+    });
+  });
+
+  describe('views over several tables', () => {
+    it('embeds through the view\'s source tables, renamed columns included, in both directions and many-to-many', async () => {
+      const r = await sb.from('book_details').select('title,author_name,authors(name),editions(edition_no),genres(id)').eq('id', 1).single();
+      expect(r.error).toBeNull();
+      expect(r.data).toEqual({ title: 'Alpha', author_name: 'Ann', authors: { name: 'Ann' }, editions: [{ edition_no: 1 }, { edition_no: 2 }], genres: [{ id: 1 }, { id: 2 }] });
+      const down = await sb.from('authors').select('name,book_details(title)').eq('id', 2).single();
+      expect(down.data).toEqual({ name: 'Bob', book_details: [{ title: 'Gamma' }, { title: 'Delta' }] });
+      const inner = await sb.from('book_details').select('id,editions!inner(edition_no)').order('id');
+      expect(inner.data).toEqual([{ id: 1, editions: [{ edition_no: 1 }, { edition_no: 2 }] }]);
+      // a hint may name the view's own column for the key (writer_id is books.author_id)
+      const hinted = await sb.from('book_details').select('id,authors!writer_id(name)').eq('id', 3).single();
+      expect(hinted.data).toEqual({ id: 3, authors: { name: 'Bob' } });
+    });
+
+    it('keeps other tenants rows out of a view and its embeds', async () => {
+      const g = await globex.from('book_details').select('title,authors(name),genres(name)');
+      expect(g.data).toEqual([{ title: 'Globex secrets', authors: { name: 'Gail' }, genres: [{ name: 'spy' }] }]);
+      const a = await sb.from('authors').select('name,book_details(title)').eq('id', 11);
+      expect(a.data).toEqual([]);
+    });
+  });
+
+  describe('views that would run past row-level security', () => {
+    it('refuses views without security_invoker, views over them and materialized views on /rest/v1 and /v1, for every tenant', async () => {
+      for (const view of ['leaky_books', 'wrapped_leak', 'book_snapshot']) {
+        for (const token of [readerJwt, globexWriterJwt]) {
+          const r = await raw(`/${view}?select=title`, { token });
+          expect(r.status).toBe(403);
+          expect(r.body).toMatchObject({ code: '42501' });
+          expect(JSON.stringify(r.body)).not.toContain('Globex secrets');
+          expect(JSON.stringify(r.body)).not.toContain('Alpha');
+          const v1 = await t.app.inject({ method: 'GET', url: `/v1/tables/${view}/rows`, headers: { authorization: `Bearer ${token}` } });
+          expect(v1.statusCode).toBe(403);
+          expect(v1.json()).toMatchObject({ error: { code: 'VIEW_NOT_SECURITY_INVOKER' } });
+          expect(v1.body).not.toContain('Globex secrets');
+        }
+        const embed = await raw(`/authors?select=name,${view}(title)`);
+        expect(embed.status).toBe(400);
+        expect(embed.body).toMatchObject({ code: 'PGRST200' });
+      }
+      const doc = (await raw('/')).body as { paths: Json };
+      expect(Object.keys(doc.paths)).toContain('/book_details');
+      expect(Object.keys(doc.paths)).not.toEqual(expect.arrayContaining(['/leaky_books']));
+      expect(Object.keys(doc.paths)).not.toContain('/book_snapshot');
+      // the view itself does leak when read past the API: the refusal is what protects the tenant
+      const direct = await sql<{ n: string }>("SELECT count(*)::text AS n FROM leaky_books WHERE tenant_id = 'globex'");
+      expect(direct[0]!.n).toBe('1');
+    });
+  });
+
+  describe('Prefer: timezone and CSV headers', () => {
+    it('answers timestamptz values in the asked time zone for that request only, and ignores an unknown zone unless handling=strict', async () => {
+      await pg.from('events').insert({ id: 1, at: '2024-01-01T12:00:00Z' });
+      const la = await raw('/events?select=at&id=eq.1', { headers: { prefer: 'timezone=America/Los_Angeles' } });
+      expect(la.body).toEqual([{ at: '2024-01-01T04:00:00-08:00' }]);
+      expect(la.headers.get('preference-applied')).toBe('timezone=America/Los_Angeles');
+      const utc = await raw('/events?select=at&id=eq.1', { headers: { prefer: 'timezone=utc' } });
+      expect(utc.body).toEqual([{ at: '2024-01-01T12:00:00+00:00' }]);
+      const after = await raw('/events?select=at&id=eq.1');
+      expect(after.headers.get('preference-applied')).toBeNull();
+      const bogus = await raw('/events?select=at&id=eq.1', { headers: { prefer: 'timezone=Mars/Olympus' } });
+      expect(bogus.status).toBe(200);
+      expect(bogus.headers.get('preference-applied')).toBeNull();
+      const strict = await raw('/events?select=at&id=eq.1', { headers: { prefer: 'handling=strict, timezone=Mars/Olympus' } });
+      expect(strict.status).toBe(400);
+      expect(strict.body).toMatchObject({ code: 'PGRST122' });
+      const rpc = await raw('/rpc/request_info', { method: 'POST', body: '{}', headers: { prefer: 'timezone=Asia/Tokyo' } });
+      expect(rpc.status).toBe(200);
+    });
+
+    it('answers the header line alone for an empty CSV result', async () => {
+      const empty = await sb.from('books').select('id,name:title,...authors(author:name)').eq('id', 999).csv();
+      expect(empty.error).toBeNull();
+      expect(empty.data).toBe('id,name,author');
+      const star = await raw('/genres?id=eq.999', { headers: { accept: 'text/csv' } });
+      expect(star.status).toBe(200);
+      expect(star.headers.get('content-type')).toMatch(/^text\/csv/);
+      expect(star.text).toBe('id,tenant_id,name');
+    });
+  });
+
   it('serves an OpenAPI description at the root', async () => {
     const r = await raw('/');
     expect(r.status).toBe(200);

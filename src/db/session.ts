@@ -67,6 +67,8 @@ export interface RequestSettings {
   method: string;
   path: string;
   headers: string;
+  /** `Prefer: timezone=...`: the session's TimeZone for this request (a name PostgreSQL knows); absent keeps the default. */
+  timezone?: string;
 }
 
 /** Drops the session-level advisory locks of a connection (strata_tenant may EXECUTE it: migration 0009). */
@@ -161,7 +163,9 @@ const SETUP_LIST =
 const SETUP_SQL = `SELECT FROM (SELECT ${SETUP_LIST}) s`;
 const REQUEST_LIST =
   "set_config('request.jwt.claims', $6, true), set_config('request.method', $7, true), " +
-  "set_config('request.path', $8, true), set_config('request.headers', $9, true)";
+  "set_config('request.path', $8, true), set_config('request.headers', $9, true), " +
+  // '' keeps the session's TimeZone (set_config takes no "unchanged")
+  "set_config('timezone', coalesce(nullif($10, ''), current_setting('timezone')), true)";
 const SETUP_REQUEST_SQL = `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}) s`;
 const ISOLATIONS: Record<Isolation, string> = {
   'read committed': 'READ COMMITTED',
@@ -295,7 +299,7 @@ function setupValuesFor(deps: SessionDeps, ctx: SessionContext, opts: TxOptions)
     String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
   ];
   const r = opts.request;
-  if (r) values.push(r.claims, r.method, r.path, r.headers);
+  if (r) values.push(r.claims, r.method, r.path, r.headers, r.timezone ?? '');
   return values;
 }
 

@@ -13,6 +13,12 @@ export interface Preferences {
   handling?: 'strict' | 'lenient';
   tx?: 'commit' | 'rollback';
   maxAffected?: number;
+  /** `timezone=<name>`, checked against PostgreSQL's time zone names by the caller (see timezoneOf). */
+  timezone?: string;
+  /** `params=single-object`: an RPC's JSON body is the one argument of a function taking one json/jsonb argument. */
+  params?: 'single-object';
+  /** Tokens that were not understood (refused with handling=strict). */
+  invalid: string[];
   /** The preferences honoured, for Preference-Applied. */
   applied: string[];
 }
@@ -24,14 +30,15 @@ const ALLOWED: Record<string, readonly string[]> = {
   missing: ['default', 'null'],
   handling: ['strict', 'lenient'],
   tx: ['commit', 'rollback'],
+  params: ['single-object'],
 };
 
 const headerText = (h: string | string[] | undefined) => (Array.isArray(h) ? h.join(',') : (h ?? ''));
 
 /** Parse `Prefer`; with handling=strict an unknown or invalid preference is a 400 (PGRST122). */
 export function parsePrefer(header: string | string[] | undefined): Preferences {
-  const out: Preferences = { applied: [] };
-  const invalid: string[] = [];
+  const out: Preferences = { applied: [], invalid: [] };
+  const invalid = out.invalid;
   for (const raw of headerText(header).split(',')) {
     const token = raw.trim();
     if (!token) continue;
@@ -43,8 +50,9 @@ export function parsePrefer(header: string | string[] | undefined): Preferences 
       else invalid.push(token);
       continue;
     }
-    if (key === 'timezone' || key === 'params') {
-      invalid.push(token);
+    if (key === 'timezone') {
+      if (/^[A-Za-z0-9_+\-/:.]{1,64}$/.test(value)) out.timezone = value;
+      else invalid.push(token);
       continue;
     }
     const allowed = ALLOWED[key];
@@ -127,4 +135,17 @@ export function rangeAnswer(offset: number, count: number, total: number | undef
   if (offset > total) return { status: 416, contentRange };
   if (1 + upper - offset < total) return { status: 206, contentRange };
   return { status: 200, contentRange };
+}
+
+/**
+ * The time zone of `Prefer: timezone=...` as PostgreSQL spells it, or undefined when none was
+ * asked for or the name is unknown (PostgREST ignores it then; with handling=strict it is PGRST122).
+ */
+export function timezoneOf(p: Preferences, known: ReadonlyMap<string, string>): string | undefined {
+  if (p.timezone === undefined) return undefined;
+  const name = known.get(p.timezone.toLowerCase());
+  if (name === undefined && p.handling === 'strict') {
+    throw new PgrstError(400, 'PGRST122', 'Invalid preferences given with handling=strict', `Invalid preferences: timezone=${p.timezone}`);
+  }
+  return name;
 }

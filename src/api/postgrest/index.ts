@@ -7,10 +7,20 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Capability } from '../../domain.js';
-import { EXPOSED_SCHEMAS, type Params, type SelectItem, type RestCall, type RestFunctionsService, type RestRowsService, type Written } from '../../services/data/index.js';
+import {
+  EXPOSED_SCHEMAS,
+  resultTable,
+  type FunctionInfo,
+  type Params,
+  type SelectItem,
+  type RestCall,
+  type RestFunctionsService,
+  type RestRowsService,
+  type Written,
+} from '../../services/data/index.js';
 import { authenticate, requestSettings } from './auth.js';
 import { PgrstError, pgrstErrorHandler } from './errors.js';
-import { checkProfile, negotiate, parsePrefer, parseRange, rangeAnswer, type Preferences } from './headers.js';
+import { checkProfile, negotiate, parsePrefer, parseRange, rangeAnswer, timezoneOf, type Preferences } from './headers.js';
 import { openApiDocument } from './openapi.js';
 import { parseRequest, type QueryString } from './query.js';
 import { toCsv } from './csv.js';
@@ -47,11 +57,21 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
   app.addHook('onRequest', async (request) => {
     await authenticate(request, app.auth, capabilityOf(request));
     checkProfile(request.headers, EXPOSED_SCHEMAS);
+    // an Accept no answer can be given in is refused before anything runs (PostgREST answers 406
+    // to a write too, even one that would send no body); the OpenAPI root has its own media type
+    if ((request.routeOptions.url ?? '/').endsWith('/') === false) negotiate(request.headers.accept);
   });
 
-  const call = (request: FastifyRequest): RestCall => ({ ctx: request.ctx, request: requestSettings(request, (request.url.split('?')[0] ?? '').replace(/^\/rest\/v1/, '') || '/') });
+  /** The tenant session of this request, with `Prefer: timezone` when PostgreSQL knows the zone. */
+  const call = async (request: FastifyRequest, p: Preferences): Promise<RestCall> => {
+    const timezone = p.timezone === undefined ? undefined : timezoneOf(p, await functions.timezones());
+    p.applied = timezone === undefined ? [] : [`timezone=${timezone}`];
+    const settings = requestSettings(request, (request.url.split('?')[0] ?? '').replace(/^\/rest\/v1/, '') || '/');
+    return { ctx: request.ctx, request: timezone === undefined ? settings : { ...settings, timezone } };
+  };
   const applied = (reply: FastifyReply, p: Preferences, names: string[]) => {
-    if (names.length) void reply.header('preference-applied', names.join(', '));
+    const all = [...names, ...p.applied];
+    if (all.length) void reply.header('preference-applied', all.join(', '));
   };
 
   app.get('/', { schema: hide }, async (request, reply) => {
@@ -64,13 +84,14 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
   async function read(request: FastifyRequest, reply: FastifyReply, table: string, qs: QueryString, from?: NonNullable<Parameters<RestRowsService['read']>[3]>['from']) {
     const media = negotiate(request.headers.accept);
     const prefer = parsePrefer(request.headers.prefer);
+    const session = await call(request, prefer);
     const rq = parseRequest(qs, { write: false });
     const range = parseRange(request.headers);
     if (range) {
       if (!('offset' in qs)) rq.offset = range.offset;
       if (range.limit !== undefined && rq.limit === undefined) rq.limit = range.limit;
     }
-    const r = await rows.read(call(request), table, rq, { count: prefer.count, stripNulls: media.stripNulls, from });
+    const r = await rows.read(session, table, rq, { count: prefer.count, stripNulls: media.stripNulls, from });
     const { status, contentRange } = rangeAnswer(r.offset, r.rows.length, r.total);
     void reply.header('content-range', contentRange);
     applied(reply, prefer, prefer.count ? [`count=${prefer.count}`] : []);
@@ -81,7 +102,7 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
       if (r.rows.length !== 1) throw new PgrstError(406, 'PGRST116', 'JSON object requested, multiple (or no) rows returned', `The result contains ${r.rows.length} rows`);
       return reply.code(200).type('application/vnd.pgrst.object+json; charset=utf-8').send(r.rows[0]);
     }
-    if (media.kind === 'csv') return reply.code(status).type('text/csv; charset=utf-8').send(toCsv(r.rows));
+    if (media.kind === 'csv') return reply.code(status).type('text/csv; charset=utf-8').send(toCsv(r.rows, r.columns));
     return reply
       .code(status)
       .type(media.stripNulls ? 'application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8' : JSON_TYPE)
@@ -98,8 +119,11 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     if (p.tx) names.push(`tx=${p.tx}`);
     if (p.handling) names.push(`handling=${p.handling}`);
     if (p.maxAffected !== undefined) names.push(`max-affected=${p.maxAffected}`);
+    if (p.count) names.push(`count=${p.count}`);
     applied(reply, p, names);
-    void reply.header('content-range', w.count ? `${created ? '*' : `0-${w.count - 1}`}/${created ? w.count : '*'}` : '*/*');
+    // the total is the number of rows written when a count was asked for (PostgREST: `*/2`)
+    const total = created || p.count ? String(w.count) : '*';
+    void reply.header('content-range', w.count ? `${created ? '*' : `0-${w.count - 1}`}/${total}` : `*/${p.count ? 0 : '*'}`);
     if (p.return === 'representation') {
       const media = negotiate(request.headers.accept);
       if (media.kind === 'object') {
@@ -126,7 +150,7 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     const rq = parseRequest(request.query as QueryString, { write: true });
     const body = request.body === undefined ? {} : request.body;
     if (body === null || typeof body !== 'object') throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the body must be a JSON object or an array of objects');
-    const written = await rows.insert(call(request), table, body, {
+    const written = await rows.insert(await call(request, p), table, body, {
       ...writeOptions(p, rq, true),
       columns: rq.columns,
       missingDefault: p.missing === 'default',
@@ -151,7 +175,7 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     const rq = parseRequest(request.query as QueryString, { write: true });
     refuseReadParams(rq);
     const body = request.body === undefined ? {} : request.body;
-    const written = await rows.update(call(request), table, rq, body, writeOptions(p, rq));
+    const written = await rows.update(await call(request, p), table, rq, body, writeOptions(p, rq));
     return sendWritten(request, reply, p, written, false, []);
   });
 
@@ -160,43 +184,72 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     const p = parsePrefer(request.headers.prefer);
     const rq = parseRequest(request.query as QueryString, { write: true });
     refuseReadParams(rq);
-    const written = await rows.remove(call(request), table, rq, writeOptions(p, rq));
+    const written = await rows.remove(await call(request, p), table, rq, writeOptions(p, rq));
     return sendWritten(request, reply, p, written, false, []);
   });
 
   /**
    * Call a function. A set-returning function of a table's row type is read like that table, so
-   * select, filters, order, limit/offset, counts and embedding apply to its rows; other functions
-   * take no query parameters beyond their arguments.
+   * select, filters, order, limit/offset, counts and embedding apply to its rows; the results of
+   * other functions (SETOF a composite or record type, TABLE(...), scalars) are read the same way
+   * over their result columns (a scalar's one column is named after the function), without
+   * embedding. A void function takes no query parameters beyond its arguments.
    */
-  const rpc = async (request: FastifyRequest, reply: FastifyReply, args: Record<string, unknown>, rest: QueryString, readOnly: boolean) => {
-    const { fn } = request.params as { fn: string };
-    const f = await functions.resolve(fn, Object.keys(args));
+  const rpc = async (request: FastifyRequest, reply: FastifyReply, f: FunctionInfo, args: Record<string, unknown>, rest: QueryString, o: { readOnly: boolean; whole?: boolean }) => {
     const tables = await app.services.schema.tables();
-    if (f.setof && f.composite && tables.has(f.returnType)) {
-      return read(request, reply, f.returnType, rest, { sql: (params: Params) => functions.callSql(f, args, params), readOnly: readOnly || f.volatility !== 'v' });
-    }
+    const readOnly = o.readOnly || f.volatility !== 'v';
+    const sql = (params: Params) => functions.callSql(f, args, params, { whole: o.whole });
+    if (f.setof && f.composite && tables.has(f.returnType)) return read(request, reply, f.returnType, rest, { sql, readOnly });
     const extra = Object.keys(rest);
-    if (extra.length) throw new PgrstError(400, 'PGRST100', `"${extra[0]}" is not supported on /rpc/${fn} by Strata`, 'select, filters and paging apply to functions returning SETOF a table');
-    const r = await functions.call(call(request), fn, args, { readOnly });
+    const scalar = !f.composite && f.columns.length === 1 ? f.columns[0]!.name : undefined;
+    if (scalar !== undefined && rest['select'] !== undefined && ![`*`, scalar].includes(String(rest['select']))) {
+      throw new PgrstError(400, 'PGRST100', `"failed to parse select parameter (${String(rest['select'])})"`, `${f.name} returns a scalar: select takes only * or ${scalar}`);
+    }
+    const from = { sql, readOnly, table: (call: string) => resultTable(f, call), ...(scalar !== undefined ? { value: scalar } : {}) };
+    if (f.setof && f.columns.length) return read(request, reply, f.name, rest, from);
+    if (extra.length && f.columns.length) {
+      // one row (a composite or a scalar) that the filters keep or not: the value, or null
+      const p = parsePrefer(request.headers.prefer);
+      const r = await rows.read(await call(request, p), f.name, parseRequest(rest, { write: false }), { from });
+      applied(reply, p, []);
+      return reply.code(200).type(JSON_TYPE).send(r.rows[0] ?? 'null');
+    }
+    if (extra.length) throw new PgrstError(400, 'PGRST100', `"${extra[0]}" is not supported on /rpc/${f.name} by Strata`, 'a function returning void or a record of no declared columns takes only its arguments');
+    const p = parsePrefer(request.headers.prefer);
+    const r = await functions.call(await call(request, p), f, args, { readOnly: o.readOnly, whole: o.whole });
+    applied(reply, p, o.whole ? ['params=single-object'] : []);
     if (r.json === undefined) return reply.code(204).send();
     return reply.code(200).type(JSON_TYPE).send(r.json);
   };
   app.get('/rpc/:fn', { schema: hide }, async (request, reply) => {
-    const names = await functions.argNames((request.params as { fn: string }).fn);
+    const { fn } = request.params as { fn: string };
+    const names = await functions.argNames(fn);
     const args: Record<string, unknown> = {};
     const rest: QueryString = {};
     for (const [k, v] of Object.entries(request.query as QueryString)) {
       if (names.has(k)) args[k] = v;
       else rest[k] = v;
     }
-    return rpc(request, reply, args, rest, true);
+    return rpc(request, reply, await functions.resolve(fn, Object.keys(args)), args, rest, { readOnly: true });
   });
   app.post('/rpc/:fn', { schema: hide }, async (request, reply) => {
+    const { fn } = request.params as { fn: string };
     const body = request.body ?? {};
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the arguments must be a JSON object');
+    const p = parsePrefer(request.headers.prefer);
     const canWrite = ['writer', 'admin', 'platform_admin'].includes(request.ctx.role);
-    return rpc(request, reply, body as Record<string, unknown>, request.query as QueryString, !canWrite);
+    if (p.params === 'single-object') {
+      // the whole body, whatever its shape, is the one json/jsonb argument
+      const f = await functions.resolveSingleObject(fn);
+      return rpc(request, reply, f, body as Record<string, unknown>, request.query as QueryString, { readOnly: !canWrite, whole: true });
+    }
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      // an array or a scalar can only be the argument of a function taking one unnamed json argument
+      const f = await functions.resolve(fn, [], { body: true }).catch(() => undefined);
+      if (!f || f.args.length !== 1 || f.args[0]!.name !== '') throw new PgrstError(400, 'PGRST102', 'Empty or invalid json', 'the arguments must be a JSON object');
+      return rpc(request, reply, f, body as Record<string, unknown>, request.query as QueryString, { readOnly: !canWrite });
+    }
+    const args = body as Record<string, unknown>;
+    return rpc(request, reply, await functions.resolve(fn, Object.keys(args), { body: true }), args, request.query as QueryString, { readOnly: !canWrite });
   });
 }
 

@@ -43,6 +43,8 @@ export interface ReadResult {
   rows: string[];
   offset: number;
   total?: number;
+  /** The names of the answer's columns, given when there are no rows (a CSV answer's header line). */
+  columns?: string[];
 }
 
 export interface WriteOptions {
@@ -208,19 +210,27 @@ export function createRestRowsService(opts: RestRowsOptions) {
       call: RestCall,
       table: string,
       rq: RestQuery,
-      o: { count?: CountMethod; stripNulls?: boolean; from?: { sql: (params: Params) => string; readOnly: boolean } } = {},
+      o: {
+        count?: CountMethod;
+        stripNulls?: boolean;
+        /**
+         * Read a function's result instead of the table: `sql` is the call. Of a table's row type it
+         * is read like the table (embeds and all); otherwise `table` describes its columns
+         * (resultTable) and `value` names the one column of a scalar result, answered bare.
+         */
+        from?: { sql: (params: Params) => string; readOnly: boolean; table?: (sql: string) => TableInfo; value?: string };
+      } = {},
     ): Promise<ReadResult> {
       const params = new Params();
-      const registered = await schema.table(table);
-      // a set-returning function of this table's row type is read like the table (RPC with filters)
-      const t = o.from ? { ...registered, qualified: o.from.sql(params) } : registered;
+      const from = o.from;
+      const t = from?.table ? from.table(from.sql(params)) : from ? { ...(await schema.table(table)), qualified: from.sql(params) } : await schema.table(table);
       const readOnly = o.from?.readOnly ?? true;
       const s = await scopeFor(params, rq.embeds);
       const conds = conditions(t, rq, s);
       const where = conds.length ? ` WHERE ${conds.join(' AND ')}` : '';
       const countValues = [...params.values];
       const limit = Math.min(rq.limit ?? opts.maxRows, opts.maxRows);
-      const json = rowJson(t, rq.select, s, o.stripNulls);
+      const json = from?.value !== undefined ? `to_json(t0.${q(from.value)})` : rowJson(t, rq.select, s, o.stripNulls);
       const order = orderBy(t, rq, s);
       const paging = ` LIMIT ${params.add(limit)}${rq.offset ? ` OFFSET ${params.add(rq.offset)}` : ''}`;
       // PostgreSQL sums the rows' JSON sizes and sends none past the bound (response-bounds.ts)
@@ -229,9 +239,15 @@ export function createRestRowsService(opts: RestRowsOptions) {
         if (rows.length > 0 && isOver(rows[rows.length - 1]!)) throw readOverflow();
         return rows.map((r) => r['j'] as string);
       };
+      const answer = (rows: string[], total?: number): ReadResult => ({
+        rows,
+        offset: rq.offset,
+        ...(total === undefined ? {} : { total }),
+        ...(rows.length === 0 ? { columns: columnNames(t, rq.select, s) } : {}),
+      });
       if (!o.count) {
         const res = await db.tenantQuery<{ j: string }>(call.ctx, text, params.values, txOptions(call, readOnly));
-        return { rows: page(res.rows), offset: rq.offset };
+        return answer(page(res.rows));
       }
       // planned and estimated counts would read the planner's table-wide statistics, which describe
       // every tenant's rows: a tenant gets an exact count capped at POSTGREST_COUNT_CAP instead
@@ -246,7 +262,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
             tx.query<{ j: string }>(text, params.values),
             tx.query<{ n: string }>(countSql, countValues, { final: true }),
           ]);
-          return { rows: page(p.rows), offset: rq.offset, total: Number(counted.rows[0]?.n ?? 0) };
+          return answer(page(p.rows), Number(counted.rows[0]?.n ?? 0));
         },
         txOptions(call, readOnly),
       );
@@ -337,6 +353,21 @@ export function createRestRowsService(opts: RestRowsOptions) {
       return runWrite(call, t, o, text, params.values);
     },
   };
+}
+
+/** The names the select gives its answer's columns, in order (as rowJsonSql names them). */
+function columnNames(t: TableInfo, select: SelectItem[], s: BuildScope): string[] {
+  const out: string[] = [];
+  for (const item of select) {
+    if (item.kind === 'star') out.push(...t.columns.map((c) => c.name));
+    else if (item.kind === 'column') out.push(item.alias ?? (item.path?.length ? item.path[item.path.length - 1]!.key : item.name));
+    else if (!item.spread) out.push(item.alias ?? item.relation);
+    else {
+      const target = s.tables.get(s.relate!(t, item).table);
+      if (target) out.push(...columnNames(target, item.select, s));
+    }
+  }
+  return out;
 }
 
 function findEmbed(select: SelectItem[], name: string): Extract<SelectItem, { kind: 'embed' }> | undefined {

@@ -6,7 +6,8 @@
  */
 import pg from 'pg';
 import type { Database } from '../../db/database.js';
-import { badRequest, notFound } from '../../errors.js';
+import { AppError, badRequest, notFound } from '../../errors.js';
+import { viewColumnOrigins } from './view-lineage.js';
 
 export interface ColumnInfo {
   name: string;
@@ -58,8 +59,11 @@ export interface TableInfo {
   /** `"schema"."table"`, quoted from the catalog. */
   qualified: string;
   comment: string | null;
-  /** A view over exactly one exposed table: that table (PostgREST infers the view's relationships from it). */
-  base?: string;
+  /**
+   * A view: where its columns come from (view column -> exposed table and column), read from the
+   * view's query (view-lineage.ts). PostgREST infers a view's relationships from these.
+   */
+  sources?: Map<string, { table: string; column: string }>;
 }
 
 export interface Relationship {
@@ -110,8 +114,18 @@ SELECT c.oid::int AS oid, c.relname AS name, n.nspname AS schema, c.relrowsecuri
                   JOIN pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.attnum)) ORDER BY co.conname)
      FROM pg_constraint co JOIN pg_class fc ON fc.oid = co.confrelid JOIN pg_namespace fn ON fn.oid = fc.relnamespace
      WHERE co.conrelid = c.oid AND co.contype = 'f') AS fks,
-  CASE WHEN c.relkind IN ('v', 'm') THEN (SELECT array_agg(DISTINCT u.table_name::text) FROM information_schema.view_column_usage u
-     WHERE u.view_schema = n.nspname AND u.view_name = c.relname AND u.table_schema = ANY($1)) END AS bases
+  (SELECT json_object_agg(a.attnum, a.attname) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS attnums,
+  CASE WHEN c.relkind = 'v' THEN (SELECT r.ev_action::text FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename = '_RETURN') END AS rule,
+  -- the relations a view reads, at any depth, that would run past row-level security: views
+  -- without security_invoker (they read as their owner) and materialized views (no RLS at all)
+  CASE WHEN c.relkind IN ('v', 'm') THEN (WITH RECURSIVE reach(oid) AS (
+      SELECT d.refobjid FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass
+        WHERE r.ev_class = c.oid AND d.refobjid <> c.oid
+      UNION
+      SELECT d.refobjid FROM reach JOIN pg_rewrite r ON r.ev_class = reach.oid
+        JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass WHERE d.refobjid <> r.ev_class)
+    SELECT array_agg(DISTINCT x.relname::text) FROM (SELECT c.oid UNION SELECT oid FROM reach) y JOIN pg_class x ON x.oid = y.oid
+    WHERE x.relkind = 'm' OR (x.relkind = 'v' AND NOT coalesce((SELECT o.option_value::bool FROM pg_options_to_table(x.reloptions) o WHERE o.option_name = 'security_invoker'), false))) END AS unsafe
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = ANY($1)
 ORDER BY c.relname`;
@@ -127,7 +141,9 @@ interface Row {
   indexes: IndexInfo[] | null;
   checks: Array<{ name: string; definition: string }> | null;
   fks: Array<ForeignKey & { schema: string }> | null;
-  bases: string[] | null;
+  attnums: Record<string, string> | null;
+  rule: string | null;
+  unsafe: string[] | null;
 }
 
 /** `CHECK ((status = ANY (ARRAY['a'::text, 'b'::text])))` -> ['a', 'b'] for column status. */
@@ -149,8 +165,22 @@ function rowKey(columns: string[]): string[] {
   return columns.length > 1 && columns[0] === 'tenant_id' ? columns.slice(1) : columns;
 }
 
-function build(rows: Row[]): Map<string, TableInfo> {
+/**
+ * Views (and materialized views) that would let a tenant past row-level security: a view without
+ * `security_invoker = true` reads its tables as the view's owner, and a materialized view has no
+ * RLS at all; so does any view reading one of them. They are left out of the registry, so no face
+ * (/v1, /rest/v1, GraphQL, exports) serves them; asking for one names the reason (see table()).
+ */
+export type RefusedViews = Map<string, string[]>;
+
+function build(all: Row[]): { tables: Map<string, TableInfo>; refused: RefusedViews } {
   const map = new Map<string, TableInfo>();
+  const refused: RefusedViews = new Map();
+  const rows = all.filter((r) => {
+    if (r.unsafe?.length) refused.set(r.name, r.unsafe);
+    return !r.unsafe?.length;
+  });
+  const byOid = new Map(all.map((r) => [r.oid, r]));
   for (const r of rows) {
     const checks = r.checks ?? [];
     const columns: ColumnInfo[] = (r.columns ?? []).filter((c) => !hidden(c)).map((c) => ({ ...c, enum: enumFromChecks(c.name, checks) }));
@@ -169,15 +199,33 @@ function build(rows: Row[]): Map<string, TableInfo> {
       hasTenantId: columns.some((c) => c.name === 'tenant_id'),
       qualified: `${pg.escapeIdentifier(r.schema)}.${pg.escapeIdentifier(r.name)}`,
       comment: r.comment,
-      ...(r.bases?.length === 1 ? { base: r.bases[0] } : {}),
     });
+  }
+  for (const r of rows) {
+    if (r.rule !== null) map.get(r.name)!.sources = viewSources(r, byOid, map);
   }
   for (const t of map.values()) {
     for (const fk of t.foreignKeys) {
       map.get(fk.table)?.referencedBy.push({ name: fk.name, table: t.name, columns: fk.columns, refColumns: fk.refColumns });
     }
   }
-  return map;
+  return { tables: map, refused };
+}
+
+/** A view's columns that are plain columns of an exposed table (through other views too). */
+function viewSources(view: Row, byOid: Map<number, Row>, tables: Map<string, TableInfo>, depth = 0): Map<string, { table: string; column: string }> {
+  const out = new Map<string, { table: string; column: string }>();
+  if (depth > 8 || view.rule === null) return out;
+  for (const o of viewColumnOrigins(view.rule)) {
+    const rel = byOid.get(o.relation);
+    const column = rel?.attnums?.[String(o.attnum)];
+    if (!rel || column === undefined || !tables.has(rel.name)) continue;
+    if (rel.rule !== null) {
+      const inner = viewSources(rel, byOid, tables, depth + 1).get(column);
+      if (inner) out.set(o.column, inner);
+    } else out.set(o.column, { table: rel.name, column });
+  }
+  return out;
 }
 
 /** Relationships of a table, named for embedding: outgoing by target table, incoming by source table. */
@@ -254,13 +302,16 @@ function typeSchema(c: ColumnInfo): Record<string, unknown> {
 
 export function createRegistryService(deps: { db: Pick<Database, 'adminQuery'> }) {
   let tables: Map<string, TableInfo> | undefined;
+  let refused: RefusedViews = new Map();
   let loading: Promise<Map<string, TableInfo>> | undefined;
   let version = 0;
   const listeners = new Set<() => void>();
 
   async function load(): Promise<Map<string, TableInfo>> {
     const { rows } = await deps.db.adminQuery<Row>(INTROSPECT, [EXPOSED_SCHEMAS]);
-    return build(rows);
+    const built = build(rows);
+    refused = built.refused;
+    return built.tables;
   }
 
   return {
@@ -281,7 +332,15 @@ export function createRegistryService(deps: { db: Pick<Database, 'adminQuery'> }
     /** A table by name; 404 TABLE_NOT_FOUND when it is not exposed. */
     async table(name: string): Promise<TableInfo> {
       const t = (await this.tables()).get(name);
-      if (!t) throw notFound('TABLE_NOT_FOUND', `table ${JSON.stringify(name)} does not exist or is not exposed`);
+      if (!t) {
+        const through = refused.get(name);
+        if (through) {
+          throw new AppError(403, 'VIEW_NOT_SECURITY_INVOKER', `view ${JSON.stringify(name)} is not served: it reads ${through.map((x) => JSON.stringify(x)).join(', ')} past row-level security`, {
+            hint: 'create the view WITH (security_invoker = true) over tables or security_invoker views (not materialized views), so row-level security applies to the caller',
+          });
+        }
+        throw notFound('TABLE_NOT_FOUND', `table ${JSON.stringify(name)} does not exist or is not exposed`);
+      }
       return t;
     },
     /** A column of a table; 400 UNKNOWN_COLUMN naming it when absent. */

@@ -21,56 +21,87 @@ interface Candidate {
 const unique = (t: TableInfo, cols: string[]) => t.indexes.some((ix) => ix.unique && ix.columns.length > 0 && ix.columns.every((c) => cols.includes(c)));
 const meaningful = (cols: string[]) => cols.filter((c) => c !== 'tenant_id');
 
-/** A view's relationships are its base table's, restricted to the columns the view shows. */
-function baseOf(tables: Map<string, TableInfo>, x: TableInfo): TableInfo {
-  return (x.base !== undefined ? tables.get(x.base) : undefined) ?? x;
+/**
+ * The tables a relation shows, each with how its columns are named there: a table shows itself; a
+ * view shows each source table of its columns (PostgREST infers a view's relationships from them).
+ */
+function exposures(tables: Map<string, TableInfo>, x: TableInfo): Array<{ table: TableInfo; as: Map<string, string> }> {
+  if (x.sources === undefined) return [{ table: x, as: new Map(x.columns.map((c) => [c.name, c.name])) }];
+  const by = new Map<string, Map<string, string>>();
+  for (const [viewColumn, src] of x.sources) {
+    const m = by.get(src.table) ?? new Map<string, string>();
+    if (!m.has(src.column)) m.set(src.column, viewColumn);
+    by.set(src.table, m);
+  }
+  return [...by].flatMap(([name, as]) => {
+    const table = tables.get(name);
+    return table ? [{ table, as }] : [];
+  });
 }
-const shows = (x: TableInfo, cols: string[]) => cols.every((c) => x.columnMap.has(c));
+/** `cols` as the relation names them, or undefined when it does not show every one. */
+const named = (as: Map<string, string>, cols: string[]): string[] | undefined => {
+  const out = cols.map((c) => as.get(c));
+  return out.every((c) => c !== undefined) ? out : undefined;
+};
 
 function candidates(tables: Map<string, TableInfo>, t: TableInfo, target: string): Candidate[] {
   const out: Candidate[] = [];
   const other = tables.get(target);
   if (!other) return out;
-  const tb = baseOf(tables, t);
-  const ob = baseOf(tables, other);
-  for (const fk of tb.foreignKeys) {
-    if (fk.table !== ob.name || !shows(t, fk.columns) || !shows(other, fk.refColumns)) continue;
-    out.push({
-      rel: { name: target, kind: 'many-to-one', table: target, localColumns: fk.columns, remoteColumns: fk.refColumns, constraint: fk.name },
-      hints: [fk.name, ...meaningful(fk.columns), ...meaningful(fk.refColumns)],
-      describe: `${fk.name} using ${t.name}(${fk.columns.join(', ')}) and ${target}(${fk.refColumns.join(', ')})`,
-    });
-  }
-  for (const fk of tb.referencedBy) {
-    if (fk.table !== ob.name || !shows(t, fk.refColumns) || !shows(other, fk.columns)) continue;
-    const kind: Cardinality = unique(ob, fk.columns) ? 'one-to-one' : 'one-to-many';
-    out.push({
-      rel: { name: target, kind, table: target, localColumns: fk.refColumns, remoteColumns: fk.columns, constraint: fk.name },
-      hints: [fk.name, ...meaningful(fk.columns), ...meaningful(fk.refColumns)],
-      describe: `${fk.name} using ${target}(${fk.columns.join(', ')}) and ${t.name}(${fk.refColumns.join(', ')})`,
-    });
-  }
-  // many-to-many: a join table with a foreign key to each side, both inside its primary key
-  for (const j of tables.values()) {
-    if (j.name === tb.name || j.name === ob.name || j.primaryKey.length === 0 || j.base !== undefined) continue;
-    // the registry's primary key leaves out a leading tenant_id (the session fixes it), which a
-    // composite foreign key (tenant_id, x) still names
-    const inPk = (f: ForeignKey) => f.columns.every((c) => c === 'tenant_id' || j.primaryKey.includes(c));
-    for (const toT of j.foreignKeys.filter((f) => f.table === tb.name && inPk(f) && shows(t, f.refColumns))) {
-      for (const toTarget of j.foreignKeys.filter((f) => f.table === ob.name && f !== toT && inPk(f) && shows(other, f.refColumns))) {
+  const mine = exposures(tables, t);
+  const theirs = exposures(tables, other);
+  for (const { table: tb, as: tAs } of mine) {
+    for (const { table: ob, as: oAs } of theirs) {
+      for (const fk of tb.foreignKeys) {
+        if (fk.table !== ob.name) continue;
+        const local = named(tAs, fk.columns);
+        const remote = named(oAs, fk.refColumns);
+        if (!local || !remote) continue;
         out.push({
-          rel: {
-            name: target,
-            kind: 'many-to-many',
-            table: target,
-            localColumns: toT.refColumns,
-            remoteColumns: toTarget.refColumns,
-            constraint: toTarget.name,
-            junction: { table: j.name, qualified: j.qualified, localColumns: toT.columns, remoteColumns: toTarget.columns, targetColumns: toTarget.refColumns },
-          },
-          hints: [j.name, toT.name, toTarget.name],
-          describe: `${t.name}, ${target} through ${j.name} (${toT.name}, ${toTarget.name})`,
+          rel: { name: target, kind: 'many-to-one', table: target, localColumns: local, remoteColumns: remote, constraint: fk.name },
+          hints: [fk.name, ...meaningful(fk.columns), ...meaningful(fk.refColumns), ...meaningful(local), ...meaningful(remote)],
+          describe: `${fk.name} using ${t.name}(${local.join(', ')}) and ${target}(${remote.join(', ')})`,
         });
+      }
+      for (const fk of tb.referencedBy) {
+        if (fk.table !== ob.name) continue;
+        const local = named(tAs, fk.refColumns);
+        const remote = named(oAs, fk.columns);
+        if (!local || !remote) continue;
+        const kind: Cardinality = unique(ob, fk.columns) ? 'one-to-one' : 'one-to-many';
+        out.push({
+          rel: { name: target, kind, table: target, localColumns: local, remoteColumns: remote, constraint: fk.name },
+          hints: [fk.name, ...meaningful(fk.columns), ...meaningful(fk.refColumns), ...meaningful(local), ...meaningful(remote)],
+          describe: `${fk.name} using ${target}(${remote.join(', ')}) and ${t.name}(${local.join(', ')})`,
+        });
+      }
+      // many-to-many: a join table with a foreign key to each side, both inside its primary key
+      for (const j of tables.values()) {
+        if (j.name === tb.name || j.name === ob.name || j.primaryKey.length === 0 || j.sources !== undefined) continue;
+        // the registry's primary key leaves out a leading tenant_id (the session fixes it), which a
+        // composite foreign key (tenant_id, x) still names
+        const inPk = (f: ForeignKey) => f.columns.every((c) => c === 'tenant_id' || j.primaryKey.includes(c));
+        for (const toT of j.foreignKeys.filter((f) => f.table === tb.name && inPk(f))) {
+          const local = named(tAs, toT.refColumns);
+          if (!local) continue;
+          for (const toTarget of j.foreignKeys.filter((f) => f.table === ob.name && f !== toT && inPk(f))) {
+            const remote = named(oAs, toTarget.refColumns);
+            if (!remote) continue;
+            out.push({
+              rel: {
+                name: target,
+                kind: 'many-to-many',
+                table: target,
+                localColumns: local,
+                remoteColumns: remote,
+                constraint: toTarget.name,
+                junction: { table: j.name, qualified: j.qualified, localColumns: toT.columns, remoteColumns: toTarget.columns, targetColumns: remote },
+              },
+              hints: [j.name, toT.name, toTarget.name],
+              describe: `${t.name}, ${target} through ${j.name} (${toT.name}, ${toTarget.name})`,
+            });
+          }
+        }
       }
     }
   }
