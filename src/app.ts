@@ -64,8 +64,10 @@ import testingRoutes from './api/rest/testing/index.js';
 import postgrestRoutes from './api/postgrest/index.js';
 import { createRestFunctionsService, createRestRowsService, type RestFunctionsService, type RestRowsService } from './services/data/index.js';
 import clusterRoutes from './api/rest/cluster/index.js';
+import partitionRoutes from './api/rest/partitions/index.js';
 import clusterGuard from './plugins/cluster-guard.js';
 import { createClusterService, type ClusterService } from './services/cluster/index.js';
+import { createPartitionService, type PartitionService } from './services/partitions/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -89,6 +91,7 @@ export interface AppServices extends BackupServices {
   restRows: RestRowsService;
   restFunctions: RestFunctionsService;
   cluster: ClusterService;
+  partitions: PartitionService;
 }
 
 declare module 'fastify' {
@@ -220,6 +223,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     restFunctions: createRestFunctionsService({ db, schema }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
     cluster: createClusterService({ db }),
+    partitions: createPartitionService({ db }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -268,6 +272,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(testingRoutes, { prefix: '/v1/testing' });
   await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
   await app.register(clusterRoutes, { prefix: '/v1/admin' });
+  await app.register(partitionRoutes, { prefix: '/v1/admin/partitions' });
   return app;
 }
 

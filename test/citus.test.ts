@@ -17,6 +17,7 @@ import { createTestApp, type TestApp } from './helpers/app.js';
 import { REDIS_URL } from './helpers/databases.js';
 import { citusAvailable, startCitusCluster, type CitusCluster } from './helpers/citus-cluster.js';
 import { TEST_APP_PASSWORD, TEST_APP_ROLE } from './helpers/constants.js';
+import { EVENTS_DDL } from './helpers/partitioned-table.js';
 
 const unavailable = citusAvailable();
 if (unavailable) console.log(`Citus suite skipped: ${unavailable}`);
@@ -505,6 +506,62 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
       for (const row of list.body['data'] as Json[]) expect(row['tenant_id']).toBe('globex');
       expect((list.body['data'] as Json[]).length).toBe(5);
     }, 180_000);
+  });
+
+  // last: it adds a distributed table, which the shard counts above do not expect
+  describe('time partitioning on a cluster (create_time_partitions / drop_old_time_partitions)', () => {
+    const DAY = 86_400_000;
+    const ranges = async () =>
+      (((await req('platform', 'GET', '/v1/admin/partitions')).body['data'] as Array<{ partitions: Array<{ from: string | null; to: string | null; default: boolean }> }>)[0]?.partitions ?? []).filter((p) => !p.default);
+
+    beforeAll(async () => {
+      await cluster.query(cluster.coordinator, EVENTS_DDL);
+      const pool = new pg.Pool({ connectionString: cluster.coordinator.url, max: 1 });
+      try {
+        const again = await prepareCluster(pool, pino({ level: 'silent' }));
+        expect(again?.distributed).toEqual(['events_p']);
+      } finally {
+        await pool.end();
+      }
+    }, 120_000);
+
+    it('refuses a plain table and a bad interval with nothing written', async () => {
+      const plain = await req('platform', 'POST', '/v1/admin/partitions', { table: 'pipelines', column: 'created_at', interval: '1 day' });
+      expect(plain.status).toBe(409);
+      expect((plain.body['error'] as Json)['code']).toBe('TABLE_NOT_PARTITIONED');
+      const bad = await req('platform', 'POST', '/v1/admin/partitions', { table: 'events_p', column: 'at', interval: '90 minutes' });
+      expect(bad.status).toBe(400);
+      expect((bad.body['error'] as Json)['code']).toBe('INVALID_INTERVAL');
+      const { rows } = await t.db.adminQuery<{ n: number }>("SELECT (SELECT count(*) FROM strata.time_partitions) + (SELECT count(*) FROM pg_inherits WHERE inhparent = 'events_p'::regclass) AS n");
+      expect(Number(rows[0]!.n)).toBe(0);
+    });
+
+    it('makes distributed partitions ahead, keeps RLS through the parent, and drops past retention', async () => {
+      const r = await req('platform', 'POST', '/v1/admin/partitions', { table: 'events_p', column: 'at', interval: '1 day', premake: 3, retention: '3 days', start: new Date(Date.now() - 10 * DAY).toISOString() });
+      expect(r.status, JSON.stringify(r.body)).toBe(201);
+      expect(r.body['data']).toMatchObject({ engine: 'citus', interval: '1 day', premake: 3, retention: '3 days' });
+      let parts = await ranges();
+      expect(Date.parse(parts[0]!.from!)).toBeLessThanOrEqual(Date.now() - 9 * DAY);
+      expect(Date.parse(parts[parts.length - 1]!.to!)).toBeGreaterThanOrEqual(Date.now() + 3 * DAY);
+      // every partition is a distributed table colocated with the tenant's rows
+      const { rows: dist } = await t.db.adminQuery<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_inherits i JOIN pg_dist_partition p ON p.logicalrelid = i.inhrelid WHERE i.inhparent = 'events_p'::regclass",
+      );
+      expect(dist[0]!.n).toBe(parts.length);
+
+      const acme: SessionContext = { tenantId: 'acme', actor: 'test', role: 'writer', requestId: 'partitions' };
+      const globex: SessionContext = { ...acme, tenantId: 'globex' };
+      await t.db.withTenant(acme, (tx) => tx.query("INSERT INTO events_p (kind, at) VALUES ('now', now()), ('old', now() - interval '9 days')"));
+      const seen = async (ctx: SessionContext) => (await t.db.withTenant(ctx, (tx) => tx.query<{ kind: string }>('SELECT kind FROM events_p ORDER BY kind'))).rows.map((x) => x.kind);
+      expect(await seen(acme)).toEqual(['now', 'old']);
+      expect(await seen(globex)).toEqual([]);
+
+      expect(await t.app.services.partitions.maintain()).toEqual({ maintained: 1, failed: 0 });
+      parts = await ranges();
+      expect(Date.parse(parts[0]!.from!)).toBeGreaterThanOrEqual(Date.now() - 5 * DAY);
+      expect(Date.parse(parts[parts.length - 1]!.to!)).toBeGreaterThanOrEqual(Date.now() + 3 * DAY);
+      expect(await seen(acme)).toEqual(['now']);
+    }, 120_000);
   });
 });
 

@@ -9,6 +9,7 @@ import type { Database } from '../db/database.js';
 import type { BackupServices } from '../services/backups/index.js';
 import type { WebhookDeliveryService } from '../services/changes/index.js';
 import type { ClusterService } from '../services/cluster/index.js';
+import type { PartitionService } from '../services/partitions/index.js';
 import type { ExportService } from '../services/exports/index.js';
 import type { ApiKeyService } from '../services/identity/index.js';
 import type { JobData, JobName } from './queues.js';
@@ -19,6 +20,7 @@ export interface ProcessorServices extends BackupServices {
   exports: ExportService;
   webhookDelivery: WebhookDeliveryService;
   cluster: ClusterService;
+  partitions: PartitionService;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {

@@ -46,6 +46,8 @@ const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
 const LIMIT_DELAY_MS = 1_000;
 import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
 import { createClusterService } from '../services/cluster/index.js';
+import { createPartitionService } from '../services/partitions/index.js';
+import { maintainPartitions } from './processors/maintain-partitions.js';
 
 export type { Processor, ProcessorContext, ProcessorServices } from './processor.js';
 
@@ -67,6 +69,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'tenant-move': tenantMove,
   'tenant-isolate': tenantIsolate,
   'cluster-rebalance': clusterRebalance,
+  'maintain-partitions': maintainPartitions,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
@@ -74,6 +77,7 @@ export function createProcessorServices(db: Database, log: Logger, feed: ChangeF
   return {
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
     cluster: createClusterService({ db }),
+    partitions: createPartitionService({ db }),
     ...createBackupServices(db, log),
     exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
     webhookDelivery: createWebhookDelivery({

@@ -43,6 +43,8 @@ export interface JobInputs {
   'tenant-isolate': { tenant: string };
   /** Cluster mode: rebalance shards over the workers (citus_rebalance_start). */
   'cluster-rebalance': Record<never, never>;
+  /** Time partitions made ahead and dropped past retention, every partition set (scheduled; platform). */
+  'maintain-partitions': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
 
@@ -64,6 +66,7 @@ export const JOB_QUEUES = {
   'tenant-move': 'cluster',
   'tenant-isolate': 'cluster',
   'cluster-rebalance': 'cluster',
+  'maintain-partitions': 'maintenance',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];
