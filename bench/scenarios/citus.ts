@@ -183,6 +183,7 @@ const scenario: BenchScenario = {
         longest_pause_ms: Math.round(Math.max(0, ...ends.slice(1).map((e, i) => e - ends[i]!))),
         acknowledged: acked.length,
         failed: writes.filter((w) => w.status !== 201).length,
+        statuses: writes.reduce<Record<string, number>>((a, w) => ({ ...a, [w.status]: (a[w.status] ?? 0) + 1 }), {}),
         lost: acked.length - found[0]!.n,
       };
       log(`citus: move ${JSON.stringify(move)}`);
