@@ -67,11 +67,13 @@ import testingRoutes from './api/rest/testing/index.js';
 import postgrestRoutes from './api/postgrest/index.js';
 import { createRestFunctionsService, createRestRowsService, type RestFunctionsService, type RestRowsService } from './services/data/index.js';
 import clusterRoutes from './api/rest/cluster/index.js';
+import partitionRoutes from './api/rest/partitions/index.js';
 import clusterGuard from './plugins/cluster-guard.js';
 import { createClusterService, type ClusterService } from './services/cluster/index.js';
 import { createSandboxService, type SandboxService } from './services/sandboxes/index.js';
 import sandboxRoutes from './api/rest/sandboxes/index.js';
 import sandboxPlugin from './plugins/sandbox.js';
+import { createPartitionService, type PartitionService } from './services/partitions/index.js';
 
 export interface AppServices extends BackupServices {
   tenants: TenantService;
@@ -98,6 +100,7 @@ export interface AppServices extends BackupServices {
   restFunctions: RestFunctionsService;
   cluster: ClusterService;
   sandboxes: SandboxService;
+  partitions: PartitionService;
 }
 
 declare module 'fastify' {
@@ -234,6 +237,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
     cluster: createClusterService({ db }),
     sandboxes: createSandboxService({ db, log: app.log, ttlS: config.SANDBOX_TTL_S, maxPerTenant: config.SANDBOX_MAX_PER_TENANT }),
+    partitions: createPartitionService({ db }),
   };
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
@@ -286,6 +290,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(postgrestRoutes, { prefix: '/rest/v1', rows: services.restRows, functions: services.restFunctions });
   await app.register(clusterRoutes, { prefix: '/v1/admin' });
   await app.register(sandboxRoutes, { prefix: '/v1/admin/sandboxes' });
+  await app.register(partitionRoutes, { prefix: '/v1/admin/partitions' });
   return app;
 }
 

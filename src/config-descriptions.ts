@@ -112,6 +112,7 @@ export const CONFIG_DESCRIPTIONS: Readonly<Record<string, string>> = {
   IDEMPOTENCY_TTL_S: 'Idempotency-Key: how long a key and its first answer are kept per tenant (seconds).',
   JOB_LOCK_DURATION_MS: 'BullMQ: lock of an active job, and how often lapsed locks are looked for: a dead worker\'s job is taken over within lock + interval.',
   JOB_STALLED_INTERVAL_MS: 'BullMQ: lock of an active job, and how often lapsed locks are looked for: a dead worker\'s job is taken over within lock + interval.',
+  PARTITIONS_MAINTENANCE_CRON: 'Schedule of the time-partition maintenance job (`/v1/admin/partitions`): partitions made ahead, those past retention dropped (pg_partman on a single server, Citus on a cluster).',
   SWEEP_CRON: 'Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed.',
   SWEEP_MIN_AGE_MS: 'Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed.',
   GRAPHQL_PLAN_CACHE_MAX: 'GraphQL plan cache: documents kept parsed, validated (and, without variables, compiled) per (document, operation, role); an LRU of at most this many entries.',

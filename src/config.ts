@@ -225,6 +225,7 @@ export const EnvSchema = Type.Object({
   JOB_STALLED_INTERVAL_MS: Int(5_000, 500, 3_600_000),
   /** Sweeper of orphaned export/backup temporaries: schedule, and the age a temporary must reach before it is removed. */
   SWEEP_CRON: Type.String({ default: '*/15 * * * *', minLength: 9 }),
+  PARTITIONS_MAINTENANCE_CRON: Type.String({ default: '23 * * * *', minLength: 9 }),
   SWEEP_MIN_AGE_MS: Int(3_600_000, 0, 31_536_000_000),
 });
 

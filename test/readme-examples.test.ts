@@ -24,6 +24,7 @@ const SKIP: Array<[RegExp, string]> = [
   [/\/v1\/admin\/(cluster|tenants\/[^/]+\/(placement|isolate|move))/, 'needs a Citus cluster (409 NOT_A_CLUSTER on one server); covered by the Citus suite'],
   [/\/v1\/testing\//, 'needs TESTING_MODE=true; covered by the testing-mode tests'],
   [/x-strata-sandbox/i, 'needs the sandbox copy job of the example before it to have run (no workers here); covered by test/sandboxes.test.ts'],
+  [/-X POST \S*\/v1\/admin\/partitions/, 'needs a range-partitioned table declared by a migration (the demo schema has none) and pg_partman; covered by test/partitions.test.ts'],
   [/\/rest\/v1\/rpc\//, 'names a function of the reader\'s own schema'],
   [/\/v1\/admin\/tenants\/acme.*limits/, 'changes the limits of the tenant the other examples run as'],
   [/\/v1\/tables\/pipelines\/rows\?status=eq\.paused/, 'a mass update of the demo rows the other examples read (its 413 needs rows past the bound; test/write-bounds.test.ts)'],

@@ -171,6 +171,16 @@ export class Database {
   async start(): Promise<void> {
     this.mode = await this.admin.with((c) => detectClusterMode(c));
     this.deps.cluster = this.mode.cluster;
+    if (this.mode.cluster) {
+      // a worker committing asynchronously could lose acknowledged writes at a shard move's cutover
+      // (see SessionDeps.clusterSyncCommit): tenant transactions then flush their commits there
+      const { rows } = await this.admin.with((c) =>
+        // a worker that does not answer counts as asynchronous: the extra SET LOCAL is cheap, a lost write is not
+        c.query<{ off: boolean | null }>("SELECT bool_or(NOT success OR result = 'off') AS off FROM run_command_on_workers('SHOW synchronous_commit')"),
+      );
+      this.deps.clusterSyncCommit = rows[0]?.off === true;
+      if (this.deps.clusterSyncCommit) this.deps.log.warn('cluster mode: a worker runs with synchronous_commit = off; tenant transactions set it to local there, so that an online shard move cannot miss an acknowledged write');
+    }
     for (const shard of this.shards.values()) {
       await shard.app.start();
       await shard.stream.start();

@@ -145,11 +145,27 @@ export interface SessionDeps {
    * transaction block, the only form Citus forwards to the workers (see single-trip.ts).
    */
   cluster?: boolean;
+  /**
+   * Cluster mode with a worker committing asynchronously (`synchronous_commit = off`): tenant
+   * transactions also send `SET LOCAL synchronous_commit = local`, forwarded to the workers. An
+   * online shard move ends with a catch-up up to the source's `pg_current_wal_lsn()`, the WAL
+   * *written* so far: a commit acknowledged but still in the WAL buffers lies beyond it, is not
+   * replicated before the cutover, and stays behind on the old placement (a lost write). A commit
+   * flushed before it is acknowledged cannot be missed. Detected at boot (Database.start).
+   */
+  clusterSyncCommit?: boolean;
 }
 
 /** `SET LOCAL strata.tenant_id = '<tenant>'`: SET takes no parameters, so the value is a quoted literal. */
 export function setLocalTenantSql(tenantId: string | null | undefined): string {
   return `SET LOCAL strata.tenant_id = ${pg.escapeLiteral(tenantId ?? '')}`;
+}
+
+/** Cluster mode: the `SET LOCAL`s of a tenant transaction, which Citus forwards to the workers. */
+export function clusterSetLocals(deps: SessionDeps, tenantId: string | null | undefined): string[] {
+  const sets = [setLocalTenantSql(tenantId)];
+  if (deps.clusterSyncCommit) sets.push('SET LOCAL synchronous_commit = local');
+  return sets;
 }
 
 /**
@@ -320,7 +336,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
   const retries = opts.retries ?? deps.defaults.retries;
   const setupValues = setupValuesFor(deps, ctx, opts);
   const setup = opts.request ? (opts.readOnly ? SETUP_REQ_RO : SETUP_REQ_RW) : opts.readOnly ? SETUP_RO : SETUP_RW;
-  const block = deps.cluster ? { set: setLocalTenantSql(ctx.tenantId) } : undefined;
+  const block = deps.cluster ? { set: clusterSetLocals(deps, ctx.tenantId) } : undefined;
   return withRetries(deps, ctx, retries, async (attempt) => {
     const lease = await pool.acquire();
     if (ctx.alive && !ctx.alive()) {
@@ -437,7 +453,7 @@ async function attemptOnce<T>(
   corkUntilNextTick(client);
   const setup = Promise.all([
     client.query(`BEGIN ISOLATION LEVEL ${iso}${opts.readOnly ? ' READ ONLY' : ''}`),
-    ...(deps.cluster ? [client.query(setLocalTenantSql(ctx.tenantId))] : []),
+    ...(deps.cluster ? [client.query(clusterSetLocals(deps, ctx.tenantId).join('; '))] : []),
     client.query(
       opts.request ? { name: 'strata_session_setup_req', text: SETUP_REQUEST_SQL } : { name: 'strata_session_setup', text: SETUP_SQL },
       setupValuesFor(deps, ctx, opts),

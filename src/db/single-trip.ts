@@ -110,7 +110,7 @@ class SingleTripQuery extends BaseQuery {
       }
       if (this.block) {
         // cluster mode: an explicit transaction block, so that Citus sends SET LOCAL to the workers
-        for (const text of ['BEGIN', this.block.set]) {
+        for (const text of ['BEGIN', ...this.block.set]) {
           connection.parse({ text, name: '', types: [] });
           connection.bind({ portal: '', statement: '', values: [], valueMapper: prepareValue });
           connection.execute({ portal: '' });
@@ -177,8 +177,8 @@ class SingleTripQuery extends BaseQuery {
  * trip; on an error the block is left aborted, and the caller sends ROLLBACK.
  */
 export interface BlockWrap {
-  /** A `SET LOCAL ...` statement with its values as quoted literals (SET takes no parameters). */
-  readonly set: string;
+  /** `SET LOCAL ...` statements with their values as quoted literals (SET takes no parameters). */
+  readonly set: readonly string[];
 }
 
 /** Run `setup` then `text` in one implicit transaction, one round trip; resolves to `text`'s result. */

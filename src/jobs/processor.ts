@@ -10,6 +10,7 @@ import type { BackupServices } from '../services/backups/index.js';
 import type { WebhookDeliveryService } from '../services/changes/index.js';
 import type { ClusterService } from '../services/cluster/index.js';
 import type { ComplianceOps } from '../services/compliance/index.js';
+import type { PartitionService } from '../services/partitions/index.js';
 import type { ExportService } from '../services/exports/index.js';
 import type { ApiKeyService } from '../services/identity/index.js';
 import type { JobData, JobName } from './queues.js';
@@ -21,6 +22,7 @@ export interface ProcessorServices extends BackupServices {
   webhookDelivery: WebhookDeliveryService;
   cluster: ClusterService;
   complianceOps: ComplianceOps;
+  partitions: PartitionService;
 }
 
 export interface ProcessorContext<N extends JobName = JobName> {

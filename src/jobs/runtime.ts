@@ -49,6 +49,8 @@ import { createClusterService } from '../services/cluster/index.js';
 import { complianceAnonymize, complianceRotate, complianceScan } from './processors/compliance.js';
 import { createComplianceOps, createTenantKeys, parseMasterKeys } from '../services/compliance/index.js';
 import { sandboxCreate } from './processors/sandboxes.js';
+import { createPartitionService } from '../services/partitions/index.js';
+import { maintainPartitions } from './processors/maintain-partitions.js';
 
 export type { Processor, ProcessorContext, ProcessorServices } from './processor.js';
 
@@ -74,6 +76,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'compliance-anonymize': complianceAnonymize,
   'compliance-rotate': complianceRotate,
   'sandbox-create': sandboxCreate,
+  'maintain-partitions': maintainPartitions,
 };
 
 export function createProcessorServices(db: Database, log: Logger, feed: ChangeFeed): ProcessorServices {
@@ -84,6 +87,7 @@ export function createProcessorServices(db: Database, log: Logger, feed: ChangeF
     complianceOps: createComplianceOps({ db, schema, keys: createTenantKeys({ db, keys: masterKeys }), masterKeys }),
     apiKeys: createApiKeyService({ kysely: createKysely(db.admin) }),
     cluster: createClusterService({ db }),
+    partitions: createPartitionService({ db }),
     ...createBackupServices(db, log),
     exports: createExportService({ db, schema: createRegistryService({ db }), config: db.config, log }),
     webhookDelivery: createWebhookDelivery({

@@ -11,11 +11,12 @@ import { registerBackupSchedule } from './backup-schedule.js';
 export const API_KEY_SWEEP_SCHEDULER = 'expire-api-keys';
 export const CHANGES_MAINTENANCE_SCHEDULER = 'maintain-changes';
 export const SWEEP_SCHEDULER = 'sweep-temporaries';
+export const PARTITIONS_SCHEDULER = 'maintain-partitions';
 
 /** Register (or update) every schedule. Throws, naming the variable, when a cron pattern is rejected. */
 export async function registerSchedules(
   jobs: JobsService,
-  config: Pick<Config, 'API_KEY_SWEEP_CRON'> & Partial<Pick<Config, 'CHANGES_MAINTENANCE_CRON' | 'BACKUP_CRON' | 'SWEEP_CRON'>>,
+  config: Pick<Config, 'API_KEY_SWEEP_CRON'> & Partial<Pick<Config, 'CHANGES_MAINTENANCE_CRON' | 'BACKUP_CRON' | 'SWEEP_CRON' | 'PARTITIONS_MAINTENANCE_CRON'>>,
   log: JobsLogger,
 ): Promise<void> {
   const data: JobData<'expire-api-keys'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${API_KEY_SWEEP_SCHEDULER}` };
@@ -61,5 +62,19 @@ export async function registerSchedules(
       throw new Error(`could not register the temporaries sweep schedule (SWEEP_CRON=${cron})`, { cause: err });
     }
     log.info({ cron }, 'schedule registered: sweep-temporaries');
+  }
+  if (config.PARTITIONS_MAINTENANCE_CRON) {
+    const cron = config.PARTITIONS_MAINTENANCE_CRON;
+    const pdata: JobData<'maintain-partitions'> = { tenantId: null, actor: 'system:scheduler', requestId: `schedule:${PARTITIONS_SCHEDULER}` };
+    try {
+      await jobs.queues.maintenance.upsertJobScheduler(
+        PARTITIONS_SCHEDULER,
+        { pattern: cron },
+        { name: 'maintain-partitions', data: pdata, opts: { attempts: 3, backoff: DEFAULT_JOB_OPTIONS.backoff, removeOnComplete: { count: 100 }, removeOnFail: { count: 500 } } },
+      );
+    } catch (err) {
+      throw new Error(`could not register the time-partition maintenance schedule (PARTITIONS_MAINTENANCE_CRON=${cron})`, { cause: err });
+    }
+    log.info({ cron }, 'schedule registered: maintain-partitions');
   }
 }

@@ -114,7 +114,12 @@ function initNode(i: number): CitusNode {
       'max_replication_slots = 20',
       'shared_buffers = 32MB',
       'fsync = off',
+      // On purpose: the setting under which online moves lost acknowledged writes (a commit still in
+      // the WAL buffers lies beyond the pg_current_wal_lsn() the move's last catch-up waits for;
+      // see SessionDeps.clusterSyncCommit). Strata must detect it and flush its own commits; a slow
+      // WAL writer widens the window so that the move test would catch a regression.
       'synchronous_commit = off',
+      `wal_writer_delay = ${process.env['CITUS_TEST_WAL_WRITER_DELAY'] ?? '1000ms'}`,
       'full_page_writes = off',
       // fewer shards than the default 32: same placement logic, far less DDL on two shared cores
       'citus.shard_count = 8',

@@ -19,6 +19,10 @@ export type JsonValue = JsonArray | JsonObject | JsonPrimitive;
 /** json/jsonb: parsed on read; written as JSON text (JSON.stringify), since arrays would bind as PostgreSQL arrays. */
 export type Json = ColumnType<JsonValue, string, string>;
 
+/** interval, as node-postgres parses it. */
+export interface IntervalValue { years?: number; months?: number; days?: number; hours?: number; minutes?: number; seconds?: number; milliseconds?: number }
+export type Interval = ColumnType<IntervalValue, IntervalValue | number | string, IntervalValue | number | string>;
+
 /** Kysely's Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */
 export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;
 
@@ -241,6 +245,18 @@ export interface StrataTenants {
   limits: Defaulted<Json>;
 }
 
+export interface StrataTimePartitions {
+  table_name: string;
+  column_name: string;
+  engine: 'pg_partman' | 'citus';
+  part_interval: Interval;
+  premake: number;
+  retention: Interval | null;
+  created_at: Defaulted<Timestamp>;
+  maintained_at: Timestamp | null;
+  last_error: string | null;
+}
+
 export interface StrataViews {
   name: string;
   sql: string;
@@ -319,6 +335,7 @@ export interface PlatformDB {
   'strata.subject_keys': StrataSubjectKeys;
   'strata.tenant_keys': StrataTenantKeys;
   'strata.tenants': StrataTenants;
+  'strata.time_partitions': StrataTimePartitions;
   'strata.views': StrataViews;
   'strata.webhook_deliveries': StrataWebhookDeliveries;
   'strata.webhooks': StrataWebhooks;

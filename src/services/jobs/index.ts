@@ -55,6 +55,8 @@ export interface JobInputs {
   'compliance-rotate': { rotation_id: string };
   /** Copy one tenant's rows into the sandbox recorded in strata.sandboxes (POST /v1/admin/sandboxes). */
   'sandbox-create': { sandbox_id: string };
+  /** Time partitions made ahead and dropped past retention, every partition set (scheduled; platform). */
+  'maintain-partitions': Record<never, never>;
 }
 export type JobName = keyof JobInputs;
 
@@ -81,6 +83,7 @@ export const JOB_QUEUES = {
   'compliance-anonymize': 'compliance',
   'compliance-rotate': 'compliance',
   'sandbox-create': 'sandboxes',
+  'maintain-partitions': 'maintenance',
 } as const satisfies Record<JobName, string>;
 export type QueueName = (typeof JOB_QUEUES)[JobName];
 export const QUEUE_NAMES: readonly QueueName[] = [...new Set(Object.values(JOB_QUEUES))];

@@ -333,7 +333,10 @@ export function createSearchService(opts: SearchServiceOptions) {
     async createIndex(ctx: RequestContext, input: CreateIndexInput, jobs: JobsService): Promise<{ index: SearchIndexView; job_id: string }> {
       const t = (await schema.tables()).get(input.table);
       if (!t) throw badRequest('UNKNOWN_TABLE', `table ${JSON.stringify(input.table)} does not exist or is not exposed`, { table: input.table });
-      if (!t.hasTenantId || !t.rls.forced) throw badRequest('NOT_A_TENANT_TABLE', `table ${t.name} is not a tenant table (tenant_id with forced row-level security)`, { table: t.name });
+      // on a Citus cluster FORCE is lifted from distributed tables (logical replication of moves
+      // refuses it; docs/cluster.md): RLS enabled is the tenant wall there
+      const walled = t.rls.forced || (db.cluster && t.rls.enabled);
+      if (!t.hasTenantId || !walled) throw badRequest('NOT_A_TENANT_TABLE', `table ${t.name} is not a tenant table (tenant_id with forced row-level security)`, { table: t.name });
       if (t.primaryKey.length !== 1) throw badRequest('NO_SINGLE_PRIMARY_KEY', `table ${t.name} has no single-column primary key`, { table: t.name });
       const columns = input.columns ?? [];
       if (columns.length === 0 && !input.vector) throw badRequest('NOTHING_TO_INDEX', 'give columns to index for text search, a vector column, or both');
