@@ -27,6 +27,12 @@ DECLARE
   low bigint;
   col text;
 BEGIN
+  -- A key rotation re-encrypts values in place (same plaintext, new ciphertext): not a change. Only the
+  -- owner's own connection (the rotation job's) may skip capture: in this SECURITY DEFINER function
+  -- current_user is the owner, and a tenant session's session_user never is (0013).
+  IF TG_OP = 'UPDATE' AND session_user = current_user AND current_setting('strata.rekey', true) = 'on' THEN
+    RETURN NULL;
+  END IF;
   IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;
   IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;
   r := coalesce(n, o);

@@ -12,7 +12,8 @@
 --    from its own feed's delay, when another tenant had a transaction open, and stall it). Now:
 --    - only locks of this database count (pg_locks.database);
 --    - the capture trigger also takes, once per transaction and tenant and BEFORE that tenant's first
---      id, a shared transaction-level advisory lock naming the tenant (key 'CT' << 16, hashtext(tenant));
+--      id, a shared transaction-level advisory lock naming the tenant (0016: key 17221 << 16,
+--      hashtext(tenant)); strata.change_horizon(tenant) of 0016 counts the same;
 --    - a tenant session's horizon is the smallest capture lock key held by a transaction that also
 --      holds its tenant's lock (same virtualtransaction). Transactions writing only other tenants'
 --      events never move it (a hash collision, 1 in 2^32, only makes it more careful).
@@ -44,60 +45,17 @@ BEGIN
       SELECT l.virtualtransaction AS vx, l.classid, l.objid
         FROM pg_locks l
        WHERE l.locktype = 'advisory' AND l.database = db AND l.objsubid = 2
-         AND ((l.classid::bigint >> 16) = 17220 OR (l.classid = 1129578496::oid AND l.objid = hashtext(t)::oid)))
+         AND ((l.classid::bigint >> 16) = 17220 OR (l.classid = (17221::bigint << 16)::oid AND l.objid = (hashtext(t)::bigint & 4294967295)::oid)))
     SELECT min(((c.classid::bigint & 65535) << 32) | c.objid::bigint) INTO k
       FROM l c
      WHERE (c.classid::bigint >> 16) = 17220
-       AND c.vx IN (SELECT m.vx FROM l m WHERE m.classid = 1129578496::oid);
+       AND c.vx IN (SELECT m.vx FROM l m WHERE m.classid = (17221::bigint << 16)::oid);
   END IF;
   RETURN least(v, coalesce(k, v));
 END $$;
 COMMENT ON FUNCTION strata.change_horizon() IS
   'Highest change id safe to expose to id-ordered readers of the session''s tenant (every tenant without one): read events with id <= horizon in a LATER statement (snapshot taken after this call).';
 
-CREATE OR REPLACE FUNCTION strata.capture_change() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  o jsonb;
-  n jsonb;
-  r jsonb;
-  key jsonb := '{}'::jsonb;
-  tenant text;
-  low bigint;
-  col text;
-BEGIN
-  IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;
-  IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;
-  r := coalesce(n, o);
-  FOR i IN 1 .. TG_NARGS - 1 LOOP
-    col := TG_ARGV[i];
-    key := key || jsonb_build_object(col, r -> col);
-  END LOOP;
-  tenant := coalesce(r ->> 'tenant_id', NULLIF(current_setting('strata.tenant_id', true), ''));
-  -- First event of this transaction (or of a subtransaction that rolled back its lock): announce a
-  -- lower bound of our ids before taking one (see strata.change_horizon()).
-  IF current_setting('strata.cdc_bound', true) IS DISTINCT FROM 'on' THEN
-    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO low FROM strata.changes_id_seq;
-    PERFORM pg_advisory_xact_lock_shared(((17220::bigint << 16) | (low >> 32))::int, (low & 4294967295)::bit(32)::int);
-    PERFORM set_config('strata.cdc_bound', 'on', true);
-  END IF;
-  -- First event of this tenant in this transaction: say which tenant's horizon we hold back, before
-  -- taking its id (0017; the horizon of a tenant only counts transactions holding this lock).
-  IF current_setting('strata.cdc_tenant', true) IS DISTINCT FROM coalesce(tenant, '') THEN
-    PERFORM pg_advisory_xact_lock_shared(1129578496, hashtext(coalesce(tenant, '')));
-    PERFORM set_config('strata.cdc_tenant', coalesce(tenant, ''), true);
-  END IF;
-  INSERT INTO strata.changes (id, txid, tenant_id, table_name, op, pk, before, after, actor, at)
-  VALUES (nextval('strata.changes_id_seq'), pg_current_xact_id(), tenant, TG_TABLE_NAME, lower(TG_OP), key, o, n,
-          NULLIF(current_setting('strata.actor', true), ''), now());
-  -- Opt-in: one wake-up per tenant and transaction (identical payloads fold), delivered at commit.
-  -- Off by default: a notifying commit takes a cluster-wide lock until it is flushed, which
-  -- serializes every notifying writer (readers poll the id sequence instead; see change-feed.ts).
-  IF TG_ARGV[0] = 'notify' THEN
-    PERFORM pg_notify('strata_changes', tenant);
-  END IF;
-  RETURN NULL;
-END $$;
 
 -- 3. Byte bound of a write's answer (rows API and /rest/v1 writes returning their rows): the write
 --    statement is `WITH strata_w AS (<dml> RETURNING <row JSON> AS j ...) SELECT ... FROM strata_w
