@@ -43,7 +43,7 @@ import { createQueryInsightService, type QueryInsightService } from './services/
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
 import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
-import { createDeclarations, createTenantKeys, parseMasterKeys, type Declarations, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
+import { createAuditLog, createDeclarations, createEnforcement, createTenantKeys, parseMasterKeys, type AuditLog, type Declarations, type Enforcement, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
 import complianceRoutes from './api/rest/compliance/index.js';
 import { createTimeseriesService, type TimeseriesService } from './services/analytics/index.js';
 import { createViewsService, type ViewsService } from './services/analytics/index.js';
@@ -83,7 +83,7 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
-  compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
+  compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null; enforcement: Enforcement; audit: AuditLog };
   testing: TestingService;
   /** The PostgREST face's core: reads/writes and functions (/rest/v1). */
   restRows: RestRowsService;
@@ -158,6 +158,10 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
   const masterKeys = parseMasterKeys(config.ENCRYPTION_MASTER_KEYS);
+  const declarations = createDeclarations({ db, schema });
+  const tenantKeys = createTenantKeys({ db, keys: masterKeys });
+  const audit = createAuditLog({ db, log: app.log });
+  const enforcement = createEnforcement({ db, declarations, keys: tenantKeys, audit });
   const cache = createResultCache({
     redis: opts.redis,
     db,
@@ -180,6 +184,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     countCap: config.COUNT_ESTIMATE_CAP,
     maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES,
     afterCommit: hooks.afterCommit,
+    compliance: enforcement,
   });
   const timeseries = createTimeseriesService({
     db,
@@ -210,13 +215,9 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
     ...changeServices(config, db, schema, app.log),
-    compliance: {
-      declarations: createDeclarations({ db, schema }),
-      keys: createTenantKeys({ db, keys: masterKeys }),
-      masterKeys,
-    },
+    compliance: { declarations, keys: tenantKeys, masterKeys, enforcement, audit },
     testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
-    restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, afterCommit: hooks.afterCommit }),
+    restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, afterCommit: hooks.afterCommit, compliance: enforcement }),
     restFunctions: createRestFunctionsService({ db, schema }),
     search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
     cluster: createClusterService({ db }),
@@ -224,6 +225,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
   app.addHook('onClose', async () => cache.close());
+  app.addHook('onClose', async () => audit.close());
   app.decorate('config', config);
   app.decorate('db', db);
   app.decorate('redis', opts.redis);

@@ -22,6 +22,19 @@ export type Json = ColumnType<JsonValue, string, string>;
 /** Kysely's Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */
 export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;
 
+export interface Customers {
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
+  pipeline_id: Int8 | null;
+  name: string;
+  email: string | null;
+  email_bidx: string | null;
+  phone: string | null;
+  birth_date: Timestamp | null;
+  credit_limit: number | null;
+  notes: string | null;
+}
+
 export interface Documents {
   id: Defaulted<Int8>;
   tenant_id: Defaulted<string>;
@@ -108,6 +121,20 @@ export interface StrataChanges {
   after: Json | null;
   actor: string | null;
   at: Timestamp;
+}
+
+export interface StrataComplianceAudit {
+  id: Defaulted<Int8>;
+  tenant_id: string;
+  at: Defaulted<Timestamp>;
+  actor: string;
+  role: string;
+  api_key_id: string | null;
+  table_name: string;
+  columns: string[];
+  row_count: number;
+  request_id: string | null;
+  path: string | null;
 }
 
 export interface StrataComplianceColumns {
@@ -229,6 +256,7 @@ export interface StrataWebhooks {
 }
 
 export interface TenantDB {
+  customers: Customers;
   documents: Documents;
   pipeline_runs: PipelineRuns;
   pipelines: Pipelines;
@@ -241,6 +269,7 @@ export interface PlatformDB {
   'strata.cache_tables': StrataCacheTables;
   'strata.captured_tables': StrataCapturedTables;
   'strata.changes': StrataChanges;
+  'strata.compliance_audit': StrataComplianceAudit;
   'strata.compliance_columns': StrataComplianceColumns;
   'strata.idempotency_keys': StrataIdempotencyKeys;
   'strata.sandbox_revoked': StrataSandboxRevoked;

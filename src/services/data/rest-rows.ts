@@ -9,6 +9,7 @@ import type { Database } from '../../db/database.js';
 import type { RequestSettings, SessionContext, Tx, TxOptions } from '../../db/session.js';
 import { badRequest, AppError } from '../../errors.js';
 import type { SchemaRegistry, TableInfo } from './schema-registry.js';
+import type { Enforcement, Guard } from '../compliance/index.js';
 import { filterSql, innerJoinsSql, joinWhere, orderSql, Params, pathSql, rowJsonSql, type BuildScope } from './rest-query/build.js';
 import type { EmbedOptions, Filter, OrderItem, SelectItem } from './rest-query/parse.js';
 import { resolveRelationship } from './rest-query/relations.js';
@@ -58,6 +59,8 @@ export interface RestRowsOptions {
   maxRows: number;
   countCap: number;
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
+  /** The compliance policy (declared columns: encryption, masking, blind indexes, audit). */
+  compliance?: Enforcement;
 }
 
 /** Thrown inside a transaction to roll it back while keeping its result (Prefer: tx=rollback). */
@@ -68,6 +71,14 @@ class Rollback<T> extends Error {
 }
 
 export function createRestRowsService(opts: RestRowsOptions) {
+  const guardOf = (ctx: SessionContext) => (opts.compliance ? opts.compliance.guard(ctx) : undefined);
+  /** Rows (JSON texts) as the caller's role may see them. */
+  async function reveal(guard: Guard | undefined, rows: string[]): Promise<string[]> {
+    if (!guard?.tagged || rows.length === 0) return rows;
+    const out = JSON.parse(await guard.reveal(`[${rows.join(',')}]`, { path: 'rest' })) as unknown[];
+    return out.map((r) => JSON.stringify(r));
+  }
+  const protect = async (guard: Guard | undefined, t: TableInfo, row: Record<string, unknown>) => (guard ? guard.protectRow(t.name, row) : row);
   const { db, schema } = opts;
 
   async function scopeFor(params: Params, embeds: Map<string, EmbedOptions>): Promise<BuildScope> {
@@ -109,10 +120,12 @@ export function createRestRowsService(opts: RestRowsOptions) {
           throw badRequest('RELATED_ORDER_NOT_TO_ONE', `A related order on '${o.relation}' is not possible`, { hint: 'Note that only to-one relationships can be ordered by' });
         }
         if (!target.columnMap.has(o.column)) throw badRequest('UNKNOWN_COLUMN', `column ${target.name}.${o.column} does not exist`, { column: o.column, table: target.name });
+        s.params.guard?.checkOrder(target.name, o.column);
         const a = `t${++s.alias}`;
         return `(SELECT ${a}.${q(o.column)} FROM ${target.qualified} ${a} WHERE ${joinWhere(a, 't0', rel, target, s, o.relation)} LIMIT 1) ${dir}`;
       }
       if (!t.columnMap.has(o.column)) throw badRequest('UNKNOWN_COLUMN', `column ${t.name}.${o.column} does not exist`, { column: o.column, table: t.name });
+      s.params.guard?.checkOrder(t.name, o.column);
       if (o.path?.length) return `${pathSql(`t0.${q(o.column)}`, o.path, s.params)} ${dir}`;
       return orderSql('t0', [o]);
     });
@@ -176,7 +189,8 @@ export function createRestRowsService(opts: RestRowsOptions) {
       rq: RestQuery,
       o: { count?: CountMethod; stripNulls?: boolean; from?: { sql: (params: Params) => string; readOnly: boolean } } = {},
     ): Promise<ReadResult> {
-      const params = new Params();
+      const guard = await guardOf(call.ctx);
+      const params = new Params(guard);
       const registered = await schema.table(table);
       // a set-returning function of this table's row type is read like the table (RPC with filters)
       const t = o.from ? { ...registered, qualified: o.from.sql(params) } : registered;
@@ -192,7 +206,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
       const text = `SELECT ${json}::text AS j FROM ${t.qualified} t0${where}${order}${paging}`;
       if (!o.count) {
         const res = await db.tenantQuery<{ j: string }>(call.ctx, text, params.values, txOptions(call, readOnly));
-        return { rows: res.rows.map((r) => r.j), offset: rq.offset };
+        return { rows: await reveal(guard, res.rows.map((r) => r.j)), offset: rq.offset };
       }
       // planned and estimated counts would read the planner's table-wide statistics, which describe
       // every tenant's rows: a tenant gets an exact count capped at POSTGREST_COUNT_CAP instead
@@ -200,7 +214,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
         o.count === 'exact'
           ? `SELECT count(*)::bigint AS n FROM ${t.qualified} t0${where}`
           : `SELECT count(*)::bigint AS n FROM (SELECT 1 FROM ${t.qualified} t0${where} LIMIT ${opts.countCap}) c`;
-      return db.withTenant(
+      const counted = await db.withTenant(
         call.ctx,
         async (tx) => {
           const [page, counted] = await Promise.all([
@@ -211,6 +225,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
         },
         txOptions(call, readOnly),
       );
+      return { ...counted, rows: await reveal(guard, counted.rows) };
     },
 
     /**
@@ -244,11 +259,16 @@ export function createRestRowsService(opts: RestRowsOptions) {
           }
         });
       }
-      const rows = raw.map((r, i) => {
-        const picked = o.columns && r !== null && typeof r === 'object' && !Array.isArray(r) ? Object.fromEntries(Object.entries(r).filter(([k]) => columns.includes(k))) : r;
-        return validateRow(t, picked, { partial: Boolean(o.columns), ...(many ? { index: i } : {}) });
-      });
-      const params = new Params();
+      const guard = await guardOf(call.ctx);
+      const rows = await Promise.all(
+        raw.map((r, i) => {
+          const picked = o.columns && r !== null && typeof r === 'object' && !Array.isArray(r) ? Object.fromEntries(Object.entries(r).filter(([k]) => columns.includes(k))) : r;
+          return protect(guard, t, validateRow(t, picked, { partial: Boolean(o.columns), ...(many ? { index: i } : {}) }));
+        }),
+      );
+      // an encrypted searchable column brings its blind index column along
+      for (const r of rows) for (const k of Object.keys(r)) if (!columns.includes(k)) columns = [...columns, k];
+      const params = new Params(guard);
       const values = rows.map(
         (r) => `(${columns.map((c) => (c in r ? params.add(toParam(t, c, r[c])) : o.missingDefault ? 'DEFAULT' : 'NULL')).join(', ')})`,
       );
@@ -271,31 +291,33 @@ export function createRestRowsService(opts: RestRowsOptions) {
       const head = columns.length ? ` (${columns.map(q).join(', ')}) VALUES ${values.join(', ')}` : ' DEFAULT VALUES';
       if (!columns.length && rows.length > 1) throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
       const text = `INSERT INTO ${t.qualified} AS t0${head}${conflict} RETURNING ${rowJson(t, o.select ?? [{ kind: 'star' }], s)}::text AS j`;
-      return runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j));
+      return reveal(guard, await runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j)));
     },
 
     /** Update the rows the filters match; `{}` changes nothing. */
     async update(call: RestCall, table: string, rq: RestQuery, patch: unknown, o: WriteOptions): Promise<string[]> {
       const t = await schema.table(table);
-      const row = validateRow(t, patch, { partial: true });
+      const guard = await guardOf(call.ctx);
+      const row = await protect(guard, t, validateRow(t, patch, { partial: true }));
       const columns = Object.keys(row);
-      const params = new Params();
+      const params = new Params(guard);
       const s = await scopeFor(params, rq.embeds);
       const where = writeWhere(t, rq, s, 'UPDATE');
       if (columns.length === 0) return [];
       const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
       const text = `UPDATE ${t.qualified} AS t0 SET ${sets} ${where} RETURNING ${rowJson(t, o.select ?? [{ kind: 'star' }], s)}::text AS j`;
-      return runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j));
+      return reveal(guard, await runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j)));
     },
 
     /** Delete the rows the filters match. */
     async remove(call: RestCall, table: string, rq: RestQuery, o: WriteOptions): Promise<string[]> {
       const t = await schema.table(table);
-      const params = new Params();
+      const guard = await guardOf(call.ctx);
+      const params = new Params(guard);
       const s = await scopeFor(params, rq.embeds);
       const where = writeWhere(t, rq, s, 'DELETE');
       const text = `DELETE FROM ${t.qualified} AS t0 ${where} RETURNING ${rowJson(t, o.select ?? [{ kind: 'star' }], s)}::text AS j`;
-      return runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j));
+      return reveal(guard, await runWrite(call, t, o, text, params.values, (r) => r.map((x) => x.j)));
     },
   };
 }
