@@ -291,6 +291,43 @@ export class Guard {
     return out;
   }
 
+  private pending = new Map<string, { columns: Set<string>; rows: Set<object> }>();
+
+  /**
+   * One field value of a row (GraphQL column resolvers): decrypted and masked; a plaintext answer is
+   * added to the request's audit entry, written by flushAudit() when the request resolves.
+   */
+  async revealField(table: string, column: string, value: unknown, holder: object): Promise<unknown> {
+    const p = this.snap.tables.get(table)?.get(column);
+    if (!p) return value;
+    if (this.isBlindIndex(table, column)) return null;
+    if (value === null || value === undefined) return null;
+    const rule = ruleFor(p, this.ctx.role);
+    if (rule === 'null') return null;
+    let plain: unknown = value;
+    if (p.encrypted && isCiphertext(value)) {
+      const tenantId = this.ctx.tenantId ?? '';
+      const key = await this.keys.version(tenantId, keyVersionOf(value) ?? 0);
+      plain = decryptField(value, () => key, { tenantId, table, column });
+    }
+    if (rule === 'full') {
+      let a = this.pending.get(table);
+      if (!a) this.pending.set(table, (a = { columns: new Set(), rows: new Set() }));
+      a.columns.add(column);
+      a.rows.add(holder);
+      return plain;
+    }
+    const masked = applyMask(plain, rule, p.pii);
+    // GraphQL types the field by the column: a mask of another type (a range of an Int) is null
+    return typeof value === typeof masked || typeof value === 'string' ? masked : null;
+  }
+
+  /** Write the audit entries collected by revealField (one per table). */
+  flushAudit(path: string): void {
+    for (const [table, a] of this.pending) this.audit.record(this.ctx, table, [...a.columns], a.rows.size, path);
+    this.pending.clear();
+  }
+
   /**
    * Plain row objects of `table` (keyed by column name, as stored: ciphertext for encrypted
    * columns), as this role may see them: for paths whose SQL is not built by the tagging builders
