@@ -43,7 +43,7 @@ import { createQueryInsightService, type QueryInsightService } from './services/
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
 import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
-import { createAuditLog, createDeclarations, createEnforcement, createTenantKeys, parseMasterKeys, type AuditLog, type Declarations, type Enforcement, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
+import { createAuditLog, createDeclarations, createEnforcement, createEventMasking, createTenantKeys, parseMasterKeys, type AuditLog, type Declarations, type Enforcement, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
 import complianceRoutes from './api/rest/compliance/index.js';
 import { createTimeseriesService, type TimeseriesService } from './services/analytics/index.js';
 import { createViewsService, type ViewsService } from './services/analytics/index.js';
@@ -214,12 +214,12 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     hooks,
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
-    ...changeServices(config, db, schema, app.log),
+    ...changeServices(config, db, schema, app.log, enforcement),
     compliance: { declarations, keys: tenantKeys, masterKeys, enforcement, audit },
     testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
     restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, afterCommit: hooks.afterCommit, compliance: enforcement }),
     restFunctions: createRestFunctionsService({ db, schema }),
-    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
+    search: createSearchService({ db, schema, cursors, compliance: enforcement, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
     cluster: createClusterService({ db }),
   };
   db.observe(services.insight.observer);
@@ -274,9 +274,9 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
 }
 
 /** Change data capture: the process's LISTEN connection, the change log and webhooks. */
-function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
+function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger, compliance: Enforcement) {
   const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
-  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT, maxResponseBytes: config.RESPONSE_MAX_BYTES });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT, maxResponseBytes: config.RESPONSE_MAX_BYTES, masking: createEventMasking({ db }), compliance });
   const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT, maxPerTenant: config.WEBHOOK_TENANT_MAX });
   return { changeFeed, changes, webhooks };
 }

@@ -252,6 +252,85 @@ describe('GraphQL arguments and aggregates', () => {
   });
 });
 
+describe('change feed, row history, undo', () => {
+  type Ev = { id: string; op: string; before: Record<string, unknown> | null; after: Record<string, unknown> | null };
+  const events = async (url: string, role: string): Promise<Ev[]> => (await get(url, role)).data;
+
+  it.each(['reader', 'writer', 'analyst', 'admin'] as const)('events carry ciphertext or the %s rule, never plaintext it may not see', async (role) => {
+    for (const url of ['/v1/changes?table=customers&limit=100', `/v1/tables/customers/rows/${customerId}/history`]) {
+      const list = await events(url, role);
+      const insert = list.find((e) => e.op === 'insert' && e.after?.['id'] === customerId)!;
+      expect(insert, url).toBeDefined();
+      expect(insert.after!['email']).toMatch(/^sx1\./);
+      expect(insert.after!['phone']).toMatch(/^sx1\./);
+      expect(insert.after).not.toHaveProperty('email_bidx');
+      const rule = EXPECTED[role];
+      expect(insert.after!['notes']).toEqual(rule.notes === NOTES ? NOTES : rule.notes);
+      expect(insert.after!['credit_limit']).toEqual(rule.credit_limit);
+    }
+  });
+
+  it('undo answers the row as the role sees it, and restores the ciphertext', async () => {
+    const before = (await t.db.adminQuery<{ email: string }>(`SELECT email FROM public.customers WHERE id = $1`, [customerId])).rows[0]!.email;
+    const patch = await t.app.inject({ method: 'PATCH', url: `/v1/tables/customers/rows/${customerId}`, headers: h['writer']!, payload: { notes: 'changed' } });
+    expect(patch.statusCode).toBe(200);
+    const list = await events(`/v1/tables/customers/rows/${customerId}/history`, 'writer');
+    const last = list[list.length - 1]!;
+    const undo = await t.app.inject({ method: 'POST', url: `/v1/changes/${last.id}/undo`, headers: h['writer']! });
+    expect(undo.statusCode, undo.body).toBe(200);
+    expect(undo.json().data.row).toMatchObject(EXPECTED.writer);
+    expect(undo.body).not.toContain(NOTES);
+    const after = (await t.db.adminQuery<{ email: string; notes: string }>(`SELECT email, notes FROM public.customers WHERE id = $1`, [customerId])).rows[0]!;
+    expect(after).toEqual({ email: before, notes: NOTES });
+  });
+});
+
+describe('exports and analyst SQL', () => {
+  it('streams encrypted columns as ciphertext and refuses columns the role reads masked', async () => {
+    const ok = await t.app.inject({ url: `/v1/tables/customers/export?format=ndjson&select=id,email,phone&id=eq.${customerId}`, headers: h['reader']! });
+    expect(ok.statusCode, ok.body).toBe(200);
+    const row = JSON.parse(ok.body.trim().split('\n')[0]!);
+    expect(row.email).toMatch(/^sx1\./);
+    expect(ok.body).not.toContain('planted@');
+    const csv = await t.app.inject({ url: `/v1/tables/customers/export?format=csv&select=id,email&id=eq.${customerId}`, headers: h['reader']! });
+    expect(csv.statusCode).toBe(200);
+    expect(csv.body).toContain('sx1.');
+    expect(csv.body).not.toContain('email_bidx');
+    for (const url of ['/v1/tables/customers/export?format=csv', '/v1/tables/customers/export?format=ndjson&select=id,notes']) {
+      const res = await t.app.inject({ url, headers: h['reader']! });
+      expect(res.statusCode, url).toBe(400);
+      expect(res.json().error.code).toBe('EXPORT_MASKED_COLUMN');
+    }
+    const job = await t.app.inject({ method: 'POST', url: '/v1/exports', headers: h['reader']!, payload: { table: 'customers', format: 'csv' } });
+    expect(job.statusCode).toBe(400);
+    expect(job.json().error.code).toBe('EXPORT_MASKED_COLUMN');
+    const admin = await t.app.inject({ url: `/v1/tables/customers/export?format=ndjson&id=eq.${customerId}`, headers: h['admin']! });
+    expect(admin.statusCode).toBe(200);
+    expect(JSON.parse(admin.body.trim()).notes).toBe(NOTES);
+  });
+
+  it.each([
+    ['select notes from customers', 400, 'SQL_MASKED_COLUMN'],
+    ['select * from customers', 400, 'SQL_MASKED_COLUMN'],
+    ['select c from customers c', 400, 'SQL_MASKED_COLUMN'],
+    ['select id from customers where credit_limit > 4000', 400, 'SQL_MASKED_COLUMN'],
+    ['select max(x.credit_limit) from customers x', 400, 'SQL_MASKED_COLUMN'],
+  ])('analyst SQL %s answers %s %s', async (sql, status, code) => {
+    const res = await t.app.inject({ method: 'POST', url: '/v1/sql', headers: h['analyst']!, payload: { sql } });
+    expect(res.statusCode, res.body).toBe(status);
+    expect(res.json().error.code).toBe(code);
+    const exp = await t.app.inject({ method: 'POST', url: '/v1/sql/export', headers: h['analyst']!, payload: { sql, format: 'csv' } });
+    expect(exp.statusCode).toBe(status);
+  });
+
+  it('lets the analyst read encrypted columns as ciphertext', async () => {
+    const res = await t.app.inject({ method: 'POST', url: '/v1/sql', headers: h['analyst']!, payload: { sql: `select id, email, phone from customers where id = ${customerId}` } });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.body).toContain('sx1.');
+    expect(res.body).not.toContain('planted@');
+  });
+});
+
 describe('access audit', () => {
   it('records plaintext reads (not masked ones) with actor, role, columns, rows and request id; pages by cursor', async () => {
     const res = await t.app.inject({ url: `/v1/tables/customers/rows?id=eq.${customerId}`, headers: { ...h['admin']!, 'x-request-id': 'audit-probe-1' } });

@@ -24,6 +24,7 @@ import type { AuditLog } from './audit.js';
 import { ruleFor, blindIndexColumn, type ColumnPolicy, type Declarations } from './declarations.js';
 import { blindIndex, decryptField, encryptField, isCiphertext, keyVersionOf } from './envelope.js';
 import type { TenantKeys } from './keys.js';
+import { parse } from '../data/index.js';
 import { applyMask, type MaskRule } from './masking.js';
 
 const POLICY_TTL_MS = 2000;
@@ -108,9 +109,59 @@ export function createEnforcement(deps: { db: Database; declarations: Declaratio
     return new Guard(snap, ctx, deps.keys, deps.audit, indexKey);
   }
 
+  /**
+   * Analyst SQL (POST /v1/sql, SQL exports): encrypted columns read as the ciphertext stored, which
+   * the sandbox cannot decrypt. A declared column stored in plaintext that the role may not read in
+   * full cannot be named at all (in the select list, a filter, a function, a join), nor reached
+   * through `*` or a whole-row reference of its table: 400 SQL_MASKED_COLUMN, before anything runs.
+   */
+  async function checkSql(sql: string, role: Role): Promise<void> {
+    const p = policy();
+    const snap = p instanceof Promise ? await p : p;
+    const masked = new Map<string, string[]>(); // table -> its columns masked for the role
+    for (const [table, cols] of snap.tables) {
+      const names = [...cols.values()].filter((c) => !c.encrypted && ruleFor(c, role) !== 'full').map((c) => c.column);
+      if (names.length) masked.set(table, names);
+    }
+    if (masked.size === 0) return;
+    let tree: unknown;
+    try {
+      tree = await parse(sql);
+    } catch {
+      return; // the SQL guard answers the syntax error
+    }
+    const relations = new Set<string>();
+    const refs: string[][] = [];
+    const visit = (n: unknown) => {
+      if (Array.isArray(n)) return n.forEach(visit);
+      if (!n || typeof n !== 'object') return;
+      const o = n as Record<string, unknown>;
+      const rv = o['RangeVar'] as { relname?: string; alias?: { aliasname?: string } } | undefined;
+      if (rv?.relname && masked.has(rv.relname)) {
+        relations.add(rv.relname);
+        if (rv.alias?.aliasname) relations.add(rv.alias.aliasname);
+      }
+      const cr = o['ColumnRef'] as { fields?: Array<Record<string, { sval?: string }>> } | undefined;
+      if (cr?.fields) refs.push(cr.fields.map((f) => (f['String'] ? (f['String'].sval ?? '') : f['A_Star'] ? '*' : '')));
+      for (const v of Object.values(o)) visit(v);
+    };
+    visit(tree);
+    if (relations.size === 0) return;
+    const names = new Set([...relations].flatMap((r) => masked.get(r) ?? []));
+    const refuse = (what: string) =>
+      badRequest('SQL_MASKED_COLUMN', `${what}: declared columns this role reads masked (${[...names].sort().join(', ')}) cannot be read through SQL; use the rows API, which masks them`, { columns: [...names].sort() });
+    for (const fields of refs) {
+      const last = fields[fields.length - 1] ?? '';
+      if (last === '*') throw refuse('* over a table with masked columns');
+      if (names.has(last)) throw refuse(`column ${last}`);
+      if (fields.length === 1 && relations.has(last)) throw refuse(`the whole row of ${last}`);
+    }
+  }
+
   return {
     guard,
     policy,
+    checkSql,
     /** Reload now (after a declaration changed). */
     async refresh(): Promise<void> {
       await load();
@@ -172,6 +223,35 @@ export class Guard {
     if (!this.snap.tables.get(table)?.has(column)) return expr;
     this.tagged = true;
     return `(chr(31) || 'sx:${table}.${column}:' || to_json(${expr})::text)`;
+  }
+
+  /**
+   * The guard of a streamed or job export (COPY: the rows never pass through the service, so no
+   * value can be decrypted or masked on the way): encrypted columns go out as their ciphertext, a
+   * declared plaintext column the role reads masked is refused (400 EXPORT_MASKED_COLUMN), blind
+   * indexes are left out, filters and order are checked as on the rows API.
+   */
+  forExport(): {
+    columnSql(table: string, column: string, expr: string): string;
+    omit(table: string, column: string): boolean;
+    checkFilter: Guard['checkFilter'];
+    blindIndexOf: Guard['blindIndexOf'];
+    checkOrder: Guard['checkOrder'];
+  } {
+    return {
+      columnSql: (table, column, expr) => {
+        if (this.isBlindIndex(table, column)) return 'NULL::text';
+        const c = this.column(table, column);
+        if (c && !c.encrypted && !c.plaintext) {
+          throw badRequest('EXPORT_MASKED_COLUMN', `${table}.${column} is masked for this role and an export streams stored values: leave it out of select (or read it through the rows API, which masks it)`, { table, column });
+        }
+        return expr;
+      },
+      omit: (table, column) => this.isBlindIndex(table, column),
+      checkFilter: (table, column, op, opts) => this.checkFilter(table, column, op, opts),
+      blindIndexOf: (table, column, value) => this.blindIndexOf(table, column, value),
+      checkOrder: (table, column) => this.checkOrder(table, column),
+    };
   }
 
   /** The blind-index token of a filter value (400 when the column is not searchable). */
@@ -409,3 +489,50 @@ function walk(v: unknown, fn: (s: string, holder: object | undefined) => unknown
   }
   return v;
 }
+
+/**
+ * The masking of stored rows for paths that carry rows as stored (change events, webhook bodies,
+ * row history): a policy cache of its own over strata.compliance_columns, usable where no schema
+ * registry or request guard exists (the worker). Encrypted columns stay ciphertext; other declared
+ * columns are masked by the receiving role's rule; blind indexes are dropped.
+ */
+export function createEventMasking(deps: { db: Database; ttlMs?: number }) {
+  let snap: PolicySnapshot | undefined;
+  let at = 0;
+  let loading: Promise<PolicySnapshot> | undefined;
+  let version = 0;
+  const load = () =>
+    (loading ??= deps.db
+      .adminQuery<{ table_name: string; column_name: string; encrypted: boolean; searchable: boolean; pii: ColumnPolicy['pii']; masks: ColumnPolicy['masks']; plaintext_roles: Role[] }>(
+        `SELECT table_name, column_name, encrypted, searchable, pii, masks, plaintext_roles FROM strata.compliance_columns`,
+      )
+      .then(({ rows }) => {
+        const tables = new Map<string, Map<string, ColumnPolicy>>();
+        for (const r of rows) {
+          let t = tables.get(r.table_name);
+          if (!t) tables.set(r.table_name, (t = new Map<string, ColumnPolicy>()));
+          t.set(r.column_name, { table: r.table_name, column: r.column_name, encrypted: r.encrypted, searchable: r.searchable, pii: r.pii, masks: r.masks, plaintext_roles: r.plaintext_roles, declared_by: '', declared_at: '' });
+        }
+        snap = { version: ++version, tables, searchable: rows.some((r) => r.searchable) };
+        at = Date.now();
+        return snap;
+      })
+      .finally(() => {
+        loading = undefined;
+      }));
+  async function policy(): Promise<PolicySnapshot> {
+    if (!snap || Date.now() - at > (deps.ttlMs ?? POLICY_TTL_MS)) return load();
+    return snap;
+  }
+  return {
+    policy,
+    /** An event (`{ table, before, after, ... }`) as `role` may receive it. */
+    async maskEvent<E extends { table: string; before: Record<string, unknown> | null; after: Record<string, unknown> | null }>(e: E, role: Role): Promise<E> {
+      const p = await policy();
+      if (!p.tables.has(e.table)) return e;
+      return { ...e, before: maskStoredRow(p, e.table, e.before, role), after: maskStoredRow(p, e.table, e.after, role) };
+    },
+  };
+}
+
+export type EventMasking = ReturnType<typeof createEventMasking>;

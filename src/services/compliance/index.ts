@@ -8,5 +8,5 @@ export { createTenantKeys, encryptionDisabled, type TenantKeys } from './keys.js
 export { applyMask, parseMaskRule, PII_CATEGORIES, type MaskRule, type PiiCategory } from './masking.js';
 export { categoryByName, categoryByValue, ibanValid, judgeColumn, luhnValid, type Finding } from './detection.js';
 export { blindIndexColumn, createDeclarations, maskValue, ruleFor, type ColumnPolicy, type DeclareInput, type Declarations } from './declarations.js';
-export { createEnforcement, maskStoredRow, Guard, type Enforcement, type GuardedColumn, type PolicySnapshot } from './enforce.js';
+export { createEnforcement, createEventMasking, maskStoredRow, Guard, type EventMasking, type Enforcement, type GuardedColumn, type PolicySnapshot } from './enforce.js';
 export { createAuditLog, apiKeyIdOf, type AuditLog, type AuditEntry, type AuditRow, type AuditFilter } from './audit.js';
