@@ -40,7 +40,7 @@ CREATE TABLE public.customers (
   credit_limit  integer,
   notes         text,
   UNIQUE (tenant_id, id),
-  FOREIGN KEY (tenant_id, pipeline_id) REFERENCES public.pipelines (tenant_id, id) ON DELETE SET NULL (pipeline_id)
+  FOREIGN KEY (tenant_id, pipeline_id) REFERENCES public.pipelines (tenant_id, id) ON DELETE CASCADE
 );
 CREATE INDEX customers_email_bidx_idx ON public.customers (tenant_id, email_bidx);
 CREATE INDEX customers_pipeline_idx ON public.customers (tenant_id, pipeline_id);
