@@ -47,6 +47,8 @@ async function setUp(ctx: BenchContext): Promise<void> {
     await c.query(`ALTER TABLE public.bench_customers_plain FORCE ROW LEVEL SECURITY`);
     await c.query(`CREATE POLICY tenant_isolation ON public.bench_customers_plain USING (tenant_id = NULLIF(current_setting('strata.tenant_id', true), '')) WITH CHECK (tenant_id = NULLIF(current_setting('strata.tenant_id', true), ''))`);
     await c.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON public.bench_customers_plain TO strata_tenant`);
+    // captured like customers, so the insert pair compares encryption, not change capture
+    await c.query(`SELECT strata.enable_capture('public.bench_customers_plain')`);
     await c.query(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO strata_tenant`);
     await c.query(
       `INSERT INTO strata.compliance_columns (table_name, column_name, encrypted, searchable, pii, masks, plaintext_roles, declared_by) VALUES
