@@ -323,6 +323,12 @@ describe('exports and analyst SQL', () => {
     expect(exp.statusCode).toBe(status);
   });
 
+  it('refuses a time series over a column the role reads masked', async () => {
+    const res = await t.app.inject({ url: '/v1/tables/customers/timeseries?time=birth_date&bucket=1d&agg=avg:credit_limit', headers: h['reader']! });
+    expect(res.statusCode, res.body).toBe(400);
+    expect(res.json().error.code).toBe('MASKED_COLUMN_AGGREGATE');
+  });
+
   it('lets the analyst read encrypted columns as ciphertext', async () => {
     const res = await t.app.inject({ method: 'POST', url: '/v1/sql', headers: h['analyst']!, payload: { sql: `select id, email, phone from customers where id = ${customerId}` } });
     expect(res.statusCode, res.body).toBe(200);
