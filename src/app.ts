@@ -43,7 +43,7 @@ import { createQueryInsightService, type QueryInsightService } from './services/
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
 import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
-import { createDeclarations, createTenantKeys, parseMasterKeys, type Declarations, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
+import { createAuditLog, createDeclarations, createEnforcement, createEventMasking, createTenantKeys, parseMasterKeys, type AuditLog, type Declarations, type Enforcement, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
 import complianceRoutes from './api/rest/compliance/index.js';
 import complianceOpsRoutes from './api/rest/compliance/ops.js';
 import subjectRoutes from './api/rest/subjects/index.js';
@@ -91,7 +91,7 @@ export interface AppServices extends BackupServices {
   changes: ChangeService;
   webhooks: WebhookService;
   search: SearchService;
-  compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null };
+  compliance: { declarations: Declarations; keys: TenantKeys; masterKeys: MasterKeys | null; enforcement: Enforcement; audit: AuditLog };
   /** Scan, anonymized copies, subject erasure, key rotation, the report (issue 15's operations). */
   complianceOps: ComplianceOps;
   testing: TestingService;
@@ -172,6 +172,10 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const authenticator = createAuthenticator({ config, db, jwtSecret: opts.jwtSecret ?? config.JWT_SECRET });
   const schema = createRegistryService({ db });
   const masterKeys = parseMasterKeys(config.ENCRYPTION_MASTER_KEYS);
+  const declarations = createDeclarations({ db, schema });
+  const tenantKeys = createTenantKeys({ db, keys: masterKeys });
+  const audit = createAuditLog({ db, log: app.log });
+  const enforcement = createEnforcement({ db, declarations, keys: tenantKeys, audit });
   const cache = createResultCache({
     redis: opts.redis,
     db,
@@ -194,6 +198,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     countCap: config.COUNT_ESTIMATE_CAP,
     maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES,
     afterCommit: hooks.afterCommit,
+    compliance: enforcement,
   });
   const timeseries = createTimeseriesService({
     db,
@@ -204,7 +209,6 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     maxLimit: config.ROWS_MAX_LIMIT,
   });
   const limits = createLimits({ db, config, log: app.log });
-  const tenantKeys = createTenantKeys({ db, keys: masterKeys });
   const services: AppServices = {
     tenants: createTenantService({
       kysely,
@@ -224,17 +228,13 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     hooks,
     timeseries,
     views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
-    ...changeServices(config, db, schema, app.log),
-    compliance: {
-      declarations: createDeclarations({ db, schema }),
-      keys: tenantKeys,
-      masterKeys,
-    },
+    ...changeServices(config, db, schema, app.log, enforcement),
+    compliance: { declarations, keys: tenantKeys, masterKeys, enforcement, audit },
     complianceOps: createComplianceOps({ db, schema, keys: tenantKeys, masterKeys, backups: { completed: () => services.backups.completed() } }),
     testing: createTestingService({ db, schema, redis: opts.redis, enabled: config.TESTING_MODE, snapshotMaxRows: config.TESTING_SNAPSHOT_MAX_ROWS, snapshotTtlS: config.TESTING_SNAPSHOT_TTL_S, afterCommit: hooks.afterCommit }),
-    restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES, afterCommit: hooks.afterCommit }),
+    restRows: createRestRowsService({ db, schema, maxRows: config.POSTGREST_MAX_ROWS, countCap: config.POSTGREST_COUNT_CAP, maxResponseBytes: config.ROWS_MAX_RESPONSE_BYTES || config.RESPONSE_MAX_BYTES, afterCommit: hooks.afterCommit, compliance: enforcement }),
     restFunctions: createRestFunctionsService({ db, schema }),
-    search: createSearchService({ db, schema, cursors, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
+    search: createSearchService({ db, schema, cursors, compliance: enforcement, fuzzyThreshold: config.SEARCH_FUZZY_THRESHOLD, fuzzySimilarity: config.SEARCH_FUZZY_SIMILARITY, maxQueryLength: config.SEARCH_MAX_QUERY_LENGTH, maxResponseBytes: config.RESPONSE_MAX_BYTES }),
     cluster: createClusterService({ db }),
     sandboxes: createSandboxService({ db, log: app.log, ttlS: config.SANDBOX_TTL_S, maxPerTenant: config.SANDBOX_MAX_PER_TENANT }),
     partitions: createPartitionService({ db }),
@@ -242,6 +242,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   db.observe(services.insight.observer);
   app.addHook('onClose', async () => db.observe(undefined));
   app.addHook('onClose', async () => cache.close());
+  app.addHook('onClose', async () => audit.close());
   app.decorate('config', config);
   app.decorate('db', db);
   app.decorate('redis', opts.redis);
@@ -295,9 +296,9 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
 }
 
 /** Change data capture: the process's LISTEN connection, the change log and webhooks. */
-function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger) {
+function changeServices(config: Config, db: Database, schema: SchemaRegistry, log: FastifyBaseLogger, compliance: Enforcement) {
   const changeFeed = createChangeFeed({ connectionString: db.admin.options.connectionString, log, pollMs: config.CHANGES_POLL_MS });
-  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT, maxResponseBytes: config.RESPONSE_MAX_BYTES });
+  const changes = createChangeService({ db, schema, feed: changeFeed, defaultLimit: config.ROWS_DEFAULT_LIMIT, maxLimit: config.ROWS_MAX_LIMIT, maxResponseBytes: config.RESPONSE_MAX_BYTES, masking: createEventMasking({ db }), compliance });
   const webhooks = createWebhookService({ db, changes, allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxLimit: config.ROWS_MAX_LIMIT, maxPerTenant: config.WEBHOOK_TENANT_MAX });
   return { changeFeed, changes, webhooks };
 }

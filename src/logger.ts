@@ -47,9 +47,42 @@ export function logFormat(config: Pick<Config, 'LOG_FORMAT' | 'NODE_ENV'>): 'jso
   return config.NODE_ENV === 'development' ? 'pretty' : 'json';
 }
 
+/**
+ * A URL as logged: the path, and the query string's parameter names with their values replaced,
+ * since a filter value may be the plaintext of a sensitive column (`?email=eq.jane@example.com`).
+ * The operator stays (`email=eq.…`), so a line still says what was asked.
+ */
+export function redactUrl(url: string | undefined): string | undefined {
+  if (!url) return url;
+  const q = url.indexOf('?');
+  if (q < 0) return url;
+  const parts = url
+    .slice(q + 1)
+    .split('&')
+    .map((kv) => {
+      const eq = kv.indexOf('=');
+      if (eq < 0) return kv;
+      const name = kv.slice(0, eq);
+      const value = kv.slice(eq + 1);
+      const op = /^(not\.)?[a-z]{2,11}(\((any|all)\))?\./.exec(value)?.[0] ?? '';
+      return `${name}=${op}…`;
+    });
+  return `${url.slice(0, q)}?${parts.join('&')}`;
+}
+
+interface LoggedRequest {
+  method?: string;
+  url?: string;
+  host?: string;
+  ip?: string;
+}
+
 export function loggerOptions(config: Pick<Config, 'LOG_LEVEL'>): LoggerOptions {
   return {
     level: config.LOG_LEVEL,
+    serializers: {
+      req: (req: LoggedRequest) => ({ method: req.method, url: redactUrl(req.url), host: req.host, remoteAddress: req.ip }),
+    },
     redact: {
       paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.apikey', 'req.headers.cookie', '*.password', '*.key', '*.secret', 'req.url'],
       // a data subject's id (DELETE /v1/subjects/{id}: often an email) never reaches the logs; other URLs stay as they are

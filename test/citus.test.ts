@@ -86,7 +86,7 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
     });
 
     it('distributes every tenant table by tenant_id in one colocation group and keeps platform tables on the coordinator', async () => {
-      expect(report?.distributed.sort()).toEqual(['documents', 'pipeline_runs', 'pipelines', 'run_logs', 'run_steps']);
+      expect(report?.distributed.sort()).toEqual(['customers', 'documents', 'pipeline_runs', 'pipelines', 'run_logs', 'run_steps']);
       const { rows } = await cluster.query<{ rel: string; col: string; colocationid: number; method: string }>(
         cluster.coordinator,
         "SELECT logicalrelid::regclass::text AS rel, column_to_column_name(logicalrelid, partkey) AS col, colocationid, partmethod AS method FROM pg_dist_partition ORDER BY 1",

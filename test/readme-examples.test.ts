@@ -29,6 +29,7 @@ const SKIP: Array<[RegExp, string]> = [
   [/\/v1\/admin\/tenants\/acme.*limits/, 'changes the limits of the tenant the other examples run as'],
   [/\/v1\/tables\/pipelines\/rows\?status=eq\.paused/, 'a mass update of the demo rows the other examples read (its 413 needs rows past the bound; test/write-bounds.test.ts)'],
   [/\/v1\/admin\/compliance\/keys\/rotate/, 'needs ENCRYPTION_MASTER_KEYS (501 without it); covered by test/compliance-ops.test.ts'],
+  [/customers/, 'encrypted columns need ENCRYPTION_MASTER_KEYS, which the examples app does not set; covered by test/compliance-paths.test.ts'],
 ];
 
 /** The curl commands of the README's bash blocks, continuation lines and multi-line quotes joined. */

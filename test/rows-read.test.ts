@@ -22,11 +22,11 @@ describe('rows API: reads with the PostgREST syntax', () => {
     const { status, body } = await get('/v1/tables');
     expect(status).toBe(200);
     const tables = body['data'] as Array<{ name: string; json_schema: Json; relationships: Array<{ name: string }> }>;
-    expect(tables.map((x) => x.name)).toEqual(['documents', 'pipeline_runs', 'pipelines', 'run_logs', 'run_steps']);
+    expect(tables.map((x) => x.name)).toEqual(['customers', 'documents', 'pipeline_runs', 'pipelines', 'run_logs', 'run_steps']);
     const p = tables.find((x) => x.name === 'pipelines')!;
     expect(p.json_schema['required']).toEqual(['name']);
     expect((p.json_schema['properties'] as Json)['status']).toMatchObject({ enum: ['active', 'paused', 'archived'] });
-    expect(p.relationships.map((r) => r.name)).toEqual(['pipeline_runs']);
+    expect(p.relationships.map((r) => r.name).sort()).toEqual(['customers', 'pipeline_runs']);
     const one = await get('/v1/tables/run_steps');
     expect(one.status).toBe(200);
     expect((one.body['data'] as Json)['primary_key']).toEqual(['id']);

@@ -70,6 +70,9 @@ export default fp(
     async function serveCompiled(request: FastifyRequest, reply: FastifyReply, source: Record<string, unknown>): Promise<boolean> {
       const ctx = request.ctx;
       if (!compiled.enabled || !ctx) return false;
+      // declared columns are decrypted and masked by the column resolvers: the compiler steps aside
+      const policy = app.services.compliance.enforcement.policy();
+      if ((policy instanceof Promise ? await policy : policy).tables.size > 0) return false;
       let variables = source['variables'];
       if (typeof variables === 'string' && request.method === 'GET') {
         try {
@@ -199,6 +202,8 @@ export default fp(
         throw badRequest('SUBSCRIPTION_NEEDS_WEBSOCKET', 'subscriptions are served over a WebSocket at /graphql (graphql-ws); send queries and mutations over HTTP');
       }
       checkLimits(schema, costView(document), state.operationName, variables as Record<string, unknown> | undefined);
+      const session = state.session_;
+      if (session) state.guard = await app.services.compliance.enforcement.guard(session);
     });
 
     app.graphql.addHook('onSubscriptionResolution', async (execution, context, id) => {
@@ -207,6 +212,7 @@ export default fp(
 
     app.graphql.addHook('onResolution', async (execution, context) => {
       const state = context.strata;
+      state?.guard?.flushAudit('graphql');
       if (!state?.isMutation) return;
       const ok = !execution.errors?.length;
       const commitError = await state.endMutation(ok);

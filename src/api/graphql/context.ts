@@ -11,6 +11,7 @@ import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, forbidden, unauthorized } from '../../errors.js';
 import type { BatchLoader } from './loaders.js';
+import type { Guard } from '../../services/compliance/index.js';
 import { boundRowsSql, readBounded, tooLarge } from '../../services/data/index.js';
 
 /** The default byte budget of one GraphQL request (GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES). */
@@ -91,6 +92,8 @@ export class GraphqlRequest {
   mutationFailed = false;
   /** HTTP status of the errors formatted for this request (first 4xx/5xx wins). */
   errorStatus: number | undefined;
+  /** The compliance guard (declared columns), set before execution when any column is declared. */
+  guard: Guard | undefined;
 
   /**
    * What is left of the request's byte budget. Every read statement is wrapped so PostgreSQL sends
@@ -137,6 +140,11 @@ export class GraphqlRequest {
       throw tooLarge('the GraphQL answer', this.maxBytes, 'GRAPHQL_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES', 'ask for fewer rows (first), fewer fields or fewer nested lists');
     }
     return res;
+  }
+
+  /** The caller's session, or null (app.graphql() without a caller). */
+  get session_(): SessionContext | null {
+    return this.session;
   }
 
   get ctx(): SessionContext {

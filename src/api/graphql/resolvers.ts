@@ -113,6 +113,7 @@ function pageBounds(pg: Paging, where: string | null, p: Params, alias?: string)
 export function listResolver(m: TableModel): Resolver {
   const t = m.table;
   return async (_src, args, { strata }, info) => {
+    guardArgs(strata, t, args);
     const plan = connectionPlan(m, info);
     const pg = paging(t, info.fieldName, args);
     const p = new Params();
@@ -161,6 +162,8 @@ export function aggregateResolver(m: TableModel): Resolver {
       );
       return { count: subs.has('count'), fns };
     });
+    guardArgs(strata, t, args);
+    for (const f of plan.fns) strata.guard?.checkAggregate(t.name, f.column.name, f.fn);
     const groupBy = ((args['group_by'] as string[] | undefined) ?? []).map((n) => t.columnMap.get(n)).filter((c): c is ColumnInfo => c !== undefined);
     const p = new Params();
     const where = compileWhere(t, args['where'] as BoolExp | undefined, p);
@@ -225,6 +228,7 @@ export function relationshipResolver(parent: TableModel, remote: TableModel, rel
   return (src, args, { strata }, info) => {
     const values = join.local.map((c) => src[c.name]);
     if (values.some((v) => v === null || v === undefined)) return [];
+    guardArgs(strata, remote.table, args);
     const plan = rowPlan(remote, info);
     const first = checkFirst(args['first'], info.fieldName);
     const l = loader<Row[]>(
@@ -265,6 +269,7 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
     total?: number;
   }
   return (src, args, { strata }, info) => {
+    guardArgs(strata, t, args);
     const plan = connectionPlan(remote, info);
     const pg = paging(t, info.fieldName, args);
     const values = join.local.map((c) => src[c.name]);
@@ -323,18 +328,67 @@ function mutation(m: TableModel, fn: Resolver): Resolver {
   };
 }
 
+/**
+ * The compliance policy on GraphQL arguments: a filter or order on a declared column the caller
+ * may not read in full (or on any encrypted column, whose blind-index equality is served by /v1
+ * and /rest/v1 only) is refused with the codes of the rows API.
+ */
+export function guardArgs(strata: GraphqlRequest, t: TableInfo, args: Args): void {
+  const g = strata.guard;
+  if (!g?.table(t.name)) return;
+  const walk = (exp: unknown) => {
+    if (!exp || typeof exp !== 'object') return;
+    for (const [key, v] of Object.entries(exp as Record<string, unknown>)) {
+      if (v === null || v === undefined) continue;
+      if (key === '_and' || key === '_or') for (const e of v as unknown[]) walk(e);
+      else if (key === '_not') walk(v);
+      else if (t.columnMap.has(key)) {
+        for (const op of Object.keys(v)) {
+          if (op === '_is_null') continue;
+          const c = g.column(t.name, key);
+          if (c?.encrypted) throw badRequest('ENCRYPTED_COLUMN_FILTER', `${t.name}.${key} is encrypted: GraphQL filters it by _is_null only (blind-index equality is on /v1 and /rest/v1)`, { table: t.name, column: key });
+          g.checkFilter(t.name, key, op.slice(1));
+        }
+      }
+    }
+  };
+  walk(args['where']);
+  for (const o of (args['order_by'] as Array<Record<string, unknown>> | undefined) ?? []) for (const name of Object.keys(o ?? {})) g.checkOrder(t.name, name);
+  for (const name of (args['group_by'] as string[] | undefined) ?? []) g.checkAggregate(t.name, name, 'group_by');
+}
+
 const refuseUnfiltered = (field: string) =>
   badRequest('UNFILTERED_MASS_WRITE', `${field} needs a non-empty where: an unfiltered mass write is refused`, { field: `${field}.where` });
 
+/**
+ * A column field: the stored value, or (when the column is declared) the value as the caller's role
+ * may see it: decrypted, masked, audited. A mask whose result is not of the column's GraphQL type
+ * (a range of an Int column) answers null.
+ */
+export function columnResolver(table: string, column: string): Resolver {
+  return (src, _args, { strata }) => {
+    const v = src[column];
+    const g = strata.guard;
+    if (!g?.table(table)?.has(column)) return v;
+    return g.revealField(table, column, v, src);
+  };
+}
+
 export function insertResolver(m: TableModel, one: boolean): Resolver {
   return mutation(m, async (_src, args, { strata }, info) => {
-    const objects = one ? [args['object'] as Row] : (args['objects'] as Row[]);
-    objects.forEach((o, i) => validateWrite(m.table, o, one ? 'object' : `objects[${i}]`));
-    if (!objects.length) return [];
+    const given = one ? [args['object'] as Row] : (args['objects'] as Row[]);
+    given.forEach((o, i) => validateWrite(m.table, o, one ? 'object' : `objects[${i}]`));
+    if (!given.length) return [];
+    const g = strata.guard;
+    const objects = g ? await Promise.all(given.map((o) => g.protectRow(m.table.name, o))) : given;
     const p = new Params();
     const { rows } = await strata.query(info, insertSql(m.table, objects, rowPlan(m, info).columns, p), p.values);
     return one ? (rows[0] ?? null) : rows;
   });
+}
+
+async function protectSet(strata: GraphqlRequest, m: TableModel, set: Row): Promise<Row> {
+  return strata.guard ? strata.guard.protectRow(m.table.name, set) : set;
 }
 
 function setArg(m: TableModel, args: Args): Row {
@@ -346,7 +400,7 @@ function setArg(m: TableModel, args: Args): Row {
 
 export function updateByPkResolver(m: TableModel): Resolver {
   return mutation(m, async (_src, args, { strata }, info) => {
-    const set = setArg(m, args);
+    const set = await protectSet(strata, m, setArg(m, args));
     const p = new Params();
     const text = updateByPkSql(m.table, args['pk_columns'] as Row, set, rowPlan(m, info).columns, p);
     return (await strata.query(info, text, p.values)).rows[0] ?? null;
@@ -355,10 +409,11 @@ export function updateByPkResolver(m: TableModel): Resolver {
 
 export function updateWhereResolver(m: TableModel): Resolver {
   return mutation(m, async (_src, args, { strata }, info) => {
+    guardArgs(strata, m.table, args);
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);
-    const set = setArg(m, args);
+    const set = await protectSet(strata, m, setArg(m, args));
     const res = await strata.query(info, updateWhereSql(m.table, where, set, returningPlan(m, info)?.columns ?? null, p), p.values);
     return { affected_rows: res.rowCount ?? 0, returning: res.rows };
   });
@@ -374,6 +429,7 @@ export function deleteByPkResolver(m: TableModel): Resolver {
 
 export function deleteWhereResolver(m: TableModel): Resolver {
   return mutation(m, async (_src, args, { strata }, info) => {
+    guardArgs(strata, m.table, args);
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);

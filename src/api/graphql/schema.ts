@@ -31,6 +31,7 @@ import { kindOf } from './columns.js';
 import { BigIntScalar, JSONScalar } from './scalars.js';
 import {
   aggregateResolver,
+  columnResolver,
   byPkResolver,
   deleteByPkResolver,
   deleteWhereResolver,
@@ -187,7 +188,7 @@ export function buildGraphqlSchema(tables: ReadonlyMap<string, TableInfo>, log: 
           const f: Fields = {};
           for (const c of exposed(t)) {
             const type = columnType(c);
-            f[c.name] = { type: c.nullable ? type : nonNull(type), extensions: plan({ kind: 'column', column: c }) };
+            f[c.name] = { type: c.nullable ? type : nonNull(type), resolve: columnResolver(t.name, c.name), extensions: plan({ kind: 'column', column: c }) };
           }
           for (const rel of m.rels.values()) {
             const remote = models.get(rel.table) as TableModel;

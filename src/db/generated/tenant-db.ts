@@ -26,6 +26,19 @@ export type Interval = ColumnType<IntervalValue, IntervalValue | number | string
 /** Kysely's Generated, unwrapping a ColumnType such as Timestamp so that selects stay Date. */
 export type Defaulted<T> = ColumnType<SelectType<T>, InsertType<T> | undefined, UpdateType<T>>;
 
+export interface Customers {
+  id: Defaulted<Int8>;
+  tenant_id: Defaulted<string>;
+  pipeline_id: Int8 | null;
+  name: string;
+  email: string | null;
+  email_bidx: string | null;
+  phone: string | null;
+  birth_date: Timestamp | null;
+  credit_limit: number | null;
+  notes: string | null;
+}
+
 export interface Documents {
   id: Defaulted<Int8>;
   tenant_id: Defaulted<string>;
@@ -112,6 +125,20 @@ export interface StrataChanges {
   after: Json | null;
   actor: string | null;
   at: Timestamp;
+}
+
+export interface StrataComplianceAudit {
+  id: Defaulted<Int8>;
+  tenant_id: string;
+  at: Defaulted<Timestamp>;
+  actor: string;
+  role: string;
+  api_key_id: string | null;
+  table_name: string;
+  columns: string[];
+  row_count: number;
+  request_id: string | null;
+  path: string | null;
 }
 
 export interface StrataComplianceColumns {
@@ -311,6 +338,7 @@ export interface StrataWebhooks {
 }
 
 export interface TenantDB {
+  customers: Customers;
   documents: Documents;
   pipeline_runs: PipelineRuns;
   pipelines: Pipelines;
@@ -323,6 +351,7 @@ export interface PlatformDB {
   'strata.cache_tables': StrataCacheTables;
   'strata.captured_tables': StrataCapturedTables;
   'strata.changes': StrataChanges;
+  'strata.compliance_audit': StrataComplianceAudit;
   'strata.compliance_columns': StrataComplianceColumns;
   'strata.compliance_erasures': StrataComplianceErasures;
   'strata.compliance_scans': StrataComplianceScans;

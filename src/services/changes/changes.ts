@@ -6,6 +6,7 @@
  * the tenant's horizon (strata.change_horizon(tenant)), then, in a later statement and so a later snapshot, the
  * page up to it; a page never holds an id above which a lower one could still commit.
  */
+import type { Enforcement, EventMasking } from '../compliance/index.js';
 import pg from 'pg';
 import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
@@ -122,6 +123,10 @@ export interface ChangeServiceOptions {
   maxLimit: number;
   /** Most bytes of JSON one page of events carries (RESPONSE_MAX_BYTES): the page ends early, with next_cursor. */
   maxResponseBytes?: number;
+  /** Declared columns: events carry ciphertext or masked values, never plaintext the caller's role may not see. */
+  masking?: EventMasking;
+  /** The compliance policy for undo answers (decrypted and masked like a read). */
+  compliance?: Enforcement;
 }
 
 export function createChangeService(opts: ChangeServiceOptions) {
@@ -162,7 +167,9 @@ export function createChangeService(opts: ChangeServiceOptions) {
     const rows = await db.withTenant(ctx, (tx) => readChanges(tx, tenantId, after, filter, limit + 1, { maxBytes, report }), { readOnly: true });
     // a page the byte bound cut ends early: next_cursor continues after its last event
     const more = report.cut || rows.length > limit;
-    const data = more ? rows.slice(0, limit) : rows;
+    const page = more ? rows.slice(0, limit) : rows;
+    const m = opts.masking;
+    const data = m ? await Promise.all(page.map((e) => m.maskEvent(e, ctx.role))) : page;
     return { data, next_cursor: more ? (data[data.length - 1]?.id ?? null) : null };
   }
 
@@ -232,6 +239,7 @@ export function createChangeService(opts: ChangeServiceOptions) {
     /** POST /v1/changes/{id}/undo: apply the inverse when the row is still as the change left it. */
     async undo(ctx: SessionContext, id: string): Promise<{ undone: string; table: string; op: ChangeOp; change_id: string | null; row: Record<string, unknown> | null }> {
       const changeId = parseCursor(id, 'id');
+      const guard = await opts.compliance?.guard(ctx);
       return db.withTenant(ctx, async (tx) => {
         const { rows } = await tx.query<ChangeEvent>(`SELECT ${EVENT_COLUMNS} FROM strata.changes c WHERE c.id = $1::bigint`, [changeId]);
         const e = rows[0];
@@ -248,9 +256,10 @@ export function createChangeService(opts: ChangeServiceOptions) {
         const expected = e.op === 'delete' ? null : e.after;
         const same = current === null || expected === null ? current === expected : (await tx.query<{ same: boolean }>('SELECT $1::jsonb = $2::jsonb AS same', [JSON.stringify(current), JSON.stringify(expected)])).rows[0]?.same;
         if (!same) {
+          const [exp, cur] = guard ? await guard.revealRows(t.name, [expected, current], { path: 'undo' }) : [expected, current];
           throw conflict('UNDO_CONFLICT', `row ${JSON.stringify(e.pk)} of ${t.name} has changed since change ${changeId}; undo would overwrite it`, {
-            expected,
-            current,
+            expected: exp,
+            current: cur,
           });
         }
         const cols = t.columns.filter((c) => !c.generated).map((c) => pg.escapeIdentifier(c.name));
@@ -280,6 +289,7 @@ export function createChangeService(opts: ChangeServiceOptions) {
         }
         // The undo is captured like any write: its event is this transaction's last one.
         const ev = await tx.query<{ id: string }>('SELECT max(id)::text AS id FROM strata.changes WHERE txid = pg_current_xact_id()');
+        if (guard && row) row = (await guard.revealRows(t.name, [row], { path: 'undo' }))[0] ?? null;
         return { undone: changeId, table: t.name, op: inverse, change_id: ev.rows[0]?.id ?? null, row };
       });
     },

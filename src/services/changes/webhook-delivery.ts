@@ -32,6 +32,7 @@
  * Signature: `X-Strata-Signature: sha256=<hex HMAC-SHA256(secret, "<X-Strata-Timestamp>.<body>")>`,
  * the timestamp in Unix seconds, so a captured request cannot be replayed later with a new timestamp.
  */
+import { createEventMasking } from '../compliance/index.js';
 import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
@@ -132,6 +133,9 @@ const RETURNING = `id, tenant_id, url, tables, ops, ordering, secret, cursor::te
 
 export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: ChangeFeed; settings: DeliverySettings }) {
   const { db, log, feed, settings: s } = deps;
+  // Declared columns: a webhook body carries ciphertext of encrypted columns and, for the other
+  // declared columns, the value as the `reader` role sees it (the receiver is outside any role).
+  const masking = createEventMasking({ db });
 
   /** Two statements on one admin connection, in order (the horizon, then the events after it). */
   async function sequential<T>(fn: (q: { query: Database['adminQuery'] }) => Promise<T>): Promise<T> {
@@ -154,7 +158,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
     }
     const host = url.hostname.replace(/^\[|\]$/g, '');
     if (net.isIP(host) && !s.allowPrivate && isPrivateAddress(host)) return done(false, null, `webhook address ${host} is private`);
-    const body = JSON.stringify({ ...e, webhook_id: w.id });
+    const body = JSON.stringify({ ...(await masking.maskEvent(e, 'reader')), webhook_id: w.id });
     const timestamp = Math.floor(Date.now() / 1000);
     const headers = {
       'content-type': 'application/json',

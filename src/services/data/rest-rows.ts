@@ -9,6 +9,7 @@ import type { Database } from '../../db/database.js';
 import type { RequestSettings, SessionContext, Tx, TxOptions } from '../../db/session.js';
 import { badRequest, AppError } from '../../errors.js';
 import type { SchemaRegistry, TableInfo } from './schema-registry.js';
+import type { Enforcement, Guard } from '../compliance/index.js';
 import { filterSql, innerJoinsSql, joinWhere, orderSql, Params, pathSql, rowJsonSql, type BuildScope } from './rest-query/build.js';
 import type { EmbedOptions, Filter, OrderItem, SelectItem } from './rest-query/parse.js';
 import { resolveRelationship } from './rest-query/relations.js';
@@ -74,6 +75,8 @@ export interface RestRowsOptions {
   /** Most bytes of JSON one answer (a read's page, a write's returned rows) carries (ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES): past it 413. */
   maxResponseBytes?: number;
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
+  /** The compliance policy (declared columns: encryption, masking, blind indexes, audit). */
+  compliance?: Enforcement;
 }
 
 /** Thrown inside a transaction to roll it back while keeping its result (Prefer: tx=rollback). */
@@ -84,6 +87,14 @@ class Rollback<T> extends Error {
 }
 
 export function createRestRowsService(opts: RestRowsOptions) {
+  const guardOf = (ctx: SessionContext) => (opts.compliance ? opts.compliance.guard(ctx) : undefined);
+  /** Rows (JSON texts) as the caller's role may see them. */
+  async function reveal(guard: Guard | undefined, rows: string[]): Promise<string[]> {
+    if (!guard?.tagged || rows.length === 0) return rows;
+    const out = JSON.parse(await guard.reveal(`[${rows.join(',')}]`, { path: 'rest' })) as unknown[];
+    return out.map((r) => JSON.stringify(r));
+  }
+  const protect = async (guard: Guard | undefined, t: TableInfo, row: Record<string, unknown>) => (guard ? guard.protectRow(t.name, row) : row);
   const { db, schema } = opts;
   const maxBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
   const SETTING = 'ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES';
@@ -143,10 +154,12 @@ export function createRestRowsService(opts: RestRowsOptions) {
           throw badRequest('RELATED_ORDER_NOT_TO_ONE', `A related order on '${o.relation}' is not possible`, { hint: 'Note that only to-one relationships can be ordered by' });
         }
         if (!target.columnMap.has(o.column)) throw badRequest('UNKNOWN_COLUMN', `column ${target.name}.${o.column} does not exist`, { column: o.column, table: target.name });
+        s.params.guard?.checkOrder(target.name, o.column);
         const a = `t${++s.alias}`;
         return `(SELECT ${a}.${q(o.column)} FROM ${target.qualified} ${a} WHERE ${joinWhere(a, 't0', rel, target, s, o.relation)} LIMIT 1) ${dir}`;
       }
       if (!t.columnMap.has(o.column)) throw badRequest('UNKNOWN_COLUMN', `column ${t.name}.${o.column} does not exist`, { column: o.column, table: t.name });
+      s.params.guard?.checkOrder(t.name, o.column);
       if (o.path?.length) return `${pathSql(`t0.${q(o.column)}`, o.path, s.params)} ${dir}`;
       return orderSql('t0', [o]);
     });
@@ -221,7 +234,8 @@ export function createRestRowsService(opts: RestRowsOptions) {
         from?: { sql: (params: Params) => string; readOnly: boolean; table?: (sql: string) => TableInfo; value?: string };
       } = {},
     ): Promise<ReadResult> {
-      const params = new Params();
+      const guard = await guardOf(call.ctx);
+      const params = new Params(guard);
       const from = o.from;
       const t = from?.table ? from.table(from.sql(params)) : from ? { ...(await schema.table(table)), qualified: from.sql(params) } : await schema.table(table);
       const readOnly = o.from?.readOnly ?? true;
@@ -247,7 +261,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
       });
       if (!o.count) {
         const res = await db.tenantQuery<{ j: string }>(call.ctx, text, params.values, txOptions(call, readOnly));
-        return answer(page(res.rows));
+        return answer(await reveal(guard, page(res.rows)));
       }
       // planned and estimated counts would read the planner's table-wide statistics, which describe
       // every tenant's rows: a tenant gets an exact count capped at POSTGREST_COUNT_CAP instead
@@ -255,17 +269,18 @@ export function createRestRowsService(opts: RestRowsOptions) {
         o.count === 'exact'
           ? `SELECT count(*)::bigint AS n FROM ${t.qualified} t0${where}`
           : `SELECT count(*)::bigint AS n FROM (SELECT 1 FROM ${t.qualified} t0${where} LIMIT ${opts.countCap}) c`;
-      return db.withTenant(
+      const counted = await db.withTenant(
         call.ctx,
         async (tx) => {
           const [p, counted] = await Promise.all([
             tx.query<{ j: string }>(text, params.values),
             tx.query<{ n: string }>(countSql, countValues, { final: true }),
           ]);
-          return answer(page(p.rows), Number(counted.rows[0]?.n ?? 0));
+          return answer(await reveal(guard, page(p.rows)), Number(counted.rows[0]?.n ?? 0));
         },
         txOptions(call, readOnly),
       );
+      return { ...counted, rows: await reveal(guard, counted.rows) };
     },
 
     /**
@@ -299,11 +314,16 @@ export function createRestRowsService(opts: RestRowsOptions) {
           }
         });
       }
-      const rows = raw.map((r, i) => {
-        const picked = o.columns && r !== null && typeof r === 'object' && !Array.isArray(r) ? Object.fromEntries(Object.entries(r).filter(([k]) => columns.includes(k))) : r;
-        return validateRow(t, picked, { partial: Boolean(o.columns), ...(many ? { index: i } : {}) });
-      });
-      const params = new Params();
+      const guard = await guardOf(call.ctx);
+      const rows = await Promise.all(
+        raw.map((r, i) => {
+          const picked = o.columns && r !== null && typeof r === 'object' && !Array.isArray(r) ? Object.fromEntries(Object.entries(r).filter(([k]) => columns.includes(k))) : r;
+          return protect(guard, t, validateRow(t, picked, { partial: Boolean(o.columns), ...(many ? { index: i } : {}) }));
+        }),
+      );
+      // an encrypted searchable column brings its blind index column along
+      for (const r of rows) for (const k of Object.keys(r)) if (!columns.includes(k)) columns = [...columns, k];
+      const params = new Params(guard);
       const values = rows.map(
         (r) => `(${columns.map((c) => (c in r ? params.add(toParam(t, c, r[c])) : o.missingDefault ? 'DEFAULT' : 'NULL')).join(', ')})`,
       );
@@ -326,31 +346,36 @@ export function createRestRowsService(opts: RestRowsOptions) {
       const head = columns.length ? ` (${columns.map(q).join(', ')}) VALUES ${values.join(', ')}` : ' DEFAULT VALUES';
       if (!columns.length && rows.length > 1) throw badRequest('EMPTY_BODY', 'bulk rows must name at least one column');
       const text = returning(`INSERT INTO ${t.qualified} AS t0${head}${conflict}`, rowJson(t, o.select ?? [{ kind: 'star' }], s), o);
-      return runWrite(call, t, o, text, params.values);
+      const w = await runWrite(call, t, o, text, params.values);
+      return { ...w, rows: await reveal(guard, w.rows) };
     },
 
     /** Update the rows the filters match; `{}` changes nothing. */
     async update(call: RestCall, table: string, rq: RestQuery, patch: unknown, o: WriteOptions): Promise<Written> {
       const t = await schema.table(table);
-      const row = validateRow(t, patch, { partial: true });
+      const guard = await guardOf(call.ctx);
+      const row = await protect(guard, t, validateRow(t, patch, { partial: true }));
       const columns = Object.keys(row);
-      const params = new Params();
+      const params = new Params(guard);
       const s = await scopeFor(params, rq.embeds);
       const where = writeWhere(t, rq, s, 'UPDATE');
       if (columns.length === 0) return { rows: [], count: 0 };
       const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
       const text = returning(`UPDATE ${t.qualified} AS t0 SET ${sets} ${where}`, rowJson(t, o.select ?? [{ kind: 'star' }], s), o);
-      return runWrite(call, t, o, text, params.values);
+      const w = await runWrite(call, t, o, text, params.values);
+      return { ...w, rows: await reveal(guard, w.rows) };
     },
 
     /** Delete the rows the filters match. */
     async remove(call: RestCall, table: string, rq: RestQuery, o: WriteOptions): Promise<Written> {
       const t = await schema.table(table);
-      const params = new Params();
+      const guard = await guardOf(call.ctx);
+      const params = new Params(guard);
       const s = await scopeFor(params, rq.embeds);
       const where = writeWhere(t, rq, s, 'DELETE');
       const text = returning(`DELETE FROM ${t.qualified} AS t0 ${where}`, rowJson(t, o.select ?? [{ kind: 'star' }], s), o);
-      return runWrite(call, t, o, text, params.values);
+      const w = await runWrite(call, t, o, text, params.values);
+      return { ...w, rows: await reveal(guard, w.rows) };
     },
   };
 }

@@ -25,6 +25,7 @@ import type { CursorCodec } from './rest-query/cursor.js';
 import { parseRowsQuery, parseSelect, type Filter, type RowsQuery } from './rest-query/parse.js';
 import { validateRow } from './rest-query/validate.js';
 import { boundJsonSql, boundWriteSql, isAnswerTooLarge, isOver, tooLarge } from './response-bounds.js';
+import type { Enforcement, Guard } from '../compliance/index.js';
 
 const q = pg.escapeIdentifier;
 /** Read-only query parameters an update or delete by filter refuses rather than ignores. */
@@ -52,6 +53,8 @@ export interface RowsServiceOptions {
   maxResponseBytes?: number;
   /** Called after a write of its own transaction commits (src/services/analytics/write-hooks.ts); not inside a caller's transaction. */
   afterCommit?: (ctx: SessionContext, tables: string[]) => Promise<void>;
+  /** The compliance policy (declared columns: encryption, masking, blind indexes, audit). */
+  compliance?: Enforcement;
 }
 
 interface Runner {
@@ -70,6 +73,11 @@ export function createRowsService(opts: RowsServiceOptions) {
     tooLarge('the answer', maxBytes, 'ROWS_MAX_RESPONSE_BYTES / RESPONSE_MAX_BYTES', 'ask for fewer rows (limit), fewer columns (select) or smaller embeds (<embed>.limit)');
   /** The statement of a plain read by primary key, per table (a schema refresh makes new TableInfo). */
   const plainGets = new WeakMap<TableInfo, string>();
+  /** The same for tables with declared columns, per policy version (the tags depend on it). */
+  const guardedGets = new WeakMap<TableInfo, { version: number; text: string }>();
+  const guardOf = (ctx: SessionContext) => (opts.compliance ? opts.compliance.guard(ctx) : undefined);
+  const reveal = async (guard: Guard | undefined, body: string) => (guard?.tagged ? guard.reveal(body, { path: 'rows' }) : body);
+  const protect = async (guard: Guard | undefined, t: TableInfo, row: Record<string, unknown>) => (guard ? guard.protectRow(t.name, row) : row);
 
   const scope = async (params: Params, rq: RowsQuery): Promise<BuildScope> => ({
     tables: await schema.tables(),
@@ -157,12 +165,12 @@ export function createRowsService(opts: RowsServiceOptions) {
     typeof qs['select'] === 'string' ? qs['select'] : undefined;
 
   /** The page statement of a rows-API read (shared by list and EXPLAIN of a rows query). */
-  async function buildList(t: TableInfo, qs: QueryString, ctx?: SessionContext) {
+  async function buildList(t: TableInfo, qs: QueryString, ctx?: SessionContext, guard?: Guard) {
     const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
     checkEmbedPaths(rq.select, rq.embeds);
-    const params = new Params();
+    const params = new Params(guard);
     const s = await scope(params, rq);
-    const order = totalOrder(t, rq.order);
+    const order = totalOrder(t, rq.order, guard);
     const limit = rq.limit ?? opts.defaultLimit;
     const signature = `${t.name}|${order.map((o) => `${o.column}.${o.direction}.${o.nulls ?? ''}`).join(',')}`;
     const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
@@ -196,7 +204,8 @@ export function createRowsService(opts: RowsServiceOptions) {
 
     /** list() over a relation described outside the registry (the tenant-filtered view of a materialized view). */
     async listTable(ctx: SessionContext, table: TableInfo, qs: QueryString, tx?: Tx): Promise<string> {
-      const { t, rq, params, order, limit, signature, text: unbounded, keyNames, countFilters, countValues } = await buildList(table, qs, ctx);
+      const guard = await guardOf(ctx);
+      const { t, rq, params, order, limit, signature, text: unbounded, keyNames, countFilters, countValues } = await buildList(table, qs, ctx, guard);
       // PostgreSQL sums the rows' JSON sizes and sends none past the bound (response-bounds.ts)
       const text = boundJsonSql(unbounded, keyNames, params.add(maxBytes));
       const countWhere = countFilters.length ? `WHERE ${countFilters.join(' AND ')}` : '';
@@ -246,7 +255,7 @@ export function createRowsService(opts: RowsServiceOptions) {
               order.map((_, i) => last[`k${i}`] ?? null),
             )
           : null;
-      return `{"data":[${pageRows.map((r) => r['j']).join(',')}],"next_cursor":${JSON.stringify(next)}${total === undefined ? '' : `,"total":${total}`}}`;
+      return reveal(guard, `{"data":[${pageRows.map((r) => r['j']).join(',')}],"next_cursor":${JSON.stringify(next)}${total === undefined ? '' : `,"total":${total}`}}`);
     },
 
     /** One row by primary key: `{ "data": {...} }` and its version (ETag). 404 when RLS hides it. */
@@ -261,12 +270,22 @@ export function createRowsService(opts: RowsServiceOptions) {
       const filter = pkFilter(t, pk);
       // the plain read (no select, no other parameters) has one statement per table: built once
       const plain = Object.keys(qs).length === 0;
-      let text = plain ? plainGets.get(t) : undefined;
+      const guard = await guardOf(ctx);
+      const declared = guard?.table(t.name) !== undefined;
+      let text: string | undefined;
+      if (plain && !declared) text = plainGets.get(t);
+      else if (plain && declared) {
+        const g = guardedGets.get(t);
+        if (g && g.version === guard.version) {
+          text = g.text;
+          guard.tagged = true;
+        }
+      }
       const routed = db.cluster && t.hasTenantId;
       let values: unknown[] = routed ? [pk, ctx.tenantId ?? ''] : [pk];
       if (text === undefined) {
         const rq = parseRowsQuery(qs, { maxLimit: opts.maxLimit });
-        const params = new Params();
+        const params = new Params(guard);
         const s = await scope(params, rq);
         checkEmbedPaths(rq.select, s.embeds);
         const where = filterSql(t, 't0', filter, params);
@@ -276,13 +295,16 @@ export function createRowsService(opts: RowsServiceOptions) {
         // holds, and it is the hot path. A select (aliases, embeds) is bounded like a page.
         if (!plain) text = boundJsonSql(text, ['v'], params.add(maxBytes));
         values = params.values;
-        if (plain && values.length === (routed ? 2 : 1) && values[0] === pk) plainGets.set(t, text);
+        if (plain && values.length === (routed ? 2 : 1) && values[0] === pk) {
+          if (declared) guardedGets.set(t, { version: guard.version, text });
+          else plainGets.set(t, text);
+        }
       }
       const { rows } = await singleStatement<{ j: string; v: string }>(ctx, tx, true, text, values);
       const row = rows[0];
       if (row && isOver(row)) throw overflow();
       if (!row) throw notFound('ROW_NOT_FOUND', `no row ${JSON.stringify(pk)} in ${t.name}`);
-      return { body: `{"data":${row.j}}`, etag: `"${row.v}"` };
+      return { body: await reveal(guard, `{"data":${row.j}}`), etag: `"${row.v}"` };
     },
 
     /**
@@ -299,12 +321,13 @@ export function createRowsService(opts: RowsServiceOptions) {
     ): Promise<WriteResult> {
       const t = await schema.table(table);
       const many = Array.isArray(body);
-      const rows = (many ? body : [body]).map((r, i) => validateRow(t, r, many ? { index: i } : {}));
+      const guard = await guardOf(ctx);
+      const rows = await Promise.all((many ? body : [body]).map((r, i) => protect(guard, t, validateRow(t, r, many ? { index: i } : {}))));
       if (rows.length === 0) throw badRequest('EMPTY_BODY', 'nothing to insert: the array is empty');
       if (rows.length > opts.maxLimit * 10)
         throw badRequest('TOO_MANY_ROWS', `at most ${opts.maxLimit * 10} rows per request`);
       const columns = [...new Set(rows.flatMap((r) => Object.keys(r)))];
-      const params = new Params();
+      const params = new Params(guard);
       const values = rows.map(
         (r) => `(${columns.map((c) => (c in r ? params.add(toParam(t, c, r[c])) : 'DEFAULT')).join(', ')})`,
       );
@@ -340,7 +363,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const text = withReturning(t, `INSERT INTO ${t.qualified} AS t0${cols} ${valuesSql}${conflict}`, o.select, s, o.returning);
       const res = await singleStatement<WrittenRow>(ctx, tx, false, text, params.values).catch(writeOverflow);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
-      return result(res.rows, many, o.returning);
+      return revealResult(guard, result(res.rows, many, o.returning));
     },
 
     /** Update by primary key (`pk`) or by filters in `qs`; an unfiltered mass update is refused. */
@@ -353,10 +376,11 @@ export function createRowsService(opts: RowsServiceOptions) {
       tx?: Tx,
     ): Promise<WriteResult> {
       const t = await schema.table(table);
-      const row = validateRow(t, patch, { partial: true });
+      const guard = await guardOf(ctx);
+      const row = await protect(guard, t, validateRow(t, patch, { partial: true }));
       const columns = Object.keys(row);
       if (columns.length === 0) throw badRequest('EMPTY_BODY', 'nothing to update: the body names no column');
-      const params = new Params();
+      const params = new Params(guard);
       const sets = columns.map((c) => `${q(c)} = ${params.add(toParam(t, c, row[c]))}`).join(', ');
       const { where, single } = writeTarget(t, target, params, ctx);
       const version =
@@ -365,7 +389,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const text = withReturning(t, `UPDATE ${t.qualified} AS t0 SET ${sets} ${where}${version}`, o.select ?? selectParam(target.qs), s, o.returning);
       const r = await write(ctx, t, target, text, params, single, o, tx);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
-      return r;
+      return revealResult(guard, r);
     },
 
     /** Delete by primary key or by filters; an unfiltered mass delete is refused. */
@@ -377,7 +401,8 @@ export function createRowsService(opts: RowsServiceOptions) {
       tx?: Tx,
     ): Promise<WriteResult> {
       const t = await schema.table(table);
-      const params = new Params();
+      const guard = await guardOf(ctx);
+      const params = new Params(guard);
       const { where, single } = writeTarget(t, target, params, ctx);
       const version =
         o.ifMatch === undefined ? '' : ` AND t0.xmin::text = ${params.add(parseEtag(o.ifMatch))}`;
@@ -385,7 +410,7 @@ export function createRowsService(opts: RowsServiceOptions) {
       const text = withReturning(t, `DELETE FROM ${t.qualified} AS t0 ${where}${version}`, o.select ?? selectParam(target.qs), s, o.returning);
       const r = await write(ctx, t, target, text, params, single, o, tx);
       if (!tx) await opts.afterCommit?.(ctx, [t.name]);
-      return r;
+      return revealResult(guard, r);
     },
   };
   return service;
@@ -417,6 +442,11 @@ export function createRowsService(opts: RowsServiceOptions) {
       );
     }
     return { where: whereSql(t, rq.filters, params, ctx), single: false };
+  }
+
+  async function revealResult(guard: Guard | undefined, r: WriteResult): Promise<WriteResult> {
+    if (!guard?.tagged || r.body === undefined) return r;
+    return { ...r, body: await guard.reveal(r.body, { path: 'rows' }) };
   }
 
   /** One statement: in the caller's transaction, or as a single-round-trip tenant transaction. */

@@ -54,6 +54,8 @@ export interface SqlServiceDeps {
   config: Pick<Config, 'DB_STATEMENT_TIMEOUT_MS'> & Partial<Pick<Config, 'SQL_MAX_RESULT_BYTES'>>;
   log?: Pick<Logger, 'warn'>;
   rowCap?: number;
+  /** The compliance policy's check of a statement (declared columns the role reads masked). */
+  checkSql?: (sql: string, ctx: SessionContext) => Promise<void>;
 }
 
 const DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024;
@@ -264,6 +266,7 @@ export function createSqlService(deps: SqlServiceDeps) {
         throw badRequest('VALIDATION_FAILED', `body.timeout_ms must be an integer between 1 and ${ceiling}`, { field: 'body.timeout_ms' });
       }
       const stmt = await guardWithParams(input.sql, params);
+      await deps.checkSql?.(input.sql, ctx);
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
       // Bytes are capped inside PostgreSQL, counted as each row's JSON (what the client is sent):
       // a row of a gigabyte never reaches the service (response-bounds.ts).

@@ -15,7 +15,7 @@ import type { Database } from '../../db/database.js';
 import type { SessionContext, Tx } from '../../db/session.js';
 import { AppError, badRequest, conflict, notFound } from '../../errors.js';
 import type { SchemaRegistry } from '../data/index.js';
-import { Params, checkEmbedPaths, rowJsonSql } from '../data/index.js';
+import { Params, checkEmbedPaths, rowJsonSql, type ColumnGuard } from '../data/index.js';
 import { parseRowsQuery } from '../data/index.js';
 import { wrapWithLimit } from '../data/index.js';
 import { ANALYST_ROLE, guardWithParams, toSqlError } from '../data/index.js';
@@ -102,7 +102,7 @@ export function createExportService(deps: ExportServiceDeps) {
 
   const service = {
     /** Plan a table export from the rows API's query string (select, filters, order, limit). */
-    async planTable(table: string, qs: QueryString, format: unknown, timeoutMs?: unknown): Promise<ExportPlan> {
+    async planTable(table: string, qs: QueryString, format: unknown, timeoutMs?: unknown, guard?: ColumnGuard): Promise<ExportPlan> {
       const fmt = checkFormat(format);
       const timeout = timeoutOf(timeoutMs);
       const t = await schema.table(table);
@@ -115,7 +115,7 @@ export function createExportService(deps: ExportServiceDeps) {
       }
       const rq = parseRowsQuery(rest, { maxLimit: Number.MAX_SAFE_INTEGER });
       checkEmbedPaths(rq.select, rq.embeds);
-      const params = new Params();
+      const params = new Params(guard);
       const tables = await schema.tables();
       const select = tableSelect(t, rq, fmt, params, () =>
         rowJsonSql(t, 't0', rq.select, { tables, params, embeds: rq.embeds, maxEmbedLimit: Number.MAX_SAFE_INTEGER, alias: 0 }),

@@ -192,12 +192,21 @@ export function tableSelect(
           { relationship: s.relation },
         );
       }
-      if (s.kind === 'star') for (const c of t.columns) cols.push(`t0.${q(c.name)}`);
-      else {
+      const g = params.guard;
+      if (s.kind === 'star') {
+        for (const c of t.columns) {
+          if (g?.omit(t.name, c.name)) continue;
+          const e = `t0.${q(c.name)}`;
+          const guarded = g ? g.columnSql(t.name, c.name, e) : e;
+          cols.push(guarded === e ? e : `${guarded} AS ${q(c.name)}`);
+        }
+      } else {
         if (!t.columnMap.has(s.name)) {
           throw badRequest('UNKNOWN_COLUMN', `column ${JSON.stringify(s.name)} does not exist in ${t.name}`, { column: s.name, table: t.name });
         }
-        cols.push(s.alias ? `t0.${q(s.name)} AS ${q(s.alias)}` : `t0.${q(s.name)}`);
+        const e = `t0.${q(s.name)}`;
+        const guarded = g ? g.columnSql(t.name, s.name, e) : e;
+        cols.push(s.alias || guarded !== e ? `${guarded} AS ${q(s.alias ?? s.name)}` : e);
       }
     }
     if (cols.length === 0) throw badRequest('INVALID_SELECT', 'select must name at least one column');
@@ -206,7 +215,7 @@ export function tableSelect(
     list = `${json()}::text`;
   }
   const where = rq.filters.map((f) => filterSql(t, 't0', f, params));
-  const order = totalOrder(t, rq.order);
+  const order = totalOrder(t, rq.order, params.guard);
   const limit = rq.limit === undefined ? '' : ` LIMIT ${params.add(rq.limit)}`;
   return `SELECT ${list} FROM ${t.qualified} t0${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY ${orderSql('t0', order)}${limit}`;
 }

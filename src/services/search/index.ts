@@ -5,6 +5,7 @@
  * strata.search_indexes, DDL in jobs on the `search` queue). Searches run in the caller's tenant
  * session: row-level security scopes hits, facets and totals.
  */
+import type { Enforcement, Guard } from '../compliance/index.js';
 import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import type { RequestContext } from '../../domain.js';
@@ -75,6 +76,8 @@ export interface CreateIndexInput {
 
 export interface SearchServiceOptions {
   db: Database;
+  /** The compliance policy: declared columns are decrypted and masked in hits; no match, highlight or facet reveals a masked one. */
+  compliance?: Enforcement;
   /** Most bytes of JSON one search answers (RESPONSE_MAX_BYTES): past it 413 RESPONSE_TOO_LARGE. */
   maxResponseBytes?: number;
   schema: SchemaRegistry;
@@ -142,6 +145,29 @@ export function createSearchService(opts: SearchServiceOptions) {
     });
   }
 
+  /**
+   * Matching a column is reading it: a search over an index holding a declared column the role may
+   * not read in full (or an encrypted one: its index would hold ciphertext) is refused, and so is a
+   * facet of such a column (its counts would list the values).
+   */
+  function guardSearch(guard: Guard | undefined, t: TableInfo, indexed: string[], facets: string[]): void {
+    if (!guard?.table(t.name)) return;
+    for (const name of indexed) {
+      const c = guard.column(t.name, name);
+      if (c && (c.encrypted || !c.plaintext)) throw badRequest('SEARCH_MASKED_COLUMN', `the search index of ${t.name} covers ${name}, which this role reads masked or encrypted: matches and highlights would reveal it`, { table: t.name, column: name });
+    }
+    for (const name of facets) {
+      const c = guard.column(t.name, name);
+      if (c && (c.encrypted || !c.plaintext)) throw badRequest('MASKED_COLUMN_FACET', `${t.name}.${name} is masked or encrypted for this role: it cannot be a facet`, { table: t.name, column: name });
+    }
+  }
+
+  async function revealRows<T extends { row: unknown }>(guard: Guard | undefined, data: T[]): Promise<T[]> {
+    if (!guard?.tagged || data.length === 0) return data;
+    const rows = (await guard.revealValue(data.map((d) => d.row), { path: 'search' })) as unknown[];
+    return data.map((d, i) => ({ ...d, row: rows[i] }));
+  }
+
   async function buildScope(params: Params, rq: RowsQuery): Promise<BuildScope> {
     checkEmbedPaths(rq.select, rq.embeds);
     return { tables: await schema.tables(), params, embeds: rq.embeds, maxEmbedLimit: SEARCH_MAX_LIMIT, alias: 0 };
@@ -157,9 +183,11 @@ export function createSearchService(opts: SearchServiceOptions) {
     const query = checkQuery(input.q);
     const { t, def, pk } = await searchable(input.table, 'text');
     const facets = facetColumns(t, input.facets);
+    const guard = await opts.compliance?.guard(ctx);
+    guardSearch(guard, t, def.columns.map((c) => c.name), facets.map((c) => c.name));
     const rq = parseFilters(input.qs);
     const limit = rq.limit ?? SEARCH_DEFAULT_LIMIT;
-    const params = new Params();
+    const params = new Params(guard);
     const scope = await buildScope(params, rq);
     const filters = rq.filters.map((f) => filterSql(t, 't0', f, params));
     const signature = JSON.stringify(['search', t.name, query, input.fuzzy === true]);
@@ -188,6 +216,7 @@ export function createSearchService(opts: SearchServiceOptions) {
       total: Number(rows.find((r) => r.kind === 'total')?.n ?? 0),
       next_cursor: hits.length > limit && last ? cursors.encode(signature, [String(last.tier), last.score, last.pk]) : null,
     };
+    result.data = await revealRows(guard, result.data);
     if (facets.length) {
       result.facets = Object.fromEntries(facets.map((c) => [c.name, [] as Array<{ value: string | null; count: number }>]));
       for (const r of rows) if (r.kind === 'facet') result.facets[facets[r.facet ?? 0]!.name]!.push({ value: r.value, count: Number(r.n) });
@@ -245,7 +274,9 @@ export function createSearchService(opts: SearchServiceOptions) {
     const k = checkK(input.k);
     const vp = await vectorPlan(input.table, input.vector);
     const rq = parseFilters({ ...(input.filters ?? {}), ...(input.select ? { select: input.select } : {}) });
-    const params = new Params();
+    const guard = await opts.compliance?.guard(ctx);
+    guardSearch(guard, vp.t, [vp.column], []);
+    const params = new Params(guard);
     const scope = await buildScope(params, rq);
     const filters = rq.filters.map((f) => filterSql(vp.t, 't0', f, params));
     const cte = vectorHitsCte({ table: vp.t, pk: vp.pk, column: vp.column, dimensions: vp.dimensions, filters, pgvector: vp.pgvector }, params, input.vector!, k);
@@ -253,7 +284,7 @@ export function createSearchService(opts: SearchServiceOptions) {
     const sql = `WITH ${cte}
       SELECT ${rowJson}::text AS j, vh.score::text AS score FROM vector_hits vh JOIN ${vp.t.qualified} t0 ON t0.${pgIdent(vp.pk.name)} = vh.pk ORDER BY vh.score DESC, vh.pk`;
     const rows = await run<{ j: string; score: string }>(ctx, false, sql, params.values);
-    return { data: rows.map((r) => ({ row: JSON.parse(r.j) as unknown, score: Number(r.score) })), next_cursor: null };
+    return { data: await revealRows(guard, rows.map((r) => ({ row: JSON.parse(r.j) as unknown, score: Number(r.score) }))), next_cursor: null };
   }
 
   async function hybrid(ctx: SessionContext, input: PostSearchInput): Promise<SearchResult> {
@@ -262,7 +293,9 @@ export function createSearchService(opts: SearchServiceOptions) {
     const vp = await vectorPlan(input.table, input.vector);
     const { def } = await searchable(input.table, 'text');
     const rq = parseFilters({ ...(input.filters ?? {}), ...(input.select ? { select: input.select } : {}) });
-    const params = new Params();
+    const guard = await opts.compliance?.guard(ctx);
+    guardSearch(guard, vp.t, [...def.columns.map((c) => c.name), vp.column], []);
+    const params = new Params(guard);
     const scope = await buildScope(params, rq);
     const filters = rq.filters.map((f) => filterSql(vp.t, 't0', f, params));
     const window = Math.max(k, RRF_WINDOW);
@@ -280,12 +313,15 @@ export function createSearchService(opts: SearchServiceOptions) {
       ORDER BY f.score DESC, f.pk`;
     const rows = await run<{ j: string; score: string; tr: string | null; vr: string | null }>(ctx, input.fuzzy === true, sql, params.values);
     return {
-      data: rows.map((r) => ({
-        row: JSON.parse(r.j) as unknown,
-        score: Number(r.score),
-        text_rank: r.tr === null ? null : Number(r.tr),
-        vector_rank: r.vr === null ? null : Number(r.vr),
-      })),
+      data: await revealRows(
+        guard,
+        rows.map((r) => ({
+          row: JSON.parse(r.j) as unknown,
+          score: Number(r.score),
+          text_rank: r.tr === null ? null : Number(r.tr),
+          vector_rank: r.vr === null ? null : Number(r.vr),
+        })),
+      ),
       next_cursor: null,
     };
   }

@@ -6,7 +6,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { errorResponses } from '../../schemas/common.js';
-import type { DeclareInput } from '../../../services/compliance/index.js';
+import type { AuditFilter, AuditRow, DeclareInput } from '../../../services/compliance/index.js';
 
 const Ident = Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_$]{0,62}$' });
 const Rule = Type.String({ maxLength: 32, description: 'full, partial, hash, null, month, year or range:<width>' });
@@ -34,8 +34,60 @@ const Body = Type.Object(
 const Params = Type.Object({ table: Ident, column: Ident });
 const tags = ['compliance'];
 
+const AuditEntry = Type.Object({
+  id: Type.String(),
+  tenant_id: Type.String(),
+  at: Type.String({ format: 'date-time' }),
+  actor: Type.String(),
+  role: Type.String(),
+  api_key_id: Type.Union([Type.String(), Type.Null()]),
+  table_name: Type.String(),
+  columns: Type.Array(Type.String()),
+  row_count: Type.Integer(),
+  request_id: Type.Union([Type.String(), Type.Null()]),
+  path: Type.Union([Type.String(), Type.Null()]),
+});
+const Short = Type.String({ minLength: 1, maxLength: 200 });
+const AuditQuery = Type.Object(
+  {
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 63, description: 'platform_admin only: one tenant (default: every tenant)' })),
+    actor: Type.Optional(Short),
+    role: Type.Optional(Type.Union(['reader', 'writer', 'analyst', 'admin', 'platform_admin'].map((r) => Type.Literal(r)))),
+    table: Type.Optional(Ident),
+    api_key_id: Type.Optional(Short),
+    request_id: Type.Optional(Short),
+    since: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601; entries at or after' })),
+    until: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601; entries before' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+    cursor: Type.Optional(Type.String({ maxLength: 200, description: 'next_cursor of the previous page' })),
+  },
+  { additionalProperties: false },
+);
+
 export default async function complianceRoutes(app: FastifyInstance) {
   const decl = () => app.services.compliance.declarations;
+  app.get(
+    '/audit',
+    {
+      config: { capability: 'admin' },
+      schema: {
+        tags,
+        description: 'The access audit: reads that returned plaintext of a declared column, newest first (keyset paging by next_cursor). A tenant admin reads its tenant; platform_admin every tenant or one (?tenant=).',
+        querystring: AuditQuery,
+        response: { 200: Type.Object({ data: Type.Array(AuditEntry), next_cursor: Type.Union([Type.String(), Type.Null()]) }), ...errorResponses },
+      },
+    },
+    async (request) => {
+      const f = request.query as AuditFilter;
+      const ctx = request.ctx;
+      const audit = app.services.compliance.audit;
+      if (ctx.role === 'platform_admin' && ctx.tenantId === null) {
+        return audit.list(async (text, values) => (await app.db.adminQuery<AuditRow>(text, values)).rows, f);
+      }
+      // a tenant's own audit, through its tenant session: RLS decides, a ?tenant= naming another is empty
+      return audit.list(async (text, values) => (await app.db.tenantQuery<AuditRow>(ctx, text, values, { readOnly: true })).rows, f);
+    },
+  );
   app.get(
     '/columns',
     {
@@ -57,7 +109,9 @@ export default async function complianceRoutes(app: FastifyInstance) {
     { config: { capability: 'platform' }, schema: { tags, params: Params, body: Body, response: { 200: Type.Object({ data: Policy }), ...errorResponses } } },
     async (request) => {
       const p = request.params as { table: string; column: string };
-      return { data: await decl().declare(request.ctx, p.table, p.column, request.body as DeclareInput) };
+      const data = await decl().declare(request.ctx, p.table, p.column, request.body as DeclareInput);
+      await app.services.compliance.enforcement.refresh();
+      return { data };
     },
   );
   app.delete(
@@ -66,6 +120,7 @@ export default async function complianceRoutes(app: FastifyInstance) {
     async (request, reply) => {
       const p = request.params as { table: string; column: string };
       await decl().remove(p.table, p.column);
+      await app.services.compliance.enforcement.refresh();
       return reply.code(204).send();
     },
   );

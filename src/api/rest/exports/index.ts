@@ -74,7 +74,8 @@ export default async function exportRoutes(app: FastifyInstance) {
     async (request, reply) => {
       const { table } = request.params as { table: string };
       const qs = request.query as QueryString;
-      const plan = await exports.planTable(table, qs, qs['format'] ?? 'csv', qs['timeout_ms']);
+      const guard = await app.services.compliance.enforcement.guard(request.ctx);
+      const plan = await exports.planTable(table, qs, qs['format'] ?? 'csv', qs['timeout_ms'], guard?.forExport());
       const body = await exports.stream(request.ctx, plan, clientGone(reply));
       return sendPlan(reply, plan).send(body);
     },
@@ -97,6 +98,7 @@ export default async function exportRoutes(app: FastifyInstance) {
     },
     async (request, reply) => {
       const input = request.body as Partial<SqlExportInput> & { sql: string };
+      await app.services.compliance.enforcement.checkSql(input.sql, request.ctx.role);
       const plan = await exports.planSql({ ...input, format: input.format ?? 'csv' });
       const body = await exports.stream(request.ctx, plan, clientGone(reply));
       return sendPlan(reply, plan).send(body);
@@ -132,10 +134,12 @@ export default async function exportRoutes(app: FastifyInstance) {
       }
       if (body.sql === undefined && (body.params !== undefined)) throw badRequest('INVALID_EXPORT_PARAM', 'params go with sql, not with table');
       if (body.sql !== undefined && body.filters !== undefined) throw badRequest('INVALID_EXPORT_PARAM', 'filters go with table, not with sql');
+      if (body.sql !== undefined) await app.services.compliance.enforcement.checkSql(body.sql, ctx.role);
+      const guard = body.sql === undefined ? await app.services.compliance.enforcement.guard(ctx) : undefined;
       const plan =
         body.sql !== undefined
           ? await exports.planSql({ sql: body.sql, params: body.params, format: body.format, timeout_ms: body.timeout_ms })
-          : await exports.planTable(body.table ?? '', body.filters ?? {}, body.format, body.timeout_ms);
+          : await exports.planTable(body.table ?? '', body.filters ?? {}, body.format, body.timeout_ms, guard?.forExport());
       // Nothing is enqueued for a statement the database refuses (unknown column, permissions...).
       const estimated = await exports.check(ctx, plan);
       const { job_id } = await app.jobs.enqueue(ctx, 'export', {

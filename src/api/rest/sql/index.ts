@@ -27,7 +27,7 @@ const SqlResult = Type.Object({
 });
 
 export default async function sqlRoutes(app: FastifyInstance) {
-  const sql = createSqlService({ db: app.db, config: app.config, log: app.log });
+  const sql = createSqlService({ db: app.db, config: app.config, log: app.log, checkSql: (text, ctx) => app.services.compliance.enforcement.checkSql(text, ctx.role) });
   app.post(
     '/',
     {

@@ -30,6 +30,17 @@ export default async function timeseriesRoutes(app: FastifyInstance) {
   app.get(
     '/:table/timeseries',
     { config: { capability: 'read' }, schema: { tags: ['tables'], params: Type.Object({ table: Type.String({ minLength: 1, maxLength: 63 }) }), querystring: Query, response: { 200: Series, ...errorResponses } } },
-    async (request) => app.services.timeseries.table(request.ctx, (request.params as { table: string }).table, request.query as Record<string, string>),
+    async (request) => {
+      const table = (request.params as { table: string }).table;
+      const q = request.query as Record<string, string>;
+      // an aggregate, a bucket or a group of a declared column the role reads masked would reveal it
+      const guard = await app.services.compliance.enforcement.guard(request.ctx);
+      if (guard?.table(table)) {
+        const names = [q['time'], ...(q['group'] ?? '').split(','), ...[...(q['agg'] ?? '').matchAll(/[:(]\s*([A-Za-z_][A-Za-z0-9_$]*)/g)].map((m) => m[1])];
+        for (const n of names) if (n) guard.checkAggregate(table, n.trim(), 'a time series');
+        for (const k of Object.keys(q)) if (!['time', 'bucket', 'agg', 'group', 'fill', 'from', 'to', 'or', 'and'].includes(k)) guard.checkFilter(table, k, 'eq');
+      }
+      return app.services.timeseries.table(request.ctx, table, q);
+    },
   );
 }

@@ -14,10 +14,26 @@ const q = pg.escapeIdentifier;
 /** Parameters collected while building one statement. */
 export class Params {
   readonly values: unknown[] = [];
+  /** The compliance guard of the request (src/services/compliance/enforce.ts), when columns are declared. */
+  constructor(readonly guard?: ColumnGuard) {}
   add(v: unknown): string {
     this.values.push(v);
     return `$${this.values.length}`;
   }
+}
+
+/**
+ * What the builders ask of the compliance policy (implemented by the compliance capability's
+ * Guard): tag declared columns in select lists, route filters on encrypted columns through their
+ * blind index, refuse filters and order that would leak a masked value.
+ */
+export interface ColumnGuard {
+  columnSql(table: string, column: string, expr: string): string;
+  /** Left out of `*` (a blind index column). */
+  omit(table: string, column: string): boolean;
+  checkFilter(table: string, column: string, op: string, opts?: { path?: boolean; quant?: boolean }): { via: 'bidx'; column: string } | { via: 'null' } | undefined;
+  blindIndexOf(table: string, column: string, value: string): string;
+  checkOrder(table: string, column: string): void;
 }
 
 export interface BuildScope {
@@ -122,6 +138,10 @@ export function filterSql(t: TableInfo, alias: string, f: Filter, params: Params
     return f.not ? `NOT ${joined}` : joined;
   }
   const base = column(t, f.column);
+  if (params.guard) {
+    const via = params.guard.checkFilter(t.name, base.name, f.op, { path: !!f.path?.length, quant: !!f.quant });
+    if (via?.via === 'bidx') return blindIndexFilterSql(t, alias, f, params, via.column);
+  }
   const c = f.path?.length ? pathColumn(base, f.path) : base;
   const col = pathSql(`${alias}.${q(base.name)}`, f.path, params);
   const textual = (x: string) => (TEXTUAL.has(c.udt) && !c.isArray ? x : `${x}::text`);
@@ -208,9 +228,26 @@ export function filterSql(t: TableInfo, alias: string, f: Filter, params: Params
   return f.not ? `NOT (${sql})` : sql;
 }
 
+/** eq / neq / in on an encrypted searchable column: compared through its blind index column. */
+function blindIndexFilterSql(t: TableInfo, alias: string, f: Extract<Filter, { kind: 'cond' }>, params: Params, bidx: string): string {
+  const g = params.guard!;
+  const col = `${alias}.${q(column(t, bidx).name)}`;
+  let sql: string;
+  if (f.op === 'in') {
+    const list = parseInList(f.column, f.value).map((v) => g.blindIndexOf(t.name, f.column, v));
+    sql = list.length === 0 ? 'false' : `${col} = ANY(${params.add(list)})`;
+  } else {
+    sql = `${col} ${f.op === 'eq' ? '=' : 'IS DISTINCT FROM'} ${params.add(g.blindIndexOf(t.name, f.column, f.value))}`;
+  }
+  return f.not ? `NOT (${sql})` : sql;
+}
+
 /** ORDER BY items, with the primary key appended so the order is total (needed for keyset paging). */
-export function totalOrder(t: TableInfo, order: OrderItem[]): OrderItem[] {
-  for (const o of order) column(t, o.column);
+export function totalOrder(t: TableInfo, order: OrderItem[], guard?: ColumnGuard): OrderItem[] {
+  for (const o of order) {
+    column(t, o.column);
+    guard?.checkOrder(t.name, o.column);
+  }
   const out = [...order];
   for (const pk of t.primaryKey) if (!out.some((o) => o.column === pk)) out.push({ column: pk, direction: 'asc' });
   if (out.length === 0) throw badRequest('NO_PRIMARY_KEY', `table ${t.name} has no primary key; give an order`);
@@ -274,12 +311,19 @@ export function rowJsonSql(t: TableInfo, alias: string, select: SelectItem[], sc
 export function selectItemsSql(t: TableInfo, alias: string, select: SelectItem[], scope: BuildScope, path = ''): string[] {
   const items: string[] = [];
   for (const s of select) {
+    const g = scope.params.guard;
     if (s.kind === 'star') {
-      for (const c of t.columns) items.push(`${alias}.${q(c.name)}`);
+      for (const c of t.columns) {
+        if (g?.omit(t.name, c.name)) continue;
+        const plain = `${alias}.${q(c.name)}`;
+        const expr = g ? g.columnSql(t.name, c.name, plain) : plain;
+        items.push(expr === plain ? plain : `${expr} AS ${q(c.name)}`);
+      }
     } else if (s.kind === 'column') {
       const c = column(t, s.name);
       let expr = pathSql(`${alias}.${q(c.name)}`, s.path, scope.params);
       if (s.cast) expr = `(${expr})::${s.cast}`;
+      if (g) expr = g.columnSql(t.name, c.name, expr);
       const name = s.alias ?? (s.path?.length ? s.path[s.path.length - 1]!.key : c.name);
       items.push(expr === `${alias}.${q(c.name)}` && name === c.name ? expr : `${expr} AS ${q(name)}`);
     } else {
@@ -351,7 +395,7 @@ function embedSql(parent: string, rel: Relationship, target: TableInfo, select: 
   const json = rowJsonSql(target, a, select, scope, path);
   if (rel.kind === 'many-to-one' || rel.kind === 'one-to-one') return `(SELECT ${json} FROM ${target.qualified} ${a} WHERE ${where} LIMIT 1)`;
   const givenOrder = opts?.order ?? [];
-  const orderItems = scope.implicitEmbedOrder === false && givenOrder.length === 0 ? [] : totalOrder(target, givenOrder);
+  const orderItems = scope.implicitEmbedOrder === false && givenOrder.length === 0 ? [] : totalOrder(target, givenOrder, scope.params.guard);
   const order = orderItems.length ? orderSql(a, orderItems) : '';
   const limit = opts?.limit ?? scope.maxEmbedLimit;
   const offset = opts?.offset ? ` OFFSET ${scope.params.add(opts.offset)}` : '';
