@@ -92,7 +92,7 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
         "SELECT logicalrelid::regclass::text AS rel, column_to_column_name(logicalrelid, partkey) AS col, colocationid, partmethod AS method FROM pg_dist_partition ORDER BY 1",
       );
       const tenantTables = rows.filter((r) => report!.distributed.includes(r.rel));
-      expect(tenantTables).toHaveLength(5);
+      expect(tenantTables).toHaveLength(report!.distributed.length);
       for (const r of tenantTables) expect(r).toMatchObject({ col: 'tenant_id', method: 'h' });
       expect(new Set(tenantTables.map((r) => r.colocationid)).size).toBe(1);
       // nothing of schema strata is distributed: tenants, keys, migrations stay on the coordinator
@@ -343,8 +343,10 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
       const list = await statementsOf(async () => expect((await req('acme:writer', 'GET', '/v1/tables/pipelines/rows?status=eq.active&order=name')).status).toBe(200));
       const update = await statementsOf(async () => expect((await req('acme:writer', 'PATCH', `/v1/tables/pipelines/rows/${id}`, { status: 'paused' })).status).toBe(200));
       for (const s of [created, read, list, update]) expect(s).toHaveLength(1);
-      // the insert's RETURNING rows are read back on the coordinator (a subplan): 1 task each
-      expect(await taskCounts([...created, ...read, ...list, ...update])).toEqual(['1,1', '1', '1', '1']);
+      // the insert's RETURNING rows are read back on the coordinator (subplans of its bounded answer): 1 task each
+      const counts = await taskCounts([...created, ...read, ...list, ...update]);
+      expect(counts.map((c) => c.split(',').every((n) => n === '1')), counts.join(' | ')).toEqual([true, true, true, true]);
+      expect(counts.slice(1)).toEqual(['1', '1', '1']);
     });
 
     it('without the explicit tenant qual the same read fans out to every shard', async () => {
@@ -369,7 +371,7 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
       expect(r.status, JSON.stringify(r.body)).toBe(200);
       const data = r.body['data'] as { nodes: Array<{ port: number; role: string; shards: number; tenants: number }>; tenants: Array<{ tenant: string }>; distributed_tables: Array<{ table: string }> };
       expect(data.nodes.map((n) => [n.port, n.role])).toEqual([[cluster.coordinator.port, 'coordinator'], ...cluster.workers.map((w) => [w.port, 'worker'])]);
-      expect(data.nodes.filter((n) => n.role === 'worker').reduce((a, n) => a + n.shards, 0)).toBe(5 * 8);
+      expect(data.nodes.filter((n) => n.role === 'worker').reduce((a, n) => a + n.shards, 0)).toBe(data.distributed_tables.length * 8);
       expect(data.nodes.reduce((a, n) => a + n.tenants, 0)).toBe(data.tenants.length);
       expect(data.tenants.map((x) => x.tenant)).toEqual(expect.arrayContaining(['acme', 'globex']));
       expect(data.distributed_tables.map((x) => x.table).sort()).toEqual(report!.distributed.slice().sort());

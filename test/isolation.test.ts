@@ -115,9 +115,9 @@ describe('tenant isolation is enforced by PostgreSQL', () => {
       tx.query<{ rolsuper: boolean; rolbypassrls: boolean; owns: number; strata: boolean }>(
         `SELECT r.rolsuper, r.rolbypassrls,
                 (SELECT count(*)::int FROM pg_class c WHERE c.relowner = r.oid) AS owns,
-                -- schema strata is usable for the tenant-scoped (RLS) change log and webhooks only
+                -- schema strata is usable for the tenant-scoped (RLS) change log, webhooks and access audit only
                 EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = 'strata'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
-                           AND c.relname NOT IN ('changes', 'webhooks', 'webhook_deliveries', 'captured_tables')
+                           AND c.relname NOT IN ('changes', 'webhooks', 'webhook_deliveries', 'captured_tables', 'compliance_audit')
                            AND has_table_privilege(c.oid, 'SELECT')) AS strata
            FROM pg_roles r WHERE r.rolname = current_user`,
       ),
