@@ -26,6 +26,8 @@ export interface GuardedStatement {
   readonly offset: number;
   /** Highest `$n` the statement references (0 for none). */
   readonly paramCount: number;
+  /** Relations named without a schema or in `public` (lower-cased as PostgreSQL folds them; quoted names as written). */
+  readonly relations: ReadonlySet<string>;
 }
 
 /** Functions denied by exact name (any schema). */
@@ -193,12 +195,13 @@ interface Findings {
   into: boolean;
   schemas: Set<string>;
   functions: Set<string>;
+  relations: Set<string>;
   maxParam: number;
 }
 
 /** Visits every node of the tree (iteratively: a deeply nested query must not overflow the stack). */
 function inspect(root: unknown): Findings {
-  const f: Findings = { writes: [], locking: false, into: false, schemas: new Set(), functions: new Set(), maxParam: 0 };
+  const f: Findings = { writes: [], locking: false, into: false, schemas: new Set(), functions: new Set(), relations: new Set(), maxParam: 0 };
   const stack: unknown[] = [root];
   while (stack.length > 0) {
     const node = stack.pop();
@@ -228,6 +231,7 @@ function inspect(root: unknown): Findings {
         }
       } else if (key === 'RangeVar' && isObject(value)) {
         if (value['schemaname'] === FORBIDDEN_SCHEMA) f.schemas.add(FORBIDDEN_SCHEMA);
+        if ((value['schemaname'] === undefined || value['schemaname'] === 'public') && typeof value['relname'] === 'string') f.relations.add(value['relname']);
       } else if (key === 'TypeName' && isObject(value)) {
         const parts = nameParts(value['names']);
         if (parts.length > 1 && parts[parts.length - 2] === FORBIDDEN_SCHEMA) f.schemas.add(FORBIDDEN_SCHEMA);
@@ -294,7 +298,7 @@ export async function guardStatement(sql: string): Promise<GuardedStatement> {
       functions: names,
     });
   }
-  return { ...sliceStatement(sql, raw), paramCount: f.maxParam };
+  return { ...sliceStatement(sql, raw), paramCount: f.maxParam, relations: f.relations };
 }
 
 /**

@@ -64,9 +64,25 @@ const DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024;
  * The one statement of `sql` (see guardStatement), checked against the parameters given for it:
  * 400 SQL_TOO_MANY_PARAMS past MAX_PARAMS, 400 SQL_PARAMS_MISMATCH when the counts differ.
  */
-export async function guardWithParams(sql: string, params: readonly unknown[]): Promise<GuardedStatement> {
+export async function guardWithParams(
+  sql: string,
+  params: readonly unknown[],
+  unsafeRelations?: () => Promise<ReadonlySet<string>>,
+): Promise<GuardedStatement> {
   if (params.length > MAX_PARAMS) throw badRequest('SQL_TOO_MANY_PARAMS', `at most ${MAX_PARAMS} parameters`);
   const stmt = await guardStatement(sql);
+  if (unsafeRelations && stmt.relations.size > 0) {
+    const unsafe = await unsafeRelations();
+    const hit = [...stmt.relations].filter((r) => unsafe.has(r)).sort();
+    if (hit.length > 0) {
+      throw new AppError(
+        403,
+        'VIEW_NOT_SECURITY_INVOKER',
+        `analyst SQL may not read ${hit.join(', ')}: a view without security_invoker (or a materialized view) reads past row-level security`,
+        { relations: hit },
+      );
+    }
+  }
   if (stmt.paramCount !== params.length) {
     throw badRequest('SQL_PARAMS_MISMATCH', `the statement uses ${stmt.paramCount} parameter(s) ($1..$${stmt.paramCount}) but ${params.length} were given`, {
       expected: stmt.paramCount,
@@ -74,6 +90,32 @@ export async function guardWithParams(sql: string, params: readonly unknown[]): 
     });
   }
   return stmt;
+}
+
+/**
+ * Views in `public` that read past row-level security (no `security_invoker`, or materialized) and
+ * that strata_analyst can SELECT (0003 grants it what tenant sessions can read): analyst SQL may not
+ * name them, as /v1 and /rest/v1 do not serve them. Read through the admin pool, kept for `ttlMs`.
+ */
+const UNSAFE_VIEWS_SQL = `SELECT c.relname::text AS name FROM pg_class c
+  WHERE c.relnamespace = 'public'::regnamespace
+    AND (c.relkind = 'm' OR (c.relkind = 'v' AND NOT coalesce((SELECT o.option_value::bool FROM pg_options_to_table(c.reloptions) o WHERE o.option_name = 'security_invoker'), false)))
+    AND has_table_privilege('${ANALYST_ROLE}', c.oid, 'SELECT')`;
+
+export function createUnsafeRelations(db: Pick<Database, 'adminQuery'>, ttlMs = 1000): () => Promise<ReadonlySet<string>> {
+  let at = 0;
+  let current: Promise<ReadonlySet<string>> | undefined;
+  return () => {
+    if (!current || Date.now() - at > ttlMs) {
+      at = Date.now();
+      const p = db.adminQuery<{ name: string }>(UNSAFE_VIEWS_SQL).then(({ rows }) => new Set(rows.map((r) => r.name)));
+      current = p;
+      p.catch(() => {
+        if (current === p) current = undefined;
+      });
+    }
+    return current;
+  };
 }
 
 /** The largest timeout_ms a caller may ask for. */
@@ -219,6 +261,7 @@ export function createSqlService(deps: SqlServiceDeps) {
   const maxBytes = deps.config.SQL_MAX_RESULT_BYTES ?? DEFAULT_MAX_RESULT_BYTES;
   const typeNames = new Map<number, string>(Object.entries(BUILTIN_TYPES).map(([oid, name]) => [Number(oid), name]));
   let sandboxReady: Promise<void> | undefined;
+  const unsafeRelations = createUnsafeRelations(db);
 
   /** Checks once per process that the database holds its wall; a failed check is retried next call. */
   function ensureSandbox(ctx: SessionContext): Promise<void> {
@@ -265,7 +308,7 @@ export function createSqlService(deps: SqlServiceDeps) {
       if (!Number.isInteger(timeout) || timeout < 1 || timeout > ceiling) {
         throw badRequest('VALIDATION_FAILED', `body.timeout_ms must be an integer between 1 and ${ceiling}`, { field: 'body.timeout_ms' });
       }
-      const stmt = await guardWithParams(input.sql, params);
+      const stmt = await guardWithParams(input.sql, params, unsafeRelations);
       await deps.checkSql?.(input.sql, ctx);
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
       // Bytes are capped inside PostgreSQL, counted as each row's JSON (what the client is sent):

@@ -18,7 +18,7 @@ import type { SchemaRegistry } from '../data/index.js';
 import { Params, checkEmbedPaths, rowJsonSql, type ColumnGuard } from '../data/index.js';
 import { parseRowsQuery } from '../data/index.js';
 import { wrapWithLimit } from '../data/index.js';
-import { ANALYST_ROLE, guardWithParams, toSqlError } from '../data/index.js';
+import { ANALYST_ROLE, createUnsafeRelations, guardWithParams, toSqlError } from '../data/index.js';
 import { CHUNK_BYTES, runCopy, type CopyResult } from './copy.js';
 import { rowCounter } from './row-counter.js';
 import { checkFormat, exportFilename, inlineBuilderParams, inlineStatementParams, tableSelect, type ExportFormat, type ExportPlan } from './plan.js';
@@ -72,6 +72,7 @@ const NOT_FOR_EXPORT = ['cursor', 'count'];
 const RESERVED = new Set(['format', 'timeout_ms']);
 export function createExportService(deps: ExportServiceDeps) {
   const { db, schema, config, log } = deps;
+  const unsafeRelations = createUnsafeRelations(db);
 
   function timeoutOf(given: unknown): number {
     if (given === undefined || given === '') return Math.min(config.EXPORT_TIMEOUT_MS || config.EXPORT_MAX_TIMEOUT_MS, config.EXPORT_MAX_TIMEOUT_MS);
@@ -128,7 +129,7 @@ export function createExportService(deps: ExportServiceDeps) {
       const fmt = checkFormat(input.format);
       const timeout = timeoutOf(input.timeout_ms);
       const params = input.params ?? [];
-      const stmt = await guardWithParams(input.sql, params);
+      const stmt = await guardWithParams(input.sql, params, unsafeRelations);
       // The guard proves `SELECT * FROM (<statement>) AS strata_sql LIMIT $n` is one query over that
       // one subquery; LIMIT NULL is no limit. NDJSON swaps only the target list.
       const wrapped = await wrapWithLimit(stmt, params.length + 1);
