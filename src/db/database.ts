@@ -38,7 +38,7 @@ export type PoolKind = 'app' | 'stream';
 export interface TenantGate {
   enter(pool: string, kind: PoolKind, tenantId: string): true | Promise<void>;
   /** `heldMs`: how long the session held its slot (the gate's measure of how heavy the tenant's work is). */
-  leave(pool: string, tenantId: string, heldMs: number): void;
+  leave(pool: string, kind: PoolKind, tenantId: string, heldMs: number): void;
 }
 
 export interface Shard {
@@ -147,7 +147,7 @@ export class Database {
     let started = 0;
     const go = () => {
       started = performance.now();
-      return run().finally(() => gate.leave(name, tenantId, performance.now() - started));
+      return run().finally(() => gate.leave(name, kind, tenantId, performance.now() - started));
     };
     const admitted = gate.enter(name, kind, tenantId);
     if (admitted === true) return go();

@@ -97,10 +97,8 @@ export function createLimits(deps: LimitsDeps) {
    * tenants use the same pool, the heavy-tenant limit. A tenant alone keeps its whole share.
    */
   const effective = (limit: number, avgMs: number, contended: boolean) => (contended && avgMs > heavyMs ? Math.min(limit, heavyConnections) : limit);
-  const kinds = new Map<string, PoolKind>();
   const poolGate: TenantGate = {
     enter(pool, kind, tenantId) {
-      kinds.set(pool, kind);
       const limit = kindLimit(kind, cached(tenantId));
       let applied = limit;
       return gates.enter(
@@ -111,8 +109,8 @@ export function createLimits(deps: LimitsDeps) {
         () => concurrencyLimited(applied < limit ? `${kind} connections while its queries run long (a heavy tenant)` : `${kind} connections`, applied),
       );
     },
-    leave: (pool, tenantId, heldMs) =>
-      gates.leave(pool, tenantId, heldMs, (avgMs, contended) => effective(kindLimit(kinds.get(pool) ?? 'app', cached(tenantId)), avgMs, contended)),
+    leave: (pool, kind, tenantId, heldMs) =>
+      gates.leave(pool, tenantId, heldMs, (avgMs, contended) => effective(kindLimit(kind, cached(tenantId)), avgMs, contended)),
   };
 
   const service = {
