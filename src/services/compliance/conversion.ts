@@ -190,9 +190,9 @@ export function createConversion(deps: { db: Database; schema: SchemaRegistry; k
       if (signal?.aborted) throw new Error('cancelled');
       const r = await batch(async (c) => {
         const { rows } = await c.query<{ id: string; tenant_id: string | null; before: Record<string, unknown> | null; after: Record<string, unknown> | null }>(
-          `SELECT id::text, tenant_id, before, after FROM strata.changes
-            WHERE table_name = $1 AND id > $2::bigint AND (jsonb_typeof(before -> $3) = 'string' OR jsonb_typeof(after -> $3) = 'string')
-            ORDER BY id LIMIT $4`,
+          `SELECT e.id::text AS id, e.tenant_id, e.before, e.after FROM strata.changes e
+            WHERE e.table_name = $1 AND e.id > $2::bigint AND (jsonb_typeof(e.before -> $3) = 'string' OR jsonb_typeof(e.after -> $3) = 'string')
+            ORDER BY e.id LIMIT $4`,
           [conv.table, changeAfter, conv.column, batchSize],
         );
         if (!rows.length) return null;
