@@ -29,7 +29,7 @@ import { FINAL_STATES, type JobState, type JobsService } from '../jobs/index.js'
 import { blindIndexColumn } from './declarations.js';
 import { blindIndex, encryptField } from './envelope.js';
 import type { TenantKeys } from './keys.js';
-import { isSubjectFieldCiphertext, type SubjectFields } from './subject-fields.js';
+import { isSubjectFieldCiphertext, subjectIdOf, type SubjectFields } from './subject-fields.js';
 import { q } from './tables.js';
 
 const BATCH = 500;
@@ -113,7 +113,7 @@ export function createConversion(deps: { db: Database; schema: SchemaRegistry; k
   async function encryptValue(t: TableInfo, column: string, p: { searchable: boolean; subject_column: string | null }, tenantId: string, plain: string, subject: unknown) {
     const ctx = { tenantId, table: t.name, column };
     let value: string;
-    if (p.subject_column && subject !== null && subject !== undefined) value = await deps.subjects.encrypt(tenantId, String(subject), plain, t.name, column);
+    if (p.subject_column && subject !== null && subject !== undefined) value = await deps.subjects.encrypt(tenantId, subjectIdOf(subject), plain, t.name, column);
     else {
       const { key, version } = await deps.keys.current(tenantId);
       value = encryptField(plain, key, version, ctx);

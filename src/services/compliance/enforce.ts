@@ -484,7 +484,7 @@ export function maskStoredRow(snap: PolicySnapshot, table: string, row: Record<s
     if (!(col in out)) continue;
     const v = out[col];
     if (v === null || v === undefined) continue;
-    if (p.encrypted && isCiphertext(v)) continue; // ciphertext: the receiver cannot read it
+    if (p.encrypted && (isCiphertext(v) || isSubjectFieldCiphertext(v))) continue; // ciphertext: the receiver cannot read it
     const rule = ruleFor(p, role);
     out[col] = rule === 'full' ? v : applyMask(v, rule, p.pii);
   }

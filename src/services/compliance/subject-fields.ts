@@ -136,7 +136,7 @@ export function createSubjectFields(deps: { db: Database; keys: MasterKeys | nul
       }
       const subject = row[sc];
       if (subject === null || subject === undefined) return fallback();
-      return fields.encrypt(tenantId, String(subject), text, policy.table, policy.column);
+      return fields.encrypt(tenantId, subjectIdOf(subject), text, policy.table, policy.column);
     },
 
     /**
@@ -166,6 +166,9 @@ export function createSubjectFields(deps: { db: Database; keys: MasterKeys | nul
 }
 
 export type SubjectFields = ReturnType<typeof createSubjectFields>;
+
+/** A subject column's value as the subject id (its text, as the erasure compares it). */
+export const subjectIdOf = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
 
 function parseTag(s: string): { table: string; column: string; value: unknown } | undefined {
   if (!s.startsWith(TAG)) return undefined;
