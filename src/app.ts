@@ -43,7 +43,7 @@ import { createQueryInsightService, type QueryInsightService } from './services/
 import queryInsightRoutes from './api/rest/query-insight/index.js';
 import { createResultCache, type ResultCache } from './services/analytics/index.js';
 import { createWriteHooks, type WriteHooks } from './services/analytics/index.js';
-import { createAuditLog, createDeclarations, createEnforcement, createEventMasking, createTenantKeys, parseMasterKeys, type AuditLog, type Declarations, type Enforcement, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
+import { createAuditLog, createDeclarations, createEnforcement, createSubjectFields, createEventMasking, createTenantKeys, parseMasterKeys, type AuditLog, type Declarations, type Enforcement, type MasterKeys, type TenantKeys } from './services/compliance/index.js';
 import complianceRoutes from './api/rest/compliance/index.js';
 import complianceOpsRoutes from './api/rest/compliance/ops.js';
 import subjectRoutes from './api/rest/subjects/index.js';
@@ -175,7 +175,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
   const declarations = createDeclarations({ db, schema });
   const tenantKeys = createTenantKeys({ db, keys: masterKeys });
   const audit = createAuditLog({ db, log: app.log });
-  const enforcement = createEnforcement({ db, declarations, keys: tenantKeys, audit });
+  const enforcement = createEnforcement({ db, declarations, keys: tenantKeys, audit, subjects: createSubjectFields({ db, keys: masterKeys }) });
   const cache = createResultCache({
     redis: opts.redis,
     db,
@@ -186,6 +186,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     prefix: config.CACHE_PREFIX,
     registry,
     staticTables: config.CACHE_TABLES.split(',').map((s) => s.trim()).filter(Boolean),
+    compliance: { tag: (tables) => enforcement.policyTag(tables), audit },
   });
   const hooks = createWriteHooks({ cache, schema, listeners: () => [services.views], log: app.log });
   const cursors = createCursorCodec(opts.jwtSecret ?? config.JWT_SECRET ?? randomUUID());
@@ -227,7 +228,7 @@ export async function build(opts: BuildOptions): Promise<FastifyInstance> {
     cache,
     hooks,
     timeseries,
-    views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log }),
+    views: createViewsService({ db, schema, rows, timeseries, jobs: () => app.jobs, log: app.log, compliance: enforcement }),
     ...changeServices(config, db, schema, app.log, enforcement),
     compliance: { declarations, keys: tenantKeys, masterKeys, enforcement, audit },
     complianceOps: createComplianceOps({ db, schema, keys: tenantKeys, masterKeys, backups: { completed: () => services.backups.completed() } }),

@@ -46,7 +46,7 @@ const UNLIMITED_JOBS: ReadonlySet<JobName> = new Set(['deliver-webhook']);
 const LIMIT_DELAY_MS = 1_000;
 import { clusterRebalance, tenantIsolate, tenantMove } from './processors/cluster.js';
 import { createClusterService } from '../services/cluster/index.js';
-import { complianceAnonymize, complianceRotate, complianceScan } from './processors/compliance.js';
+import { complianceAnonymize, complianceConvert, complianceRotate, complianceScan } from './processors/compliance.js';
 import { createComplianceOps, createTenantKeys, parseMasterKeys } from '../services/compliance/index.js';
 import { sandboxCreate } from './processors/sandboxes.js';
 import { createPartitionService } from '../services/partitions/index.js';
@@ -75,6 +75,7 @@ export const PROCESSORS: { [N in JobName]: Processor<N> } = {
   'compliance-scan': complianceScan,
   'compliance-anonymize': complianceAnonymize,
   'compliance-rotate': complianceRotate,
+  'compliance-convert': complianceConvert,
   'sandbox-create': sandboxCreate,
   'maintain-partitions': maintainPartitions,
 };

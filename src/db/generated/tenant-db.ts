@@ -151,6 +151,20 @@ export interface StrataComplianceColumns {
   plaintext_roles: Defaulted<string[]>;
   declared_by: string;
   declared_at: Defaulted<Timestamp>;
+  subject_column: string | null;
+}
+
+export interface StrataComplianceConversions {
+  id: string;
+  table_name: string;
+  column_name: string;
+  state: Defaulted<'running' | 'completed' | 'failed'>;
+  position: Defaulted<Json>;
+  done: Defaulted<Int8>;
+  job_id: string | null;
+  requested_by: string;
+  started_at: Defaulted<Timestamp>;
+  finished_at: Timestamp | null;
 }
 
 export interface StrataComplianceErasures {
@@ -251,6 +265,7 @@ export interface StrataSubjectKeys {
   master_key_id: string;
   wrapped: Buffer;
   created_at: Defaulted<Timestamp>;
+  key_ref: Defaulted<string>;
 }
 
 export interface StrataTenantKeys {
@@ -353,6 +368,7 @@ export interface PlatformDB {
   'strata.changes': StrataChanges;
   'strata.compliance_audit': StrataComplianceAudit;
   'strata.compliance_columns': StrataComplianceColumns;
+  'strata.compliance_conversions': StrataComplianceConversions;
   'strata.compliance_erasures': StrataComplianceErasures;
   'strata.compliance_scans': StrataComplianceScans;
   'strata.compliance_subjects': StrataComplianceSubjects;

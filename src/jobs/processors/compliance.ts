@@ -15,3 +15,7 @@ export function complianceAnonymize(ctx: ProcessorContext<'compliance-anonymize'
 export function complianceRotate(ctx: ProcessorContext<'compliance-rotate'>) {
   return ctx.services.complianceOps.rotation.run(ctx.job.data.rotation_id, (done, total) => ctx.progress(done, total), ctx.signal);
 }
+
+export function complianceConvert(ctx: ProcessorContext<'compliance-convert'>) {
+  return ctx.services.complianceOps.conversion.run(ctx.job.data.conversion_id, (done, total) => ctx.progress(done, total), ctx.signal);
+}

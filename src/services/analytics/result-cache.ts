@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import type { RequestContext } from '../../domain.js';
 import type { Database } from '../../db/database.js';
 import { parseSelect, type SelectItem } from '../data/index.js';
+import type { CapturedAudit } from '../compliance/index.js';
 import { relationships, type SchemaRegistry, type TableInfo } from '../data/index.js';
 
 export type CacheStatus = 'hit' | 'miss' | 'bypass';
@@ -44,6 +45,19 @@ export interface ResultCacheOptions {
   prefix?: string;
   /** Prometheus registry for `strata_cache_reads_total{status}`. */
   registry?: Registry;
+  /**
+   * The compliance policy (issue 15): `tag` digests the declarations of the tables an answer reads
+   * (part of the key: an answer masked under one policy is never served under another); `audit`
+   * collects what a computed answer recorded in the access audit, kept with the entry and recorded
+   * again, for the reading request, on every hit.
+   */
+  compliance?: {
+    tag(tables: readonly string[]): Promise<string>;
+    audit: {
+      capture<T>(ctx: RequestContext, fn: () => Promise<T>): Promise<{ value: T; entries: CapturedAudit[] }>;
+      replay(ctx: RequestContext, entries: readonly CapturedAudit[]): void;
+    };
+  };
 }
 
 const OP_TIMEOUT_MS = 300;
@@ -173,7 +187,9 @@ export function createResultCache(opts: ResultCacheOptions) {
       if (ctx.tenantId === null || ctx.sandbox !== undefined || suspect || !(await optedIn(req.table)) || redis.status !== 'ready') return bypass();
       const deps = await dependencies(req.table, req.qs);
       if (!deps) return bypass();
-      const key = `${prefix}:e:${ctx.tenantId}:${ctx.role}:${req.table}:${normaliseRequest(req)}`;
+      // the role and the policy decide what the answer reveals: both are part of the key
+      const policy = opts.compliance ? await opts.compliance.tag(deps) : '-';
+      const key = `${prefix}:e:${ctx.tenantId}:${ctx.role}:${policy}:${req.table}:${normaliseRequest(req)}`;
       let got: Array<string | null>;
       try {
         got = await bounded(redis.mget(epochKey, ...deps.map((t) => verKey(ctx.tenantId as string, t)), key));
@@ -184,13 +200,17 @@ export function createResultCache(opts: ResultCacheOptions) {
       const versions = got.slice(0, -1).map((v) => v ?? '0').join('.');
       const raw = got[got.length - 1];
       if (raw) {
-        const entry = JSON.parse(raw) as { v: string; d: T };
-        if (entry.v === versions) return { value: entry.d, status: 'hit' };
+        const entry = JSON.parse(raw) as { v: string; d: T; a?: CapturedAudit[] };
+        if (entry.v === versions) {
+          // a hit reveals what the computed answer revealed: the access audit records it for this request
+          if (entry.a?.length) opts.compliance?.audit.replay(ctx, entry.a);
+          return { value: entry.d, status: 'hit' };
+        }
       }
-      const value = await compute();
+      const { value, entries } = opts.compliance ? await opts.compliance.audit.capture(ctx, compute) : { value: await compute(), entries: [] };
       try {
         // Stored under the versions read BEFORE computing: a write that lands meanwhile makes it stale at once.
-        await bounded(redis.set(key, JSON.stringify({ v: versions, d: value }), 'EX', opts.ttlS));
+        await bounded(redis.set(key, JSON.stringify(entries.length ? { v: versions, d: value, a: entries } : { v: versions, d: value }), 'EX', opts.ttlS));
       } catch (err) {
         log.debug({ err }, 'result cache: store failed');
         return { value, status: 'bypass' };

@@ -19,6 +19,7 @@ import { DEFAULT_JOB_OPTIONS, type JobData, type JobsService } from '../jobs/ind
 import type { RowsService } from '../data/index.js';
 import type { SchemaRegistry, TableInfo } from '../data/index.js';
 import { guardStatement } from '../data/index.js';
+import { checkViewLineage, type PolicySnapshot } from '../compliance/index.js';
 import type { TimeseriesService } from './timeseries.js';
 import { MATVIEW_SCHEMA, VIEW_SCHEMA } from './view-refresh.js';
 import type { WriteListener } from './write-hooks.js';
@@ -118,6 +119,8 @@ export function createViewsService(deps: {
   timeseries: TimeseriesService;
   jobs: () => JobsService;
   log: Pick<Logger, 'info' | 'warn'>;
+  /** The declared policy: a view may not read a declared column (compliance lineage check). */
+  compliance?: { policy(): PolicySnapshot | Promise<PolicySnapshot> };
 }) {
   const { db, schema, log } = deps;
   // Column lists of the barrier views, re-read after WATCH_RELOAD_MS (another process may drop and recreate a view).
@@ -228,6 +231,7 @@ export function createViewsService(deps: {
           );
           const names = new Set(cols.rows.map((r) => r.name));
           if (!names.has('tenant_id')) throw badRequest('VIEW_NEEDS_TENANT_ID', 'the view must have a tenant_id column: tenants read it through the tenant filter');
+          if (deps.compliance) await checkViewLineage(c, input.name, stmt.text, await deps.compliance.policy());
           if (input.unique_key?.length) {
             for (const k of input.unique_key) {
               if (!names.has(k)) throw badRequest('UNKNOWN_COLUMN', `unique_key column ${JSON.stringify(k)} is not a column of the view`, { column: k });

@@ -26,6 +26,14 @@ export interface AuditEntry {
   path: string | null;
 }
 
+/** What one read recorded, without who and when (kept with a cached answer). */
+export interface CapturedAudit {
+  table: string;
+  columns: string[];
+  rows: number;
+  path: string;
+}
+
 export interface AuditRow extends AuditEntry {
   id: string;
 }
@@ -94,10 +102,31 @@ export function createAuditLog(deps: { db: Database; log?: Pick<Logger, 'warn' |
     timer.unref();
   }
 
+  /** Requests whose entries are also collected (a result-cache miss keeps them with the answer). */
+  const captures = new WeakMap<RequestContext, CapturedAudit[]>();
+
   return {
+    /**
+     * Run `fn` collecting the entries it records for `ctx` (they are recorded as usual too): the
+     * result cache stores them with the answer and replays them on a hit (`replay`).
+     */
+    async capture<T>(ctx: RequestContext, fn: () => Promise<T>): Promise<{ value: T; entries: CapturedAudit[] }> {
+      const entries: CapturedAudit[] = [];
+      captures.set(ctx, entries);
+      try {
+        return { value: await fn(), entries };
+      } finally {
+        captures.delete(ctx);
+      }
+    },
+    /** Record again, for this request, what an earlier computation of the same answer recorded (a cache hit). */
+    replay(ctx: RequestContext, entries: readonly CapturedAudit[]): void {
+      for (const e of entries) this.record(ctx, e.table, e.columns, e.rows, e.path);
+    },
     /** Append one entry (no I/O on the caller's path). */
     record(ctx: RequestContext, table: string, columns: string[], rowCount: number, path: string): void {
       if (!ctx.tenantId) return;
+      captures.get(ctx)?.push({ table, columns: [...columns], rows: rowCount, path });
       buffer.push({
         tenant_id: ctx.tenantId,
         at: new Date().toISOString(),

@@ -6,8 +6,10 @@
  */
 import type { Database } from '../../db/database.js';
 import { ROLES, type RequestContext, type Role } from '../../domain.js';
-import { badRequest, notFound } from '../../errors.js';
+import pg from 'pg';
+import { badRequest, conflict, notFound } from '../../errors.js';
 import type { SchemaRegistry } from '../data/index.js';
+import { checkNoViewUses } from './lineage.js';
 import { applyMask, parseMaskRule, PII_CATEGORIES, type MaskRule, type PiiCategory } from './masking.js';
 
 export interface ColumnPolicy {
@@ -20,6 +22,8 @@ export interface ColumnPolicy {
   masks: Partial<Record<Role, MaskRule>>;
   /** Roles that read the plaintext (rule `full`). */
   plaintext_roles: Role[];
+  /** Encrypted under the key of the subject this column of the row names (null: the tenant's key). */
+  subject_column?: string | null;
   declared_by: string;
   declared_at: string;
 }
@@ -30,6 +34,7 @@ export interface DeclareInput {
   pii?: string | null;
   masks?: Record<string, unknown>;
   plaintext_roles?: string[];
+  subject_column?: string | null;
 }
 
 /** The companion column holding a searchable encrypted column's blind index. */
@@ -45,6 +50,7 @@ interface Row {
   pii: PiiCategory | null;
   masks: Partial<Record<Role, MaskRule>>;
   plaintext_roles: Role[];
+  subject_column: string | null;
   declared_by: string;
   declared_at: Date;
 }
@@ -57,6 +63,7 @@ const toPolicy = (r: Row): ColumnPolicy => ({
   pii: r.pii,
   masks: r.masks,
   plaintext_roles: r.plaintext_roles,
+  subject_column: r.subject_column ?? null,
   declared_by: r.declared_by,
   declared_at: r.declared_at.toISOString(),
 });
@@ -111,20 +118,32 @@ export function createDeclarations(deps: { db: Database; schema: SchemaRegistry 
         }
       }
     }
-    return { masks, plaintext: plaintext as Role[], encrypted, searchable, pii: (input.pii ?? null) as PiiCategory | null };
+    const subjectColumn = input.subject_column ?? null;
+    if (subjectColumn !== null) {
+      if (!encrypted) throw badRequest('SUBJECT_KEY_NEEDS_ENCRYPTED', `subject_column applies to encrypted columns only (${table}.${column})`);
+      if (!info.columnMap.has(subjectColumn)) throw badRequest('UNKNOWN_COLUMN', `table ${table} has no column ${subjectColumn}`);
+      if (subjectColumn === column) throw badRequest('INVALID_SUBJECT_COLUMN', `${table}.${column} cannot be keyed by its own value`);
+      const { rows: subj } = await db.adminQuery<{ columns: string[] }>(`SELECT columns FROM strata.compliance_subjects WHERE table_name = $1`, [table]);
+      if (!subj[0]?.columns.includes(subjectColumn)) {
+        throw badRequest('SUBJECT_COLUMN_NOT_DECLARED', `${table}.${subjectColumn} is not a declared subject column of ${table} (PUT /v1/admin/compliance/subjects/${table} first): the erasure must find the rows whose values it shreds`, { table, column: subjectColumn });
+      }
+    }
+    return { masks, plaintext: plaintext as Role[], encrypted, searchable, pii: (input.pii ?? null) as PiiCategory | null, subjectColumn };
   }
 
   return {
     async declare(ctx: RequestContext, table: string, column: string, input: DeclareInput): Promise<ColumnPolicy> {
       const v = await validate(table, column, input);
+      await checkNoViewUses(db, table, column);
+      if (!v.encrypted) await refuseDecryption(db, schema, table, column);
       const { rows } = await db.adminQuery<Row>(
-        `INSERT INTO strata.compliance_columns (table_name, column_name, encrypted, searchable, pii, masks, plaintext_roles, declared_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        `INSERT INTO strata.compliance_columns (table_name, column_name, encrypted, searchable, pii, masks, plaintext_roles, declared_by, subject_column)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (table_name, column_name) DO UPDATE SET encrypted = EXCLUDED.encrypted, searchable = EXCLUDED.searchable,
            pii = EXCLUDED.pii, masks = EXCLUDED.masks, plaintext_roles = EXCLUDED.plaintext_roles,
-           declared_by = EXCLUDED.declared_by, declared_at = now()
+           declared_by = EXCLUDED.declared_by, declared_at = now(), subject_column = EXCLUDED.subject_column
          RETURNING *`,
-        [table, column, v.encrypted, v.searchable, v.pii, JSON.stringify(v.masks), v.plaintext, ctx.actor],
+        [table, column, v.encrypted, v.searchable, v.pii, JSON.stringify(v.masks), v.plaintext, ctx.actor, v.subjectColumn],
       );
       return toPolicy(rows[0]!);
     },
@@ -141,6 +160,7 @@ export function createDeclarations(deps: { db: Database; schema: SchemaRegistry 
       return toPolicy(rows[0]);
     },
     async remove(table: string, column: string): Promise<void> {
+      await refuseDecryption(db, schema, table, column);
       const { rowCount } = await db.adminQuery(`DELETE FROM strata.compliance_columns WHERE table_name = $1 AND column_name = $2`, [table, column]);
       if (!rowCount) throw notFound('COLUMN_NOT_DECLARED', `${table}.${column} has no compliance declaration`);
     },
@@ -148,3 +168,20 @@ export function createDeclarations(deps: { db: Database; schema: SchemaRegistry 
 }
 
 export type Declarations = ReturnType<typeof createDeclarations>;
+
+/**
+ * Un-declaring encryption (PUT with encrypted false, or DELETE) of a column that still holds
+ * ciphertext is refused: 409 COLUMN_HOLDS_CIPHERTEXT. Decrypting would write the plaintext back into
+ * the table, the change log and every later backup: the opposite of what the declaration was made
+ * for, so it is not done silently by a declaration change. (Without ciphertext, nothing to undo.)
+ */
+async function refuseDecryption(db: Database, schema: SchemaRegistry, table: string, column: string): Promise<void> {
+  const { rows } = await db.adminQuery<{ encrypted: boolean }>(`SELECT encrypted FROM strata.compliance_columns WHERE table_name = $1 AND column_name = $2`, [table, column]);
+  if (!rows[0]?.encrypted) return;
+  const info = await schema.table(table);
+  if (!info.columnMap.has(column)) return;
+  const { rowCount } = await db.adminQuery(`SELECT 1 FROM ${info.qualified} WHERE ${pg.escapeIdentifier(column)} LIKE 'sx1.%' OR ${pg.escapeIdentifier(column)} LIKE 'sxs1.%' LIMIT 1`);
+  if (rowCount) {
+    throw conflict('COLUMN_HOLDS_CIPHERTEXT', `${table}.${column} holds encrypted values: it cannot stop being encrypted (that would leave ciphertext no read decrypts, or write the plaintext back); keep it encrypted and change its masks instead`, { table, column });
+  }
+}

@@ -17,6 +17,7 @@
  *   `in` on searchable columns; `is` on any), everything else on it is 400; a column a role sees
  *   masked cannot be filtered or ordered by that role (a filter would be an oracle for the value).
  */
+import { createHash } from 'node:crypto';
 import type { Database } from '../../db/database.js';
 import type { RequestContext, Role } from '../../domain.js';
 import { AppError, badRequest } from '../../errors.js';
@@ -26,6 +27,7 @@ import { blindIndex, decryptField, encryptField, isCiphertext, keyVersionOf } fr
 import type { TenantKeys } from './keys.js';
 import { parse } from '../data/index.js';
 import { applyMask, type MaskRule } from './masking.js';
+import { hasSubjectKeyed, isSubjectFieldCiphertext, type SubjectFields } from './subject-fields.js';
 
 const POLICY_TTL_MS = 2000;
 /** The tag's prefix as it appears inside JSON text (chr(31) is escaped as \u001f). */
@@ -56,7 +58,7 @@ const encryptedFilterError = (table: string, column: string, op: string) =>
 const maskedFilterError = (table: string, column: string) =>
   badRequest('MASKED_COLUMN_FILTER', `${table}.${column} is masked for this role: it cannot be filtered or ordered by`, { table, column });
 
-export function createEnforcement(deps: { db: Database; declarations: Declarations; keys: TenantKeys; audit: AuditLog }) {
+export function createEnforcement(deps: { db: Database; declarations: Declarations; keys: TenantKeys; audit: AuditLog; subjects?: SubjectFields }) {
   let snapshot: PolicySnapshot | undefined;
   let loadedAt = 0;
   let loading: Promise<PolicySnapshot> | undefined;
@@ -106,7 +108,9 @@ export function createEnforcement(deps: { db: Database; declarations: Declaratio
         indexKey = err;
       }
     }
-    return new Guard(snap, ctx, deps.keys, deps.audit, indexKey);
+    const g = new Guard(snap, ctx, deps.keys, deps.audit, indexKey);
+    if (deps.subjects && hasSubjectKeyed(snap)) g.subjects = deps.subjects;
+    return g;
   }
 
   /**
@@ -162,6 +166,8 @@ export function createEnforcement(deps: { db: Database; declarations: Declaratio
     guard,
     policy,
     checkSql,
+    /** The declarations of `tables` as a short digest (result-cache keys: an answer is valid under one policy only). */
+    policyTag: (tables: readonly string[]) => policyTagOf(policy(), tables),
     /** Reload now (after a declaration changed). */
     async refresh(): Promise<void> {
       await load();
@@ -171,10 +177,22 @@ export function createEnforcement(deps: { db: Database; declarations: Declaratio
 
 export type Enforcement = ReturnType<typeof createEnforcement>;
 
+async function policyTagOf(p: PolicySnapshot | Promise<PolicySnapshot>, tables: readonly string[]): Promise<string> {
+  const snap = p instanceof Promise ? await p : p;
+  const parts = tables.map((t) => {
+    const cols = snap.tables.get(t);
+    return cols ? [...cols.values()].map((c) => [c.table, c.column, c.encrypted, c.searchable, c.pii, c.masks, c.plaintext_roles, c.subject_column ?? null]) : [];
+  });
+  if (parts.every((x) => x.length === 0)) return '-';
+  return createHash('sha256').update(JSON.stringify(parts)).digest('base64url').slice(0, 16);
+}
+
 /** The policy applied for one request (one tenant, one role). */
 export class Guard {
   /** Set once a builder tagged a column: the answer then goes through reveal(). */
   tagged = false;
+  /** Set when a declared column is keyed per subject (subject-fields.ts). */
+  subjects: SubjectFields | undefined;
 
   constructor(
     readonly snap: PolicySnapshot,
@@ -315,8 +333,11 @@ export class Guard {
       }
       const text = typeof v === 'string' ? v : JSON.stringify(v);
       const tenantId = this.tenant();
-      const { key: dek, version } = await this.keys.current(tenantId);
-      out[key] = encryptField(text, dek, version, { tenantId, table, column: key });
+      const tenantKeyed = async () => {
+        const { key: dek, version } = await this.keys.current(tenantId);
+        return encryptField(text, dek, version, { tenantId, table, column: key });
+      };
+      out[key] = p.subject_column && this.subjects ? await this.subjects.protect(tenantId, p, row, text, tenantKeyed) : await tenantKeyed();
       if (p.searchable) out[blindIndexColumn(key)] = this.blindIndexOf(table, key, text);
     }
     return out ?? row;
@@ -332,6 +353,7 @@ export class Guard {
 
   /** A parsed JSON value (rows, a page, a GraphQL answer) with tagged strings resolved. */
   async revealValue(doc: unknown, opts: RevealOptions): Promise<unknown> {
+    if (this.subjects) doc = await this.subjects.resolve(doc, this.ctx.tenantId);
     const keys = new Map<number, Buffer>();
     const tenantId = this.ctx.tenantId;
     // first pass: the data key versions the ciphertexts name (async, cached per tenant)
@@ -385,7 +407,13 @@ export class Guard {
     const rule = ruleFor(p, this.ctx.role);
     if (rule === 'null') return null;
     let plain: unknown = value;
-    if (p.encrypted && isCiphertext(value)) {
+    if (this.subjects && p.encrypted && isSubjectFieldCiphertext(value)) {
+      plain = await this.subjects.decrypt(this.ctx.tenantId ?? '', value, table, column).catch((err: unknown) => {
+        if (err instanceof AppError && err.code === 'KEY_NOT_FOUND') return null; // shredded: the value is gone
+        throw err;
+      });
+      if (plain === null) return null;
+    } else if (p.encrypted && isCiphertext(value)) {
       const tenantId = this.ctx.tenantId ?? '';
       const key = await this.keys.version(tenantId, keyVersionOf(value) ?? 0);
       plain = decryptField(value, () => key, { tenantId, table, column });
@@ -456,7 +484,7 @@ export function maskStoredRow(snap: PolicySnapshot, table: string, row: Record<s
     if (!(col in out)) continue;
     const v = out[col];
     if (v === null || v === undefined) continue;
-    if (p.encrypted && isCiphertext(v)) continue; // ciphertext: the receiver cannot read it
+    if (p.encrypted && (isCiphertext(v) || isSubjectFieldCiphertext(v))) continue; // ciphertext: the receiver cannot read it
     const rule = ruleFor(p, role);
     out[col] = rule === 'full' ? v : applyMask(v, rule, p.pii);
   }

@@ -22,8 +22,15 @@ export interface FieldContext {
 
 const aad = (c: FieldContext) => Buffer.from(`strata-field:${c.tenantId}:${c.table}:${c.column}`);
 
+/**
+ * The exact shape encryptField writes: a value merely starting with `sx1.` (a plaintext stored before
+ * its column was declared encrypted) is not ciphertext, so it reads as plaintext until the conversion
+ * job encrypts it, never as a 422.
+ */
+const SHAPE = /^sx1\.[1-9][0-9]*\.[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{22,}$/;
+
 export function isCiphertext(value: unknown): value is string {
-  return typeof value === 'string' && value.startsWith(CIPHERTEXT_PREFIX);
+  return typeof value === 'string' && value.startsWith(CIPHERTEXT_PREFIX) && SHAPE.test(value);
 }
 
 /** The data key version a ciphertext names, or null when it is not one of ours. */

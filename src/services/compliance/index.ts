@@ -18,4 +18,7 @@ export { createFaker, type FakeColumn } from './fakes.js';
 export { fakedColumns, type AnonymizeInput, type AnonymizeResult } from './anonymize.js';
 export { REPORT_COUNT_CAP } from './report.js';
 export { createEnforcement, createEventMasking, maskStoredRow, Guard, type EventMasking, type Enforcement, type GuardedColumn, type PolicySnapshot } from './enforce.js';
-export { createAuditLog, apiKeyIdOf, type AuditLog, type AuditEntry, type AuditRow, type AuditFilter } from './audit.js';
+export { createAuditLog, apiKeyIdOf, type AuditLog, type AuditEntry, type AuditRow, type AuditFilter, type CapturedAudit } from './audit.js';
+export { checkViewLineage, checkNoViewUses } from './lineage.js';
+export { createSubjectFields, isSubjectFieldCiphertext, type SubjectFields } from './subject-fields.js';
+export { looksEncrypted, type Conversion } from './conversion.js';

@@ -6,12 +6,14 @@
 import type { Database } from '../../db/database.js';
 import type { SchemaRegistry } from '../data/index.js';
 import { createAnonymizer } from './anonymize.js';
+import { createConversion } from './conversion.js';
 import { createErasure, type BackupLister } from './erasure.js';
 import type { MasterKeys } from './keyring.js';
 import type { TenantKeys } from './keys.js';
 import { createReport } from './report.js';
 import { createRotation } from './rotation.js';
 import { createScan } from './scan.js';
+import { createSubjectFields } from './subject-fields.js';
 import { createSubjectKeys } from './subject-keys.js';
 import { createSubjects } from './subjects.js';
 
@@ -28,7 +30,10 @@ export interface ComplianceOpsDeps {
 
 export function createComplianceOps(deps: ComplianceOpsDeps) {
   const { db, schema } = deps;
+  const subjectFields = createSubjectFields({ db, keys: deps.masterKeys });
   return {
+    subjectFields,
+    conversion: createConversion({ db, schema, keys: deps.keys, subjects: subjectFields, batchSize: deps.rotationBatch }),
     subjects: createSubjects({ db, schema }),
     subjectKeys: createSubjectKeys({ db, keys: deps.masterKeys }),
     erasure: createErasure({ db, schema, backups: deps.backups, backupKeepDays: db.config.BACKUP_KEEP_DAYS }),

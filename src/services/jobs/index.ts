@@ -53,6 +53,8 @@ export interface JobInputs {
   'compliance-anonymize': { target_database: string; tenant: string | null; seed: string };
   /** Run or resume key rotation `rotation_id` (strata.key_rotations). */
   'compliance-rotate': { rotation_id: string };
+  /** Run or resume conversion `conversion_id`: encrypt the plaintext values of a newly encrypted column. */
+  'compliance-convert': { conversion_id: string };
   /** Copy one tenant's rows into the sandbox recorded in strata.sandboxes (POST /v1/admin/sandboxes). */
   'sandbox-create': { sandbox_id: string };
   /** Time partitions made ahead and dropped past retention, every partition set (scheduled; platform). */
@@ -82,6 +84,7 @@ export const JOB_QUEUES = {
   'compliance-scan': 'compliance',
   'compliance-anonymize': 'compliance',
   'compliance-rotate': 'compliance',
+  'compliance-convert': 'compliance',
   'sandbox-create': 'sandboxes',
   'maintain-partitions': 'maintenance',
 } as const satisfies Record<JobName, string>;

@@ -18,6 +18,7 @@ const Policy = Type.Object({
   pii: Type.Union([Type.String(), Type.Null()]),
   masks: Type.Record(Type.String(), Type.String()),
   plaintext_roles: Type.Array(Type.String()),
+  subject_column: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   declared_by: Type.String(),
   declared_at: Type.String({ format: 'date-time' }),
 });
@@ -28,10 +29,25 @@ const Body = Type.Object(
     pii: Type.Optional(Type.Union([Type.String({ maxLength: 32 }), Type.Null()])),
     masks: Type.Optional(Type.Record(Type.String({ maxLength: 32 }), Rule, { maxProperties: 8 })),
     plaintext_roles: Type.Optional(Type.Array(Type.String({ maxLength: 32 }), { maxItems: 8, uniqueItems: true })),
+    subject_column: Type.Optional(
+      Type.Union([Ident, Type.Null()], { description: 'encrypted columns only: encrypt each value under the key of the subject this column of the row names (a declared subject column of the table)' }),
+    ),
   },
   { additionalProperties: false },
 );
 const Params = Type.Object({ table: Ident, column: Ident });
+const Conversion = Type.Object({
+  id: Type.String({ format: 'uuid' }),
+  table: Type.String(),
+  column: Type.String(),
+  state: Type.String(),
+  position: Type.Object({}, { additionalProperties: true }),
+  done: Type.Integer(),
+  job_id: Type.Union([Type.String(), Type.Null()]),
+  requested_by: Type.String(),
+  started_at: Type.String({ format: 'date-time' }),
+  finished_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+});
 const tags = ['compliance'];
 
 const AuditEntry = Type.Object({
@@ -106,13 +122,36 @@ export default async function complianceRoutes(app: FastifyInstance) {
   );
   app.put(
     '/columns/:table/:column',
-    { config: { capability: 'platform' }, schema: { tags, params: Params, body: Body, response: { 200: Type.Object({ data: Policy }), ...errorResponses } } },
+    {
+      config: { capability: 'platform' },
+      schema: {
+        tags,
+        description:
+          'Declare a column. Declaring it encrypted while it holds plaintext (rows written before) starts a conversion job that encrypts them (`conversion`, with its job_id; progress at GET /v1/admin/compliance/conversions/{id}). Un-declaring encryption of a column holding ciphertext is 409 COLUMN_HOLDS_CIPHERTEXT; a column read by a materialized view is 409 COLUMN_USED_BY_VIEW.',
+        params: Params,
+        body: Body,
+        response: { 200: Type.Object({ data: Policy, conversion: Type.Optional(Type.Union([Conversion, Type.Null()])) }), ...errorResponses },
+      },
+    },
     async (request) => {
       const p = request.params as { table: string; column: string };
       const data = await decl().declare(request.ctx, p.table, p.column, request.body as DeclareInput);
       await app.services.compliance.enforcement.refresh();
-      return { data };
+      const conv = app.services.complianceOps.conversion;
+      if (!data.encrypted || !(await conv.hasPlaintext(p.table, p.column))) return { data, conversion: null };
+      // the declaration stands (new writes encrypt now); when the queue is down the conversion waits
+      // (state running, job_id null) and the next PUT of the column resumes it
+      const started = await conv.start(request.ctx, p.table, p.column, app.jobs).catch((err: unknown) => {
+        request.log.warn({ err, table: p.table, column: p.column }, 'conversion of existing plaintext could not be enqueued; PUT the declaration again to resume it');
+        return null;
+      });
+      return { data, conversion: started?.conversion ?? null };
     },
+  );
+  app.get(
+    '/conversions/:id',
+    { config: { capability: 'platform' }, schema: { tags, params: Type.Object({ id: Type.String({ format: 'uuid' }) }), response: { 200: Type.Object({ data: Conversion }), ...errorResponses } } },
+    async (request) => ({ data: await app.services.complianceOps.conversion.get((request.params as { id: string }).id) }),
   );
   app.delete(
     '/columns/:table/:column',
