@@ -38,6 +38,7 @@ import {
   type DocumentNode,
   type FieldNode,
   type FragmentDefinitionNode,
+  type GraphQLScalarType,
   type GraphQLSchema,
   type OperationDefinitionNode,
 } from 'graphql/index.js';
@@ -48,6 +49,7 @@ import { AppError } from '../../errors.js';
 import { tooLarge } from '../../services/data/index.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation } from './compile.js';
+import { fillSlots, nonSlotKey, slotPositions, slotValues, slotVariables, withSlots } from './template.js';
 
 interface Prepared {
   document: DocumentNode;
@@ -58,8 +60,14 @@ interface Prepared {
   /** No variable definitions: cost and statement depend on nothing but the text. */
   constant: boolean;
   statement?: Statement;
-  /** With variables: the statements of the last variable values seen (by their JSON), oldest first. */
+  /**
+   * With variables: the statements of the last variable values seen, oldest first, keyed by the
+   * JSON of the values (`V` + JSON), or for a template by the JSON of the values of the variables
+   * that are not slots (`T` + JSON).
+   */
   byValues?: Map<string, Statement>;
+  /** The slot variables (template.ts): their values are bound as they are, the statement is one template. */
+  slots: ReadonlyMap<string, GraphQLScalarType>;
 }
 
 /** Statements kept per document with variables (a dashboard re-sends the same values). */
@@ -69,6 +77,8 @@ type Entry = Prepared | 'resolvers' | 'text';
 export interface Statement {
   text: string;
   values: unknown[];
+  /** A template's slot parameters: (index in values, variable). */
+  slots?: ReadonlyArray<[number, string]>;
 }
 
 export type CompiledOutcome = { kind: 'served'; body: string } | { kind: 'failed'; error: unknown } | { kind: 'fallback' };
@@ -153,6 +163,8 @@ export class CompiledQueries {
   misses = 0;
   /** Statements compiled (a repeated document, or the same variable values again, compiles none). */
   compiles = 0;
+  /** Requests served by a template with their own slot values (template.ts): no compile. */
+  templateHits = 0;
 
   constructor(
     private readonly db: Database,
@@ -189,7 +201,7 @@ export class CompiledQueries {
     if (validate(schema, document).length) return 'resolvers';
     const fragments: Record<string, FragmentDefinitionNode> = {};
     for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments[d.name.value] = d;
-    return { document, operation, fragments, costDocument: costView(document), constant: !operation.variableDefinitions?.length };
+    return { document, operation, fragments, costDocument: costView(document), constant: !operation.variableDefinitions?.length, slots: slotVariables(schema, document, operation) };
   }
 
   /**
@@ -241,7 +253,7 @@ export class CompiledQueries {
     if (validate(schema, normalized).length) return undefined; // the text itself is then judged (and its errors reported) as sent
     const fragments: Record<string, FragmentDefinitionNode> = {};
     for (const d of normalized.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments[d.name.value] = d;
-    return { document: normalized, operation, fragments, costDocument: costView(normalized), constant: false };
+    return { document: normalized, operation, fragments, costDocument: costView(normalized), constant: false, slots: slotVariables(schema, normalized, operation) };
   }
 
   /**
@@ -291,16 +303,22 @@ export class CompiledQueries {
     if (entry === 'resolvers' || entry === 'text') return { kind: 'fallback' };
 
     let statement = entry.statement;
-    // Same document, same variable values: costing and compilation gave this statement already
-    // (the values decide both, so the key is exact: nothing is assumed about how a value is used).
-    const valuesKey = statement || entry.constant ? undefined : JSON.stringify(vars ?? {});
+    // Slot variables (template.ts) change nothing but parameters: one template serves every value.
+    const slots = statement || !entry.slots.size ? undefined : slotValues(entry.slots, vars);
+    // Same document, same variable values (the slots' aside): costing and compilation gave this
+    // statement already (the values decide both, so the key is exact: nothing is assumed about how
+    // a value other than a slot's is used).
+    const valuesKey = statement || entry.constant ? undefined : slots ? `T${nonSlotKey(vars, entry.slots)}` : `V${JSON.stringify(vars ?? {})}`;
     if (valuesKey !== undefined) statement = entry.byValues?.get(valuesKey);
     if (!statement) {
       const coerced = getVariableValues(schema, entry.operation.variableDefinitions ?? [], vars ?? {});
       if (coerced.errors) return { kind: 'fallback' };
       try {
         checkLimits(schema, entry.costDocument, operationName, vars);
-        statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
+        if (slots) {
+          const template = compileOperation(schema, entry.operation, entry.fragments, withSlots(coerced.coerced, entry.slots));
+          statement = { ...template, slots: slotPositions(template.values) };
+        } else statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
         this.compiles++;
       } catch (err) {
         if (err instanceof Unsupported) this.plans.set(entryKey, 'resolvers');
@@ -314,9 +332,10 @@ export class CompiledQueries {
         // the text is usually the same for every value set: keep it once
         let text = statement.text;
         for (const k of kept.values()) if (k.text === text) text = k.text;
-        kept.set(valuesKey, { text, values: statement.values });
+        kept.set(valuesKey, { ...statement, text });
       }
-    }
+    } else this.templateHits += slots ? 1 : 0;
+    if (slots && statement.slots) statement = { text: statement.text, values: fillSlots(statement.values, statement.slots, slots) };
     try {
       const body = await this.execute(ctx, statement);
       // Past the byte bound PostgreSQL sends no answer; the resolver path then answers 413
