@@ -48,7 +48,8 @@ import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
 import { tooLarge } from '../../services/data/index.js';
 import { checkLimits } from './cost.js';
-import { Unsupported, compileOperation } from './compile.js';
+import { Unsupported, compileOperation, type Reveal } from './compile.js';
+import type { Guard } from '../../services/compliance/index.js';
 import { fillSlots, nonSlotKey, slotPositions, slotValues, slotVariables, withSlots } from './template.js';
 
 interface Prepared {
@@ -79,6 +80,8 @@ export interface Statement {
   values: unknown[];
   /** A template's slot parameters: (index in values, variable). */
   slots?: ReadonlyArray<[number, string]>;
+  /** Declared columns in the answer (compliance): revealed per role in node before it is sent. */
+  reveals?: Reveal[];
 }
 
 export type CompiledOutcome = { kind: 'served'; body: string } | { kind: 'failed'; error: unknown } | { kind: 'fallback' };
@@ -154,6 +157,43 @@ const dataError = (err: unknown) => {
   return typeof code === 'string' && /^(22|23|42)/.test(code);
 };
 
+/** Every holder object at `path` (`*`: each item of a list) with its key: the places a declared column's value sits. */
+function at(node: unknown, path: readonly string[], i: number, fn: (holder: Record<string, unknown>, key: string) => void): void {
+  if (node === null || typeof node !== 'object') return;
+  const seg = path[i] as string;
+  if (seg === '*') {
+    if (Array.isArray(node)) for (const item of node) at(item, path, i + 1, fn);
+    return;
+  }
+  if (i === path.length - 1) {
+    if (seg in node) fn(node as Record<string, unknown>, seg);
+    return;
+  }
+  at((node as Record<string, unknown>)[seg], path, i + 1, fn);
+}
+
+/**
+ * The answer with its declared columns as the caller's role may see them: each value at a known
+ * path of the compiled plan goes through Guard.revealField (decrypted, masked, a mask that does not
+ * fit the field's type answering null, plaintext reads audited), exactly as the column resolvers.
+ */
+export async function revealAnswer(body: string, reveals: readonly Reveal[], guard: Guard): Promise<string> {
+  const doc = JSON.parse(body) as unknown;
+  const pending: Array<Promise<void>> = [];
+  for (const r of reveals) {
+    at(doc, r.path, 0, (holder, key) => {
+      pending.push(
+        guard.revealField(r.table, r.column, holder[key], holder).then((v) => {
+          holder[key] = v;
+        }),
+      );
+    });
+  }
+  await Promise.all(pending);
+  guard.flushAudit('graphql');
+  return JSON.stringify(doc);
+}
+
 export class CompiledQueries {
   private readonly plans: LRUCache<string, Entry>;
   /** Serve query operations compiled (GRAPHQL_COMPILER); false: every operation goes to the resolvers. */
@@ -165,6 +205,8 @@ export class CompiledQueries {
   compiles = 0;
   /** Requests served by a template with their own slot values (template.ts): no compile. */
   templateHits = 0;
+  /** Requests answered by a compiled statement. */
+  served = 0;
 
   constructor(
     private readonly db: Database,
@@ -268,8 +310,11 @@ export class CompiledQueries {
     operationName: string | undefined,
     variables: Record<string, unknown> | undefined,
     log: FastifyBaseLogger,
+    /** The caller's compliance guard when any column is declared: declared columns are revealed per role, filters on them checked. */
+    guard?: Guard,
   ): Promise<CompiledOutcome> {
-    const keyOf = (text: string) => `${version}\n${ctx.role}\n${operationName ?? ''}\n${text}`;
+    // the policy version is part of the key: a statement compiled before a declaration knows nothing of it
+    const keyOf = (text: string) => `${version}\n${guard?.version ?? 0}\n${ctx.role}\n${operationName ?? ''}\n${text}`;
     let vars = variables;
     const rawKey = keyOf(query);
     let entryKey = rawKey;
@@ -316,9 +361,9 @@ export class CompiledQueries {
       try {
         checkLimits(schema, entry.costDocument, operationName, vars);
         if (slots) {
-          const template = compileOperation(schema, entry.operation, entry.fragments, withSlots(coerced.coerced, entry.slots));
+          const template = compileOperation(schema, entry.operation, entry.fragments, withSlots(coerced.coerced, entry.slots), guard);
           statement = { ...template, slots: slotPositions(template.values) };
-        } else statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
+        } else statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced, guard);
         this.compiles++;
       } catch (err) {
         if (err instanceof Unsupported) this.plans.set(entryKey, 'resolvers');
@@ -335,12 +380,15 @@ export class CompiledQueries {
         kept.set(valuesKey, { ...statement, text });
       }
     } else this.templateHits += slots ? 1 : 0;
-    if (slots && statement.slots) statement = { text: statement.text, values: fillSlots(statement.values, statement.slots, slots) };
+    if (slots && statement.slots) statement = { text: statement.text, values: fillSlots(statement.values, statement.slots, slots), reveals: statement.reveals };
     try {
-      const body = await this.execute(ctx, statement);
+      let body = await this.execute(ctx, statement);
       // Past the byte bound PostgreSQL sends no answer; the resolver path then answers 413
       // RESPONSE_TOO_LARGE with its per-field budget, exactly as without the compiler.
-      return body === null ? { kind: 'fallback' } : { kind: 'served', body };
+      if (body === null) return { kind: 'fallback' };
+      if (statement.reveals?.length && guard) body = await revealAnswer(body, statement.reveals, guard);
+      this.served++;
+      return { kind: 'served', body };
     } catch (err) {
       if (dataError(err)) {
         if (/^42/.test(String((err as { code?: unknown }).code))) log.warn({ err, sql: statement.text }, 'compiled GraphQL statement refused by PostgreSQL; the resolvers serve the query');

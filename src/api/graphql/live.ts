@@ -40,6 +40,7 @@ import { AppError, badRequest } from '../../errors.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation, type FieldPlan } from './compile.js';
 import { costView, type CompiledQueries, type Statement } from './compiled.js';
+import type { Guard } from '../../services/compliance/index.js';
 
 /** Re-runs of one tenant's live queries at once (the rest wait their turn). */
 const RERUNS_PER_TENANT = 2;
@@ -48,6 +49,8 @@ export interface LiveOptions {
   maxPerTenant: number;
   debounceMs: number;
   recheckMs: number;
+  /** The caller's compliance guard (undefined when nothing is declared). */
+  guard?: (ctx: SessionContext) => Promise<Guard | undefined>;
 }
 
 /** What a live query's iterator yields: the `data` of a new answer, or the error that ends it. */
@@ -59,8 +62,13 @@ export interface LivePlan {
   tables: Set<string>;
 }
 
-/** Compile the selection of a `live` field as a query operation; 400 when it has no one-statement form. */
-export function planLive(info: GraphQLResolveInfo): LivePlan {
+/**
+ * Compile the selection of a `live` field as a query operation; 400 when it has no one-statement
+ * form. With a compliance guard, filters, orders and aggregates on declared columns are refused as
+ * for a query, and a selection of declared columns is refused (LIVE_QUERY_UNSUPPORTED): a push
+ * carries the statement's JSON as it is, and a live query does not reveal per role.
+ */
+export function planLive(info: GraphQLResolveInfo, guard?: Guard): LivePlan {
   const schema = info.schema;
   const field = info.fieldNodes[0];
   const query = schema.getQueryType();
@@ -78,7 +86,7 @@ export function planLive(info: GraphQLResolveInfo): LivePlan {
   checkLimits(schema, costView(document), info.operation.name?.value, info.variableValues);
   let statement: Statement;
   try {
-    statement = compileOperation(schema, operation, fragments, info.variableValues);
+    statement = compileOperation(schema, operation, fragments, info.variableValues, guard);
   } catch (err) {
     if (err instanceof Unsupported) {
       throw badRequest(
@@ -87,6 +95,13 @@ export function planLive(info: GraphQLResolveInfo): LivePlan {
       );
     }
     throw err;
+  }
+  if (statement.reveals?.length) {
+    const r = statement.reveals[0] as { table: string; column: string };
+    throw badRequest('LIVE_QUERY_UNSUPPORTED', `a live query cannot select declared (compliance) columns such as ${r.table}.${r.column}: query them without live, where they are revealed per role`, {
+      table: r.table,
+      column: r.column,
+    });
   }
   return { statement, tables: tablesRead(schema, document, query) };
 }
@@ -233,6 +248,11 @@ export class LiveQueries {
   /** Open live queries of a tenant in this process. */
   count(tenantId: string): number {
     return this.hubs.get(tenantId)?.members.size ?? 0;
+  }
+
+  /** The caller's compliance guard (undefined when nothing is declared). */
+  guard(ctx: SessionContext): Promise<Guard | undefined> {
+    return this.opts.guard ? this.opts.guard(ctx) : Promise.resolve(undefined);
   }
 
   /** Refuse tables without change capture: nothing would wake the live query. */
