@@ -268,6 +268,7 @@ describe('GraphQL compiler: one statement per query operation', () => {
     expect(slotsOf('query($b: Boolean!) { pipelines(where: { name: { _is_null: $b } }) { nodes { id } } }')).toEqual([]);
     expect(slotsOf('query($b: Boolean!, $id: ID!) { pipelines_by_pk(id: $id) { id name @include(if: $b) } }')).toEqual(['id']);
     expect(slotsOf('query($id: ID! = "1") { pipelines_by_pk(id: $id) { id } }')).toEqual([]);
+    expect(slotsOf('query($constructor: ID!) { pipelines_by_pk(id: $constructor) { id } }')).toEqual([]);
     // used in a bound position and another: not a slot
     expect(slotsOf('query($id: ID!) { pipelines_by_pk(id: $id) { id } pipelines(where: { id: { _in: [$id] } }) { nodes { id } } }')).toEqual([]);
     expect(slotsOf('query($c: String) { pipelines(after: $c, where: { name: { _eq: $c } }) { nodes { id } } }')).toEqual([]);

@@ -59,7 +59,8 @@ const planKind = (def: { extensions: Record<string, unknown> } | null | undefine
 export function slotVariables(schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode): Map<string, GraphQLScalarType> {
   const candidates = new Map<string, GraphQLScalarType>();
   for (const def of operation.variableDefinitions ?? []) {
-    if (def.defaultValue) continue;
+    // a default, or a name an object already has (`__proto__`, `constructor`): not a slot
+    if (def.defaultValue || def.variable.name.value in Object.prototype) continue;
     const type = typeFromAST(schema, def.type);
     if (!type) continue;
     const inner = isNonNullType(type) ? type.ofType : type;
