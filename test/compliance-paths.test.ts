@@ -7,6 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
+import type { AddressInfo } from 'node:net';
+import WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { expectNoCheckedOutClients } from './helpers/leaks.js';
@@ -114,9 +116,27 @@ async function get(url: string, role: string) {
 describe('each role sees what its rule says, on every read path', () => {
   const cases = PATHS.flatMap(([path, read]) => ROLES.map((role) => [path, role, read] as const));
   it.each(cases)('%s as %s', async (path, role, read) => {
+    const served = t.app.graphqlCompiler.served;
     const row = await read(role);
     expect(pick(row)).toEqual(expected(path, role));
     expect(row).not.toHaveProperty('email_bidx');
+    // GraphQL reads of declared tables are answered by the one-statement compiler, revealed per role in node
+    if (path.startsWith('GraphQL')) expect(t.app.graphqlCompiler.served).toBe(served + 1);
+  });
+
+  it('compiled and resolver answers agree for every role, aliases and connections included', async () => {
+    const query = `{ c: customers(where: { id: { _eq: ${customerId} } }) { edges { node { mail: email phone } } nodes { notes credit_limit } } p: pipelines_by_pk(id: ${pipelineId}) { customers(first: 5) { email notes } } }`;
+    for (const role of ROLES) {
+      const compiled = await t.app.inject({ method: 'POST', url: '/graphql', headers: h[role]!, payload: { query } });
+      t.app.graphqlCompiler.enabled = false;
+      try {
+        const resolved = await t.app.inject({ method: 'POST', url: '/graphql', headers: h[role]!, payload: { query } });
+        expect(compiled.json(), role).toEqual(resolved.json());
+      } finally {
+        t.app.graphqlCompiler.enabled = true;
+      }
+      expect(compiled.json().data.c.edges[0].node.mail, role).toEqual(EXPECTED[role].email);
+    }
   });
 });
 
@@ -337,6 +357,41 @@ describe('exports and analyst SQL', () => {
   });
 });
 
+describe('GraphQL live queries', () => {
+  it('refuses a live query selecting declared columns (a push is not revealed per role), and filters on them as a query does', async () => {
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    const port = (t.app.server.address() as AddressInfo).port;
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/graphql`, 'graphql-transport-ws', { headers: h['reader']! });
+    const messages: Array<{ id?: string; type: string; payload?: unknown }> = [];
+    ws.on('message', (raw: Buffer) => messages.push(JSON.parse(raw.toString()) as { type: string }));
+    await new Promise<void>((resolve, reject) => {
+      ws.on('error', reject);
+      ws.on('open', () => resolve());
+    });
+    try {
+      ws.send(JSON.stringify({ type: 'connection_init', payload: {} }));
+      const until = async (cond: () => boolean) => {
+        for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+        expect(cond()).toBe(true);
+      };
+      await until(() => messages.some((m) => m.type === 'connection_ack'));
+      const cases: Array<[string, string, string]> = [
+        ['a', `subscription { live { customers_by_pk(id: ${customerId}) { id email } } }`, 'LIVE_QUERY_UNSUPPORTED'],
+        ['b', `subscription { live { customers(where: { notes: { _like: "planted%" } }) { nodes { id } } } }`, 'MASKED_COLUMN_FILTER'],
+      ];
+      for (const [id, query, code] of cases) {
+        ws.send(JSON.stringify({ id, type: 'subscribe', payload: { query } }));
+        await until(() => messages.some((m) => m.id === id && m.type === 'error'));
+        const err = messages.find((m) => m.id === id && m.type === 'error')!.payload as Array<{ extensions?: { code?: string } }>;
+        expect(err[0]?.extensions?.code).toBe(code);
+      }
+      expect(JSON.stringify(messages)).not.toContain('planted');
+    } finally {
+      ws.close();
+    }
+  });
+});
+
 describe('access audit', () => {
   it('records plaintext reads (not masked ones) with actor, role, columns, rows and request id; pages by cursor', async () => {
     const res = await t.app.inject({ url: `/v1/tables/customers/rows?id=eq.${customerId}`, headers: { ...h['admin']!, 'x-request-id': 'audit-probe-1' } });
@@ -347,6 +402,14 @@ describe('access audit', () => {
     expect(page.data[0]).toMatchObject({ tenant_id: 'acme', role: 'admin', table_name: 'customers', columns: ['credit_limit', 'email', 'notes', 'phone'], row_count: 1, request_id: 'audit-probe-1', api_key_id: null });
     const masked = await get('/v1/admin/compliance/audit?request_id=audit-probe-2', 'admin');
     expect(masked.data).toEqual([]);
+    // the compiled GraphQL path records its plaintext reads too
+    const served = t.app.graphqlCompiler.served;
+    const g = await t.app.inject({ method: 'POST', url: '/graphql', headers: { ...h['admin']!, 'x-request-id': 'audit-probe-3' }, payload: { query: `{ customers_by_pk(id: ${customerId}) { email notes } }` } });
+    expect(g.statusCode, g.body).toBe(200);
+    expect(t.app.graphqlCompiler.served).toBe(served + 1);
+    const viaGraphql = await get('/v1/admin/compliance/audit?request_id=audit-probe-3', 'admin');
+    expect(viaGraphql.data).toHaveLength(1);
+    expect(viaGraphql.data[0]).toMatchObject({ role: 'admin', table_name: 'customers', columns: ['email', 'notes'], row_count: 1 });
     const first = await get('/v1/admin/compliance/audit?limit=1', 'admin');
     expect(first.next_cursor).toEqual(expect.any(String));
     const second = await get(`/v1/admin/compliance/audit?limit=1&cursor=${first.next_cursor}`, 'admin');

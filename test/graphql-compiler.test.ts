@@ -3,6 +3,7 @@ import { parse, type OperationDefinitionNode } from 'graphql/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { compileOperation } from '../src/api/graphql/compile.js';
 import { boundedText } from '../src/api/graphql/compiled.js';
+import { slotVariables } from '../src/api/graphql/template.js';
 
 type Row = Record<string, unknown>;
 const pluck = (list: unknown, key: string) => (list as Row[]).map((x) => x[key]);
@@ -202,6 +203,75 @@ describe('GraphQL compiler: one statement per query operation', () => {
     // a value past the limit is still refused, cached statements or not
     const big = await t.app.inject({ method: 'POST', url: '/graphql', headers: reader, payload: { query: doc, variables: { like: 'stmt-%', n: 100_000 } } });
     expect(big.json().errors[0].extensions.code).toBe('LIMIT_TOO_LARGE');
+  });
+
+  it('serves a by-key read with a new literal every request from one template: no compile, each its own row, as the resolvers answer', async () => {
+    const c = t.app.graphqlCompiler;
+    const ids = (await sql<{ id: string }>("SELECT id::text FROM pipelines WHERE tenant_id = 'acme' ORDER BY id LIMIT 5")).map((r) => r.id);
+    expect(ids.length).toBeGreaterThan(2);
+    const q = (id: string) => `{ pipelines_by_pk(id: "${id}") { id name tenant_id pipeline_runs(first: 2, order_by: [{ id: asc }]) { id } } }`;
+    await gql(reader, q(ids[0]!));
+    const compiles = c.compiles;
+    const hits = c.templateHits;
+    for (const id of ids) {
+      const r = await gql(reader, q(id));
+      expect(r.queries).toBe(1);
+      expect(r.body.data.pipelines_by_pk.id).toBe(id);
+      expect(r.body).toEqual((await viaResolvers(q(id))).body);
+    }
+    expect(c.compiles).toBe(compiles);
+    expect(c.templateHits).toBe(hits + ids.length);
+    // the same template for another tenant: RLS, not the template, decides what is seen
+    const other = await gql(globexReader, q(ids[1]!));
+    expect(other.body.data.pipelines_by_pk).toBeNull();
+    expect(c.compiles).toBe(compiles);
+  });
+
+  it('binds slot variables of where comparisons through one template, and leaves values it cannot bind to the full path', async () => {
+    const c = t.app.graphqlCompiler;
+    const doc = 'query($name: String!, $id: BigInt!) { pipelines(where: { name: { _eq: $name }, id: { _gte: $id } }, first: 5) { totalCount nodes { id name } } }';
+    const [a, b] = await sql<{ id: string; name: string }>("SELECT id::text, name FROM pipelines WHERE tenant_id = 'acme' ORDER BY id LIMIT 2");
+    await gql(reader, doc, { name: a!.name, id: '0' });
+    const compiles = c.compiles;
+    for (const row of [a!, b!]) {
+      const r = await gql(reader, doc, { name: row.name, id: row.id });
+      expect(r.body.data.pipelines.nodes.map((n: { name: string }) => n.name)).toEqual([row.name]);
+      expect(r.body).toEqual((await viaResolvers(doc, { name: row.name, id: row.id })).body);
+    }
+    expect(c.compiles).toBe(compiles);
+    // a value its scalar refuses, or null: the full path reports it as before, and nothing is templated wrongly
+    const bad = await gql(reader, doc, { name: { not: 'a string' }, id: '1' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.errors[0].extensions.code).toBeDefined();
+    expect(bad.body).toEqual((await viaResolvers(doc, { name: { not: 'a string' }, id: '1' })).body);
+    const notBigInt = await gql(reader, doc, { name: a!.name, id: 'abc' });
+    expect(notBigInt.status).toBe(400);
+    expect(notBigInt.body).toEqual((await viaResolvers(doc, { name: a!.name, id: 'abc' })).body);
+    // a value PostgreSQL refuses (an ID that is not a number) in a template: the resolvers report it on its field
+    const byKey = '{ pipelines_by_pk(id: "not-a-number") { id } }';
+    await gql(reader, '{ pipelines_by_pk(id: "1") { id } }');
+    const refused = await gql(reader, byKey);
+    expect(refused.body.errors?.length).toBeGreaterThan(0);
+    expect(refused.body).toEqual((await viaResolvers(byKey)).body);
+  });
+
+  it('keeps variables the compiler reads (first, _in, _is_null, directives, defaults) out of templates', async () => {
+    const schema = t.app.graphql.schema;
+    const slotsOf = (text: string) => {
+      const doc = parse(text);
+      return [...slotVariables(schema, doc, doc.definitions[0] as OperationDefinitionNode).keys()].sort();
+    };
+    expect(slotsOf('query($id: ID!) { pipelines_by_pk(id: $id) { id } }')).toEqual(['id']);
+    expect(slotsOf('query($n: String, $s: String) { pipelines(where: { name: { _like: $n }, _or: [{ status: { _neq: $s } }] }) { nodes { id } } }')).toEqual(['n', 's']);
+    expect(slotsOf('query($n: Int) { pipelines(first: $n) { nodes { id } } }')).toEqual([]);
+    expect(slotsOf('query($a: ID!) { pipelines(where: { id: { _in: [$a] } }) { nodes { id } } }')).toEqual([]);
+    expect(slotsOf('query($b: Boolean!) { pipelines(where: { name: { _is_null: $b } }) { nodes { id } } }')).toEqual([]);
+    expect(slotsOf('query($b: Boolean!, $id: ID!) { pipelines_by_pk(id: $id) { id name @include(if: $b) } }')).toEqual(['id']);
+    expect(slotsOf('query($id: ID! = "1") { pipelines_by_pk(id: $id) { id } }')).toEqual([]);
+    expect(slotsOf('query($constructor: ID!) { pipelines_by_pk(id: $constructor) { id } }')).toEqual([]);
+    // used in a bound position and another: not a slot
+    expect(slotsOf('query($id: ID!) { pipelines_by_pk(id: $id) { id } pipelines(where: { id: { _in: [$id] } }) { nodes { id } } }')).toEqual([]);
+    expect(slotsOf('query($c: String) { pipelines(after: $c, where: { name: { _eq: $c } }) { nodes { id } } }')).toEqual([]);
   });
 
   it('sends search, views and introspection to the resolvers, and mixes nothing up', async () => {

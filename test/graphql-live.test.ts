@@ -186,6 +186,30 @@ describe('GraphQL live queries', () => {
     await until(() => t.app.graphqlLive.count('acme') === 0);
   });
 
+  it('re-runs distinct live queries woken by one change together (one round trip per batch), each with its own answer', async () => {
+    const c = await connect(port, { authorization: reader });
+    try {
+      const names = Array.from({ length: 30 }, (_, i) => `bx${i}-`);
+      for (const n of names) await insert(writer, 'pipelines', { name: `${n}a` });
+      // 30 distinct statements (their own name each) that all read pipelines
+      for (const n of names) c.subscribe(n, `subscription { live { pipelines(where: { name: { _like: "${n}%" } }) { totalCount nodes { name } } } }`);
+      await until(() => names.every((n) => c.data(n).length === 1), 30_000);
+      const batched = t.app.graphqlCompiler.batched;
+      // one write touching pipelines wakes all 30; only bx7-'s answer changes
+      await insert(writer, 'pipelines', { name: 'bx7-b' });
+      await until(() => c.data('bx7-').length === 2, 30_000);
+      await until(() => t.app.graphqlCompiler.batched >= batched + 2, 10_000);
+      expect(c.data('bx7-')[1]).toEqual({ pipelines: { totalCount: 2, nodes: [{ name: 'bx7-a' }, { name: 'bx7-b' }] } });
+      for (const n of names.filter((x) => x !== 'bx7-')) {
+        expect(c.data(n)).toHaveLength(1);
+        expect(c.data(n)[0]).toEqual({ pipelines: { totalCount: 1, nodes: [{ name: `${n}a` }] } });
+      }
+    } finally {
+      c.close();
+    }
+    await until(() => t.app.graphqlLive.count('acme') === 0);
+  });
+
   it('ends a live query whose answer grows past the byte bound with RESPONSE_TOO_LARGE', async () => {
     const c = await connect(port, { authorization: reader });
     try {

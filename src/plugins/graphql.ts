@@ -60,7 +60,7 @@ export default fp(
     const compiled = new CompiledQueries(app.db, app.config.GRAPHQL_PLAN_CACHE_MAX, app.config.GRAPHQL_MAX_RESPONSE_BYTES || app.config.RESPONSE_MAX_BYTES);
     compiled.enabled = app.config.GRAPHQL_COMPILER;
     app.decorate('graphqlCompiler', compiled);
-    const live = new LiveQueries(app.db, app.services.changes, compiled, { maxPerTenant: app.config.GRAPHQL_LIVE_MAX_PER_TENANT, debounceMs: app.config.GRAPHQL_LIVE_DEBOUNCE_MS, recheckMs: app.config.STREAM_AUTH_RECHECK_MS }, app.log);
+    const live = new LiveQueries(app.db, app.services.changes, compiled, { maxPerTenant: app.config.GRAPHQL_LIVE_MAX_PER_TENANT, debounceMs: app.config.GRAPHQL_LIVE_DEBOUNCE_MS, recheckMs: app.config.STREAM_AUTH_RECHECK_MS, guard: (ctx) => app.services.compliance.enforcement.guard(ctx) }, app.log);
     app.decorate('graphqlLive', live);
 
     /**
@@ -70,9 +70,10 @@ export default fp(
     async function serveCompiled(request: FastifyRequest, reply: FastifyReply, source: Record<string, unknown>): Promise<boolean> {
       const ctx = request.ctx;
       if (!compiled.enabled || !ctx) return false;
-      // declared columns are decrypted and masked by the column resolvers: the compiler steps aside
+      // with declared columns, the compiled answer's declared values are revealed per role in node
+      // (compiled.ts revealAnswer) and filters, orders and aggregates on them checked as the resolvers do
       const policy = app.services.compliance.enforcement.policy();
-      if ((policy instanceof Promise ? await policy : policy).tables.size > 0) return false;
+      const guard = (policy instanceof Promise ? await policy : policy).tables.size > 0 ? await app.services.compliance.enforcement.guard(ctx) : undefined;
       let variables = source['variables'];
       if (typeof variables === 'string' && request.method === 'GET') {
         try {
@@ -92,6 +93,7 @@ export default fp(
         opName ?? undefined,
         (variables ?? undefined) as Record<string, unknown> | undefined,
         request.log,
+        guard,
       );
       if (outcome.kind === 'fallback') return false;
       if (outcome.kind === 'failed') {

@@ -140,7 +140,7 @@ export function changesSubscriptionType(query: GraphQLObjectType): GraphQLObject
           const cdc = context.cdc;
           if (!cdc?.live) throw new Error('subscriptions need an authenticated WebSocket connection');
           try {
-            const plan = planLive(info);
+            const plan = planLive(info, await cdc.live.guard(cdc.ctx));
             await cdc.live.checkCaptured(plan.tables);
             return mapEvents(cdc.live.open(cdc.ctx, plan, cdc.watch));
           } catch (err) {

@@ -30,11 +30,12 @@ import {
   type OperationDefinitionNode,
   type SelectionSetNode,
 } from 'graphql/index.js';
-import type { ColumnInfo, Relationship } from '../../services/data/index.js';
+import type { ColumnInfo, Relationship, TableInfo } from '../../services/data/index.js';
+import type { Guard } from '../../services/compliance/index.js';
 import { checkFirst } from './cost.js';
 import { kindOf, ref } from './columns.js';
 import { paging, type Paging } from './cursor.js';
-import { joinColumns, type TableModel } from './resolvers.js';
+import { guardArgs, joinColumns, type TableModel } from './resolvers.js';
 import { Params, compileWhere, orderItems, orderSql, keysetPredicate, reverseItems, type BoolExp, type OrderSpec } from './sql.js';
 
 /** How a schema field maps to SQL (set as the field's `extensions.strata` by schema.ts). */
@@ -62,6 +63,22 @@ interface Scope {
   vars: Vars;
   fragments: Record<string, FragmentDefinitionNode>;
   n: number;
+  /** The compliance guard of the caller, when any column is declared. */
+  guard?: Guard;
+  /** Declared columns in the answer, revealed in node (compiled.ts). */
+  reveals: Reveal[];
+}
+
+/**
+ * A declared column's place in the answer: `path` from the top of `{"data": ...}`, `*` standing for
+ * every item of a list. Its stored value is rendered as the resolvers hold it, then revealed per
+ * role in node by the guard (Guard.revealField: decrypted, masked, audited), as the column
+ * resolvers do.
+ */
+export interface Reveal {
+  path: string[];
+  table: string;
+  column: string;
 }
 
 const lit = (s: string) => pg.escapeLiteral(s);
@@ -146,8 +163,8 @@ function leaf(type: GraphQLOutputType, expr: string, c?: ColumnInfo): string {
 
 const alias = (s: Scope) => `_${++s.n}`;
 
-/** The JSON object of one row of `m` (aliased `a`) for the selection `fields`. */
-function rowJson(s: Scope, type: GraphQLObjectType, a: string, fields: Fields): string {
+/** The JSON object of one row of `table` (aliased `a`) for the selection `fields`, found at `path` in the answer. */
+function rowJson(s: Scope, table: TableInfo, type: GraphQLObjectType, a: string, fields: Fields, path: string[]): string {
   const pairs: string[] = [];
   for (const [key, nodes] of fields) {
     const name = (nodes[0] as FieldNode).name.value;
@@ -163,20 +180,21 @@ function rowJson(s: Scope, type: GraphQLObjectType, a: string, fields: Fields): 
     switch (plan.kind) {
       case 'column':
         expr = leaf(def.type, ref(plan.column, a), plan.column);
+        if (s.guard?.table(table.name)?.has(plan.column.name)) s.reveals.push({ path: [...path, key], table: table.name, column: plan.column.name });
         break;
       case 'object': {
         const b = alias(s);
         const join = joinColumns(plan.parent.table, plan.remote.table, plan.rel);
         const on = join.remote.map((c, i) => `${ref(c, b)} = ${ref(join.local[i] as ColumnInfo, a)}`).join(' AND ');
         const remoteType = objectTypeOf(def.type);
-        expr = `(SELECT ${rowJson(s, remoteType, b, subFields(s, remoteType, nodes))} FROM ${plan.remote.table.qualified} ${b} WHERE ${on} LIMIT 1)`;
+        expr = `(SELECT ${rowJson(s, plan.remote.table, remoteType, b, subFields(s, remoteType, nodes), [...path, key])} FROM ${plan.remote.table.qualified} ${b} WHERE ${on} LIMIT 1)`;
         break;
       }
       case 'children':
-        expr = children(s, def, nodes, plan, a, args());
+        expr = children(s, def, nodes, plan, a, args(), [...path, key]);
         break;
       case 'connection':
-        expr = connection(s, def, nodes, plan, a, args());
+        expr = connection(s, def, nodes, plan, a, args(), [...path, key]);
         break;
       default:
         throw new Unsupported(`field kind ${plan.kind} inside a row`);
@@ -192,8 +210,9 @@ function childJoin(plan: { parent: TableModel; model?: TableModel; remote?: Tabl
   return join.remote.map((c, i) => `${ref(c, b)} = ${ref(join.local[i] as ColumnInfo, a)}`).join(' AND ');
 }
 
-function children(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], plan: Extract<FieldPlan, { kind: 'children' }>, a: string, args: Vars): string {
+function children(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], plan: Extract<FieldPlan, { kind: 'children' }>, a: string, args: Vars, path: string[]): string {
   const t = plan.remote.table;
+  guardArgs(s.guard, t, args);
   const b = alias(s);
   const e = alias(s);
   const first = checkFirst(args['first'], def.name);
@@ -203,7 +222,7 @@ function children(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNod
   const type = objectTypeOf(def.type);
   const order = orderSql(items, b);
   return (
-    `COALESCE((SELECT json_agg(${e}.j ORDER BY ${e}.n) FROM (SELECT ${rowJson(s, type, b, subFields(s, type, nodes))} AS j, row_number() OVER (ORDER BY ${order}) AS n ` +
+    `COALESCE((SELECT json_agg(${e}.j ORDER BY ${e}.n) FROM (SELECT ${rowJson(s, t, type, b, subFields(s, type, nodes), [...path, '*'])} AS j, row_number() OVER (ORDER BY ${order}) AS n ` +
     `FROM (SELECT * FROM ${t.qualified} ${b} WHERE ${conds} OFFSET 0) ${b} ORDER BY ${order} LIMIT ${s.p.add(first)}) ${e}), '[]'::json)`
   );
 }
@@ -221,9 +240,10 @@ function cursorSql(m: TableModel, pg_: Paging, b: string): string {
  * follow), its nodes, edges and pageInfo, and totalCount when selected. `a` is the parent row of a
  * one-to-many relationship (undefined at the root).
  */
-function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], plan: Extract<FieldPlan, { kind: 'connection' }>, a: string | undefined, args: Vars): string {
+function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], plan: Extract<FieldPlan, { kind: 'connection' }>, a: string | undefined, args: Vars, path: string[]): string {
   const m = plan.model;
   const t = m.table;
+  guardArgs(s.guard, t, args);
   const type = objectTypeOf(def.type);
   const fields = subFields(s, type, nodes);
   const pg_ = paging(m.table, def.name, args);
@@ -239,8 +259,8 @@ function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldN
   let keepParam: string | undefined;
   const keep = () => `${sa}.n <= ${(keepParam ??= s.p.add(pg_.limit))}`;
   const outOrder = pg_.backward ? `${sa}.n DESC` : `${sa}.n`;
-  const rowCol = (nodeType: GraphQLObjectType, nodeNodes: FieldNode[]) => {
-    rowCols.push(`${rowJson(s, nodeType, b, subFields(s, nodeType, nodeNodes))} AS j${rowCols.length}`);
+  const rowCol = (nodeType: GraphQLObjectType, nodeNodes: FieldNode[], at: string[]) => {
+    rowCols.push(`${rowJson(s, t, nodeType, b, subFields(s, nodeType, nodeNodes), at)} AS j${rowCols.length}`);
     return `j${rowCols.length - 1}`;
   };
   for (const [key, fnodes] of fields) {
@@ -258,7 +278,7 @@ function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldN
       pairs.push([key, () => sql]);
     } else if (name === 'nodes') {
       rows = true;
-      const col = rowCol(objectTypeOf(fdef.type), fnodes);
+      const col = rowCol(objectTypeOf(fdef.type), fnodes, [...path, key, '*']);
       pairs.push([key, (x) => `COALESCE(json_agg(${x}.${col} ORDER BY ${outOrder}) FILTER (WHERE ${keep()}), '[]'::json)`]);
     } else if (name === 'edges') {
       rows = true;
@@ -270,7 +290,7 @@ function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldN
         else if (ename === 'cursor') {
           cursor = true;
           edgePairs.push(lit(ekey), `${sa}.c`);
-        } else if (ename === 'node') edgePairs.push(lit(ekey), `${sa}.${rowCol(objectTypeOf(fieldOf(edgeType, enodes).type), enodes)}`);
+        } else if (ename === 'node') edgePairs.push(lit(ekey), `${sa}.${rowCol(objectTypeOf(fieldOf(edgeType, enodes).type), enodes, [...path, key, '*', ekey])}`);
         else throw new Unsupported(`edge field ${ename}`);
       }
       const obj = jsonObject(edgePairs);
@@ -318,12 +338,12 @@ function connection(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldN
   return `(SELECT ${jsonObject(objectPairs(sa))} FROM ${page})`;
 }
 
-function byPk(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], m: TableModel, args: Vars): string {
+function byPk(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], m: TableModel, args: Vars, path: string[]): string {
   const t = m.table;
   const b = alias(s);
   const type = objectTypeOf(def.type);
   const cond = t.primaryKey.map((k) => `${ref(t.columnMap.get(k) as ColumnInfo, b)} = ${s.p.add(args[k])}`).join(' AND ');
-  return `(SELECT ${rowJson(s, type, b, subFields(s, type, nodes))} FROM ${t.qualified} ${b} WHERE ${cond})`;
+  return `(SELECT ${rowJson(s, t, type, b, subFields(s, type, nodes), path)} FROM ${t.qualified} ${b} WHERE ${cond})`;
 }
 
 const AGG_FNS = ['sum', 'avg', 'min', 'max'] as const;
@@ -338,6 +358,7 @@ function aggExpr(fn: (typeof AGG_FNS)[number], c: ColumnInfo, b: string): string
 /** `t_aggregate(where, group_by) { groups { key count sum {..} avg {..} min {..} max {..} } }`. */
 function aggregate(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNode[], m: TableModel, args: Vars): string {
   const t = m.table;
+  guardArgs(s.guard, t, args);
   const b = alias(s);
   const g = alias(s);
   const type = objectTypeOf(def.type);
@@ -378,6 +399,7 @@ function aggregate(s: Scope, def: GraphQLField<unknown, unknown>, nodes: FieldNo
           }
           const c = t.columnMap.get(cname);
           if (!c) throw new Unsupported(`aggregate column ${cname}`);
+          s.guard?.checkAggregate(t.name, c.name, fn);
           inner.push(lit(ckey), leaf(fieldOf(fnType, cnodes).type, col(aggExpr(fn, c, b))));
         }
         pairs.push(lit(gkey), jsonObject(inner));
@@ -406,10 +428,11 @@ export function compileOperation(
   op: OperationDefinitionNode,
   fragments: Record<string, FragmentDefinitionNode>,
   vars: Vars,
-): { text: string; values: unknown[] } {
+  guard?: Guard,
+): { text: string; values: unknown[]; reveals?: Reveal[] } {
   const root = schema.getQueryType();
   if (op.operation !== OperationTypeNode.QUERY || !root) throw new Unsupported('not a query');
-  const s: Scope = { p: new Params(), vars, fragments, n: 0 };
+  const s: Scope = { p: new Params(), vars, fragments, n: 0, guard, reveals: [] };
   const pairs: string[] = [];
   for (const [key, nodes] of collect(s, root, [op.selectionSet])) {
     const name = (nodes[0] as FieldNode).name.value;
@@ -422,12 +445,13 @@ export function compileOperation(
     if (!plan) throw new Unsupported(`root field ${name}`);
     const args = getArgumentValues(def, nodes[0] as FieldNode, vars);
     let expr: string;
-    if (plan.kind === 'connection') expr = connection(s, def, nodes, plan, undefined, args);
-    else if (plan.kind === 'byPk') expr = byPk(s, def, nodes, plan.model, args);
+    if (plan.kind === 'connection') expr = connection(s, def, nodes, plan, undefined, args, ['data', key]);
+    else if (plan.kind === 'byPk') expr = byPk(s, def, nodes, plan.model, args, ['data', key]);
     else if (plan.kind === 'aggregate') expr = aggregate(s, def, nodes, plan.model, args);
     else throw new Unsupported(`root field kind ${plan.kind}`);
     pairs.push(lit(key), expr);
   }
   if (!pairs.length) throw new Unsupported('empty selection');
-  return { text: `SELECT json_build_object('data', ${jsonObject(pairs)})::text AS j`, values: s.p.values };
+  const text = `SELECT json_build_object('data', ${jsonObject(pairs)})::text AS j`;
+  return s.reveals.length ? { text, values: s.p.values, reveals: s.reveals } : { text, values: s.p.values };
 }

@@ -38,6 +38,7 @@ import {
   type DocumentNode,
   type FieldNode,
   type FragmentDefinitionNode,
+  type GraphQLScalarType,
   type GraphQLSchema,
   type OperationDefinitionNode,
 } from 'graphql/index.js';
@@ -47,7 +48,9 @@ import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
 import { tooLarge } from '../../services/data/index.js';
 import { checkLimits } from './cost.js';
-import { Unsupported, compileOperation } from './compile.js';
+import { Unsupported, compileOperation, type Reveal } from './compile.js';
+import type { Guard } from '../../services/compliance/index.js';
+import { fillSlots, nonSlotKey, slotPositions, slotValues, slotVariables, withSlots } from './template.js';
 
 interface Prepared {
   document: DocumentNode;
@@ -58,8 +61,14 @@ interface Prepared {
   /** No variable definitions: cost and statement depend on nothing but the text. */
   constant: boolean;
   statement?: Statement;
-  /** With variables: the statements of the last variable values seen (by their JSON), oldest first. */
+  /**
+   * With variables: the statements of the last variable values seen, oldest first, keyed by the
+   * JSON of the values (`V` + JSON), or for a template by the JSON of the values of the variables
+   * that are not slots (`T` + JSON).
+   */
   byValues?: Map<string, Statement>;
+  /** The slot variables (template.ts): their values are bound as they are, the statement is one template. */
+  slots: ReadonlyMap<string, GraphQLScalarType>;
 }
 
 /** Statements kept per document with variables (a dashboard re-sends the same values). */
@@ -69,6 +78,10 @@ type Entry = Prepared | 'resolvers' | 'text';
 export interface Statement {
   text: string;
   values: unknown[];
+  /** A template's slot parameters: (index in values, variable). */
+  slots?: ReadonlyArray<[number, string]>;
+  /** Declared columns in the answer (compliance): revealed per role in node before it is sent. */
+  reveals?: Reveal[];
 }
 
 export type CompiledOutcome = { kind: 'served'; body: string } | { kind: 'failed'; error: unknown } | { kind: 'fallback' };
@@ -144,6 +157,43 @@ const dataError = (err: unknown) => {
   return typeof code === 'string' && /^(22|23|42)/.test(code);
 };
 
+/** Every holder object at `path` (`*`: each item of a list) with its key: the places a declared column's value sits. */
+function at(node: unknown, path: readonly string[], i: number, fn: (holder: Record<string, unknown>, key: string) => void): void {
+  if (node === null || typeof node !== 'object') return;
+  const seg = path[i] as string;
+  if (seg === '*') {
+    if (Array.isArray(node)) for (const item of node) at(item, path, i + 1, fn);
+    return;
+  }
+  if (i === path.length - 1) {
+    if (seg in node) fn(node as Record<string, unknown>, seg);
+    return;
+  }
+  at((node as Record<string, unknown>)[seg], path, i + 1, fn);
+}
+
+/**
+ * The answer with its declared columns as the caller's role may see them: each value at a known
+ * path of the compiled plan goes through Guard.revealField (decrypted, masked, a mask that does not
+ * fit the field's type answering null, plaintext reads audited), exactly as the column resolvers.
+ */
+export async function revealAnswer(body: string, reveals: readonly Reveal[], guard: Guard): Promise<string> {
+  const doc = JSON.parse(body) as unknown;
+  const pending: Array<Promise<void>> = [];
+  for (const r of reveals) {
+    at(doc, r.path, 0, (holder, key) => {
+      pending.push(
+        guard.revealField(r.table, r.column, holder[key], holder).then((v) => {
+          holder[key] = v;
+        }),
+      );
+    });
+  }
+  await Promise.all(pending);
+  guard.flushAudit('graphql');
+  return JSON.stringify(doc);
+}
+
 export class CompiledQueries {
   private readonly plans: LRUCache<string, Entry>;
   /** Serve query operations compiled (GRAPHQL_COMPILER); false: every operation goes to the resolvers. */
@@ -153,6 +203,12 @@ export class CompiledQueries {
   misses = 0;
   /** Statements compiled (a repeated document, or the same variable values again, compiles none). */
   compiles = 0;
+  /** Requests served by a template with their own slot values (template.ts): no compile. */
+  templateHits = 0;
+  /** Requests answered by a compiled statement. */
+  served = 0;
+  /** Statements run together with others in one round trip (executeMany). */
+  batched = 0;
 
   constructor(
     private readonly db: Database,
@@ -189,7 +245,7 @@ export class CompiledQueries {
     if (validate(schema, document).length) return 'resolvers';
     const fragments: Record<string, FragmentDefinitionNode> = {};
     for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments[d.name.value] = d;
-    return { document, operation, fragments, costDocument: costView(document), constant: !operation.variableDefinitions?.length };
+    return { document, operation, fragments, costDocument: costView(document), constant: !operation.variableDefinitions?.length, slots: slotVariables(schema, document, operation) };
   }
 
   /**
@@ -241,7 +297,7 @@ export class CompiledQueries {
     if (validate(schema, normalized).length) return undefined; // the text itself is then judged (and its errors reported) as sent
     const fragments: Record<string, FragmentDefinitionNode> = {};
     for (const d of normalized.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments[d.name.value] = d;
-    return { document: normalized, operation, fragments, costDocument: costView(normalized), constant: false };
+    return { document: normalized, operation, fragments, costDocument: costView(normalized), constant: false, slots: slotVariables(schema, normalized, operation) };
   }
 
   /**
@@ -256,8 +312,11 @@ export class CompiledQueries {
     operationName: string | undefined,
     variables: Record<string, unknown> | undefined,
     log: FastifyBaseLogger,
+    /** The caller's compliance guard when any column is declared: declared columns are revealed per role, filters on them checked. */
+    guard?: Guard,
   ): Promise<CompiledOutcome> {
-    const keyOf = (text: string) => `${version}\n${ctx.role}\n${operationName ?? ''}\n${text}`;
+    // the policy version is part of the key: a statement compiled before a declaration knows nothing of it
+    const keyOf = (text: string) => `${version}\n${guard?.version ?? 0}\n${ctx.role}\n${operationName ?? ''}\n${text}`;
     let vars = variables;
     const rawKey = keyOf(query);
     let entryKey = rawKey;
@@ -291,16 +350,22 @@ export class CompiledQueries {
     if (entry === 'resolvers' || entry === 'text') return { kind: 'fallback' };
 
     let statement = entry.statement;
-    // Same document, same variable values: costing and compilation gave this statement already
-    // (the values decide both, so the key is exact: nothing is assumed about how a value is used).
-    const valuesKey = statement || entry.constant ? undefined : JSON.stringify(vars ?? {});
+    // Slot variables (template.ts) change nothing but parameters: one template serves every value.
+    const slots = statement || !entry.slots.size ? undefined : slotValues(entry.slots, vars);
+    // Same document, same variable values (the slots' aside): costing and compilation gave this
+    // statement already (the values decide both, so the key is exact: nothing is assumed about how
+    // a value other than a slot's is used).
+    const valuesKey = statement || entry.constant ? undefined : slots ? `T${nonSlotKey(vars, entry.slots)}` : `V${JSON.stringify(vars ?? {})}`;
     if (valuesKey !== undefined) statement = entry.byValues?.get(valuesKey);
     if (!statement) {
       const coerced = getVariableValues(schema, entry.operation.variableDefinitions ?? [], vars ?? {});
       if (coerced.errors) return { kind: 'fallback' };
       try {
         checkLimits(schema, entry.costDocument, operationName, vars);
-        statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced);
+        if (slots) {
+          const template = compileOperation(schema, entry.operation, entry.fragments, withSlots(coerced.coerced, entry.slots), guard);
+          statement = { ...template, slots: slotPositions(template.values) };
+        } else statement = compileOperation(schema, entry.operation, entry.fragments, coerced.coerced, guard);
         this.compiles++;
       } catch (err) {
         if (err instanceof Unsupported) this.plans.set(entryKey, 'resolvers');
@@ -314,14 +379,18 @@ export class CompiledQueries {
         // the text is usually the same for every value set: keep it once
         let text = statement.text;
         for (const k of kept.values()) if (k.text === text) text = k.text;
-        kept.set(valuesKey, { text, values: statement.values });
+        kept.set(valuesKey, { ...statement, text });
       }
-    }
+    } else this.templateHits += slots ? 1 : 0;
+    if (slots && statement.slots) statement = { text: statement.text, values: fillSlots(statement.values, statement.slots, slots), reveals: statement.reveals };
     try {
-      const body = await this.execute(ctx, statement);
+      let body = await this.execute(ctx, statement);
       // Past the byte bound PostgreSQL sends no answer; the resolver path then answers 413
       // RESPONSE_TOO_LARGE with its per-field budget, exactly as without the compiler.
-      return body === null ? { kind: 'fallback' } : { kind: 'served', body };
+      if (body === null) return { kind: 'fallback' };
+      if (statement.reveals?.length && guard) body = await revealAnswer(body, statement.reveals, guard);
+      this.served++;
+      return { kind: 'served', body };
     } catch (err) {
       if (dataError(err)) {
         if (/^42/.test(String((err as { code?: unknown }).code))) log.warn({ err, sql: statement.text }, 'compiled GraphQL statement refused by PostgreSQL; the resolvers serve the query');
@@ -336,6 +405,29 @@ export class CompiledQueries {
    * statement and commit in one write), read-only. This is the one place where a bound on the
    * answer's size applies to compiled queries.
    */
+  /**
+   * Several compiled statements of one caller in one read-only tenant transaction, pipelined: one
+   * round trip instead of one per statement (live query re-runs after a change). The byte bound is
+   * shared: each answer may take its share of it (null past it: run that one alone, by execute(),
+   * to know whether it fits the whole bound), so a batch holds no more than one answer would.
+   */
+  async executeMany(ctx: SessionContext, statements: readonly Statement[]): Promise<Array<string | null>> {
+    if (statements.length === 1) return [await this.execute(ctx, statements[0] as Statement)];
+    const share = Math.floor(this.maxBytes / statements.length);
+    this.batched += statements.length;
+    return this.db.withTenant(
+      ctx,
+      (tx) =>
+        Promise.all(
+          statements.map(async (st, i) => {
+            const { rows } = await tx.query<{ j: string | null }>(boundedText(st), [...st.values, share], i === statements.length - 1 ? { final: true } : undefined);
+            return (rows[0] as { j: string | null }).j;
+          }),
+        ),
+      { readOnly: true },
+    );
+  }
+
   async execute(ctx: SessionContext, statement: Statement): Promise<string | null> {
     // The JSON is measured inside PostgreSQL: an answer past the bound never reaches the service.
     const text = boundedText(statement);

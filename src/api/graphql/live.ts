@@ -40,14 +40,22 @@ import { AppError, badRequest } from '../../errors.js';
 import { checkLimits } from './cost.js';
 import { Unsupported, compileOperation, type FieldPlan } from './compile.js';
 import { costView, type CompiledQueries, type Statement } from './compiled.js';
+import type { Guard } from '../../services/compliance/index.js';
 
 /** Re-runs of one tenant's live queries at once (the rest wait their turn). */
 const RERUNS_PER_TENANT = 2;
+/**
+ * Statements of one caller run together in one pipelined transaction when they wait for a slot at
+ * the same time (after a change wakes many live queries): one round trip for up to this many.
+ */
+const BATCH_MAX = 64;
 
 export interface LiveOptions {
   maxPerTenant: number;
   debounceMs: number;
   recheckMs: number;
+  /** The caller's compliance guard (undefined when nothing is declared). */
+  guard?: (ctx: SessionContext) => Promise<Guard | undefined>;
 }
 
 /** What a live query's iterator yields: the `data` of a new answer, or the error that ends it. */
@@ -59,8 +67,13 @@ export interface LivePlan {
   tables: Set<string>;
 }
 
-/** Compile the selection of a `live` field as a query operation; 400 when it has no one-statement form. */
-export function planLive(info: GraphQLResolveInfo): LivePlan {
+/**
+ * Compile the selection of a `live` field as a query operation; 400 when it has no one-statement
+ * form. With a compliance guard, filters, orders and aggregates on declared columns are refused as
+ * for a query, and a selection of declared columns is refused (LIVE_QUERY_UNSUPPORTED): a push
+ * carries the statement's JSON as it is, and a live query does not reveal per role.
+ */
+export function planLive(info: GraphQLResolveInfo, guard?: Guard): LivePlan {
   const schema = info.schema;
   const field = info.fieldNodes[0];
   const query = schema.getQueryType();
@@ -78,7 +91,7 @@ export function planLive(info: GraphQLResolveInfo): LivePlan {
   checkLimits(schema, costView(document), info.operation.name?.value, info.variableValues);
   let statement: Statement;
   try {
-    statement = compileOperation(schema, operation, fragments, info.variableValues);
+    statement = compileOperation(schema, operation, fragments, info.variableValues, guard);
   } catch (err) {
     if (err instanceof Unsupported) {
       throw badRequest(
@@ -87,6 +100,13 @@ export function planLive(info: GraphQLResolveInfo): LivePlan {
       );
     }
     throw err;
+  }
+  if (statement.reveals?.length) {
+    const r = statement.reveals[0] as { table: string; column: string };
+    throw badRequest('LIVE_QUERY_UNSUPPORTED', `a live query cannot select declared (compliance) columns such as ${r.table}.${r.column}: query them without live, where they are revealed per role`, {
+      table: r.table,
+      column: r.column,
+    });
   }
   return { statement, tables: tablesRead(schema, document, query) };
 }
@@ -139,6 +159,19 @@ interface SharedRun {
   result: Promise<string | null>;
 }
 
+/** A run waiting for a slot: its caller (statements of one caller are batched) and statement. */
+interface Queued {
+  entry: SharedRun;
+  caller: string;
+  ctx: SessionContext;
+  statement: Statement;
+  resolve: (body: string | null) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Runs statements of one caller: several at once in one round trip. */
+export type RunMany = (ctx: SessionContext, statements: readonly Statement[]) => Promise<Array<string | null>>;
+
 /** One tenant's change follower and its live queries (in this process). */
 class TenantHub {
   readonly members = new Set<Member>();
@@ -146,6 +179,7 @@ class TenantHub {
   /** A counter ordering touches and run starts. */
   seq = 0;
   private readonly shared = new Map<string, SharedRun>();
+  private readonly queue: Queued[] = [];
   private readonly abort = new AbortController();
   private started: () => void = () => undefined;
   /** Resolves once the follower has its starting point: changes committed after it wake the members. */
@@ -156,6 +190,7 @@ class TenantHub {
     private readonly changes: ChangeService,
     private readonly ctx: SessionContext,
     private readonly log: FastifyBaseLogger,
+    private readonly runMany: RunMany,
   ) {
     this.ready = new Promise<void>((resolve) => (this.started = resolve));
     void this.loop();
@@ -187,20 +222,58 @@ class TenantHub {
    * identical statement (same text, values and caller) waiting for a slot, or started after
    * `since`, is joined instead of run again, so 100 viewers of one dashboard cost one statement.
    */
-  run(key: string, since: number, fn: () => Promise<string | null>): Promise<string | null> {
+  run(key: string, since: number, caller: string, ctx: SessionContext, statement: Statement): Promise<string | null> {
     const current = this.shared.get(key);
     if (current && (current.started === undefined || current.started > since)) return current.result;
     const entry: SharedRun = { result: Promise.resolve(null) };
-    entry.result = this.slots
-      .run(() => {
-        entry.started = ++this.seq;
-        return fn();
-      })
-      .finally(() => {
-        if (this.shared.get(key) === entry) this.shared.delete(key);
-      });
+    entry.result = new Promise<string | null>((resolve, reject) => {
+      this.queue.push({ entry, caller, ctx, statement, resolve, reject });
+    }).finally(() => {
+      if (this.shared.get(key) === entry) this.shared.delete(key);
+    });
     this.shared.set(key, entry);
+    void this.slots.run(() => this.drain());
     return entry.result;
+  }
+
+  /**
+   * With a slot: the waiting runs of the first waiting caller (up to BATCH_MAX) in one round trip.
+   * A batch that fails is run again one statement at a time, so one bad statement fails only its
+   * own live queries. Nothing waiting (an earlier drain took it): nothing to do.
+   */
+  private async drain(): Promise<void> {
+    const head = this.queue[0];
+    if (!head) return;
+    const batch: Queued[] = [];
+    for (let i = 0; i < this.queue.length && batch.length < BATCH_MAX; ) {
+      const q = this.queue[i] as Queued;
+      if (q.caller === head.caller) {
+        batch.push(q);
+        this.queue.splice(i, 1);
+      } else i++;
+    }
+    for (const q of batch) q.entry.started = ++this.seq;
+    try {
+      const bodies = await this.runMany(head.ctx, batch.map((q) => q.statement));
+      for (const [i, q] of batch.entries()) {
+        // past its share of the byte bound in a batch: alone, it has the whole bound
+        const body = bodies[i] ?? (batch.length > 1 ? ((await this.runMany(q.ctx, [q.statement]))[0] ?? null) : null);
+        q.resolve(body);
+      }
+    } catch (err) {
+      if (batch.length === 1) {
+        (batch[0] as Queued).reject(err);
+        return;
+      }
+      for (const q of batch) {
+        try {
+          const [body] = await this.runMany(q.ctx, [q.statement]);
+          q.resolve(body ?? null);
+        } catch (e) {
+          q.reject(e);
+        }
+      }
+    }
   }
 
   stop(): void {
@@ -235,6 +308,11 @@ export class LiveQueries {
     return this.hubs.get(tenantId)?.members.size ?? 0;
   }
 
+  /** The caller's compliance guard (undefined when nothing is declared). */
+  guard(ctx: SessionContext): Promise<Guard | undefined> {
+    return this.opts.guard ? this.opts.guard(ctx) : Promise.resolve(undefined);
+  }
+
   /** Refuse tables without change capture: nothing would wake the live query. */
   async checkCaptured(tables: Set<string>): Promise<void> {
     const captured = await this.changes.capturedTables();
@@ -255,14 +333,15 @@ export class LiveQueries {
       throw new AppError(429, 'LIVE_QUERY_LIMIT', `tenant ${tenantId} has ${this.opts.maxPerTenant} open live queries on this server (GRAPHQL_LIVE_MAX_PER_TENANT); close one first`, { max: this.opts.maxPerTenant });
     }
     if (!hub) {
-      hub = new TenantHub(this.db, this.changes, ctx, this.log);
+      hub = new TenantHub(this.db, this.changes, ctx, this.log, (c, statements) => this.compiled.executeMany(c, statements));
       this.hubs.set(tenantId, hub);
     }
     const tenantHub = hub;
 
     let dirty = true; // the first answer
     let since = ++tenantHub.seq;
-    const key = `${ctx.role}\n${ctx.actor}\n${plan.statement.text}\n${JSON.stringify(plan.statement.values)}`;
+    const caller = `${ctx.role}\n${ctx.actor}`;
+    const key = `${caller}\n${plan.statement.text}\n${JSON.stringify(plan.statement.values)}`;
     let finished = false;
     let ended: CredentialEnd | undefined;
     let last: string | undefined;
@@ -328,7 +407,7 @@ export class LiveQueries {
           dirty = false;
           let body: string | null;
           try {
-            body = finished ? last ?? null : await tenantHub.run(key, since, () => this.compiled.execute(ctx, plan.statement));
+            body = finished ? last ?? null : await tenantHub.run(key, since, caller, ctx, plan.statement);
           } catch (err) {
             stop();
             if (err instanceof AppError) return { done: false, value: { error: err } };

@@ -7,6 +7,7 @@ import type { GraphQLFieldResolver, GraphQLResolveInfo } from 'graphql';
 import type { ColumnInfo, Relationship, TableInfo } from '../../services/data/index.js';
 import { AppError, badRequest } from '../../errors.js';
 import type { GraphqlContext, GraphqlRequest } from './context.js';
+import type { Guard } from '../../services/compliance/index.js';
 import { checkFirst } from './cost.js';
 import { encodeCursor, paging, type Paging } from './cursor.js';
 import { BatchLoader, keyOf } from './loaders.js';
@@ -113,7 +114,7 @@ function pageBounds(pg: Paging, where: string | null, p: Params, alias?: string)
 export function listResolver(m: TableModel): Resolver {
   const t = m.table;
   return async (_src, args, { strata }, info) => {
-    guardArgs(strata, t, args);
+    guardArgs(strata.guard, t, args);
     const plan = connectionPlan(m, info);
     const pg = paging(t, info.fieldName, args);
     const p = new Params();
@@ -162,7 +163,7 @@ export function aggregateResolver(m: TableModel): Resolver {
       );
       return { count: subs.has('count'), fns };
     });
-    guardArgs(strata, t, args);
+    guardArgs(strata.guard, t, args);
     for (const f of plan.fns) strata.guard?.checkAggregate(t.name, f.column.name, f.fn);
     const groupBy = ((args['group_by'] as string[] | undefined) ?? []).map((n) => t.columnMap.get(n)).filter((c): c is ColumnInfo => c !== undefined);
     const p = new Params();
@@ -228,7 +229,7 @@ export function relationshipResolver(parent: TableModel, remote: TableModel, rel
   return (src, args, { strata }, info) => {
     const values = join.local.map((c) => src[c.name]);
     if (values.some((v) => v === null || v === undefined)) return [];
-    guardArgs(strata, remote.table, args);
+    guardArgs(strata.guard, remote.table, args);
     const plan = rowPlan(remote, info);
     const first = checkFirst(args['first'], info.fieldName);
     const l = loader<Row[]>(
@@ -269,7 +270,7 @@ export function relationshipConnectionResolver(parent: TableModel, remote: Table
     total?: number;
   }
   return (src, args, { strata }, info) => {
-    guardArgs(strata, t, args);
+    guardArgs(strata.guard, t, args);
     const plan = connectionPlan(remote, info);
     const pg = paging(t, info.fieldName, args);
     const values = join.local.map((c) => src[c.name]);
@@ -333,8 +334,7 @@ function mutation(m: TableModel, fn: Resolver): Resolver {
  * may not read in full (or on any encrypted column, whose blind-index equality is served by /v1
  * and /rest/v1 only) is refused with the codes of the rows API.
  */
-export function guardArgs(strata: GraphqlRequest, t: TableInfo, args: Args): void {
-  const g = strata.guard;
+export function guardArgs(g: Guard | undefined, t: TableInfo, args: Args): void {
   if (!g?.table(t.name)) return;
   const walk = (exp: unknown) => {
     if (!exp || typeof exp !== 'object') return;
@@ -409,7 +409,7 @@ export function updateByPkResolver(m: TableModel): Resolver {
 
 export function updateWhereResolver(m: TableModel): Resolver {
   return mutation(m, async (_src, args, { strata }, info) => {
-    guardArgs(strata, m.table, args);
+    guardArgs(strata.guard, m.table, args);
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);
@@ -429,7 +429,7 @@ export function deleteByPkResolver(m: TableModel): Resolver {
 
 export function deleteWhereResolver(m: TableModel): Resolver {
   return mutation(m, async (_src, args, { strata }, info) => {
-    guardArgs(strata, m.table, args);
+    guardArgs(strata.guard, m.table, args);
     const p = new Params();
     const where = compileWhere(m.table, args['where'] as BoolExp, p);
     if (where === null) throw refuseUnfiltered(info.fieldName);
