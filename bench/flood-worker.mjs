@@ -2,6 +2,7 @@
 // the event loop of the client that measures tenant B (B's figures would show the bench parsing A's
 // large answers), and its own CPU is measured (process.cpuUsage) and reported, since on a 2-core
 // machine the generator competes with the server for the same cores. B's client never sees A's answers.
+import process from 'node:process';
 import autocannon from 'autocannon';
 
 const { url, connections, duration, kinds } = JSON.parse(process.env.FLOOD_SPEC);

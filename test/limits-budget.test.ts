@@ -9,7 +9,7 @@
  * Assertions are on order and counts, never on durations.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { DbTimeBudgets } from '../src/services/limits/budget.js';
+import { DbTimeBudgets } from '../src/services/limits/index.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
 import { expectNoCheckedOutClients } from './helpers/leaks.js';
 

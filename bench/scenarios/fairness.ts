@@ -8,10 +8,16 @@
  *    connections) alone, then again while tenant A (tenant '1', 48 connections) floods with
  *    streamed exports (10k-row CSV and `pg_sleep(0.5)` SQL exports), heavy lists (1,000 rows sorted
  *    on an unindexed column; a two-level embed) and analyst queries (a count over its items, a
- *    `pg_sleep(0.3)`). Same server build with the limits on and with them off, interleaved rounds;
- *    the pool is the production default (DB_POOL_MAX 10). B's own rate limit is raised through
- *    PATCH /v1/admin/tenants/2 (a big customer); A keeps the configured defaults.
+ *    `pg_sleep(0.3)`). Same server build three ways: the defaults, without the heavy tenants'
+ *    database-time budget (LIMIT_HEAVY_DB_MS_PER_SECOND=0) and LIMITS_ENABLED=false, interleaved
+ *    rounds; the pool is the production default (DB_POOL_MAX 10). B's own rate limit is raised
+ *    through PATCH /v1/admin/tenants/2 (a big customer); A keeps the configured defaults. A's flood
+ *    runs in a process of its own (bench/flood-worker.mjs: B's client never parses A's answers) and
+ *    reports its CPU; the server's CPU over each of B's runs is read from /proc.
  *    Target (limits on): B keeps >= 0.8x its throughput, p99 within 2x, zero errors.
+ *
+ * Knobs: BENCH_FAIRNESS_PARTS (overhead,fairness), BENCH_FAIRNESS_PORT (3310: the servers use it
+ * and the next two), and lib's BENCH_DURATION, BENCH_WARMUP, BENCH_ROUNDS.
  */
 import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';

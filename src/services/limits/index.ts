@@ -18,6 +18,7 @@ import { defaultLimits, mergeLimits, overridesOf, type LimitOverrides, type Tena
 
 export * from './settings.js';
 export { concurrencyLimited } from './gates.js';
+export { DbTimeBudgets, dbTimeLimited, type BudgetOptions } from './budget.js';
 export { JobSlots, type JobSlot } from './job-slots.js';
 
 export interface LimitsDeps {
