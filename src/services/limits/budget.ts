@@ -1,21 +1,24 @@
 /**
  * Database-time budgets of heavy tenants (fair shares on a machine whose CPUs, not its pool slots,
- * are what tenants compete for). Every tenant session's connection-hold time is metered per tenant,
- * across every pool of the process. A tenant is *heavy* while the sessions its database time goes
- * to are long: the time-weighted mean hold time (sum of held^2 / sum of held, both decaying with a
- * one-second time constant) or the mean age of its running sessions is above LIMIT_HEAVY_MS. The
- * weighting by time makes the measure immune to dilution: mixing many 1 ms reads into 500 ms
- * queries leaves the mean near 500 ms, because almost all of the tenant's database time is spent in
- * the long ones (a new tenant counts as light until its first sessions say otherwise). While a *light* tenant (one that is not heavy) has started a session within the
- * last second, a heavy tenant's sessions may hold connections for at most `msPerSecond` ms per
- * second in total (a token bucket, at most one second's worth saved up, at most a minute's worth
- * owed; charged only while a light tenant is active): a session starts only while the bucket, less what the tenant's running sessions are
- * expected to use, is positive; otherwise it waits in its tenant's queue (never in front of another
- * tenant) up to the acquire timeout, then 429. Heavy tenants among themselves, or a tenant alone,
- * are not rationed (nobody's short requests are waiting for the CPUs they use).
+ * are what tenants compete for). Every tenant session's connection-hold time is metered per tenant
+ * and pool (the tenant-session pool and the streaming pool of each shard are kinds of work: a
+ * tenant's long export must not ration its own short reads). A tenant is *heavy* on a pool while
+ * the sessions its database time goes to there are long: the time-weighted mean hold time (sum of
+ * held^2 / sum of held, both decaying with a one-second time constant) or the mean age of its
+ * running sessions is above LIMIT_HEAVY_MS. The weighting by time makes the measure immune to
+ * dilution: mixing many 1 ms reads into 500 ms queries leaves the mean near 500 ms, because almost
+ * all of the tenant's database time is spent in the long ones (a new tenant counts as light until
+ * its first sessions say otherwise). While a *light* tenant (a session that was not heavy, on any
+ * pool) has started within the last second, a heavy tenant's sessions on that pool may hold
+ * connections for at most `msPerSecond` ms per second in total (a token bucket, at most one
+ * second's worth saved up, at most a minute's worth owed; charged only while a light tenant is
+ * active): a session starts only while the bucket, less what the tenant's running sessions there
+ * are expected to use, is positive; otherwise it waits in its tenant's queue (never in front of
+ * another tenant) up to the acquire timeout, then 429. Heavy tenants among themselves, or a tenant
+ * alone, are not rationed (nobody's short requests are waiting for the CPUs they use).
  *
- * Hot path (a light tenant): one clock read at entry (passed in), a few comparisons, and at leave
- * one Math.exp and a handful of multiplies; no allocation, no promise.
+ * Hot path (a light tenant): one clock read at entry, two Map lookups, a few comparisons, and at
+ * leave one Math.exp and a handful of multiplies; no allocation, no promise.
  */
 import { AppError } from '../../errors.js';
 
@@ -70,7 +73,8 @@ export function dbTimeLimited(msPerSecond: number, retryAfterS: number): AppErro
 }
 
 export class DbTimeBudgets {
-  private readonly tenants = new Map<string, TenantTime>();
+  /** Per pool, per tenant (two Map lookups, no key built per session). */
+  private readonly pools = new Map<string, Map<string, TenantTime>>();
   /** The two light tenants that started a session last (distinct), and when: no allocation per entry. */
   private light1: string | undefined;
   private light1At = -Infinity;
@@ -92,11 +96,13 @@ export class DbTimeBudgets {
     return this.o.msPerSecond > 0;
   }
 
-  private state(tenantId: string, now: number): TenantTime {
-    let s = this.tenants.get(tenantId);
+  private state(pool: string, tenantId: string, now: number): TenantTime {
+    let byTenant = this.pools.get(pool);
+    if (!byTenant) this.pools.set(pool, (byTenant = new Map<string, TenantTime>()));
+    let s = byTenant.get(tenantId);
     if (!s) {
       s = { w1: 0, w2: 0, decayedAt: now, tokens: this.cap, refilledAt: now, running: 0, sumStarts: 0, waiters: [], timer: undefined };
-      this.tenants.set(tenantId, s);
+      byTenant.set(tenantId, s);
     }
     return s;
   }
@@ -157,11 +163,11 @@ export class DbTimeBudgets {
   }
 
   /**
-   * Admit a session of `tenantId` (true, at once) or queue it: the promise resolves when the budget
+   * Admit a session of `tenantId` on `pool` (true, at once) or queue it: the promise resolves when the budget
    * allows, or rejects with `onTimeout(retryAfterS)` after `waitMs`.
    */
-  enter(tenantId: string, now: number, waitMs: number, onTimeout: (retryAfterS: number) => Error): true | Promise<void> {
-    const s = this.state(tenantId, now);
+  enter(pool: string, tenantId: string, now: number, waitMs: number, onTimeout: (retryAfterS: number) => Error): true | Promise<void> {
+    const s = this.state(pool, tenantId, now);
     if (s.waiters.length === 0) {
       const heavy = this.heaviness(s, now) > this.o.heavyMs;
       if (!heavy) {
@@ -195,9 +201,9 @@ export class DbTimeBudgets {
     });
   }
 
-  /** A session of `tenantId` admitted by enter() has ended after holding its connection `heldMs`. */
-  leave(tenantId: string, heldMs: number, now: number): void {
-    const s = this.tenants.get(tenantId);
+  /** A session of `tenantId` on `pool` admitted by enter() has ended after holding its connection `heldMs`. */
+  leave(pool: string, tenantId: string, heldMs: number, now: number): void {
+    const s = this.pools.get(pool)?.get(tenantId);
     if (!s) return;
     if (s.running > 0) s.running--;
     s.sumStarts = s.running === 0 ? 0 : s.sumStarts - (now - heldMs);
@@ -254,8 +260,8 @@ export class DbTimeBudgets {
   }
 
   /** A tenant's state (tests and metrics): heaviness (ms), budget left (ms), running sessions, waiters. */
-  inspect(tenantId: string): { heavinessMs: number; tokensMs: number; running: number; waiting: number } | undefined {
-    const s = this.tenants.get(tenantId);
+  inspect(pool: string, tenantId: string): { heavinessMs: number; tokensMs: number; running: number; waiting: number } | undefined {
+    const s = this.pools.get(pool)?.get(tenantId);
     if (!s) return undefined;
     const now = this.clock();
     return { heavinessMs: this.heaviness(s, now), tokensMs: s.tokens, running: s.running, waiting: s.waiters.filter((w) => !w.done).length };

@@ -126,7 +126,7 @@ export function createLimits(deps: LimitsDeps) {
    */
   const budgetAfterSlot = (pool: string, kind: PoolKind, tenantId: string): true | Promise<void> => {
     const slotAt = performance.now();
-    const admitted = budgets.enter(tenantId, slotAt, waitMs, budgetLimited);
+    const admitted = budgets.enter(pool, tenantId, slotAt, waitMs, budgetLimited);
     if (admitted === true) return true;
     return admitted.catch((err: unknown) => {
       slotGate.leave(pool, kind, tenantId, performance.now() - slotAt);
@@ -146,7 +146,7 @@ export function createLimits(deps: LimitsDeps) {
         },
         leave(pool, kind, tenantId, heldMs) {
           slotGate.leave(pool, kind, tenantId, heldMs);
-          budgets.leave(tenantId, heldMs, performance.now());
+          budgets.leave(pool, tenantId, heldMs, performance.now());
         },
       };
 
@@ -181,8 +181,8 @@ export function createLimits(deps: LimitsDeps) {
     /** Moving average of a tenant's connection hold time on a pool, ms (tests and metrics). */
     averageMs: (resource: string, tenantId: string) => gates.averageMs(resource, tenantId),
     totals: () => gates.totals(),
-    /** A tenant's database-time budget state: heaviness, budget left, running sessions, waiters (tests and metrics). */
-    budget: (tenantId: string) => budgets.inspect(tenantId),
+    /** A tenant's database-time budget on a pool: heaviness, budget left, running sessions, waiters (tests and metrics). */
+    budget: (pool: string, tenantId: string) => budgets.inspect(pool, tenantId),
     /** Effective limits and the tenant's own overrides, from the stored jsonb. */
     view(stored: unknown): { limits: TenantLimits; overrides: LimitOverrides } {
       return { limits: mergeLimits(defaults, stored), overrides: overridesOf(stored) };
