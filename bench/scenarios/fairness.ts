@@ -8,20 +8,29 @@
  *    connections) alone, then again while tenant A (tenant '1', 48 connections) floods with
  *    streamed exports (10k-row CSV and `pg_sleep(0.5)` SQL exports), heavy lists (1,000 rows sorted
  *    on an unindexed column; a two-level embed) and analyst queries (a count over its items, a
- *    `pg_sleep(0.3)`). Same server build with the limits on and with them off, interleaved rounds;
- *    the pool is the production default (DB_POOL_MAX 10). B's own rate limit is raised through
- *    PATCH /v1/admin/tenants/2 (a big customer); A keeps the configured defaults.
+ *    `pg_sleep(0.3)`). Same server build three ways: the defaults, without the heavy tenants'
+ *    database-time budget (LIMIT_HEAVY_DB_MS_PER_SECOND=0) and LIMITS_ENABLED=false, interleaved
+ *    rounds; the pool is the production default (DB_POOL_MAX 10). B's own rate limit is raised
+ *    through PATCH /v1/admin/tenants/2 (a big customer); A keeps the configured defaults. A's flood
+ *    runs in a process of its own (bench/flood-worker.mjs: B's client never parses A's answers) and
+ *    reports its CPU; the server's CPU over each of B's runs is read from /proc.
  *    Target (limits on): B keeps >= 0.8x its throughput, p99 within 2x, zero errors.
+ *
+ * Knobs: BENCH_FAIRNESS_PARTS (overhead,fairness), BENCH_FAIRNESS_PORT (3310: the servers use it
+ * and the next two), and lib's BENCH_DURATION, BENCH_WARMUP, BENCH_ROUNDS.
  */
-import { Worker } from 'node:worker_threads';
+import { fork } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
 import pg from 'pg';
 import { BENCH_ROWS } from '../setup.js';
 import { DURATION, ROUNDS, WARMUP, cannon, env, median, sleep, stop, strataTarget, waitAndCheck, type Measured, type Target } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
 
-const PORT_ON = 3310;
-const PORT_OFF = 3311;
+/** Ports of the two servers (BENCH_FAIRNESS_PORT, default 3310, and the next one). */
+const PORT_ON = Number(env['BENCH_FAIRNESS_PORT'] ?? 3310);
+const PORT_OFF = PORT_ON + 1;
 const B_CONNECTIONS = 16;
 const A_CONNECTIONS = 48;
 const POOL = { DB_POOL_MAX: '10', DB_POOL_MIN: '10' };
@@ -56,17 +65,47 @@ async function sign(secret: string, tenant: string | null, role: string): Promis
   return `Bearer ${jwt}`;
 }
 
-/** Tenant A's flood on its own thread (bench/flood-worker.mjs): answers what it saw. */
-function floodInThread(port: number, kinds: ReturnType<typeof floodKinds>, seconds: number, connections: number): Promise<Measured> {
+interface Flood extends Measured {
+  /** CPU the flood generator itself used (ms), over `seconds`. */
+  cpuMs: number;
+  seconds: number;
+}
+
+/**
+ * Tenant A's flood in a process of its own (bench/flood-worker.mjs): it shares no event loop with
+ * B's client, and it reports the CPU it used itself.
+ */
+function floodInProcess(port: number, kinds: ReturnType<typeof floodKinds>, seconds: number, connections: number): Promise<Flood> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(new URL('../flood-worker.mjs', import.meta.url), { workerData: { url: `http://127.0.0.1:${port}`, connections, duration: seconds, kinds } });
-    w.once('message', (m: { error?: string; total: number; rps: number; non2xx: number; errors: number; statuses: Record<string, number> }) => {
-      void w.terminate();
+    const spec = JSON.stringify({ url: `http://127.0.0.1:${port}`, connections, duration: seconds, kinds });
+    const child = fork(fileURLToPath(new URL('../flood-worker.mjs', import.meta.url)), [], { env: { ...process.env, FLOOD_SPEC: spec }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    child.once('message', (m: { error?: string; total: number; rps: number; non2xx: number; errors: number; statuses: Record<string, number>; cpuMs: number; seconds: number }) => {
       if (m.error) reject(new Error(m.error));
-      else resolve({ target: 'A-flood', round: 0, rps: m.rps, p50: NaN, p99: NaN, total: m.total, non2xx: m.non2xx, errors: m.errors, statuses: m.statuses });
+      else resolve({ target: 'A-flood', round: 0, rps: m.rps, p50: NaN, p99: NaN, total: m.total, non2xx: m.non2xx, errors: m.errors, statuses: m.statuses, cpuMs: m.cpuMs, seconds: m.seconds });
     });
-    w.once('error', reject);
+    child.once('error', reject);
+    child.once('exit', (code) => code && reject(new Error(`flood generator exited with ${code}`)));
   });
+}
+
+/** CPU time (ms) a process has used so far, from /proc (Linux); NaN elsewhere. */
+function cpuMsOf(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
+  } catch {
+    return NaN;
+  }
+}
+
+/** B's measured run, with the server's CPU (cores busy, 1.0 = one core) over it. */
+async function measured(t: Target, pid: number | undefined): Promise<Measured & { serverCores: number }> {
+  const c0 = cpuMsOf(pid);
+  const t0 = performance.now();
+  const m = await cannon(t, DURATION, B_CONNECTIONS);
+  const serverCores = +((cpuMsOf(pid) - c0) / (performance.now() - t0)).toFixed(2);
+  return { ...m, lat: undefined, serverCores } as unknown as Measured & { serverCores: number };
 }
 
 function floodKinds(reader: string, analyst: string) {
@@ -120,13 +159,17 @@ const scenario: BenchScenario = {
       request: () => ({ method: 'GET', path: `/v1/tables/items/rows/${bId()}`, headers: { authorization: bReader } }),
       check: (_id, body) => String((JSON.parse(body) as { data: { tenant_id: string | number } }).data.tenant_id) === '2',
     });
-    const servers = [bTarget('B-limits-on', PORT_ON, {}), bTarget('B-limits-off', PORT_OFF, { LIMITS_ENABLED: 'false' })];
+    const servers = [
+      bTarget('B-limits-on', PORT_ON, {}),
+      bTarget('B-no-db-budget', PORT_ON + 2, { LIMIT_HEAVY_DB_MS_PER_SECOND: '0' }),
+      bTarget('B-limits-off', PORT_OFF, { LIMITS_ENABLED: 'false' }),
+    ];
     interface Run {
       server: string;
       round: number;
-      alone: Measured;
-      flooded: Measured;
-      flood: Measured;
+      alone: Measured & { serverCores: number };
+      flooded: Measured & { serverCores: number };
+      flood: Flood;
     }
     const runs: Run[] = [];
     for (let round = 1; round <= (PARTS.includes('fairness') ? ROUNDS : 0); round++) {
@@ -140,15 +183,14 @@ const scenario: BenchScenario = {
           });
           if (patch.status !== 200) throw new Error(`PATCH limits of tenant 2: ${patch.status} ${await patch.text()}`);
           await cannon(t, WARMUP, B_CONNECTIONS);
-          const alone = await cannon(t, DURATION, B_CONNECTIONS);
-          const floodRun = floodInThread(t.port, kinds, DURATION + 2 * WARMUP, A_CONNECTIONS);
+          const alone = await measured(t, child.pid);
+          const floodRun = floodInProcess(t.port, kinds, DURATION + 2 * WARMUP, A_CONNECTIONS);
           await new Promise((r) => setTimeout(r, WARMUP * 1000));
-          const flooded = await cannon(t, DURATION, B_CONNECTIONS);
-          const floodM = await floodRun;
-          const strip = (m: Measured & { lat?: number[] }) => ({ ...m, lat: undefined }) as unknown as Measured;
-          runs.push({ server: t.name, round, alone: strip(alone), flooded: strip(flooded), flood: strip(floodM) });
+          const flooded = await measured(t, child.pid);
+          const flood = await floodRun;
+          runs.push({ server: t.name, round, alone, flooded, flood });
           log(
-            `fairness round ${round}: ${t.name} B alone ${alone.rps} req/s p99=${alone.p99}; flooded ${flooded.rps} req/s p99=${flooded.p99} statuses=${JSON.stringify(flooded.statuses)} errors=${flooded.errors}; A ${JSON.stringify(floodM.statuses)}`,
+            `fairness round ${round}: ${t.name} B alone ${alone.rps} req/s p99=${alone.p99} server ${alone.serverCores} cores; flooded ${flooded.rps} req/s p99=${flooded.p99} server ${flooded.serverCores} cores statuses=${JSON.stringify(flooded.statuses)} errors=${flooded.errors}; A ${JSON.stringify(flood.statuses)} (generator ${(flood.cpuMs / 1000 / flood.seconds).toFixed(2)} cores)`,
           );
         } finally {
           await stop(child);
@@ -169,23 +211,30 @@ const scenario: BenchScenario = {
       `| Strata, limits on (default) | ${onRps} | ${med(on.name, 'p50')} | ${med(on.name, 'p99')} | ${(onRps / offRps).toFixed(3)}x |`,
       `| Strata, LIMITS_ENABLED=false | ${offRps} | ${med(off.name, 'p50')} | ${med(off.name, 'p99')} | 1.000x |`,
       '',
-      `Tenant B single-row reads (${B_CONNECTIONS} connections) alone, then while tenant A floods (${A_CONNECTIONS} connections: exports, heavy lists, analyst queries); pool 10 (stream pool 5).`,
+      `Tenant B single-row reads (${B_CONNECTIONS} connections) alone, then while tenant A floods (${A_CONNECTIONS} connections: exports, heavy lists, analyst queries); pool 10 (stream pool 5). B-limits-on: the defaults; B-no-db-budget: the same without the heavy tenants' database-time budget (LIMIT_HEAVY_DB_MS_PER_SECOND=0); B-limits-off: LIMITS_ENABLED=false. Medians of ${ROUNDS} rounds; each ratio is B flooded / B alone of the same server start, then the median (with every round's value in brackets). Server cores: CPU of the API process during B's run (1.00 = one core busy); A's generator: CPU of the flood client, a process on the same machine (it competes with the server; A's real clients would not).`,
       '',
-      '| server | B alone req/s | B alone p99 ms | B flooded req/s | B flooded p99 ms | throughput ratio | p99 ratio | B non-2xx / errors | A statuses (last round) |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---|',
+      '| server | B alone req/s | B alone p99 ms | B flooded req/s | B flooded p99 ms | throughput ratio | p99 ratio | server cores alone / flooded | B non-2xx / errors | A statuses (all rounds) | A generator cores |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|',
     ];
     const summary: Record<string, unknown> = {};
     for (const s of servers) {
       const rs = runs.filter((r) => r.server === s.name);
+      if (rs.length === 0) continue;
       const aloneRps = median(rs.map((r) => r.alone.rps));
       const aloneP99 = median(rs.map((r) => r.alone.p99));
       const floodRps = median(rs.map((r) => r.flooded.rps));
       const floodP99 = median(rs.map((r) => r.flooded.p99));
+      const ratios = rs.map((r) => +(r.flooded.rps / r.alone.rps).toFixed(2));
+      const p99Ratios = rs.map((r) => +(r.flooded.p99 / r.alone.p99).toFixed(2));
       const bad = rs.reduce((n, r) => n + r.flooded.non2xx + r.flooded.errors + r.alone.non2xx + r.alone.errors, 0);
       const bStatuses = rs.map((r) => JSON.stringify(r.flooded.statuses)).join(' ');
-      summary[s.name] = { aloneRps, aloneP99, floodRps, floodP99, ratio: +(floodRps / aloneRps).toFixed(3), p99Ratio: +(floodP99 / aloneP99).toFixed(2), bad, bStatuses };
+      const aStatuses: Record<string, number> = {};
+      for (const r of rs) for (const [k, v] of Object.entries(r.flood.statuses)) aStatuses[k] = (aStatuses[k] ?? 0) + v;
+      const cores = (k: 'alone' | 'flooded') => median(rs.map((r) => r[k].serverCores));
+      const genCores = median(rs.map((r) => r.flood.cpuMs / 1000 / r.flood.seconds));
+      summary[s.name] = { aloneRps, aloneP99, floodRps, floodP99, ratio: median(ratios), ratios, p99Ratio: median(p99Ratios), p99Ratios, bad, bStatuses, aStatuses, serverCores: { alone: cores('alone'), flooded: cores('flooded') }, generatorCores: genCores };
       md.push(
-        `| ${s.name} | ${aloneRps} | ${aloneP99} | ${floodRps} | ${floodP99} | ${(floodRps / aloneRps).toFixed(2)}x | ${(floodP99 / aloneP99).toFixed(2)}x | ${bad} (${bStatuses}) | ${JSON.stringify(rs.at(-1)?.flood.statuses ?? {})} |`,
+        `| ${s.name} | ${aloneRps} | ${aloneP99} | ${floodRps} | ${floodP99} | ${median(ratios).toFixed(2)}x [${ratios.join(', ')}] | ${median(p99Ratios).toFixed(2)}x [${p99Ratios.join(', ')}] | ${cores('alone')} / ${cores('flooded')} | ${bad} (${bStatuses}) | ${JSON.stringify(aStatuses)} | ${genCores.toFixed(2)} |`,
       );
     }
     md.push('', 'Target with the limits on: B >= 0.8x its throughput, p99 within 2x, zero errors.', '');

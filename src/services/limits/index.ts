@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config.js';
 import type { Database, PoolKind, TenantGate } from '../../db/database.js';
 import { AppError } from '../../errors.js';
+import { DbTimeBudgets, dbTimeLimited } from './budget.js';
 import { Gates, concurrencyLimited } from './gates.js';
 import { JobSlots } from './job-slots.js';
 import { RateWindows, type IncrCallback } from './rate-window.js';
@@ -17,6 +18,7 @@ import { defaultLimits, mergeLimits, overridesOf, type LimitOverrides, type Tena
 
 export * from './settings.js';
 export { concurrencyLimited } from './gates.js';
+export { DbTimeBudgets, dbTimeLimited, type BudgetOptions } from './budget.js';
 export { JobSlots, type JobSlot } from './job-slots.js';
 
 export interface LimitsDeps {
@@ -97,7 +99,10 @@ export function createLimits(deps: LimitsDeps) {
    * tenants use the same pool, the heavy-tenant limit. A tenant alone keeps its whole share.
    */
   const effective = (limit: number, avgMs: number, contended: boolean) => (contended && avgMs > heavyMs ? Math.min(limit, heavyConnections) : limit);
-  const poolGate: TenantGate = {
+  const budgets = new DbTimeBudgets({ msPerSecond: config.LIMIT_HEAVY_DB_MS_PER_SECOND, heavyMs });
+  const budgetMs = config.LIMIT_HEAVY_DB_MS_PER_SECOND;
+  const budgetLimited = (retryAfterS: number) => dbTimeLimited(budgetMs, retryAfterS);
+  const slotGate: TenantGate = {
     enter(pool, kind, tenantId) {
       const limit = kindLimit(kind, cached(tenantId));
       let applied = limit;
@@ -112,6 +117,38 @@ export function createLimits(deps: LimitsDeps) {
     leave: (pool, kind, tenantId, heldMs) =>
       gates.leave(pool, tenantId, heldMs, (avgMs, contended) => effective(kindLimit(kind, cached(tenantId)), avgMs, contended)),
   };
+  /**
+   * A session takes its pool slot first, then passes the tenant's database-time budget (budget.ts:
+   * a heavy tenant while a light one is active), so the budget sees only the time sessions really
+   * run (a light tenant queued behind its own connection cap does not look heavy). A slot whose
+   * budget wait ends in 429 is given back. Light tenants' fast path: both answer `true`
+   * synchronously, nothing is allocated.
+   */
+  const budgetAfterSlot = (pool: string, kind: PoolKind, tenantId: string): true | Promise<void> => {
+    const slotAt = performance.now();
+    const admitted = budgets.enter(pool, tenantId, slotAt, waitMs, budgetLimited);
+    if (admitted === true) return true;
+    return admitted.catch((err: unknown) => {
+      slotGate.leave(pool, kind, tenantId, performance.now() - slotAt);
+      throw err;
+    });
+  };
+  const poolGate: TenantGate = !budgets.enabled
+    ? slotGate
+    : {
+        enter(pool, kind, tenantId) {
+          const slot = slotGate.enter(pool, kind, tenantId);
+          if (slot === true) return budgetAfterSlot(pool, kind, tenantId);
+          return slot.then(() => {
+            const budget = budgetAfterSlot(pool, kind, tenantId);
+            return budget === true ? undefined : budget;
+          });
+        },
+        leave(pool, kind, tenantId, heldMs) {
+          slotGate.leave(pool, kind, tenantId, heldMs);
+          budgets.leave(pool, tenantId, heldMs, performance.now());
+        },
+      };
 
   const service = {
     enabled: config.LIMITS_ENABLED,
@@ -144,6 +181,8 @@ export function createLimits(deps: LimitsDeps) {
     /** Moving average of a tenant's connection hold time on a pool, ms (tests and metrics). */
     averageMs: (resource: string, tenantId: string) => gates.averageMs(resource, tenantId),
     totals: () => gates.totals(),
+    /** A tenant's database-time budget on a pool: heaviness, budget left, running sessions, waiters (tests and metrics). */
+    budget: (pool: string, tenantId: string) => budgets.inspect(pool, tenantId),
     /** Effective limits and the tenant's own overrides, from the stored jsonb. */
     view(stored: unknown): { limits: TenantLimits; overrides: LimitOverrides } {
       return { limits: mergeLimits(defaults, stored), overrides: overridesOf(stored) };
