@@ -714,6 +714,26 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
   });
 
   // last: it adds a distributed table, which the shard counts above do not expect
+  describe('migrations on a cluster', () => {
+    it('migrate:check passes in cluster mode: every migration up, down, up on a scratch cluster database, the cluster step after each up', async () => {
+      const { execFile } = await import('node:child_process');
+      const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        execFile('npx', ['tsx', 'scripts/check-reversible.ts'], { env: { ...process.env, DATABASE_URL: cluster.coordinator.url }, timeout: 400_000, maxBuffer: 8 << 20 }, (err, stdout, stderr) =>
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+      });
+      expect(out.code, `${out.stdout}\n${out.stderr}`).toBe(0);
+      expect(out.stdout).toMatch(/cluster mode: Citus 13/);
+      expect(out.stdout).toMatch(/ok {2}0018_cluster_change_capture {2}\(up, down, up\)/);
+      expect(out.stdout).toMatch(/all migrations are reversible/);
+      // the scratch database is gone from every node
+      for (const node of [cluster.coordinator, ...cluster.workers]) {
+        const { rows } = await cluster.query<{ n: number }>(node, "SELECT count(*)::int AS n FROM pg_database WHERE datname LIKE 'strata_revcheck_%'");
+        expect(rows[0]!.n).toBe(0);
+      }
+    }, 420_000);
+  });
+
   describe('time partitioning on a cluster (create_time_partitions / drop_old_time_partitions)', () => {
     const DAY = 86_400_000;
     const ranges = async () =>

@@ -47,6 +47,25 @@ BEGIN
   RETURN least(v, coalesce(k, v));
 END $$;
 
+-- On a cluster, the capture triggers the cluster step made with the function go back to the
+-- single-server trigger (as strata.enable_capture makes it: every key column), disabled, as the
+-- cluster step leaves them before 0018.
+DO $$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN
+    SELECT t.tgrelid::regclass AS rel,
+           (SELECT string_agg(quote_literal(a.attname), ', ' ORDER BY k.o)
+              FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(n, o), pg_attribute a
+             WHERE i.indrelid = t.tgrelid AND i.indisprimary AND a.attrelid = t.tgrelid AND a.attnum = k.n) AS cols
+      FROM pg_trigger t WHERE t.tgname = 'strata_capture' AND t.tgfoid = 'strata.capture_change_cluster()'::regprocedure
+  LOOP
+    EXECUTE format('DROP TRIGGER strata_capture ON %s', r.rel);
+    EXECUTE format('CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION strata.capture_change(%s)', r.rel, '''quiet'', ' || r.cols);
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER strata_capture', r.rel);
+  END LOOP;
+END $$;
 DROP FUNCTION strata.change_horizon_cluster(text);
 DROP FUNCTION strata.capture_change_cluster();
 DROP TABLE strata.change_counters;

@@ -20,6 +20,8 @@
  *   row, such as search-column maintenance, may be created on distributed tables).
  * - change capture triggers of tenant tables run strata.capture_change_cluster() instead of the
  *   single-server trigger (per-tenant ids from strata.change_counters, no coordinator sequence).
+ *   Row triggers are allowed on distributed tables by `citus.enable_unsafe_triggers`: those of
+ *   Strata write only the row itself or tables colocated with it.
  */
 import type pg from 'pg';
 
@@ -70,8 +72,9 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
     "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition WHERE partmethod = 'h' ORDER BY colocationid, logicalrelid LIMIT 1",
   );
   let colocateWith = colocated[0]?.name;
-  /** Tables whose capture trigger was removed to distribute them: captureOnShards puts it back. */
-  const uncaptured: string[] = [];
+  // a table with a row trigger (change capture, search columns) may be distributed: the database
+  // default set above reaches new sessions only
+  await client.query('SET citus.enable_unsafe_triggers = on');
 
   // parents before children: a foreign key may only point at an already distributed (or reference) table
   const pending = new Map(rows.map((r) => [r.oid, r]));
@@ -88,9 +91,6 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
 
   for (const t of ordered) {
     if (t.has_tenant) {
-      // create_distributed_table refuses a table with this trigger; it comes back below, for the shards
-      const removed = await removeCapture(client, t.oid);
-      if (removed) uncaptured.push(removed);
       if (await widenKeys(client, t.oid, t.name)) report.keysWidened.push(t.name);
       if (colocateWith === undefined) {
         await client.query("SELECT create_distributed_table($1::regclass, 'tenant_id')", [t.name]);
@@ -107,7 +107,7 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
     }
   }
   if (colocateWith !== undefined) await distributeChangeLog(client, colocateWith, report);
-  report.captureOnShards = await captureOnShards(client, uncaptured);
+  report.captureOnShards = await captureOnShards(client);
   // Online moves and tenant isolation replay writes through logical replication, whose apply
   // worker refuses a table under FORCE ROW LEVEL SECURITY. FORCE only binds the table owner;
   // tenant sessions run as a role that owns nothing (checked at boot) and stay under the
@@ -147,16 +147,6 @@ async function truncateLocal(client: pg.ClientBase, name: string): Promise<void>
   await client.query('SELECT truncate_local_data_after_distributing_table($1::regclass)', [name]).catch(() => undefined);
 }
 
-async function removeCapture(client: pg.ClientBase, oid: number): Promise<string | undefined> {
-  const { rows } = await client.query<{ name: string }>(
-    "SELECT $1::regclass::text AS name FROM pg_trigger WHERE tgrelid = $1 AND tgname = 'strata_capture'",
-    [oid],
-  );
-  const name = rows[0]?.name;
-  if (!name) return undefined;
-  await client.query(`DROP TRIGGER strata_capture ON ${name}`);
-  return name;
-}
 
 /**
  * The change log and its per-tenant id counters become distributed tables colocated with the tenant
@@ -188,29 +178,41 @@ async function distributeChangeLog(client: pg.ClientBase, colocateWith: string, 
  * Every distributed table of schema public with the single-server capture trigger (from
  * strata.enable_capture, in a migration before or after distribution) gets the cluster one instead:
  * its arguments are the table's name (a shard's TG_TABLE_NAME is the shard's) and its key columns
- * without tenant_id (events name a row as on one server). Returns the tables changed.
+ * without tenant_id (events name a row as on one server). Before migration 0018 (no cluster
+ * function; migrate:check steps through every migration) the single-server trigger cannot run on
+ * the shards: it is disabled, and 0018 turns it into the cluster one. Returns the tables changed.
  */
-async function captureOnShards(client: pg.ClientBase, uncaptured: string[]): Promise<string[]> {
-  const { rows } = await client.query<{ name: string; rel: string; cols: string[] }>(
-    `SELECT c.oid::regclass::text AS name, c.relname AS rel,
+async function captureOnShards(client: pg.ClientBase): Promise<string[]> {
+  const { rows } = await client.query<{ name: string; rel: string; enabled: boolean; def: string; all: string[]; cols: string[] }>(
+    `SELECT c.oid::regclass::text AS name, c.relname AS rel, t.tgenabled <> 'D' AS enabled, pg_get_triggerdef(t.oid) AS def,
+            array(SELECT a.attname::text FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(n, o), pg_attribute a
+                   WHERE i.indrelid = c.oid AND i.indisprimary AND a.attrelid = c.oid AND a.attnum = k.n ORDER BY k.o) AS all,
             array(SELECT a.attname::text FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(n, o), pg_attribute a
                    WHERE i.indrelid = c.oid AND i.indisprimary AND a.attrelid = c.oid AND a.attnum = k.n AND a.attname <> 'tenant_id'
                    ORDER BY k.o) AS cols
-       FROM pg_class c
+       FROM pg_class c JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = 'strata_capture' AND t.tgfoid = to_regprocedure('strata.capture_change()')
       WHERE c.relnamespace = 'public'::regnamespace
         AND EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.oid AND p.partmethod = 'h')
-        AND (EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'strata_capture' AND t.tgfoid = 'strata.capture_change()'::regprocedure)
-             OR c.oid::regclass::text = ANY ($1::text[]))
       ORDER BY 1`,
-    [uncaptured],
   );
   const changed: string[] = [];
-  // the database default (set above) reaches new sessions only
-  if (rows.length > 0) await client.query('SET citus.enable_unsafe_triggers = on');
+  const { rows: fn } = await client.query<{ ok: boolean }>("SELECT to_regprocedure('strata.capture_change_cluster()') IS NOT NULL AS ok");
+  if (!fn[0]?.ok) {
+    // disabled, with every key column as its arguments (as strata.enable_capture makes it now, after
+    // the keys were widened), which is what 0018's down restores
+    for (const r of rows) {
+      const args = ['quiet', ...r.all].map((a) => client.escapeLiteral(a)).join(', ');
+      if (!r.enabled && r.def.includes(`capture_change(${args})`)) continue;
+      await client.query(`DROP TRIGGER strata_capture ON ${r.name}`);
+      await client.query(`CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON ${r.name} FOR EACH ROW EXECUTE FUNCTION strata.capture_change(${args})`);
+      await client.query(`ALTER TABLE ${r.name} DISABLE TRIGGER strata_capture`);
+    }
+    return changed;
+  }
   for (const r of rows) {
     if (r.cols.length === 0) continue;
     const args = [r.rel, ...r.cols].map((a) => client.escapeLiteral(a)).join(', ');
-    await client.query(`DROP TRIGGER IF EXISTS strata_capture ON ${r.name}`);
+    await client.query(`DROP TRIGGER strata_capture ON ${r.name}`);
     await client.query(`CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON ${r.name} FOR EACH ROW EXECUTE FUNCTION strata.capture_change_cluster(${args})`);
     changed.push(r.name);
   }
