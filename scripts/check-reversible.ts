@@ -9,11 +9,19 @@
  *
  * Snapshots are catalog queries (src/db/migrations/snapshot.ts). Exit 0 ok, 1 a failure naming the
  * migration and its file, 2 missing DATABASE_URL. Options: --dir PATH (default: migrations/).
+ *
+ * Cluster mode: when DATABASE_URL names a Citus coordinator with workers (docs/cluster.md), the
+ * scratch database is made on the coordinator and on every worker (same credentials, the workers'
+ * host and port from pg_dist_node), with the citus extension and the workers registered, and the
+ * cluster step (distribution, src/services/cluster) runs after every `up`, as at boot. `down` runs
+ * through the coordinator alone (Citus propagates the DDL).
  */
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { detectClusterMode } from '../src/db/cluster-mode.js';
 import { createMigrator, defaultMigrationsDir, MigrationError } from '../src/db/migrations/index.js';
+import { prepareCluster } from '../src/services/cluster/index.js';
 import { diffSnapshots, snapshotSchema, type SchemaSnapshot } from '../src/db/migrations/snapshot.js';
 
 const out = (line: string) => process.stdout.write(`${line}\n`);
@@ -31,8 +39,20 @@ const inPublic = (key: string): boolean => {
   return name === 'public' || name.startsWith('public.') || name.includes('.public.');
 };
 
-async function check(pool: pg.Pool, dir: string): Promise<void> {
-  const migrator = createMigrator({ pool, dir });
+async function check(pool: pg.Pool, dir: string, cluster: boolean): Promise<void> {
+  const plain = createMigrator({ pool, dir });
+  const quiet = { info: () => undefined };
+  // on a cluster every `up` is followed by the cluster step, as at boot
+  const migrator = {
+    verify: () => plain.verify(),
+    status: () => plain.status(),
+    down: (o: Parameters<typeof plain.down>[0]) => plain.down(o),
+    up: async (o?: Parameters<typeof plain.up>[0]) => {
+      const r = await plain.up(o);
+      if (cluster) await prepareCluster(pool, quiet);
+      return r;
+    },
+  };
   const verified = await migrator.verify();
   if (!verified.ok) throw new CheckFailed(verified.problems.map((p) => p.message).join('\n'));
   const all = await migrator.status();
@@ -96,19 +116,57 @@ async function main(): Promise<number> {
   const name = `strata_revcheck_${randomBytes(6).toString('hex')}`;
   const admin = new pg.Client({ connectionString: url });
   await admin.connect();
-  await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(name)}`);
+  const mode = await detectClusterMode(admin);
+  // on a cluster: the workers, reached with DATABASE_URL's credentials
+  const workers = mode.cluster
+    ? (await admin.query<{ host: string; port: number }>("SELECT nodename AS host, nodeport AS port FROM pg_dist_node WHERE groupid > 0 AND isactive AND noderole = 'primary' ORDER BY nodeid")).rows
+    : [];
+  const nodeUrl = (host: string, port: number, db: string) => {
+    const u = new URL(url);
+    u.hostname = host;
+    u.port = String(port);
+    u.pathname = `/${db}`;
+    return u.toString();
+  };
+  const onNode = async (host: string, port: number, db: string, text: string, values?: unknown[]) => {
+    const c = new pg.Client({ connectionString: nodeUrl(host, port, db) });
+    await c.connect();
+    try {
+      await c.query(text, values);
+    } finally {
+      await c.end();
+    }
+  };
   const scratch = new URL(url);
   scratch.pathname = `/${name}`;
   const pool = new pg.Pool({
     connectionString: scratch.toString(),
     max: 3,
     application_name: 'strata-migrate-check',
+    // the database defaults the cluster step sets reach new sessions only; the pool's are older
+    ...(mode.cluster ? { options: '-c citus.enable_unsafe_triggers=on -c citus.propagate_set_commands=local' } : {}),
   });
   // pool.end() resolves before its sockets close; DROP ... WITH (FORCE) may then kill one, harmlessly.
   pool.on('error', () => undefined);
-  out(`checking migrations in ${dir} on scratch database ${name}`);
   try {
-    await check(pool, dir);
+    if (mode.cluster) {
+      // each node gets the database itself (Citus's own CREATE DATABASE propagation is not relied on)
+      await admin.query('SET citus.enable_create_database_propagation = off').catch(() => undefined);
+      await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(name)}`);
+      for (const w of workers) await onNode(w.host, w.port, 'postgres', `CREATE DATABASE ${admin.escapeIdentifier(name)}`);
+      for (const w of workers) await onNode(w.host, w.port, name, 'CREATE EXTENSION citus');
+      const me = new URL(url);
+      await onNode(me.hostname, Number(me.port || 5432), name, 'CREATE EXTENSION citus');
+      const { rows } = await admin.query<{ host: string; port: number }>('SELECT nodename AS host, nodeport AS port FROM pg_dist_node WHERE groupid = 0');
+      const coord = rows[0] ?? { host: me.hostname, port: Number(me.port || 5432) };
+      await onNode(me.hostname, Number(me.port || 5432), name, 'SELECT citus_set_coordinator_host($1, $2)', [coord.host, coord.port]);
+      for (const w of workers) await onNode(me.hostname, Number(me.port || 5432), name, 'SELECT citus_add_node($1, $2)', [w.host, w.port]);
+      out(`cluster mode: Citus ${mode.citusVersion}, ${workers.length} workers; the cluster step runs after every up`);
+    } else {
+      await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(name)}`);
+    }
+    out(`checking migrations in ${dir} on scratch database ${name}`);
+    await check(pool, dir, mode.cluster);
     out('all migrations are reversible');
     return 0;
   } catch (e) {
@@ -118,6 +176,7 @@ async function main(): Promise<number> {
   } finally {
     await pool.end();
     await admin.query(`DROP DATABASE IF EXISTS ${admin.escapeIdentifier(name)} WITH (FORCE)`);
+    for (const w of workers) await onNode(w.host, w.port, 'postgres', `DROP DATABASE IF EXISTS ${admin.escapeIdentifier(name)} WITH (FORCE)`).catch(() => undefined);
     await admin.end();
   }
 }

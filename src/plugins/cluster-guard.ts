@@ -16,14 +16,8 @@ interface Rule {
   readonly reason: string;
 }
 
-const CAPTURE =
-  "change capture writes the change log from row triggers; on a cluster those triggers run on the worker holding the shard, where the coordinator's change log (its ids, its ordering and its visibility horizon from the coordinator's transactions) cannot be written in the row's own transaction";
-
 /** What does not run on a cluster, and why (docs/cluster.md, support matrix). */
 export const CLUSTER_UNSUPPORTED: readonly Rule[] = [
-  { prefix: '/v1/changes', capability: 'change feed, change stream and undo', reason: CAPTURE },
-  { prefix: '/v1/webhooks', capability: 'webhooks', reason: `webhooks deliver change events: ${CAPTURE}` },
-  { prefix: '/v1/tables/:table/rows/:pk/history', capability: 'row history', reason: `row history reads the change log: ${CAPTURE}` },
   { prefix: '/v1/admin/backups', capability: 'backups', reason: 'pg_dump of the coordinator holds no shard rows; a cluster is backed up per node with a common restore point (citus_create_restore_point), outside Strata' },
   { prefix: '/v1/admin/restores', capability: 'restores', reason: 'a cluster is restored per node to a common restore point (citus_create_restore_point), outside Strata' },
   { prefix: '/v1/admin/sandboxes', capability: 'tenant sandboxes', reason: "a sandbox is a copy of the coordinator's database; a cluster's tenant rows live on the workers' shards" },

@@ -114,6 +114,11 @@ export interface StrataCapturedTables {
   table_name: string | null;
 }
 
+export interface StrataChangeCounters {
+  tenant_id: string;
+  last_id: Int8;
+}
+
 export interface StrataChanges {
   id: Defaulted<Int8>;
   txid: unknown;
@@ -365,6 +370,7 @@ export interface PlatformDB {
   'strata.api_keys': StrataApiKeys;
   'strata.cache_tables': StrataCacheTables;
   'strata.captured_tables': StrataCapturedTables;
+  'strata.change_counters': StrataChangeCounters;
   'strata.changes': StrataChanges;
   'strata.compliance_audit': StrataComplianceAudit;
   'strata.compliance_columns': StrataComplianceColumns;

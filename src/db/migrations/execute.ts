@@ -40,7 +40,7 @@ function failure(step: Step, where: string, err: unknown, note: string): Migrati
 }
 
 /** Runs the body of a step (no transaction control, no bookkeeping). */
-async function runBody(client: pg.ClientBase, step: Step, splitStatements: boolean): Promise<void> {
+async function runBody(client: pg.ClientBase, step: Step, splitStatements: boolean, inTransaction = false): Promise<void> {
   const m = step.migration;
   if (m.kind === 'module' && m.loadModule) {
     const mod = await m.loadModule();
@@ -69,11 +69,25 @@ async function runBody(client: pg.ClientBase, step: Step, splitStatements: boole
     try {
       await client.query(st.sql);
     } catch (err) {
-      const done =
-        i === 0 ? 'nothing ran' : `statements 1-${i} of ${statements.length} already ran (not transactional)`;
+      const done = inTransaction
+        ? 'rolled back'
+        : i === 0
+          ? 'nothing ran'
+          : `statements 1-${i} of ${statements.length} already ran (not transactional)`;
       throw failure(step, locate(fileOf(step), err, st.sql, st.line), err, done);
     }
   }
+}
+
+/**
+ * On a Citus coordinator a transactional migration is still one transaction, but sent statement by
+ * statement: Citus forwards DDL on distributed tables to the workers with the client's query string,
+ * and a multi-statement string fails there ("cannot insert multiple commands into a prepared
+ * statement").
+ */
+async function onCitus(client: pg.ClientBase): Promise<boolean> {
+  const { rows } = await client.query<{ on: boolean }>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS on");
+  return rows[0]?.on === true;
 }
 
 /** Applies one step for real; returns its duration in ms. */
@@ -91,7 +105,11 @@ export async function applyStep(client: pg.ClientBase, step: Step): Promise<numb
   }
   await client.query('BEGIN');
   try {
-    await runBody(client, step, false);
+    const citus = await onCitus(client);
+    // DDL on distributed tables and extension commands in one transaction: Citus needs one
+    // connection per worker for all of it (sequential mode), or it refuses the extension command
+    if (citus) await client.query("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'");
+    await runBody(client, step, citus, true);
     await book();
     await client.query('COMMIT');
   } catch (err) {

@@ -241,7 +241,10 @@ export function createChangeService(opts: ChangeServiceOptions) {
       const changeId = parseCursor(id, 'id');
       const guard = await opts.compliance?.guard(ctx);
       return db.withTenant(ctx, async (tx) => {
-        const { rows } = await tx.query<ChangeEvent>(`SELECT ${EVENT_COLUMNS} FROM strata.changes c WHERE c.id = $1::bigint`, [changeId]);
+        const tenantId = requireTenant(ctx);
+        // the tenant's qual beside RLS: on a cluster it routes the statement to the tenant's shard
+        // (where change ids are the tenant's own, migration 0018)
+        const { rows } = await tx.query<ChangeEvent>(`SELECT ${EVENT_COLUMNS} FROM strata.changes c WHERE c.tenant_id = $1 AND c.id = $2::bigint`, [tenantId, changeId]);
         const e = rows[0];
         if (!e) throw notFound('CHANGE_NOT_FOUND', `change ${changeId} does not exist`);
         const t = await schema.table(e.table);
@@ -250,7 +253,8 @@ export function createChangeService(opts: ChangeServiceOptions) {
           return pg.escapeIdentifier(k);
         });
         const rec = `jsonb_populate_record(NULL::${t.qualified}, $1::jsonb)`;
-        const where = `(${keyCols.map((c) => `t.${c}`).join(', ')}) = (SELECT ${keyCols.map((c) => `r.${c}`).join(', ')} FROM ${rec} r)`;
+        const tenantQual = t.columnMap.has('tenant_id') ? ` AND t.tenant_id = ${pg.escapeLiteral(tenantId)}` : '';
+        const where = `(${keyCols.map((c) => `t.${c}`).join(', ')}) = (SELECT ${keyCols.map((c) => `r.${c}`).join(', ')} FROM ${rec} r)${tenantQual}`;
         const cur = await tx.query<{ row: Record<string, unknown> }>(`SELECT to_jsonb(t) AS row FROM ${t.qualified} t WHERE ${where} FOR UPDATE`, [JSON.stringify(e.pk)]);
         const current = cur.rows[0]?.row ?? null;
         const expected = e.op === 'delete' ? null : e.after;
@@ -262,7 +266,8 @@ export function createChangeService(opts: ChangeServiceOptions) {
             current: cur,
           });
         }
-        const cols = t.columns.filter((c) => !c.generated).map((c) => pg.escapeIdentifier(c.name));
+        // tenant_id is the same before and after (RLS), and Citus refuses to SET a distribution column
+        const cols = t.columns.filter((c) => !c.generated && c.name !== 'tenant_id').map((c) => pg.escapeIdentifier(c.name));
         let inverse: ChangeOp;
         let row: Record<string, unknown> | null = null;
         if (e.op === 'insert') {
@@ -271,8 +276,8 @@ export function createChangeService(opts: ChangeServiceOptions) {
         } else if (e.op === 'update') {
           inverse = 'update';
           const res = await tx.query<{ row: Record<string, unknown> }>(
-            `UPDATE ${t.qualified} t SET (${cols.join(', ')}) = (SELECT ${cols.map((c) => `b.${c}`).join(', ')} FROM jsonb_populate_record(NULL::${t.qualified}, $2::jsonb) b)
-              WHERE ${where} RETURNING to_jsonb(t) AS row`,
+            `WITH w AS (UPDATE ${t.qualified} t SET (${cols.join(', ')}) = (SELECT ${cols.map((c) => `b.${c}`).join(', ')} FROM jsonb_populate_record(NULL::${t.qualified}, $2::jsonb) b)
+              WHERE ${where} RETURNING t.*) SELECT to_jsonb(w) AS row FROM w`,
             [JSON.stringify(e.pk), JSON.stringify(e.before)],
           );
           row = res.rows[0]?.row ?? null;
@@ -282,13 +287,22 @@ export function createChangeService(opts: ChangeServiceOptions) {
           const restore = t.columns.filter((c) => !c.generated || c.identityAlways).map((c) => pg.escapeIdentifier(c.name));
           const overriding = t.columns.some((c) => c.identityAlways) ? 'OVERRIDING SYSTEM VALUE' : '';
           const res = await tx.query<{ row: Record<string, unknown> }>(
-            `INSERT INTO ${t.qualified} AS t (${restore.join(', ')}) ${overriding} SELECT ${restore.map((c) => `b.${c}`).join(', ')} FROM jsonb_populate_record(NULL::${t.qualified}, $1::jsonb) b RETURNING to_jsonb(t) AS row`,
+            `WITH w AS (INSERT INTO ${t.qualified} AS t (${restore.join(', ')}) ${overriding} SELECT ${restore.map((c) => `b.${c}`).join(', ')} FROM jsonb_populate_record(NULL::${t.qualified}, $1::jsonb) b RETURNING t.*)
+             SELECT to_jsonb(w) AS row FROM w`,
             [JSON.stringify(e.before)],
           );
           row = res.rows[0]?.row ?? null;
         }
         // The undo is captured like any write: its event is this transaction's last one.
-        const ev = await tx.query<{ id: string }>('SELECT max(id)::text AS id FROM strata.changes WHERE txid = pg_current_xact_id()');
+        // (On a cluster, ids are per tenant and this transaction holds the tenant's id counter since
+        // its write: the tenant's highest id is its own. Citus also refuses RETURNING with to_jsonb,
+        // hence the CTEs above.)
+        const ev = await tx.query<{ id: string }>(
+          db.cluster
+            ? 'SELECT max(id)::text AS id FROM strata.changes WHERE tenant_id = $1'
+            : 'SELECT max(id)::text AS id FROM strata.changes WHERE tenant_id = $1 AND txid = pg_current_xact_id()',
+          [tenantId],
+        );
         if (guard && row) row = (await guard.revealRows(t.name, [row], { path: 'undo' }))[0] ?? null;
         return { undone: changeId, table: t.name, op: inverse, change_id: ev.rows[0]?.id ?? null, row };
       });

@@ -513,13 +513,37 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
      * slot allowance (healthy endpoints first): at most as many per tenant as could take a lease now.
      */
     async due(): Promise<Array<{ id: string; tenant_id: string }>> {
+      const pending = `EXISTS (SELECT 1 FROM strata.changes c WHERE c.tenant_id = w.tenant_id AND c.id > w.cursor
+                            AND (cardinality(w.tables) = 0 OR c.table_name = ANY (w.tables)) AND c.op = ANY (w.ops))`;
+      const values: unknown[] = [s.tenantSlots, s.tenantFailingSlots];
+      let hasEvents = pending;
+      if (db.cluster) {
+        // On a cluster the change log is distributed (migration 0018) and Citus does not correlate a
+        // coordinator table with it: the idle, due webhooks first, then one statement per webhook
+        // routed to its tenant's shard.
+        const { rows: idle } = await db.adminQuery<{ id: string; tenant_id: string; cursor: string; tables: string[]; ops: string[] }>(
+          `SELECT w.id, w.tenant_id, w.cursor::text AS cursor, w.tables, w.ops FROM strata.webhooks w
+            WHERE w.active AND w.next_attempt_at <= now() AND (w.lease_until IS NULL OR w.lease_until < now())`,
+        );
+        const ids: string[] = [];
+        for (const w of idle) {
+          const { rows } = await db.adminQuery<{ e: boolean }>(
+            `SELECT EXISTS (SELECT 1 FROM strata.changes c WHERE c.tenant_id = $1 AND c.id > $2::bigint
+                              AND (cardinality($3::text[]) = 0 OR c.table_name = ANY ($3::text[])) AND c.op = ANY ($4::text[])) AS e`,
+            [w.tenant_id, w.cursor, w.tables, w.ops],
+          );
+          if (rows[0]?.e) ids.push(w.id);
+        }
+        if (ids.length === 0) return [];
+        values.push(ids);
+        hasEvents = `w.id = ANY ($3::uuid[])`;
+      }
       const { rows } = await db.adminQuery<{ id: string; tenant_id: string }>(
         `WITH cand AS (
            SELECT w.id, w.tenant_id, (w.last_success_at IS NULL OR w.failures > 0) AS failing, w.next_attempt_at
              FROM strata.webhooks w
             WHERE w.active AND w.next_attempt_at <= now() AND (w.lease_until IS NULL OR w.lease_until < now())
-              AND EXISTS (SELECT 1 FROM strata.changes c WHERE c.tenant_id = w.tenant_id AND c.id > w.cursor
-                            AND (cardinality(w.tables) = 0 OR c.table_name = ANY (w.tables)) AND c.op = ANY (w.ops))),
+              AND ${hasEvents}),
          leased AS (
            SELECT tenant_id, count(*) AS n, count(*) FILTER (WHERE last_success_at IS NULL OR failures > 0) AS nf
              FROM strata.webhooks WHERE lease_until > now() GROUP BY tenant_id),
@@ -529,7 +553,7 @@ export function createWebhookDelivery(deps: { db: Database; log: Logger; feed: C
                   row_number() OVER (PARTITION BY c.tenant_id, c.failing ORDER BY c.next_attempt_at) AS rf
              FROM cand c LEFT JOIN leased l USING (tenant_id))
          SELECT id, tenant_id FROM ranked WHERE n + r <= $1 AND (NOT failing OR nf + rf <= $2)`,
-        [s.tenantSlots, s.tenantFailingSlots],
+        values,
       );
       return rows;
     },

@@ -9,14 +9,19 @@
  *   the row API still addresses rows by the rest of the key (the tenant is the session's).
  * - tables without `tenant_id` that tenant sessions may read become reference tables (a copy on
  *   every node, joinable with any shard).
- * - the platform's own tables (schema strata: tenants, API keys, migrations, jobs' bookkeeping,
- *   the change log) stay on the coordinator: they are small, read by the service through the admin
- *   connection, and mostly platform-wide.
+ * - the platform's own tables (schema strata: tenants, API keys, migrations, jobs' bookkeeping)
+ *   stay on the coordinator: they are small, read by the service through the admin connection, and
+ *   mostly platform-wide. Two hold per-tenant data at volume and are distributed by tenant_id,
+ *   colocated with the tenant tables: the change log (strata.changes) and its per-tenant id counters
+ *   (strata.change_counters), so that the capture trigger, which runs on the worker holding the
+ *   row's shard, writes them there in the row's own transaction (migration 0018).
  * - the database gets `citus.propagate_set_commands = 'local'` (tenant sessions' SET LOCAL reaches
  *   the workers) and `citus.enable_unsafe_triggers = on` (row triggers that only touch their own
  *   row, such as search-column maintenance, may be created on distributed tables).
- * - change capture triggers are removed from tenant tables: a trigger runs on the worker holding
- *   the shard and cannot write the coordinator's change log (change capture answers 501 there).
+ * - change capture triggers of tenant tables run strata.capture_change_cluster() instead of the
+ *   single-server trigger (per-tenant ids from strata.change_counters, no coordinator sequence).
+ *   Row triggers are allowed on distributed tables by `citus.enable_unsafe_triggers`: those of
+ *   Strata write only the row itself or tables colocated with it.
  */
 import type pg from 'pg';
 
@@ -26,7 +31,10 @@ export interface DistributeReport {
   distributed: string[];
   reference: string[];
   keysWidened: string[];
-  captureRemoved: string[];
+  /** Tables whose capture trigger now runs the cluster capture function. */
+  captureOnShards: string[];
+  /** Platform tables distributed with the tenant tables (the change log and its counters). */
+  platformDistributed: string[];
   /** Tables whose FORCE ROW LEVEL SECURITY was lifted (RLS stays enabled; see below). */
   forceLifted: string[];
 }
@@ -41,7 +49,7 @@ interface Candidate {
 
 /** Distribute the tenant tables of the database `client` is connected to (a Citus coordinator). */
 export async function distributeTables(client: pg.ClientBase): Promise<DistributeReport> {
-  const report: DistributeReport = { distributed: [], reference: [], keysWidened: [], captureRemoved: [], forceLifted: [] };
+  const report: DistributeReport = { distributed: [], reference: [], keysWidened: [], captureOnShards: [], platformDistributed: [], forceLifted: [] };
   const { rows: dbs } = await client.query<{ db: string }>('SELECT current_database() AS db');
   const db = client.escapeIdentifier(dbs[0]!.db);
   await client.query(`ALTER DATABASE ${db} SET citus.propagate_set_commands = 'local'`);
@@ -64,6 +72,9 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
     "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition WHERE partmethod = 'h' ORDER BY colocationid, logicalrelid LIMIT 1",
   );
   let colocateWith = colocated[0]?.name;
+  // a table with a row trigger (change capture, search columns) may be distributed: the database
+  // default set above reaches new sessions only
+  await client.query('SET citus.enable_unsafe_triggers = on');
 
   // parents before children: a foreign key may only point at an already distributed (or reference) table
   const pending = new Map(rows.map((r) => [r.oid, r]));
@@ -80,7 +91,6 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
 
   for (const t of ordered) {
     if (t.has_tenant) {
-      if (await removeCapture(client, t.oid)) report.captureRemoved.push(t.name);
       if (await widenKeys(client, t.oid, t.name)) report.keysWidened.push(t.name);
       if (colocateWith === undefined) {
         await client.query("SELECT create_distributed_table($1::regclass, 'tenant_id')", [t.name]);
@@ -96,6 +106,8 @@ export async function distributeTables(client: pg.ClientBase): Promise<Distribut
       report.reference.push(t.name);
     }
   }
+  if (colocateWith !== undefined) await distributeChangeLog(client, colocateWith, report);
+  report.captureOnShards = await captureOnShards(client);
   // Online moves and tenant isolation replay writes through logical replication, whose apply
   // worker refuses a table under FORCE ROW LEVEL SECURITY. FORCE only binds the table owner;
   // tenant sessions run as a role that owns nothing (checked at boot) and stay under the
@@ -135,15 +147,76 @@ async function truncateLocal(client: pg.ClientBase, name: string): Promise<void>
   await client.query('SELECT truncate_local_data_after_distributing_table($1::regclass)', [name]).catch(() => undefined);
 }
 
-async function removeCapture(client: pg.ClientBase, oid: number): Promise<boolean> {
+
+/**
+ * The change log and its per-tenant id counters become distributed tables colocated with the tenant
+ * tables (once). The log's key gains tenant_id; the counters start at each tenant's highest id
+ * already logged, so ids keep increasing per tenant.
+ */
+async function distributeChangeLog(client: pg.ClientBase, colocateWith: string, report: DistributeReport): Promise<void> {
   const { rows } = await client.query<{ name: string }>(
-    "SELECT $1::regclass::text AS name FROM pg_trigger WHERE tgrelid = $1 AND tgname = 'strata_capture'",
-    [oid],
+    `SELECT t AS name FROM unnest(ARRAY['strata.changes', 'strata.change_counters']) t
+      WHERE to_regclass(t) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = to_regclass(t))`,
   );
-  const name = rows[0]?.name;
-  if (!name) return false;
-  await client.query(`DROP TRIGGER strata_capture ON ${name}`);
-  return true;
+  const todo = new Set(rows.map((r) => r.name));
+  if (todo.has('strata.change_counters') && todo.has('strata.changes')) {
+    await client.query(
+      'INSERT INTO strata.change_counters (tenant_id, last_id) SELECT tenant_id, max(id) FROM strata.changes GROUP BY tenant_id ON CONFLICT (tenant_id) DO NOTHING',
+    );
+  }
+  for (const name of ['strata.changes', 'strata.change_counters']) {
+    if (!todo.has(name)) continue;
+    const { rows: oid } = await client.query<{ oid: number }>('SELECT $1::regclass::oid::int AS oid', [name]);
+    if (await widenKeys(client, oid[0]!.oid, name)) report.keysWidened.push(name);
+    await client.query("SELECT create_distributed_table($1::regclass, 'tenant_id', colocate_with => $2)", [name, colocateWith]);
+    await truncateLocal(client, name);
+    report.platformDistributed.push(name);
+  }
+}
+
+/**
+ * Every distributed table of schema public with the single-server capture trigger (from
+ * strata.enable_capture, in a migration before or after distribution) gets the cluster one instead:
+ * its arguments are the table's name (a shard's TG_TABLE_NAME is the shard's) and its key columns
+ * without tenant_id (events name a row as on one server). Before migration 0018 (no cluster
+ * function; migrate:check steps through every migration) the single-server trigger cannot run on
+ * the shards: it is disabled, and 0018 turns it into the cluster one. Returns the tables changed.
+ */
+async function captureOnShards(client: pg.ClientBase): Promise<string[]> {
+  const { rows } = await client.query<{ name: string; rel: string; enabled: boolean; def: string; all: string[]; cols: string[] }>(
+    `SELECT c.oid::regclass::text AS name, c.relname AS rel, t.tgenabled <> 'D' AS enabled, pg_get_triggerdef(t.oid) AS def,
+            array(SELECT a.attname::text FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(n, o), pg_attribute a
+                   WHERE i.indrelid = c.oid AND i.indisprimary AND a.attrelid = c.oid AND a.attnum = k.n ORDER BY k.o) AS all,
+            array(SELECT a.attname::text FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(n, o), pg_attribute a
+                   WHERE i.indrelid = c.oid AND i.indisprimary AND a.attrelid = c.oid AND a.attnum = k.n AND a.attname <> 'tenant_id'
+                   ORDER BY k.o) AS cols
+       FROM pg_class c JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = 'strata_capture' AND t.tgfoid = to_regprocedure('strata.capture_change()')
+      WHERE c.relnamespace = 'public'::regnamespace
+        AND EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.oid AND p.partmethod = 'h')
+      ORDER BY 1`,
+  );
+  const changed: string[] = [];
+  const { rows: fn } = await client.query<{ ok: boolean }>("SELECT to_regprocedure('strata.capture_change_cluster()') IS NOT NULL AS ok");
+  if (!fn[0]?.ok) {
+    // disabled, with every key column as its arguments (as strata.enable_capture makes it now, after
+    // the keys were widened), which is what 0018's down restores
+    for (const r of rows) {
+      const args = ['quiet', ...r.all].map((a) => client.escapeLiteral(a)).join(', ');
+      if (!r.enabled && r.def.includes(`capture_change(${args})`)) continue;
+      await client.query(`DROP TRIGGER strata_capture ON ${r.name}`);
+      await client.query(`CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON ${r.name} FOR EACH ROW EXECUTE FUNCTION strata.capture_change(${args})`);
+      await client.query(`ALTER TABLE ${r.name} DISABLE TRIGGER strata_capture`);
+    }
+    return changed;
+  }
+  for (const r of rows) {
+    if (r.cols.length === 0) continue;
+    const args = [r.rel, ...r.cols].map((a) => client.escapeLiteral(a)).join(', ');
+    await client.query(`DROP TRIGGER strata_capture ON ${r.name}`);
+    await client.query(`CREATE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON ${r.name} FOR EACH ROW EXECUTE FUNCTION strata.capture_change_cluster(${args})`);
+    changed.push(r.name);
+  }
+  return changed;
 }
 
 /**

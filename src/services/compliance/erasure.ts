@@ -147,6 +147,17 @@ export function createErasure(deps: { db: Database; schema: SchemaRegistry; back
         await c.query('BEGIN');
         try {
           await c.query(`SELECT set_config('strata.tenant_id', $1, true), set_config('strata.actor', $2, true), set_config('strata.role', $3, true)`, [tenantId, ctx.actor, ctx.role]);
+          // On a cluster change ids are per tenant (migration 0018): hold the tenant's id counter from
+          // the start, so the events after `mark` are exactly this transaction's (its worker's txid is
+          // not the coordinator's pg_current_xact_id()).
+          const mark = db.cluster
+            ? (
+                await c.query<{ m: string }>(
+                  'INSERT INTO strata.change_counters AS k (tenant_id, last_id) VALUES ($1, 0) ON CONFLICT (tenant_id) DO UPDATE SET last_id = k.last_id RETURNING k.last_id::text AS m',
+                  [tenantId],
+                )
+              ).rows[0]!.m
+            : undefined;
           const before = await xactCounts(c);
           for (const s of steps) {
             const sql = s.action === 'delete' ? `DELETE FROM ${s.t.qualified} WHERE ${s.where}` : `UPDATE ${s.t.qualified} SET ${s.set} WHERE ${s.where}`;
@@ -167,9 +178,9 @@ export function createErasure(deps: { db: Database; schema: SchemaRegistry; back
           // older entries whose payload names the subject in a subject column
           const touched = await c.query(
             `UPDATE strata.changes c SET ${SCRUB_SET}
-              WHERE c.tenant_id = $1 AND (c.table_name, c.pk) IN (SELECT table_name, pk FROM strata.changes WHERE txid = pg_current_xact_id() AND tenant_id = $1)
+              WHERE c.tenant_id = $1 AND (c.table_name, c.pk) IN (SELECT table_name, pk FROM strata.changes WHERE ${mark === undefined ? 'txid = pg_current_xact_id()' : 'id > $2::bigint'} AND tenant_id = $1)
                 AND ${SCRUB_CHANGED}`,
-            [tenantId],
+            mark === undefined ? [tenantId] : [tenantId, mark],
           );
           let entries = touched.rowCount ?? 0;
           for (const s of steps) {
