@@ -7,7 +7,7 @@
 import type { FastifyRequest } from 'fastify';
 import { CAN, type Capability } from '../../domain.js';
 import { attachPrincipal } from '../../logger.js';
-import type { Authenticator } from '../../services/identity/index.js';
+import type { Authenticator, Principal } from '../../services/identity/index.js';
 import type { RequestSettings } from '../../db/session.js';
 import { PgrstError } from './errors.js';
 
@@ -29,14 +29,28 @@ function credentials(request: FastifyRequest): { authorization?: string; 'x-api-
   throw new PgrstError(401, 'PGRST302', 'Anonymous access is disabled', null, 'send a Strata JWT (Authorization: Bearer) or API key (apikey)');
 }
 
-/** Authenticate and admit the request (sets request.ctx); throws PostgREST-shaped 401/403. */
-export async function authenticate(request: FastifyRequest, authenticator: Authenticator, capability: Capability): Promise<void> {
+/**
+ * The principal of a Bearer JWT verified before, without waiting (undefined whenever it is not
+ * already known): the same answer authenticate() would reach, as only verified JWTs are remembered.
+ */
+export function knownPrincipal(request: FastifyRequest, authenticator: Authenticator): Principal | undefined {
+  const auth = request.headers.authorization;
+  return auth === undefined ? undefined : authenticator.cached({ authorization: auth });
+}
+
+/** The request's principal (PostgREST-shaped 401 for a missing or bad credential). */
+export async function lookupPrincipal(request: FastifyRequest, authenticator: Authenticator): Promise<Principal> {
   const headers = credentials(request);
-  const principal = authenticator.cached(headers) ?? (await authenticator.authenticate(headers));
+  return authenticator.cached(headers) ?? (await authenticator.authenticate(headers));
+}
+
+/** Admit the request (sets request.ctx); throws PostgREST-shaped 401/403. */
+export function admit(request: FastifyRequest, principal: Principal, capability: Capability): void {
   if (principal.tenantId === null) {
     throw new PgrstError(401, 'PGRST301', 'the credential names no tenant: /rest/v1 needs a token with a tenant_id claim or a tenant API key');
   }
-  request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
+  // as /v1's: work queued for a client that has gone is dropped before it reaches the database
+  request.ctx = { ...principal, requestId: request.id, stats: request.queryStats, alive: () => !(request.raw.socket?.destroyed === true) };
   attachPrincipal(request.log, principal);
   const allowed = CAN[capability] as readonly string[];
   if (!allowed.includes(principal.role)) {
@@ -47,10 +61,13 @@ export async function authenticate(request: FastifyRequest, authenticator: Authe
 /** PostgREST's request.jwt.claims, request.method, request.path and request.headers (credentials removed). */
 export function requestSettings(request: FastifyRequest, path: string): RequestSettings {
   const ctx = request.ctx;
+  const all = request.headers;
   const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(request.headers)) {
+  // for...in over Node's header object (own, enumerable, lower-case names): no entries array per request
+  for (const k in all) {
+    const v = all[k];
     if (v === undefined || SECRET_HEADERS.has(k)) continue;
-    headers[k] = Array.isArray(v) ? v.join(', ') : v;
+    headers[k] = typeof v === 'string' ? v : v.join(', ');
   }
   return {
     claims: JSON.stringify({ sub: ctx.actor, role: ctx.role, tenant_id: ctx.tenantId }),
@@ -58,4 +75,12 @@ export function requestSettings(request: FastifyRequest, path: string): RequestS
     path,
     headers: JSON.stringify(headers),
   };
+}
+
+/** The path PostgREST's request.path holds: the URL's path below /rest/v1, without the query. */
+export function restPath(url: string): string {
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  const below = path.startsWith('/rest/v1') ? path.slice(8) : path;
+  return below === '' ? '/' : below;
 }

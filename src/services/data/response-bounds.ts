@@ -37,6 +37,18 @@ export function boundJsonSql(inner: string, others: readonly string[], maxParam:
   );
 }
 
+/**
+ * boundJsonSql for a statement that answers at most one row (an equality on a single-column primary
+ * key): the running sum is the row's own size, so no window is needed. Same columns and meaning:
+ * `j` is NULL and `strata$over` true when the row's JSON (plus its separator) passes the bound.
+ */
+export function boundOneJsonSql(inner: string, maxParam: string): string {
+  return (
+    `SELECT CASE WHEN octet_length(strata_i.j) + 1 <= ${maxParam}::int8 THEN strata_i.j END AS j, octet_length(strata_i.j) + 1 > ${maxParam}::int8 AS "strata$over" ` +
+    `FROM (${inner}) strata_i`
+  );
+}
+
 /** True when a row of a boundJsonSql statement is past the bound (its `j` is NULL then). */
 export const isOver = (row: Record<string, unknown>): boolean => row['strata$over'] === true;
 
