@@ -274,7 +274,7 @@ export function createRestRowsService(opts: RestRowsOptions) {
       const stripNulls = o.stripNulls === true;
       const key = `${stripNulls ? 's' : 'k'}${column}\u0000${selectKey}`;
       let byTable = eqStatements.get(t);
-      if (byTable === undefined) eqStatements.set(t, (byTable = new Map()));
+      if (byTable === undefined) eqStatements.set(t, (byTable = new Map<string, EqStatement>()));
       let st = byTable.get(key);
       if (st === undefined || st.version !== (guard ? guard.version : -1)) {
         st = await buildEq(t, column, value, select, stripNulls, guard);
