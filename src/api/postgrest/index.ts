@@ -125,24 +125,27 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
    * `?<column>=eq.<value>` (and at most a select), answered as JSON or one object, without Prefer
    * or Range: the shape of postgrest-js's `.eq(col, v).single()` / `.maybeSingle()`. The statement is
    * prebuilt per table, column and select list (rows.readEq); the answer is read()'s for the same
-   * request. Undefined when this path does not serve the request (read() then does).
+   * request. False when this path does not serve the request (read() then does); true once sent.
    */
-  async function readEq(request: FastifyRequest, reply: FastifyReply, table: string, eq: EqRead): Promise<FastifyReply | undefined> {
+  async function readEq(request: FastifyRequest, reply: FastifyReply, table: string, eq: EqRead): Promise<boolean> {
     const media = negotiate(request.headers.accept);
-    if (media.kind === 'csv') return undefined;
+    if (media.kind === 'csv') return false;
     const session: RestCall = { ctx: request.ctx, request: requestSettings(request, restPath(request.url)) };
     const r = await rows.readEq(session, table, eq.column, eq.value, eq.select, eq.selectKey, { stripNulls: media.stripNulls });
-    if (r === undefined) return undefined;
+    if (r === undefined) return false;
     const n = r.rows.length;
     void reply.header('content-range', n === 0 ? '*/*' : `0-${n - 1}/*`);
     if (media.kind === 'object') {
       if (n !== 1) throw new PgrstError(406, 'PGRST116', 'JSON object requested, multiple (or no) rows returned', `The result contains ${n} rows`);
-      return reply.code(200).type('application/vnd.pgrst.object+json; charset=utf-8').send(r.rows[0]);
+      void reply.code(200).type('application/vnd.pgrst.object+json; charset=utf-8').send(r.rows[0]);
+      return true;
     }
-    return reply
+    // (a reply is thenable: it is sent here and never returned from this async function)
+    void reply
       .code(200)
       .type(media.stripNulls ? 'application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8' : JSON_TYPE)
       .send(n === 1 ? `[${r.rows[0]!}]` : `[${r.rows.join(',')}]`);
+    return true;
   }
 
   app.get('/:table', { schema: hide }, async (request, reply) => {
@@ -150,10 +153,7 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
     const qs = request.query as QueryString;
     const h = request.headers;
     const eq = h.prefer === undefined && h.range === undefined ? eqRead(qs) : undefined;
-    if (eq !== undefined) {
-      const answered = await readEq(request, reply, table, eq);
-      if (answered !== undefined) return answered;
-    }
+    if (eq !== undefined && (await readEq(request, reply, table, eq))) return reply;
     return read(request, reply, table, qs);
   });
 
