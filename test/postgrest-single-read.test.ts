@@ -282,6 +282,13 @@ describe('tenant isolation, policies and request settings on the single-key read
     expect(echo.headers).not.toHaveProperty('authorization');
     expect(echo.headers).not.toHaveProperty('apikey');
     expect(r.body).not.toContain('planted-apikey-value');
+    // request after request on one keep-alive connection, each sees its own headers
+    for (const trace of ['one', 'two', 'two', 'one']) {
+      const again = await get('/request_echo?select=headers&id=eq.1', { ...h['writer']!, ...OBJECT, 'x-trace': trace });
+      expect((JSON.parse(again.body) as { headers: Record<string, string> }).headers['x-trace']).toBe(trace);
+    }
+    const without = await get('/request_echo?select=headers&id=eq.1', { ...h['writer']!, ...OBJECT });
+    expect((JSON.parse(without.body) as { headers: Record<string, string> }).headers).not.toHaveProperty('x-trace');
   });
 });
 

@@ -58,22 +58,63 @@ export function admit(request: FastifyRequest, principal: Principal, capability:
   }
 }
 
-/** PostgREST's request.jwt.claims, request.method, request.path and request.headers (credentials removed). */
-export function requestSettings(request: FastifyRequest, path: string): RequestSettings {
-  const ctx = request.ctx;
+/** The headers of the last request on a connection (credentials removed) and their JSON. */
+interface SeenHeaders {
+  names: string[];
+  values: string[];
+  json: string;
+}
+const lastHeaders = new WeakMap<object, SeenHeaders>();
+
+/**
+ * request.headers' JSON: lower-case names, credentials removed. A keep-alive client sends the same
+ * headers request after request (the credential aside, which is left out): the JSON of the previous
+ * request on the connection is reused when every header is the same, in the same order.
+ */
+function headersJson(request: FastifyRequest): string {
   const all = request.headers;
+  const socket = request.raw.socket as object | null;
+  const seen = socket ? lastHeaders.get(socket) : undefined;
+  if (seen !== undefined) {
+    let i = 0;
+    let same = true;
+    for (const k in all) {
+      const v = all[k];
+      if (v === undefined || SECRET_HEADERS.has(k)) continue;
+      if (seen.names[i] !== k || seen.values[i] !== v) {
+        same = false;
+        break;
+      }
+      i++;
+    }
+    if (same && i === seen.names.length) return seen.json;
+  }
+  const names: string[] = [];
+  const values: string[] = [];
   const headers: Record<string, string> = {};
   // for...in over Node's header object (own, enumerable, lower-case names): no entries array per request
   for (const k in all) {
     const v = all[k];
     if (v === undefined || SECRET_HEADERS.has(k)) continue;
-    headers[k] = typeof v === 'string' ? v : v.join(', ');
+    const text = typeof v === 'string' ? v : v.join(', ');
+    headers[k] = text;
+    names.push(k);
+    // an array (set-cookie) never compares equal: such a request's JSON is built each time
+    values.push(typeof v === 'string' ? v : '\u0000');
   }
+  const json = JSON.stringify(headers);
+  if (socket) lastHeaders.set(socket, { names, values, json });
+  return json;
+}
+
+/** PostgREST's request.jwt.claims, request.method, request.path and request.headers (credentials removed). */
+export function requestSettings(request: FastifyRequest, path: string): RequestSettings {
+  const ctx = request.ctx;
   return {
     claims: JSON.stringify({ sub: ctx.actor, role: ctx.role, tenant_id: ctx.tenantId }),
     method: request.method,
     path,
-    headers: JSON.stringify(headers),
+    headers: headersJson(request),
   };
 }
 

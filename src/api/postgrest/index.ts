@@ -53,17 +53,19 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
   );
 
   // functions decide for themselves (a reader's POST /rpc runs read-only); the path alone decides, never the query
-  const capabilityOf = (request: FastifyRequest): Capability =>
-    request.method === 'GET' || request.method === 'HEAD' || (request.routeOptions.url ?? '').endsWith('/rpc/:fn') ? 'read' : 'write';
+  const capabilityOf = (method: string, route: string | undefined): Capability =>
+    method === 'GET' || method === 'HEAD' || (route ?? '').endsWith('/rpc/:fn') ? 'read' : 'write';
   // callback style, as /v1's: a credential seen before is admitted without a promise or a microtask
   app.addHook('onRequest', (request, _reply, done) => {
     const finish = (principal: Principal) => {
       try {
-        admit(request, principal, capabilityOf(request));
+        // (routeOptions is built anew at each read: read once)
+        const route = request.routeOptions.url;
+        admit(request, principal, capabilityOf(request.method, route));
         checkProfile(request.headers, EXPOSED_SCHEMAS);
         // an Accept no answer can be given in is refused before anything runs (PostgREST answers 406
         // to a write too, even one that would send no body); the OpenAPI root has its own media type
-        if ((request.routeOptions.url ?? '/').endsWith('/') === false) negotiate(request.headers.accept);
+        if ((route ?? '/').endsWith('/') === false) negotiate(request.headers.accept);
       } catch (err) {
         return done(err as Error);
       }
