@@ -179,10 +179,11 @@ const SETUP_LIST =
 const SETUP_SQL = `SELECT FROM (SELECT ${SETUP_LIST}) s`;
 const REQUEST_LIST =
   "set_config('request.jwt.claims', $6, true), set_config('request.method', $7, true), " +
-  "set_config('request.path', $8, true), set_config('request.headers', $9, true), " +
-  // '' keeps the session's TimeZone (set_config takes no "unchanged")
-  "set_config('timezone', coalesce(nullif($10, ''), current_setting('timezone')), true)";
+  "set_config('request.path', $8, true), set_config('request.headers', $9, true)";
+/** `Prefer: timezone`: only the requests that ask for it pay for setting the TimeZone. */
+const TIMEZONE_ITEM = "set_config('timezone', $10, true)";
 const SETUP_REQUEST_SQL = `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}) s`;
+const SETUP_REQUEST_TZ_SQL = `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}, ${TIMEZONE_ITEM}) s`;
 const ISOLATIONS: Record<Isolation, string> = {
   'read committed': 'READ COMMITTED',
   'repeatable read': 'REPEATABLE READ',
@@ -305,6 +306,19 @@ const SETUP_REQ_RO: SetupStatement = {
   name: 'strata_setup_req_ro',
   text: `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}, set_config('transaction_read_only', 'on', true)) s`,
 };
+const SETUP_REQ_TZ_RW: SetupStatement = { name: 'strata_setup_req_tz_rw', text: SETUP_REQUEST_TZ_SQL };
+const SETUP_REQ_TZ_RO: SetupStatement = {
+  name: 'strata_setup_req_tz_ro',
+  text: `SELECT FROM (SELECT ${SETUP_LIST}, ${REQUEST_LIST}, ${TIMEZONE_ITEM}, set_config('transaction_read_only', 'on', true)) s`,
+};
+
+/** The single-trip setup statement for these options. */
+function setupFor(opts: TxOptions): SetupStatement {
+  const r = opts.request;
+  if (r === undefined) return opts.readOnly ? SETUP_RO : SETUP_RW;
+  if (r.timezone === undefined) return opts.readOnly ? SETUP_REQ_RO : SETUP_REQ_RW;
+  return opts.readOnly ? SETUP_REQ_TZ_RO : SETUP_REQ_TZ_RW;
+}
 
 function setupValuesFor(deps: SessionDeps, ctx: SessionContext, opts: TxOptions): string[] {
   const values = [
@@ -315,7 +329,10 @@ function setupValuesFor(deps: SessionDeps, ctx: SessionContext, opts: TxOptions)
     String(opts.lockTimeoutMs ?? deps.defaults.lockTimeoutMs),
   ];
   const r = opts.request;
-  if (r) values.push(r.claims, r.method, r.path, r.headers, r.timezone ?? '');
+  if (r) {
+    values.push(r.claims, r.method, r.path, r.headers);
+    if (r.timezone !== undefined) values.push(r.timezone);
+  }
   return values;
 }
 
@@ -335,7 +352,7 @@ export async function runSingleStatement<R extends pg.QueryResultRow>(
   checkParameterCount(values);
   const retries = opts.retries ?? deps.defaults.retries;
   const setupValues = setupValuesFor(deps, ctx, opts);
-  const setup = opts.request ? (opts.readOnly ? SETUP_REQ_RO : SETUP_REQ_RW) : opts.readOnly ? SETUP_RO : SETUP_RW;
+  const setup = setupFor(opts);
   const block = deps.cluster ? { set: clusterSetLocals(deps, ctx.tenantId) } : undefined;
   return withRetries(deps, ctx, retries, async (attempt) => {
     const lease = await pool.acquire();
@@ -455,7 +472,11 @@ async function attemptOnce<T>(
     client.query(`BEGIN ISOLATION LEVEL ${iso}${opts.readOnly ? ' READ ONLY' : ''}`),
     ...(deps.cluster ? [client.query(clusterSetLocals(deps, ctx.tenantId).join('; '))] : []),
     client.query(
-      opts.request ? { name: 'strata_session_setup_req', text: SETUP_REQUEST_SQL } : { name: 'strata_session_setup', text: SETUP_SQL },
+      opts.request === undefined
+        ? { name: 'strata_session_setup', text: SETUP_SQL }
+        : opts.request.timezone === undefined
+          ? { name: 'strata_session_setup_req', text: SETUP_REQUEST_SQL }
+          : { name: 'strata_session_setup_req_tz', text: SETUP_REQUEST_TZ_SQL },
       setupValuesFor(deps, ctx, opts),
     ),
   ]);

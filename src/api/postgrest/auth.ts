@@ -7,7 +7,7 @@
 import type { FastifyRequest } from 'fastify';
 import { CAN, type Capability } from '../../domain.js';
 import { attachPrincipal } from '../../logger.js';
-import type { Authenticator } from '../../services/identity/index.js';
+import type { Authenticator, Principal } from '../../services/identity/index.js';
 import type { RequestSettings } from '../../db/session.js';
 import { PgrstError } from './errors.js';
 
@@ -29,14 +29,28 @@ function credentials(request: FastifyRequest): { authorization?: string; 'x-api-
   throw new PgrstError(401, 'PGRST302', 'Anonymous access is disabled', null, 'send a Strata JWT (Authorization: Bearer) or API key (apikey)');
 }
 
-/** Authenticate and admit the request (sets request.ctx); throws PostgREST-shaped 401/403. */
-export async function authenticate(request: FastifyRequest, authenticator: Authenticator, capability: Capability): Promise<void> {
+/**
+ * The principal of a Bearer JWT verified before, without waiting (undefined whenever it is not
+ * already known): the same answer authenticate() would reach, as only verified JWTs are remembered.
+ */
+export function knownPrincipal(request: FastifyRequest, authenticator: Authenticator): Principal | undefined {
+  const auth = request.headers.authorization;
+  return auth === undefined ? undefined : authenticator.cached({ authorization: auth });
+}
+
+/** The request's principal (PostgREST-shaped 401 for a missing or bad credential). */
+export async function lookupPrincipal(request: FastifyRequest, authenticator: Authenticator): Promise<Principal> {
   const headers = credentials(request);
-  const principal = authenticator.cached(headers) ?? (await authenticator.authenticate(headers));
+  return authenticator.cached(headers) ?? (await authenticator.authenticate(headers));
+}
+
+/** Admit the request (sets request.ctx); throws PostgREST-shaped 401/403. */
+export function admit(request: FastifyRequest, principal: Principal, capability: Capability): void {
   if (principal.tenantId === null) {
     throw new PgrstError(401, 'PGRST301', 'the credential names no tenant: /rest/v1 needs a token with a tenant_id claim or a tenant API key');
   }
-  request.ctx = { ...principal, requestId: request.id, stats: request.queryStats };
+  // as /v1's: work queued for a client that has gone is dropped before it reaches the database
+  request.ctx = { ...principal, requestId: request.id, stats: request.queryStats, alive: () => !(request.raw.socket?.destroyed === true) };
   attachPrincipal(request.log, principal);
   const allowed = CAN[capability] as readonly string[];
   if (!allowed.includes(principal.role)) {
@@ -44,18 +58,70 @@ export async function authenticate(request: FastifyRequest, authenticator: Authe
   }
 }
 
+/** The headers of the last request on a connection (credentials removed) and their JSON. */
+interface SeenHeaders {
+  names: string[];
+  values: string[];
+  json: string;
+}
+const lastHeaders = new WeakMap<object, SeenHeaders>();
+
+/**
+ * request.headers' JSON: lower-case names, credentials removed. A keep-alive client sends the same
+ * headers request after request (the credential aside, which is left out): the JSON of the previous
+ * request on the connection is reused when every header is the same, in the same order.
+ */
+function headersJson(request: FastifyRequest): string {
+  const all = request.headers;
+  const socket = request.raw.socket as object | null;
+  const seen = socket ? lastHeaders.get(socket) : undefined;
+  if (seen !== undefined) {
+    let i = 0;
+    let same = true;
+    for (const k in all) {
+      const v = all[k];
+      if (v === undefined || SECRET_HEADERS.has(k)) continue;
+      if (seen.names[i] !== k || seen.values[i] !== v) {
+        same = false;
+        break;
+      }
+      i++;
+    }
+    if (same && i === seen.names.length) return seen.json;
+  }
+  const names: string[] = [];
+  const values: string[] = [];
+  const headers: Record<string, string> = {};
+  // for...in over Node's header object (own, enumerable, lower-case names): no entries array per request
+  for (const k in all) {
+    const v = all[k];
+    if (v === undefined || SECRET_HEADERS.has(k)) continue;
+    const text = typeof v === 'string' ? v : v.join(', ');
+    headers[k] = text;
+    names.push(k);
+    // an array (set-cookie) never compares equal: such a request's JSON is built each time
+    values.push(typeof v === 'string' ? v : '\u0000');
+  }
+  const json = JSON.stringify(headers);
+  if (socket) lastHeaders.set(socket, { names, values, json });
+  return json;
+}
+
 /** PostgREST's request.jwt.claims, request.method, request.path and request.headers (credentials removed). */
 export function requestSettings(request: FastifyRequest, path: string): RequestSettings {
   const ctx = request.ctx;
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(request.headers)) {
-    if (v === undefined || SECRET_HEADERS.has(k)) continue;
-    headers[k] = Array.isArray(v) ? v.join(', ') : v;
-  }
   return {
     claims: JSON.stringify({ sub: ctx.actor, role: ctx.role, tenant_id: ctx.tenantId }),
     method: request.method,
     path,
-    headers: JSON.stringify(headers),
+    headers: headersJson(request),
   };
+}
+
+/** The path PostgREST's request.path holds: the URL's path below /rest/v1, without the query. */
+export function restPath(url: string): string {
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  const below = path.startsWith('/rest/v1') ? path.slice(8) : path;
+  return below === '' ? '/' : below;
 }

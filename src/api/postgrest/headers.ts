@@ -70,11 +70,25 @@ export function parsePrefer(header: string | string[] | undefined): Preferences 
   return out;
 }
 
-export type Media = { kind: 'json' | 'object' | 'csv'; stripNulls: boolean };
+export type Media = Readonly<{ kind: 'json' | 'object' | 'csv'; stripNulls: boolean }>;
+
+const JSON_MEDIA: Media = { kind: 'json', stripNulls: false };
+/** Accept values negotiated before (clients send a handful): the answer, shared and never changed. */
+const negotiated = new Map<string, Media>();
+const NEGOTIATED_MAX = 256;
 
 /** Negotiate the response media type from Accept; 406 PGRST107 when none is offered. */
 export function negotiate(accept: string | undefined): Media {
-  if (!accept || !accept.trim()) return { kind: 'json', stripNulls: false };
+  if (!accept) return JSON_MEDIA;
+  const hit = negotiated.get(accept);
+  if (hit !== undefined) return hit;
+  const media = negotiateText(accept);
+  if (negotiated.size < NEGOTIATED_MAX && accept.length <= 200) negotiated.set(accept, media);
+  return media;
+}
+
+function negotiateText(accept: string): Media {
+  if (!accept.trim()) return JSON_MEDIA;
   const offered = accept.split(',').map((s) => {
     const [type, ...params] = s.split(';').map((p) => p.trim());
     const q = params.find((p) => p.startsWith('q='));
@@ -87,7 +101,7 @@ export function negotiate(accept: string | undefined): Media {
       case 'application/json':
       case 'application/*':
       case '*/*':
-        return { kind: 'json', stripNulls: false };
+        return JSON_MEDIA;
       case 'application/vnd.pgrst.array+json':
         return { kind: 'json', stripNulls };
       case 'application/vnd.pgrst.object+json':

@@ -7,6 +7,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Capability } from '../../domain.js';
+import type { Principal } from '../../services/identity/index.js';
 import {
   EXPOSED_SCHEMAS,
   resultTable,
@@ -18,11 +19,11 @@ import {
   type RestRowsService,
   type Written,
 } from '../../services/data/index.js';
-import { authenticate, requestSettings } from './auth.js';
+import { admit, knownPrincipal, lookupPrincipal, requestSettings, restPath } from './auth.js';
 import { PgrstError, pgrstErrorHandler } from './errors.js';
 import { checkProfile, negotiate, parsePrefer, parseRange, rangeAnswer, timezoneOf, type Preferences } from './headers.js';
 import { openApiDocument } from './openapi.js';
-import { parseRequest, type QueryString } from './query.js';
+import { eqRead, parseRequest, type EqRead, type QueryString } from './query.js';
 import { toCsv } from './csv.js';
 
 export interface PostgrestOptions {
@@ -52,21 +53,34 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
   );
 
   // functions decide for themselves (a reader's POST /rpc runs read-only); the path alone decides, never the query
-  const capabilityOf = (request: FastifyRequest): Capability =>
-    request.method === 'GET' || request.method === 'HEAD' || (request.routeOptions.url ?? '').endsWith('/rpc/:fn') ? 'read' : 'write';
-  app.addHook('onRequest', async (request) => {
-    await authenticate(request, app.auth, capabilityOf(request));
-    checkProfile(request.headers, EXPOSED_SCHEMAS);
-    // an Accept no answer can be given in is refused before anything runs (PostgREST answers 406
-    // to a write too, even one that would send no body); the OpenAPI root has its own media type
-    if ((request.routeOptions.url ?? '/').endsWith('/') === false) negotiate(request.headers.accept);
+  const capabilityOf = (method: string, route: string | undefined): Capability =>
+    method === 'GET' || method === 'HEAD' || (route ?? '').endsWith('/rpc/:fn') ? 'read' : 'write';
+  // callback style, as /v1's: a credential seen before is admitted without a promise or a microtask
+  app.addHook('onRequest', (request, _reply, done) => {
+    const finish = (principal: Principal) => {
+      try {
+        // (routeOptions is built anew at each read: read once)
+        const route = request.routeOptions.url;
+        admit(request, principal, capabilityOf(request.method, route));
+        checkProfile(request.headers, EXPOSED_SCHEMAS);
+        // an Accept no answer can be given in is refused before anything runs (PostgREST answers 406
+        // to a write too, even one that would send no body); the OpenAPI root has its own media type
+        if ((route ?? '/').endsWith('/') === false) negotiate(request.headers.accept);
+      } catch (err) {
+        return done(err as Error);
+      }
+      done();
+    };
+    const known = knownPrincipal(request, app.auth);
+    if (known !== undefined) return finish(known);
+    lookupPrincipal(request, app.auth).then(finish, done);
   });
 
   /** The tenant session of this request, with `Prefer: timezone` when PostgreSQL knows the zone. */
   const call = async (request: FastifyRequest, p: Preferences): Promise<RestCall> => {
     const timezone = p.timezone === undefined ? undefined : timezoneOf(p, await functions.timezones());
     p.applied = timezone === undefined ? [] : [`timezone=${timezone}`];
-    const settings = requestSettings(request, (request.url.split('?')[0] ?? '').replace(/^\/rest\/v1/, '') || '/');
+    const settings = requestSettings(request, restPath(request.url));
     return { ctx: request.ctx, request: timezone === undefined ? settings : { ...settings, timezone } };
   };
   const applied = (reply: FastifyReply, p: Preferences, names: string[]) => {
@@ -109,7 +123,41 @@ export default async function postgrestRoutes(app: FastifyInstance, opts: Postgr
       .send(`[${r.rows.join(',')}]`);
   }
 
-  app.get('/:table', { schema: hide }, async (request, reply) => read(request, reply, (request.params as { table: string }).table, request.query as QueryString));
+  /**
+   * `?<column>=eq.<value>` (and at most a select), answered as JSON or one object, without Prefer
+   * or Range: the shape of postgrest-js's `.eq(col, v).single()` / `.maybeSingle()`. The statement is
+   * prebuilt per table, column and select list (rows.readEq); the answer is read()'s for the same
+   * request. False when this path does not serve the request (read() then does); true once sent.
+   */
+  async function readEq(request: FastifyRequest, reply: FastifyReply, table: string, eq: EqRead): Promise<boolean> {
+    const media = negotiate(request.headers.accept);
+    if (media.kind === 'csv') return false;
+    const session: RestCall = { ctx: request.ctx, request: requestSettings(request, restPath(request.url)) };
+    const r = await rows.readEq(session, table, eq.column, eq.value, eq.select, eq.selectKey, { stripNulls: media.stripNulls });
+    if (r === undefined) return false;
+    const n = r.rows.length;
+    void reply.header('content-range', n === 0 ? '*/*' : `0-${n - 1}/*`);
+    if (media.kind === 'object') {
+      if (n !== 1) throw new PgrstError(406, 'PGRST116', 'JSON object requested, multiple (or no) rows returned', `The result contains ${n} rows`);
+      void reply.code(200).type('application/vnd.pgrst.object+json; charset=utf-8').send(r.rows[0]);
+      return true;
+    }
+    // (a reply is thenable: it is sent here and never returned from this async function)
+    void reply
+      .code(200)
+      .type(media.stripNulls ? 'application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8' : JSON_TYPE)
+      .send(n === 1 ? `[${r.rows[0]!}]` : `[${r.rows.join(',')}]`);
+    return true;
+  }
+
+  app.get('/:table', { schema: hide }, async (request, reply) => {
+    const table = (request.params as { table: string }).table;
+    const qs = request.query as QueryString;
+    const h = request.headers;
+    const eq = h.prefer === undefined && h.range === undefined ? eqRead(qs) : undefined;
+    if (eq !== undefined && (await readEq(request, reply, table, eq))) return reply;
+    return read(request, reply, table, qs);
+  });
 
   /** Send a write's rows as PostgREST does for `Prefer: return=...`. */
   function sendWritten(request: FastifyRequest, reply: FastifyReply, p: Preferences, w: Written, created: boolean, extra: string[]) {

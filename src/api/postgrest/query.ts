@@ -45,6 +45,88 @@ const one = (v: string | string[], key: string): string => {
 
 const embedNames = (select: SelectItem[]): Set<string> => new Set(select.flatMap((s) => (s.kind === 'embed' ? [s.alias ?? s.relation] : [])));
 
+/** A parsed `select`, kept by its text: the parse tree is only read, never changed, by the builders. */
+interface ParsedSelect {
+  select: SelectItem[];
+  embeds: Set<string>;
+}
+/** Parsed select texts kept (least recently used dropped past this); longer texts are not kept. */
+export const SELECT_CACHE_SIZE = 500;
+const SELECT_CACHE_MAX_TEXT = 2_000;
+const selects = new Map<string, ParsedSelect>();
+const STAR: ParsedSelect = { select: [{ kind: 'star' }], embeds: new Set() };
+
+/**
+ * The select parse of `text`, from the cache or parsed now (then kept). Throws as parseRequest does
+ * (PGRST123 for an aggregate, PGRST100 for bad syntax); errors are never kept.
+ */
+function selectOf(text: string): ParsedSelect {
+  const hit = selects.get(text);
+  if (hit !== undefined) {
+    // refresh its place in the LRU order (only when it is not already the newest)
+    if (selects.size > 1) {
+      selects.delete(text);
+      selects.set(text, hit);
+    }
+    return hit;
+  }
+  if (AGGREGATE.test(text)) throw new PgrstError(400, 'PGRST123', 'Use of aggregate functions is not allowed');
+  const select = syntax(`select parameter (${text})`, () => parseSelect(text));
+  const parsed = { select, embeds: embedNames(select) };
+  if (text.length <= SELECT_CACHE_MAX_TEXT) {
+    if (selects.size >= SELECT_CACHE_SIZE) selects.delete(selects.keys().next().value!);
+    selects.set(text, parsed);
+  }
+  return parsed;
+}
+
+/** Query parameters that are never a column filter on a table read. */
+const RESERVED = new Set(['select', 'order', 'limit', 'offset', 'columns', 'on_conflict', 'or', 'and']);
+const COLUMN_KEY = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
+
+/** The commonest read: one `column=eq.value` filter and at most a select (postgrest-js's `.eq(c, v).single()`). */
+export interface EqRead {
+  column: string;
+  value: string;
+  select: SelectItem[];
+  /** The select's text ('*' when absent): the select list's key in prebuilt statements. */
+  selectKey: string;
+}
+
+/**
+ * The query string as an EqRead when it has exactly that shape, else undefined (then parseRequest
+ * reads it, and answers every mistake). A select that does not parse also answers undefined.
+ */
+export function eqRead(qs: QueryString): EqRead | undefined {
+  let column: string | undefined;
+  let value: string | undefined;
+  let selectText: string | undefined;
+  for (const key in qs) {
+    const v = qs[key];
+    if (v === undefined) continue;
+    if (typeof v !== 'string') return undefined;
+    if (key === 'select') {
+      selectText = v;
+      continue;
+    }
+    if (column !== undefined || RESERVED.has(key) || !v.startsWith('eq.') || !COLUMN_KEY.test(key)) return undefined;
+    column = key;
+    value = v.slice(3);
+  }
+  if (column === undefined || value === undefined) return undefined;
+  let parsed = STAR;
+  if (selectText !== undefined) {
+    try {
+      parsed = selectOf(selectText);
+    } catch {
+      return undefined;
+    }
+  }
+  // `rel=...` names an embedded resource, not a column: parseRequest's business
+  if (parsed.embeds.has(column)) return undefined;
+  return { column, value, select: parsed.select, selectKey: selectText ?? '*' };
+}
+
 /** Parse the query string of a table request. `write` accepts `columns` and `on_conflict`. */
 export function parseRequest(qs: QueryString, opts: { write: boolean }): ParsedRequest {
   const out: ParsedRequest = { select: [{ kind: 'star' }], filters: [], order: [], embeds: new Map(), offset: 0, embedNull: [], selectGiven: false };
@@ -54,13 +136,13 @@ export function parseRequest(qs: QueryString, opts: { write: boolean }): ParsedR
     return e;
   };
   const sel = qs['select'];
+  let embeds = STAR.embeds;
   if (sel !== undefined) {
-    const text = one(sel, 'select');
-    if (AGGREGATE.test(text)) throw new PgrstError(400, 'PGRST123', 'Use of aggregate functions is not allowed');
-    out.select = syntax(`select parameter (${text})`, () => parseSelect(text));
+    const parsed = selectOf(one(sel, 'select'));
+    out.select = parsed.select;
+    embeds = parsed.embeds;
     out.selectGiven = true;
   }
-  const embeds = embedNames(out.select);
   for (const [key, raw] of Object.entries(qs)) {
     if (raw === undefined || key === 'select') continue;
     const values = Array.isArray(raw) ? raw : [raw];

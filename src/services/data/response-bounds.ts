@@ -37,6 +37,21 @@ export function boundJsonSql(inner: string, others: readonly string[], maxParam:
   );
 }
 
+/**
+ * boundJsonSql for a statement that answers at most one row (an equality on a single-column primary
+ * key; `inner` has no LIMIT or OFFSET of its own): the running sum is the row's own size, so no
+ * window is needed. Same columns and meaning:
+ * `j` is NULL and `strata$over` true when the row's JSON (plus its separator) passes the bound.
+ */
+export function boundOneJsonSql(inner: string, maxParam: string): string {
+  // OFFSET 0 keeps the subquery whole: pulled up, each of the three references to `j` would
+  // build the row's JSON again
+  return (
+    `SELECT CASE WHEN octet_length(strata_i.j) + 1 <= ${maxParam}::int8 THEN strata_i.j END AS j, octet_length(strata_i.j) + 1 > ${maxParam}::int8 AS "strata$over" ` +
+    `FROM (${inner} OFFSET 0) strata_i`
+  );
+}
+
 /** True when a row of a boundJsonSql statement is past the bound (its `j` is NULL then). */
 export const isOver = (row: Record<string, unknown>): boolean => row['strata$over'] === true;
 

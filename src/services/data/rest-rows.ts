@@ -10,12 +10,12 @@ import type { RequestSettings, SessionContext, Tx, TxOptions } from '../../db/se
 import { badRequest, AppError } from '../../errors.js';
 import type { SchemaRegistry, TableInfo } from './schema-registry.js';
 import type { Enforcement, Guard } from '../compliance/index.js';
-import { filterSql, innerJoinsSql, joinWhere, orderSql, Params, pathSql, rowJsonSql, type BuildScope } from './rest-query/build.js';
+import { checkEqValue, filterSql, innerJoinsSql, joinWhere, orderSql, Params, pathSql, rowJsonSql, type BuildScope } from './rest-query/build.js';
 import type { EmbedOptions, Filter, OrderItem, SelectItem } from './rest-query/parse.js';
 import { resolveRelationship } from './rest-query/relations.js';
 import { validateRow } from './rest-query/validate.js';
 import { toParam } from './rows.js';
-import { boundJsonSql, boundWriteSql, isAnswerTooLarge, isOver, tooLarge } from './response-bounds.js';
+import { boundJsonSql, boundOneJsonSql, boundWriteSql, isAnswerTooLarge, isOver, tooLarge } from './response-bounds.js';
 
 const q = pg.escapeIdentifier;
 
@@ -78,6 +78,24 @@ export interface RestRowsOptions {
   /** The compliance policy (declared columns: encryption, masking, blind indexes, audit). */
   compliance?: Enforcement;
 }
+
+/**
+ * A prebuilt statement of readEq: one per table, filtered column, select list and null stripping
+ * (and compliance policy version, whose tags the statement carries).
+ */
+interface EqStatement {
+  text: string;
+  /** The values after the filter's (`$1`): constants of the select list (JSON path keys). */
+  rest: unknown[];
+  /** The policy version it was built under (-1: nothing declared). */
+  version: number;
+  /** The builders tagged a declared column: the answer goes through reveal(). */
+  tagged: boolean;
+  /** The answer's column names (a CSV answer's header line when there are no rows). */
+  columns: string[];
+}
+/** Prebuilt readEq statements kept per table (the oldest is dropped past this). */
+export const EQ_STATEMENTS_PER_TABLE = 64;
 
 /** Thrown inside a transaction to roll it back while keeping its result (Prefer: tx=rollback). */
 class Rollback<T> extends Error {
@@ -217,7 +235,61 @@ export function createRestRowsService(opts: RestRowsOptions) {
     return `WHERE ${conds.join(' AND ')}`;
   }
 
+  /** readEq's statements per table (a schema refresh makes new TableInfo, and so new statements). */
+  const eqStatements = new WeakMap<TableInfo, Map<string, EqStatement>>();
+
+  /** Build the statement of `column = $1` with a select list, exactly as read() would build it. */
+  async function buildEq(t: TableInfo, column: string, value: string, select: SelectItem[], stripNulls: boolean, guard: Guard | undefined): Promise<EqStatement> {
+    const params = new Params(guard);
+    const s = await scopeFor(params, new Map());
+    const rq: RestQuery = { select, filters: [{ kind: 'cond', column, op: 'eq', not: false, value }], order: [], embeds: s.embeds, offset: 0, embedNull: [] };
+    const where = conditions(t, rq, s).join(' AND ');
+    const json = rowJson(t, select, s, stripNulls);
+    // a single-column primary key (not a view's inferred one, nor one with tenant_id first): at most
+    // one row, so the bound needs no window and no LIMIT; otherwise read()'s LIMIT and bound
+    const unique = t.sources === undefined && t.indexes.some((ix) => ix.primary && ix.columns.length === 1 && ix.columns[0] === column);
+    const inner = `SELECT ${json}::text AS j FROM ${t.qualified} t0 WHERE ${where}`;
+    const max = String(Math.floor(maxBytes));
+    const text = unique ? boundOneJsonSql(inner, max) : boundJsonSql(`${inner} LIMIT ${opts.maxRows}`, [], max);
+    return { text, rest: params.values.slice(1), version: guard ? guard.version : -1, tagged: guard?.tagged === true, columns: columnNames(t, select, s) };
+  }
+
   return {
+    /**
+     * read() of the commonest shape, `?<column>=eq.<value>` with an optional select and nothing
+     * else (postgrest-js's `.eq(col, v).single()` / `.maybeSingle()`): the statement is built once
+     * per table, column and select list and kept, so a request only checks the value and runs it,
+     * in the same tenant session, with the same bound and the same masking as read(). Undefined
+     * when the column is not one this path serves (unknown, declared by the compliance policy or a
+     * blind index): the caller then takes read(), which answers or refuses as usual.
+     */
+    async readEq(call: RestCall, table: string, column: string, value: string, select: SelectItem[], selectKey: string, o: { stripNulls?: boolean } = {}): Promise<ReadResult | undefined> {
+      const t = await schema.table(table);
+      const c = t.columnMap.get(column);
+      if (c === undefined) return undefined;
+      const guard = await guardOf(call.ctx);
+      // a declared column's filter is checked (and maybe rewritten to its blind index) per role and tenant
+      if (guard && (guard.table(t.name)?.has(column) || guard.isBlindIndex(t.name, column))) return undefined;
+      checkEqValue(c, value);
+      const stripNulls = o.stripNulls === true;
+      const key = `${stripNulls ? 's' : 'k'}${column}\u0000${selectKey}`;
+      let byTable = eqStatements.get(t);
+      if (byTable === undefined) eqStatements.set(t, (byTable = new Map<string, EqStatement>()));
+      let st = byTable.get(key);
+      if (st === undefined || st.version !== (guard ? guard.version : -1)) {
+        st = await buildEq(t, column, value, select, stripNulls, guard);
+        if (byTable.size >= EQ_STATEMENTS_PER_TABLE) byTable.delete(byTable.keys().next().value!);
+        byTable.set(key, st);
+      } else if (st.tagged && guard) guard.tagged = true;
+      const values = st.rest.length === 0 ? [value] : [value, ...st.rest];
+      const res = await db.tenantQuery<{ j: string }>(call.ctx, st.text, values, txOptions(call, true));
+      const rows = res.rows;
+      if (rows.length > 0 && isOver(rows[rows.length - 1]!)) throw readOverflow();
+      const out: string[] = new Array<string>(rows.length);
+      for (let i = 0; i < rows.length; i++) out[i] = rows[i]!.j;
+      return { rows: await reveal(guard, out), offset: 0, ...(rows.length === 0 ? { columns: st.columns } : {}) };
+    },
+
     /** A read: rows as JSON text, and the total when a count was asked for. */
     async read(
       call: RestCall,

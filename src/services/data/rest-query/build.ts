@@ -105,6 +105,11 @@ export function checkValue(c: ColumnInfo, value: string): void {
   }
 }
 
+/** What filterSql checks of an `eq` value (a range column's value is left to PostgreSQL). */
+export function checkEqValue(c: ColumnInfo, value: string): void {
+  if (!isRange(c)) checkValue(c, value);
+}
+
 const TEXTUAL = new Set(['text', 'varchar', 'bpchar', 'name', 'citext']);
 const COMPARE: Record<string, string> = { eq: '=', neq: '<>', gt: '>', gte: '>=', lt: '<', lte: '<=', like: 'LIKE', ilike: 'ILIKE', match: '~', imatch: '~*' };
 const RANGE_OPS: Record<string, string> = { sl: '<<', sr: '>>', nxl: '&<', nxr: '&>', adj: '-|-', cs: '@>', cd: '<@', ov: '&&' };
