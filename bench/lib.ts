@@ -3,9 +3,10 @@
  * medians, metrics scraping. bench/run.ts and the scenario modules in bench/scenarios/ use it.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { openSync } from 'node:fs';
+import { openSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import autocannon from 'autocannon';
+import pg from 'pg';
 import { BENCH_ROWS, BENCH_TENANTS } from './setup.js';
 
 export const env = process.env;
@@ -269,3 +270,30 @@ export function histogram(text: string, name: string, pool: string): Array<[stri
   return [...text.matchAll(re)].map((m) => [m[1]!, Number(m[2])]);
 }
 
+
+/** CPU ticks (user + system, 1/100 s) a set of processes has used so far; a process gone counts 0. */
+export function cpuTicks(pids: number[]): number {
+  let sum = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      sum += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* gone */
+    }
+  }
+  return sum;
+}
+
+/** The PostgreSQL backends of a database now (but the asking one), to measure a server's backends by difference. */
+export async function backendPidsOf(dbUrl: string): Promise<Set<number>> {
+  const c = new pg.Client({ connectionString: dbUrl });
+  await c.connect();
+  try {
+    const r = await c.query<{ pid: number }>('select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()');
+    return new Set(r.rows.map((x) => x.pid));
+  } finally {
+    await c.end();
+  }
+}

@@ -23,10 +23,10 @@ import type { RequestContext, Role } from '../../domain.js';
 import { AppError, badRequest } from '../../errors.js';
 import type { AuditLog } from './audit.js';
 import { ruleFor, blindIndexColumn, type ColumnPolicy, type Declarations } from './declarations.js';
-import { blindIndex, decryptField, encryptField, isCiphertext, keyVersionOf } from './envelope.js';
+import { blindIndex, decryptWithAad, encryptWithAad, fieldAad, isCiphertext, keyVersionOf } from './envelope.js';
 import type { TenantKeys } from './keys.js';
 import { parse } from '../data/index.js';
-import { applyMask, type MaskRule } from './masking.js';
+import { applyMask, compileMask, type MaskRule } from './masking.js';
 import { hasSubjectKeyed, isSubjectFieldCiphertext, type SubjectFields } from './subject-fields.js';
 
 const POLICY_TTL_MS = 2000;
@@ -46,6 +46,39 @@ export interface GuardedColumn {
   searchable: boolean;
   /** The role reads the plaintext. */
   plaintext: boolean;
+}
+
+/**
+ * What reveal() does with one declared column for one role, made once per policy version and role
+ * (not per request or value): its policy, the role's rule and the rule as a function. Keyed by the
+ * column's tag prefix (`\u001fsx:<table>.<column>:`), so a tagged value finds its plan with one
+ * lookup of the text before its value.
+ */
+interface ColumnPlan {
+  readonly table: string;
+  readonly column: string;
+  readonly policy: ColumnPolicy;
+  readonly rule: MaskRule;
+  readonly mask: (value: unknown) => unknown;
+}
+
+const plansBySnapshot = new WeakMap<PolicySnapshot, Map<Role, Map<string, ColumnPlan>>>();
+
+function plansFor(snap: PolicySnapshot, role: Role): Map<string, ColumnPlan> {
+  let byRole = plansBySnapshot.get(snap);
+  if (!byRole) plansBySnapshot.set(snap, (byRole = new Map<Role, Map<string, ColumnPlan>>()));
+  let plans = byRole.get(role);
+  if (!plans) {
+    plans = new Map<string, ColumnPlan>();
+    for (const [table, cols] of snap.tables) {
+      for (const [column, policy] of cols) {
+        const rule = ruleFor(policy, role);
+        plans.set(`${TAG}${table}.${column}:`, { table, column, policy, rule, mask: compileMask(rule, policy.pii) });
+      }
+    }
+    byRole.set(role, plans);
+  }
+  return plans;
 }
 
 export interface RevealOptions {
@@ -102,7 +135,7 @@ export function createEnforcement(deps: { db: Database; declarations: Declaratio
     let indexKey: Buffer | AppError | undefined;
     if (snap.searchable && ctx.tenantId) {
       try {
-        indexKey = await deps.keys.index(ctx.tenantId);
+        indexKey = deps.keys.cached?.(ctx.tenantId, 'index', 'latest')?.key ?? (await deps.keys.index(ctx.tenantId));
       } catch (err) {
         if (!(err instanceof AppError)) throw err;
         indexKey = err;
@@ -193,6 +226,16 @@ export class Guard {
   tagged = false;
   /** Set when a declared column is keyed per subject (subject-fields.ts). */
   subjects: SubjectFields | undefined;
+  /** This request's data keys by version, the current one, and the AAD of each field (tenant, table, column). */
+  private readonly dataKeys = new Map<number, Buffer>();
+  private currentKey: Promise<{ version: number; key: Buffer }> | undefined;
+  private readonly aads = new Map<string, Buffer>();
+  /**
+   * The ciphertexts this request made (protectRow) with their plaintext, by `<table>.<column>` and
+   * ciphertext: the representation a write returns carries them, and decrypting a value made a
+   * moment ago under the same tenant, table and column only gives back the same plaintext.
+   */
+  private readonly sealed = new Map<string, string>();
 
   constructor(
     readonly snap: PolicySnapshot,
@@ -333,11 +376,10 @@ export class Guard {
       }
       const text = typeof v === 'string' ? v : JSON.stringify(v);
       const tenantId = this.tenant();
-      const tenantKeyed = async () => {
-        const { key: dek, version } = await this.keys.current(tenantId);
-        return encryptField(text, dek, version, { tenantId, table, column: key });
-      };
-      out[key] = p.subject_column && this.subjects ? await this.subjects.protect(tenantId, p, row, text, tenantKeyed) : await tenantKeyed();
+      out[key] =
+        p.subject_column && this.subjects
+          ? await this.subjects.protect(tenantId, p, row, text, () => this.seal(tenantId, table, key, text))
+          : await this.seal(tenantId, table, key, text);
       if (p.searchable) out[blindIndexColumn(key)] = this.blindIndexOf(table, key, text);
     }
     return out ?? row;
@@ -351,46 +393,78 @@ export class Guard {
     return JSON.stringify(out);
   }
 
-  /** A parsed JSON value (rows, a page, a GraphQL answer) with tagged strings resolved. */
+  /**
+   * A parsed JSON value (rows, a page, a GraphQL answer) with tagged strings resolved, in place
+   * (the value is the caller's own parse or copy): one walk finds the tagged strings, the data key
+   * versions they name are loaded (cached per tenant), then each is decrypted and masked by its
+   * column's plan. Returns the value (a tagged string at the root comes back resolved).
+   */
   async revealValue(doc: unknown, opts: RevealOptions): Promise<unknown> {
     if (this.subjects) doc = await this.subjects.resolve(doc, this.ctx.tenantId);
-    const keys = new Map<number, Buffer>();
+    const plans = plansFor(this.snap, this.ctx.role);
+    const sites: Site[] = [];
+    const root: Site | undefined = typeof doc === 'string' ? siteOf(doc, undefined, '') : undefined;
+    if (root) sites.push(root);
+    else collect(doc, sites);
+    if (sites.length === 0) return doc;
     const tenantId = this.ctx.tenantId;
-    // first pass: the data key versions the ciphertexts name (async, cached per tenant)
-    const versions = new Set<number>();
-    walk(doc, (s) => {
-      const t = parseTag(s);
-      if (t && isCiphertext(t.value)) {
-        const v = keyVersionOf(t.value);
-        if (v !== null) versions.add(v);
+    // the data key versions the ciphertexts name (async, cached per tenant)
+    for (const site of sites) {
+      if (typeof site.value === 'string' && isCiphertext(site.value)) {
+        const v = keyVersionOf(site.value);
+        if (v !== null && tenantId && !this.dataKeys.has(v)) this.dataKeys.set(v, this.keys.cached?.(tenantId, 'data', v)?.key ?? (await this.keys.version(tenantId, v)));
       }
-      return s;
-    });
-    if (versions.size && tenantId) for (const v of versions) keys.set(v, await this.keys.version(tenantId, v));
-    const seen = new Map<string, { columns: Set<string>; rows: Set<object> }>();
-    const out = walk(doc, (s, holder) => {
-      const t = parseTag(s);
-      if (!t) return s;
-      const p = this.snap.tables.get(t.table)?.get(t.column);
-      if (!p) return null; // a declaration removed while the statement ran: fail closed
-      const rule = ruleFor(p, this.ctx.role);
-      if (rule === 'null' || t.value === null) return null;
-      let plain = t.value;
-      if (p.encrypted && isCiphertext(plain)) {
-        // a key the tenant does not have (another tenant's ciphertext) fails the tag check: 422
-        plain = decryptField(plain, (v) => keys.get(v) ?? Buffer.alloc(32), { tenantId: tenantId ?? '', table: t.table, column: t.column });
+    }
+    let seen: Map<string, { columns: Set<string>; rows: Set<object> }> | undefined;
+    let result = doc;
+    for (const site of sites) {
+      const plan = plans.get(site.prefix);
+      let out: unknown;
+      if (!plan) out = null; // a declaration removed while the statement ran: fail closed
+      else if (plan.rule === 'null' || site.value === null) out = null;
+      else {
+        let plain = site.value;
+        if (plan.policy.encrypted && isCiphertext(plain)) plain = this.open(plain, plan.table, plan.column, tenantId ?? '');
+        if (plan.rule === 'full') {
+          seen ??= new Map();
+          let a = seen.get(plan.table);
+          if (!a) seen.set(plan.table, (a = { columns: new Set(), rows: new Set() }));
+          a.columns.add(plan.column);
+          if (site.holder) a.rows.add(site.holder);
+          out = plain;
+        } else out = plan.mask(plain);
       }
-      if (rule === 'full') {
-        let a = seen.get(t.table);
-        if (!a) seen.set(t.table, (a = { columns: new Set(), rows: new Set() }));
-        a.columns.add(t.column);
-        if (holder) a.rows.add(holder);
-        return plain;
-      }
-      return applyMask(plain, rule, p.pii);
-    });
-    for (const [table, a] of seen) this.audit.record(this.ctx, table, [...a.columns], a.rows.size, opts.path);
-    return out;
+      if (site === root) result = out;
+      else setOwn(site.holder!, site.key, out);
+    }
+    // every plaintext let through is in the access audit (buffered: no round trip)
+    if (seen) for (const [table, a] of seen) this.audit.record(this.ctx, table, [...a.columns], a.rows.size, opts.path);
+    return result;
+  }
+
+  /** Plaintext of `table.column` sealed under the tenant's current data key (remembered, so the answer of this write need not decrypt it again). */
+  private async seal(tenantId: string, table: string, column: string, text: string): Promise<string> {
+    const { key: dek, version } = this.keys.cached?.(tenantId, 'data', 'latest') ?? (await (this.currentKey ??= this.keys.current(tenantId)));
+    const sealed = encryptWithAad(text, dek, version, this.aadOf(tenantId, table, column));
+    this.sealed.set(`${table}.${column}\0${sealed}`, text);
+    return sealed;
+  }
+
+  /** The plaintext of a ciphertext of `table.column`: made by this request (protectRow), or decrypted (a wrong tenant or column: 422). */
+  private open(value: string, table: string, column: string, tenantId: string): string {
+    const own = this.sealed.get(`${table}.${column}\0${value}`);
+    if (own !== undefined) return own;
+    const version = keyVersionOf(value) ?? 0;
+    // a key the tenant does not have (another tenant's ciphertext) fails the tag check: 422
+    return decryptWithAad(value, this.dataKeys.get(version) ?? Buffer.alloc(32), this.aadOf(tenantId, table, column), { table, column });
+  }
+
+  /** The additional authenticated data of a field, made once per request and column. */
+  private aadOf(tenantId: string, table: string, column: string): Buffer {
+    const k = `${tenantId}\0${table}\0${column}`;
+    let aad = this.aads.get(k);
+    if (!aad) this.aads.set(k, (aad = fieldAad({ tenantId, table, column })));
+    return aad;
   }
 
   private pending = new Map<string, { columns: Set<string>; rows: Set<object> }>();
@@ -415,8 +489,9 @@ export class Guard {
       if (plain === null) return null;
     } else if (p.encrypted && isCiphertext(value)) {
       const tenantId = this.ctx.tenantId ?? '';
-      const key = await this.keys.version(tenantId, keyVersionOf(value) ?? 0);
-      plain = decryptField(value, () => key, { tenantId, table, column });
+      const version = keyVersionOf(value) ?? 0;
+      if (!this.dataKeys.has(version)) this.dataKeys.set(version, await this.keys.version(tenantId, version));
+      plain = this.open(value, table, column, tenantId);
     }
     if (rule === 'full') {
       let a = this.pending.get(table);
@@ -491,31 +566,65 @@ export function maskStoredRow(snap: PolicySnapshot, table: string, row: Record<s
   return out;
 }
 
-function parseTag(s: string): { table: string; column: string; value: unknown } | undefined {
-  if (!s.startsWith(TAG)) return undefined;
-  const rest = s.slice(TAG.length);
-  const dot = rest.indexOf('.');
-  const colon = rest.indexOf(':', dot);
-  if (dot < 1 || colon < 0) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(rest.slice(colon + 1));
-  } catch {
-    return undefined;
-  }
-  return { table: rest.slice(0, dot), column: rest.slice(dot + 1, colon), value };
+/** A tagged string found in a JSON value: where it is, its column's tag prefix and its value. */
+interface Site {
+  holder: Record<string, unknown> | unknown[] | undefined;
+  key: string | number;
+  prefix: string;
+  value: unknown;
 }
 
-/** Map every string of a JSON value (depth-first); `holder` is the object or array holding it. */
-function walk(v: unknown, fn: (s: string, holder: object | undefined) => unknown, holder?: object): unknown {
-  if (typeof v === 'string') return fn(v, holder);
-  if (Array.isArray(v)) return v.map((x) => walk(x, fn, v));
-  if (v && typeof v === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) out[k] = walk(x, fn, v);
-    return out;
+/**
+ * The site of a tagged string (`\u001fsx:<table>.<column>:<JSON value>`), or undefined when `s` is
+ * not one. A string value (ciphertext) is read without JSON.parse when it has no escape.
+ */
+function siteOf(s: string, holder: Site['holder'], key: string | number): Site | undefined {
+  if (s.charCodeAt(0) !== 31 || !s.startsWith(TAG)) return undefined;
+  const dot = s.indexOf('.', TAG.length);
+  const colon = dot < 0 ? -1 : s.indexOf(':', dot);
+  if (dot < TAG.length + 1 || colon < 0) return undefined;
+  let value: unknown;
+  const from = colon + 1;
+  if (s.length - from >= 2 && s.charCodeAt(from) === 34 && s.charCodeAt(s.length - 1) === 34 && s.indexOf('\\', from) < 0) {
+    value = s.slice(from + 1, -1);
+  } else {
+    try {
+      value = JSON.parse(s.slice(from));
+    } catch {
+      return undefined;
+    }
   }
-  return v;
+  return { holder, key, prefix: s.slice(0, from), value };
+}
+
+/** Every tagged string of a JSON value (depth first). */
+function collect(v: unknown, sites: Site[]): void {
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const x: unknown = v[i];
+      if (typeof x === 'string') {
+        const site = siteOf(x, v, i);
+        if (site) sites.push(site);
+      } else if (x && typeof x === 'object') collect(x, sites);
+    }
+    return;
+  }
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    for (const k of Object.keys(o)) {
+      const x = o[k];
+      if (typeof x === 'string') {
+        const site = siteOf(x, o, k);
+        if (site) sites.push(site);
+      } else if (x && typeof x === 'object') collect(x, sites);
+    }
+  }
+}
+
+/** holder[key] = value, as an own property even for `__proto__` (a JSON key like any other). */
+function setOwn(holder: Record<string, unknown> | unknown[], key: string | number, value: unknown): void {
+  if (key === '__proto__') Object.defineProperty(holder, key, { value, enumerable: true, writable: true, configurable: true });
+  else (holder as Record<string | number, unknown>)[key] = value;
 }
 
 /**

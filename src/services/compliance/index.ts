@@ -5,7 +5,7 @@
 export { parseMasterKeys, type MasterKeys, type WrappedKey } from './keyring.js';
 export { blindIndex, decryptField, encryptField, isCiphertext, keyVersionOf, CIPHERTEXT_PREFIX, type FieldContext } from './envelope.js';
 export { createTenantKeys, encryptionDisabled, type TenantKeys } from './keys.js';
-export { applyMask, parseMaskRule, PII_CATEGORIES, type MaskRule, type PiiCategory } from './masking.js';
+export { applyMask, compileMask, parseMaskRule, PII_CATEGORIES, type MaskRule, type PiiCategory } from './masking.js';
 export { categoryByName, categoryByValue, ibanValid, judgeColumn, luhnValid, type Finding } from './detection.js';
 export { blindIndexColumn, createDeclarations, maskValue, ruleFor, type ColumnPolicy, type DeclareInput, type Declarations } from './declarations.js';
 export { createComplianceOps, type ComplianceOps, type ComplianceOpsDeps } from './ops.js';

@@ -18,6 +18,11 @@ export interface TenantKeys {
   version(tenantId: string, version: number): Promise<Buffer>;
   /** The tenant's blind-index key. */
   index(tenantId: string): Promise<Buffer>;
+  /**
+   * A key this process holds unexpired (no I/O, no promise), else undefined (then current(),
+   * version() or index()): `latest` is the current data key or the index key.
+   */
+  cached?(tenantId: string, kind: 'data' | 'index', version: number | 'latest'): { key: Buffer; version: number } | undefined;
   /** Drop cached plaintext keys (after a rotation or erasure). */
   forget(tenantId?: string): void;
 }
@@ -73,6 +78,10 @@ export function createTenantKeys(deps: { db: Database; keys: MasterKeys | null }
       return k.key;
     },
     index: async (tenantId) => (await ensure(tenantId, 'index')).key,
+    cached(tenantId, kind, version) {
+      const hit = cache.get(`${tenantId}\0${kind}\0${version}`);
+      return hit && hit.until > Date.now() ? hit : undefined;
+    },
     forget(tenantId) {
       if (!tenantId) return cache.clear();
       for (const k of cache.keys()) if (k.startsWith(`${tenantId}\0`)) cache.delete(k);
