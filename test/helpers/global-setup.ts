@@ -20,6 +20,7 @@ const CONSEQUENCES = {
   hypopg: 'GET /v1/admin/index-advice is tested for its 501 HYPOPG_UNAVAILABLE answer instead of its advice',
   vector: 'no test depends on it (vector search runs exact scans without it)',
   citus: 'no test depends on it',
+  pg_partman: 'POST /v1/admin/partitions is tested for its 501 PARTITIONING_UNAVAILABLE answer instead of time partitioning',
 } as const;
 
 export default async function setup(project: TestProject): Promise<() => void> {
