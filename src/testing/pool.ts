@@ -141,7 +141,7 @@ async function dropOrphanPools(client: pg.ClientBase, prefix: string): Promise<v
 
 /** Wait for this process's pending refills (of every pool). */
 export async function settlePools(): Promise<void> {
-  await Promise.all([...fillers.values()].map((f) => f.running?.catch(() => undefined)));
+  for (const f of [...fillers.values()]) await f.running?.catch(() => undefined);
 }
 
 /**

@@ -23,7 +23,7 @@ const CONSEQUENCES = {
   pg_partman: 'POST /v1/admin/partitions is tested for its 501 PARTITIONING_UNAVAILABLE answer instead of time partitioning',
 } as const;
 
-export default async function setup(project: TestProject): Promise<() => void> {
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const extensions = await probeExtensions(SERVER_URL);
   project.provide('extensions', extensions);
   const summary = describeExtensions(extensions, CONSEQUENCES);
