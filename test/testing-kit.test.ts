@@ -19,7 +19,7 @@ import {
   withTestDatabase,
   type TestDatabase,
 } from '../src/testing/index.js';
-import { createTestDatabase, KIT_OPTIONS, withServer } from './helpers/databases.js';
+import { CLONE_PREFIX, createTestDatabase, KIT_OPTIONS, withServer } from './helpers/databases.js';
 
 const exists = (name: string) =>
   withServer(async (c) => (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])).rowCount === 1);
@@ -95,7 +95,7 @@ describe('strata/testing', () => {
     it('withTestDatabase drops its database even when the test throws', async () => {
       let name = '';
       await expect(
-        withTestDatabase(KIT_OPTIONS, async (t) => {
+        withTestDatabase({ ...KIT_OPTIONS, prefix: CLONE_PREFIX }, async (t) => {
           name = t.name;
           await t.query('SELECT 1');
           throw new Error('the test failed');

@@ -157,8 +157,12 @@ export async function drainPool(serverUrl: string, prefix: string): Promise<stri
   const dropped: string[] = [];
   for (const r of rows) {
     if (!parsePoolName(prefix, r.datname)) continue;
-    await server.query(`DROP DATABASE IF EXISTS ${quoteIdent(r.datname)} WITH (FORCE)`);
-    dropped.push(r.datname);
+    try {
+      await server.query(`DROP DATABASE IF EXISTS ${quoteIdent(r.datname)} WITH (FORCE)`);
+      dropped.push(r.datname);
+    } catch {
+      // taken by a rename at this instant (it is a test database now, its taker drops it)
+    }
   }
   return dropped;
 }
