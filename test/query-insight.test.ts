@@ -570,7 +570,8 @@ describe('query insight', () => {
       try {
         const res = await sql(h['acme']!, 'SELECT pg_sleep(0.06) AS slept_offline');
         expect(res.statusCode).toBe(200);
-        expect(await metric('strata_slow_query_log_dropped_total', '')).toBe(dropped + 1);
+        // at least the slow statement's entry; on a loaded machine another statement of the request may be slow too
+        expect(await metric('strata_slow_query_log_dropped_total', '')).toBeGreaterThanOrEqual(dropped + 1);
         const read = await t.app.inject({ method: 'GET', url: '/v1/admin/queries/slow', headers: h['acme'] });
         expect(read.statusCode).toBe(503);
         expect(read.json().error.code).toBe('SLOW_QUERY_LOG_UNAVAILABLE');

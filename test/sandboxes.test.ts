@@ -6,8 +6,10 @@
  * input is a 4xx that writes nothing (no record, no database, no real row).
  */
 import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
 import { SignJWT } from 'jose';
 import pg from 'pg';
+import WebSocket from 'ws';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createJobs, type JobsService, type JobView } from '../src/jobs/queues.js';
@@ -255,7 +257,6 @@ describe('tenant sandboxes', () => {
       [h['acme']!, 'POST', '/v1/admin/sandboxes', { tenant: 'globex', name: 'x' }, 403, 'TENANT_MISMATCH'],
       [h['acmeWriter']!, 'POST', '/v1/admin/sandboxes', { tenant: 'acme', name: 'x' }, 403, 'ROLE_FORBIDDEN'],
       [h['platform']!, 'POST', '/v1/admin/sandboxes', { tenant: 'nosuch', name: 'x' }, 404, 'TENANT_NOT_FOUND'],
-      [h['acme']!, 'POST', '/v1/admin/sandboxes', { tenant: 'acme', name: 'x', anonymize: true }, 501, 'ANONYMIZER_UNAVAILABLE'],
       [h['acme']!, 'POST', '/v1/admin/sandboxes', { tenant: 'acme', name: 'trial' }, 409, 'SANDBOX_EXISTS'],
       [h['acme']!, 'DELETE', '/v1/admin/sandboxes/not-a-uuid', undefined, 400, 'VALIDATION_FAILED'],
       [h['acme']!, 'DELETE', `/v1/admin/sandboxes/${randomUUID()}`, undefined, 404, 'SANDBOX_NOT_FOUND'],
@@ -328,6 +329,110 @@ describe('tenant sandboxes', () => {
     }, 30_000);
     expect((await records()).filter((r) => r.tenant_id === 'globex')).toEqual([]);
     expect(await realCounts()).toEqual(before);
+  });
+
+  it('anonymize: true copies the rows through the compliance anonymizer: no original of a declared column, same counts, foreign keys valid', async () => {
+    const declared: Array<[string, string, string]> = [
+      ['pipelines', 'name', 'name'],
+      ['pipelines', 'description', 'other'],
+      ['run_steps', 'name', 'other'],
+      ['run_logs', 'message', 'other'],
+    ];
+    const put = (table: string, column: string, body: unknown) =>
+      inject('PUT' as 'POST', `/v1/admin/compliance/columns/${table}/${column}`, h['platform']!, body);
+    for (const [table, column, pii] of declared) {
+      const r = await put(table, column, { pii });
+      expect(r.statusCode, r.body).toBe(200);
+    }
+    let boxId: string | undefined;
+    try {
+      const before = await realCounts();
+      const box = await create(h['globex']!, { tenant: 'globex', name: 'anon', anonymize: true });
+      boxId = box.id;
+      expect(box.job.progress).toMatchObject({ percent: 100 });
+      expect((box.job.result as { faked_columns: string[] }).faked_columns).toEqual(expect.arrayContaining(declared.map(([t, c]) => `${t}.${c}`)));
+      const view = (await inject('GET', `/v1/admin/sandboxes/${box.id}`, h['globex']!)).json().data;
+      const real = (await realCounts()).filter((r) => r.k.startsWith('globex:'));
+      expect(view).toMatchObject({ status: 'ready', anonymized: true, rows: real.reduce((a, r) => a + r.n, 0) });
+      // the same rows per table (no acme row), and the real data untouched
+      const copied = await onSandbox(box.id, async (c) =>
+        (
+          await c.query<{ k: string; n: number }>(
+            `SELECT tenant_id || ':' || t AS k, n FROM (
+               SELECT tenant_id, 'pipelines' AS t, count(*)::int AS n FROM pipelines GROUP BY 1
+               UNION ALL SELECT tenant_id, 'pipeline_runs', count(*)::int FROM pipeline_runs GROUP BY 1
+               UNION ALL SELECT tenant_id, 'run_steps', count(*)::int FROM run_steps GROUP BY 1
+               UNION ALL SELECT tenant_id, 'run_logs', count(*)::int FROM run_logs GROUP BY 1) x ORDER BY 1`,
+          )
+        ).rows,
+      );
+      expect(copied).toEqual(real);
+      expect(await realCounts()).toEqual(before);
+      // no original value of a declared column is in the sandbox (of any tenant)
+      for (const [table, column] of declared) {
+        const originals = new Set((await t.db.adminQuery<{ v: string }>(`SELECT "${column}" AS v FROM ${table} WHERE "${column}" IS NOT NULL`)).rows.map((r) => r.v));
+        const inBox = await onSandbox(box.id, async (c) => (await c.query<{ v: string }>(`SELECT "${column}" AS v FROM ${table} WHERE "${column}" IS NOT NULL`)).rows.map((r) => r.v));
+        expect(inBox.length, `${table}.${column}`).toBeGreaterThan(0);
+        expect(inBox.filter((v) => originals.has(v)), `${table}.${column}`).toEqual([]);
+      }
+      // every key and foreign key of the real schema exists in the sandbox, validated over the faked rows
+      const constraints = `SELECT conrelid::regclass::text AS rel, conname, contype, convalidated FROM pg_constraint
+                            WHERE connamespace = 'public'::regnamespace AND contype IN ('p', 'u', 'f') ORDER BY 1, 2`;
+      const inBox = await onSandbox(box.id, async (c) => (await c.query(constraints)).rows);
+      expect(inBox).toEqual((await t.db.adminQuery(constraints)).rows);
+      expect(inBox.every((c) => c['convalidated'] === true)).toBe(true);
+      expect(
+        await onSandbox(box.id, async (c) =>
+          (await c.query<{ n: number }>('SELECT count(*)::int AS n FROM run_steps s WHERE NOT EXISTS (SELECT 1 FROM pipeline_runs r WHERE r.tenant_id = s.tenant_id AND r.id = s.run_id)')).rows[0]!.n,
+        ),
+      ).toBe(0);
+      // served like any sandbox, under row-level security: globex reads its faked rows, nothing else
+      const served = await inject('GET', '/v1/tables/pipelines/rows?limit=1000', { ...(await t.auth('reader', 'globex')), 'x-strata-sandbox': 'anon' });
+      expect(served.statusCode, served.body).toBe(200);
+      const rows = served.json<{ data: Array<{ tenant_id: string; name: string }> }>().data;
+      expect(rows.length).toBe(real.find((r) => r.k === 'globex:pipelines')!.n);
+      expect(rows.every((r) => r.tenant_id === 'globex')).toBe(true);
+      const realNames = new Set((await t.db.adminQuery<{ name: string }>("SELECT name FROM pipelines WHERE tenant_id = 'globex'")).rows.map((r) => r.name));
+      expect(rows.filter((r) => realNames.has(r.name))).toEqual([]);
+      // written through the sandbox: its sequences continue after the copied keys
+      const w = await inject('POST', '/v1/tables/pipelines/rows', { ...(await t.auth('writer', 'globex')), 'x-strata-sandbox': 'anon' }, { name: 'new in the anonymized sandbox' });
+      expect(w.statusCode, w.body).toBe(201);
+      // and another tenant never reaches it
+      const other = await inject('GET', '/v1/tables/pipelines/rows', { ...h['acmeReader']!, 'x-strata-sandbox': 'anon' });
+      expect([other.statusCode, other.json().error.code]).toEqual([404, 'SANDBOX_NOT_FOUND']);
+    } finally {
+      if (boxId) await inject('DELETE', `/v1/admin/sandboxes/${boxId}`, h['globex']!);
+      for (const [table, column] of declared) await inject('DELETE', `/v1/admin/compliance/columns/${table}/${column}`, h['platform']!);
+    }
+  });
+
+  it('refuses GraphQL subscriptions and live queries on a sandbox (the WebSocket upgrade) with 400 SANDBOX_NOT_SUPPORTED', async () => {
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    const port = (t.app.server.address() as AddressInfo).port;
+    const upgrade = (headers: Headers) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${port}/graphql`, 'graphql-transport-ws', { headers });
+        ws.on('unexpected-response', (_req, res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        ws.on('open', () => {
+          ws.close();
+          resolve({ status: 101, body: '' });
+        });
+        ws.on('error', (err) => {
+          if (!String(err).includes('Unexpected server response')) reject(err);
+        });
+      });
+    const byHeader = await upgrade({ ...h['acmeReader']!, 'x-strata-sandbox': 'trial' });
+    expect(byHeader.status).toBe(400);
+    expect(byHeader.body).toContain('SANDBOX_NOT_SUPPORTED');
+    const byClaim = await upgrade({ authorization: `Bearer ${await sandboxToken('reader', 'acme', 'trial')}` });
+    expect(byClaim.status).toBe(400);
+    expect(byClaim.body).toContain('SANDBOX_NOT_SUPPORTED');
+    // the same credential without a sandbox still subscribes to the real data
+    expect((await upgrade(h['acmeReader']!)).status).toBe(101);
   });
 
   it('DELETE drops the database; the name then serves nothing', async () => {

@@ -8,17 +8,24 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createFactoryRuntime,
+  createTestDatabase as createKitDatabase,
+  drainTestDatabasePool,
   factory,
+  fillTestDatabasePool,
+  settlePools,
   FactoryError,
   RowAssertionError,
   sweepTestDatabases,
   withTestDatabase,
   type TestDatabase,
 } from '../src/testing/index.js';
-import { createTestDatabase, KIT_OPTIONS, withServer } from './helpers/databases.js';
+import { CLONE_PREFIX, createTestDatabase, KIT_OPTIONS, withServer } from './helpers/databases.js';
 
 const exists = (name: string) =>
   withServer(async (c) => (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])).rowCount === 1);
+/** Every database whose name starts with `prefix_`, sorted. */
+const databasesOf = (prefix: string) =>
+  withServer(async (c) => (await c.query<{ datname: string }>("SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1", [`${prefix}_`])).rows.map((r) => r.datname));
 
 const FIXTURE = `
 CREATE TYPE public.priority AS ENUM ('low', 'normal', 'high', 'urgent');
@@ -88,7 +95,7 @@ describe('strata/testing', () => {
     it('withTestDatabase drops its database even when the test throws', async () => {
       let name = '';
       await expect(
-        withTestDatabase(KIT_OPTIONS, async (t) => {
+        withTestDatabase({ ...KIT_OPTIONS, prefix: CLONE_PREFIX }, async (t) => {
           name = t.name;
           await t.query('SELECT 1');
           throw new Error('the test failed');
@@ -108,6 +115,86 @@ describe('strata/testing', () => {
       const swept = await sweepTestDatabases({ serverUrl: KIT_OPTIONS.serverUrl, prefix });
       expect(swept).toEqual([{ name: leftover, reason: 'creator exited' }]);
       expect(await exists(leftover)).toBe(false);
+      // the dead run's ready clones (a pool is shared, so only a drain or age removes them)
+      await drainTestDatabasePool({ serverUrl: KIT_OPTIONS.serverUrl, prefix });
+      expect(await databasesOf(prefix)).toEqual([]);
+    });
+
+    describe('the pool of ready clones', () => {
+      const prefix = `kit_pool_${process.pid.toString(36)}`;
+      const opts = { ...KIT_OPTIONS, prefix, pool: 2 };
+      afterAll(async () => {
+        await drainTestDatabasePool({ serverUrl: KIT_OPTIONS.serverUrl, prefix });
+        for (const n of await databasesOf(prefix)) await withServer((c) => c.query(`DROP DATABASE IF EXISTS ${n} WITH (FORCE)`));
+      });
+      const pooled = async () => (await databasesOf(prefix)).filter((n) => n.startsWith(`${prefix}_pool_`));
+
+      it('hands out a ready clone by renaming it, under a crash-proof name, and refills in the background', async () => {
+        const template = await fillTestDatabasePool(opts);
+        const ready = await pooled();
+        expect(ready).toHaveLength(2);
+        for (const n of ready) expect(n).toContain(template.slice(-12));
+        const db = await createKitDatabase(opts);
+        try {
+          expect(db.pooled).toBe(true);
+          expect(ready).not.toContain(db.name);
+          expect(db.name).toMatch(/_[0-9a-z]+_[0-9a-z]+_[0-9a-f]{4}_[0-9a-f]{6}$/);
+          // the oldest ready clone was taken: it is gone from the pool under its old name
+          expect(await exists(ready[0]!)).toBe(false);
+          const { rows } = await db.query<{ n: string }>('SELECT count(*) AS n FROM strata.schema_migrations');
+          expect(Number(rows[0]!.n)).toBeGreaterThan(0);
+          await settlePools();
+          expect(await pooled()).toHaveLength(2);
+        } finally {
+          await db.drop();
+        }
+        expect(await exists(db.name)).toBe(false);
+      });
+
+      it('is parallel-safe: concurrent takers each get a database of their own, none is handed out twice', async () => {
+        await fillTestDatabasePool(opts);
+        const dbs = await Promise.all(Array.from({ length: 5 }, () => createKitDatabase(opts)));
+        try {
+          expect(new Set(dbs.map((d) => d.name)).size).toBe(5);
+          // at most the pool's two came from the pool, the rest were cloned on demand
+          expect(dbs.filter((d) => d.pooled).length).toBeLessThanOrEqual(2);
+          expect(dbs.filter((d) => d.pooled).length).toBeGreaterThanOrEqual(1);
+          for (const d of dbs) expect(await exists(d.name)).toBe(true);
+        } finally {
+          for (const d of dbs) await d.drop();
+        }
+        await settlePools();
+        expect(await pooled()).toHaveLength(2);
+      });
+
+      it('never hands out a clone of another migration set, drops such clones when refilling, and a drain leaves nothing', async () => {
+        const foreign = `${prefix}_pool_0123456789ab_${Date.now().toString(36)}_abcdef`;
+        await withServer((c) => c.query(`CREATE DATABASE ${foreign}`));
+        await drainTestDatabasePool({ serverUrl: KIT_OPTIONS.serverUrl, prefix });
+        await withServer((c) => c.query(`CREATE DATABASE ${foreign}`));
+        // the pool is empty for the current template: the foreign clone is not taken
+        const db = await createKitDatabase(opts);
+        try {
+          expect(db.pooled).toBe(false);
+          expect(await exists(foreign)).toBe(true);
+          await settlePools();
+          // the refill dropped the clone whose template does not exist
+          expect(await exists(foreign)).toBe(false);
+          expect(await pooled()).toHaveLength(2);
+        } finally {
+          await db.drop();
+        }
+        expect((await drainTestDatabasePool({ serverUrl: KIT_OPTIONS.serverUrl, prefix })).length).toBe(2);
+        expect(await databasesOf(prefix)).toEqual([]);
+      });
+
+      it('sweeps ready clones older than maxAgeMs', async () => {
+        const old = `${prefix}_pool_0123456789ab_${(Date.now() - 2 * 3600_000).toString(36)}_abcdef`;
+        await withServer((c) => c.query(`CREATE DATABASE ${old}`));
+        const swept = await sweepTestDatabases({ serverUrl: KIT_OPTIONS.serverUrl, prefix });
+        expect(swept).toEqual([{ name: old, reason: 'pool clone too old' }]);
+        expect(await exists(old)).toBe(false);
+      });
     });
 
     it('sweeps by age too, and leaves live and foreign databases alone', async () => {

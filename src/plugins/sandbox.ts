@@ -31,6 +31,15 @@ export default fp(
       }
       const name = (claim ?? header) as string;
       const url = request.routeOptions.url;
+      // GraphQL subscriptions and live queries (the /graphql WebSocket) follow the served database's
+      // change log through followers shared per tenant; a sandbox has none, so they are refused
+      // rather than fed the real tenant's events
+      if (request.headers.upgrade?.toLowerCase() === 'websocket' || (request as { ws?: boolean }).ws) {
+        throw badRequest(
+          'SANDBOX_NOT_SUPPORTED',
+          'GraphQL subscriptions and live queries are not served on a sandbox (its change events are not followed); send queries and mutations over HTTP',
+        );
+      }
       if (!sandboxRouteAllowed(url)) {
         throw badRequest('SANDBOX_NOT_SUPPORTED', `${request.method} ${url ?? request.url} is not served on a sandbox (docs/testing.md#tenant-sandboxes lists what is)`);
       }

@@ -19,6 +19,7 @@ import { checkPrefix, cloneName, defaultServerUrl, quoteIdent, serverPool, urlFo
 import { TenantSession, type TenantSessionOptions } from './session.js';
 import { captureState, diffStates, type DbState, type StateDiff } from './state.js';
 import { DEFAULT_CLONE_PREFIX, sweepOnce } from './sweep.js';
+import { claimPooled, defaultPoolSize, drainPool, fillPool } from './pool.js';
 import { ensureTemplate, type TemplateOptions } from './template.js';
 
 export type CloneStrategy = 'FILE_COPY' | 'WAL_LOG';
@@ -34,6 +35,11 @@ export interface TestDatabaseOptions extends Partial<TemplateOptions> {
   strategy?: CloneStrategy;
   /** Drop leftovers of crashed runs older than this before the first clone (default 1 hour). */
   maxAgeMs?: number;
+  /**
+   * Ready clones kept ahead (IntegreSQL's method, pool.ts): a test takes one by a rename and the
+   * pool refills in the background. Default STRATA_TEST_POOL, else 2; 0 clones on demand only.
+   */
+  pool?: number;
   /** Faker seed of this database's factories (default STRATA_TEST_SEED, else fixed). */
   seed?: number;
   /** Schemas whose tables factories and states cover (default `public`). */
@@ -58,6 +64,8 @@ export class TestDatabase implements FactoryContext {
     readonly template: string,
     readonly strategy: CloneStrategy,
     private readonly opts: TestDatabaseOptions,
+    /** Taken from the pool of ready clones (true) or cloned on demand. */
+    readonly pooled = false,
   ) {
     this.url = urlFor(name, serverUrl);
     this.query = (text, values) => this.pool().query(text, values as unknown[] | undefined);
@@ -155,11 +163,32 @@ export async function createTestDatabase(opts: TestDatabaseOptions = {}): Promis
   const serverUrl = opts.serverUrl ?? defaultServerUrl();
   const prefix = checkPrefix(opts.prefix ?? DEFAULT_CLONE_PREFIX, 'prefix');
   const strategy = opts.strategy ?? 'WAL_LOG';
+  const poolSize = opts.pool ?? defaultPoolSize();
   await sweepOnce({ serverUrl, prefix, maxAgeMs: opts.maxAgeMs });
   const template = await ensureTemplate({ ...opts, serverUrl });
   const name = cloneName(prefix);
-  await cloneDatabase(serverUrl, template, name, strategy);
-  return new TestDatabase(name, serverUrl, template, strategy, { ...opts, serverUrl });
+  const pooled = poolSize > 0 && (await claimPooled(serverUrl, prefix, template, name));
+  if (!pooled) await cloneDatabase(serverUrl, template, name, strategy);
+  // refill in the background: the next test of this process (or of another one) finds a clone ready
+  if (poolSize > 0) void fillPool(serverUrl, prefix, template, poolSize, strategy).catch(() => undefined);
+  return new TestDatabase(name, serverUrl, template, strategy, { ...opts, serverUrl }, pooled);
+}
+
+/**
+ * Fill the pool of ready clones now and wait until it is full (a global setup does this before the
+ * tests start, so the first ones get a clone at once). Returns the template's name.
+ */
+export async function fillTestDatabasePool(opts: TestDatabaseOptions = {}): Promise<string> {
+  const serverUrl = opts.serverUrl ?? defaultServerUrl();
+  const prefix = checkPrefix(opts.prefix ?? DEFAULT_CLONE_PREFIX, 'prefix');
+  const template = await ensureTemplate({ ...opts, serverUrl });
+  await fillPool(serverUrl, prefix, template, opts.pool ?? defaultPoolSize(), opts.strategy ?? 'WAL_LOG');
+  return template;
+}
+
+/** Drop the pool's ready clones of a prefix (every template), e.g. at the end of a run. */
+export function drainTestDatabasePool(opts: Pick<TestDatabaseOptions, 'serverUrl' | 'prefix'> = {}): Promise<string[]> {
+  return drainPool(opts.serverUrl ?? defaultServerUrl(), checkPrefix(opts.prefix ?? DEFAULT_CLONE_PREFIX, 'prefix'));
 }
 
 /** Run `fn` with a fresh test database, dropped afterwards whatever happens. */

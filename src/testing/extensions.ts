@@ -5,7 +5,7 @@
  */
 import pg from 'pg';
 
-export const OPTIONAL_EXTENSIONS = ['pg_stat_statements', 'hypopg', 'vector', 'citus'] as const;
+export const OPTIONAL_EXTENSIONS = ['pg_stat_statements', 'hypopg', 'vector', 'citus', 'pg_partman'] as const;
 export type OptionalExtension = (typeof OPTIONAL_EXTENSIONS)[number];
 
 export type ExtensionPresence = { available: true } | { available: false; reason: string };

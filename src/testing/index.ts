@@ -6,7 +6,8 @@
  * - probeExtensions: which optional PostgreSQL extensions a server offers.
  * See docs/testing.md.
  */
-export { createTestDatabase, withTestDatabase, cloneDatabase, dropDatabase, TestDatabase } from './database.js';
+export { createTestDatabase, withTestDatabase, cloneDatabase, dropDatabase, fillTestDatabasePool, drainTestDatabasePool, TestDatabase } from './database.js';
+export { defaultPoolSize, settlePools } from './pool.js';
 export type { CloneStrategy, TestDatabaseOptions } from './database.js';
 export { ensureTemplate, templateKey, dropTemplates } from './template.js';
 export type { TemplateOptions } from './template.js';

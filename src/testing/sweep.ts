@@ -3,6 +3,7 @@
  * birth time (server.ts), so leftovers of a killed run are found by name alone and dropped: those
  * whose creator on this host is gone, and any older than `maxAgeMs` (other hosts, reused pids).
  */
+import { parsePoolName } from './pool.js';
 import { HOST_TAG, checkPrefix, defaultServerUrl, parseCloneName, pidAlive, quoteIdent, serverPool } from './server.js';
 
 export interface SweepOptions {
@@ -15,7 +16,7 @@ export interface SweepOptions {
 
 export interface SweptDatabase {
   name: string;
-  reason: 'creator exited' | 'too old';
+  reason: 'creator exited' | 'too old' | 'pool clone too old';
 }
 
 export const DEFAULT_CLONE_PREFIX = 'strata_test';
@@ -34,6 +35,12 @@ export async function sweepTestDatabases(opts: SweepOptions = {}): Promise<Swept
   const now = Date.now();
   const stale: SweptDatabase[] = [];
   for (const { datname } of rows) {
+    const pooled = parsePoolName(prefix, datname);
+    if (pooled) {
+      // a ready clone nobody took (pool.ts): shared by every process, so only age makes it stale
+      if (now - pooled.bornAt > maxAgeMs) stale.push({ name: datname, reason: 'pool clone too old' });
+      continue;
+    }
     const parsed = parseCloneName(prefix, datname);
     if (!parsed) continue; // not one of ours, whatever its name says
     if (parsed.host === HOST_TAG && parsed.pid !== process.pid && !pidAlive(parsed.pid)) {

@@ -8,7 +8,7 @@ export async function sandboxCreate(ctx: ProcessorContext<'sandbox-create'>) {
   const c = ctx.db.config;
   try {
     return await copySandbox(
-      { db: ctx.db, schema: createRegistryService({ db: ctx.db }), maxRows: c.SANDBOX_MAX_ROWS, statementTimeoutMs: c.EXPORT_MAX_TIMEOUT_MS, pgBinDir: c.BACKUP_PG_BIN_DIR },
+      { db: ctx.db, schema: createRegistryService({ db: ctx.db }), maxRows: c.SANDBOX_MAX_ROWS, statementTimeoutMs: c.EXPORT_MAX_TIMEOUT_MS, pgBinDir: c.BACKUP_PG_BIN_DIR, anonymizer: ctx.services.complianceOps.anonymizer },
       ctx.job.data.sandbox_id,
       { progress: (done, total) => ctx.progress(done, total), signal: ctx.signal, log: ctx.log },
     );

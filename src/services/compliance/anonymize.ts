@@ -41,6 +41,14 @@ export interface AnonymizeInput {
   seed?: string;
 }
 
+/** How a caller shapes a copy (tenant sandboxes: src/services/sandboxes/copy.ts). */
+export interface AnonymizeRunOptions {
+  /** Copy only the tables with a tenant_id (a tenant sandbox); default: every table of schema public. */
+  tenantTablesOnly?: boolean;
+  /** Called with the row count to copy, before any row is read; throwing stops the copy (a size bound). */
+  beforeCopy?: (total: number) => void | Promise<void>;
+}
+
 export interface AnonymizeResult {
   target_database: string;
   tenant: string | null;
@@ -115,7 +123,12 @@ export function createAnonymizer(deps: { db: Database; schema: SchemaRegistry; k
     },
 
     /** The job's work (see the file comment). The half-made copy is dropped on any failure. */
-    async run(input: { target_database: string; tenant: string | null; seed: string }, progress: (done: number, total: number | null) => Promise<void>, signal?: AbortSignal): Promise<AnonymizeResult> {
+    async run(
+      input: { target_database: string; tenant: string | null; seed: string },
+      progress: (done: number, total: number | null) => Promise<void>,
+      signal?: AbortSignal,
+      opts: AnonymizeRunOptions = {},
+    ): Promise<AnonymizeResult> {
       const adminUrl = db.adminUrl;
       const server = urlForDatabase(adminUrl, 'postgres');
       const { env, dbname } = libpqEnv(adminUrl);
@@ -130,7 +143,7 @@ export function createAnonymizer(deps: { db: Database; schema: SchemaRegistry; k
         created = true;
         await run(tools.pg_restore, ['--section=pre-data', '--exit-on-error', '--no-password', `--dbname=${input.target_database}`, dump], { env, signal });
         const result = await withClient(urlForDatabase(adminUrl, input.target_database), (target) =>
-          withClient(adminUrl, (source) => copyRows(source, target, input, progress, signal)),
+          withClient(adminUrl, (source) => copyRows(source, target, input, progress, signal, opts)),
         );
         await run(tools.pg_restore, ['--section=post-data', '--exit-on-error', '--no-password', `--dbname=${input.target_database}`, dump], { env, signal });
         return result;
@@ -149,6 +162,7 @@ export function createAnonymizer(deps: { db: Database; schema: SchemaRegistry; k
     input: { target_database: string; tenant: string | null; seed: string },
     progress: (done: number, total: number | null) => Promise<void>,
     signal?: AbortSignal,
+    opts: AnonymizeRunOptions = {},
   ): Promise<AnonymizeResult> {
     await source.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     const { rows: tenants } = await source.query<{ id: string }>(`SELECT id FROM strata.tenants WHERE $1::text IS NULL OR id = $1 ORDER BY id`, [input.tenant]);
@@ -158,7 +172,7 @@ export function createAnonymizer(deps: { db: Database; schema: SchemaRegistry; k
     await schema.refresh();
     const all = await schema.tables();
     const base = await baseTableNames((text) => source.query<{ name: string }>(text));
-    const tables = parentsFirst([...all.values()].filter((t) => base.has(t.name)));
+    const tables = parentsFirst([...all.values()].filter((t) => base.has(t.name) && (!opts.tenantTablesOnly || t.hasTenantId)));
     const faked = fakedColumns(all, declared.map((d) => ({ table: d.table_name, column: d.column_name, pii: d.pii })));
     const encrypted = new Set(declared.filter((d) => d.encrypted).map((d) => `${d.table_name}.${d.column_name}`));
     const nulled = new Set(declared.filter((d) => d.searchable).map((d) => `${d.table_name}.${blindIndexColumn(d.column_name)}`));
@@ -174,6 +188,7 @@ export function createAnonymizer(deps: { db: Database; schema: SchemaRegistry; k
         total += Number(rows[0]!.n);
       }
     }
+    await opts.beforeCopy?.(total);
     let done = 0;
     await progress(0, total);
     const counts: Record<string, number> = {};

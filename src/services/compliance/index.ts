@@ -15,7 +15,7 @@ export { subjectDigest, type ErasureReport, type BackupLister } from './erasure.
 export { type Rotation, type RotationKind } from './rotation.js';
 export { SCAN_DEFAULT_SAMPLE, SCAN_MAX_SAMPLE, type ScanFinding, type ScanInput } from './scan.js';
 export { createFaker, type FakeColumn } from './fakes.js';
-export { fakedColumns, type AnonymizeInput, type AnonymizeResult } from './anonymize.js';
+export { fakedColumns, type AnonymizeInput, type AnonymizeResult, type AnonymizeRunOptions } from './anonymize.js';
 export { REPORT_COUNT_CAP } from './report.js';
 export { createEnforcement, createEventMasking, maskStoredRow, Guard, type EventMasking, type Enforcement, type GuardedColumn, type PolicySnapshot } from './enforce.js';
 export { createAuditLog, apiKeyIdOf, type AuditLog, type AuditEntry, type AuditRow, type AuditFilter, type CapturedAudit } from './audit.js';

@@ -16,6 +16,7 @@
  * Bounded: the tenant's rows are counted first (SANDBOX_MAX_ROWS); progress is reported per table.
  * Any failure, a cancellation or a DELETE meanwhile drops the database.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -27,6 +28,7 @@ import type { Database } from '../../db/database.js';
 import type { SessionContext } from '../../db/session.js';
 import { AppError } from '../../errors.js';
 import { findPgTools, libpqEnv, run, urlForDatabase, withClient } from '../backups/index.js';
+import type { ComplianceOps } from '../compliance/index.js';
 import type { SchemaRegistry } from '../data/index.js';
 import { tenantTables } from '../testing/index.js';
 import { dropSandboxDatabase, quoteIdent } from './sandboxes.js';
@@ -43,6 +45,8 @@ export interface CopyOutcome {
   tables: number;
   rows: number;
   ms: number;
+  /** Anonymized copies: the columns replaced by fakes (`table.column`). */
+  faked_columns?: string[];
 }
 
 /** Platform tables copied whole (declarations), and the tenant-keyed one copied for the tenant only. */
@@ -52,18 +56,26 @@ interface Record_ {
   id: string;
   tenant_id: string;
   database: string;
+  anonymized: boolean;
   live: boolean;
 }
 
 async function recordOf(db: Database, id: string): Promise<Record_ | undefined> {
-  const { rows } = await db.adminQuery<Record_>('SELECT id, tenant_id, database, expires_at > now() AS live FROM strata.sandboxes WHERE id = $1', [id]);
+  const { rows } = await db.adminQuery<Record_>('SELECT id, tenant_id, database, anonymized, expires_at > now() AS live FROM strata.sandboxes WHERE id = $1', [id]);
   return rows[0];
 }
+
+/** The compliance anonymizer's copy (src/services/compliance/anonymize.ts), for `anonymize: true`. */
+export type SandboxAnonymizer = Pick<ComplianceOps['anonymizer'], 'run'>;
 
 class Gone extends Error {}
 
 /** Run the copy of sandbox `id`. Returns `deleted` when the sandbox was deleted or expired meanwhile. */
-export async function copySandbox(deps: { db: Database; schema: SchemaRegistry; maxRows: number; statementTimeoutMs: number; pgBinDir?: string | undefined }, id: string, p: CopyProgress): Promise<CopyOutcome> {
+export async function copySandbox(
+  deps: { db: Database; schema: SchemaRegistry; maxRows: number; statementTimeoutMs: number; pgBinDir?: string | undefined; anonymizer?: SandboxAnonymizer | undefined },
+  id: string,
+  p: CopyProgress,
+): Promise<CopyOutcome> {
   const { db } = deps;
   const started = performance.now();
   const rec = await recordOf(db, id);
@@ -73,9 +85,15 @@ export async function copySandbox(deps: { db: Database; schema: SchemaRegistry; 
     if (!(await recordOf(db, id))?.live) throw new Gone();
   };
   const sandboxUrl = urlForDatabase(db.adminUrl, rec.database);
+  const tooLarge = (total: number) => {
+    if (total > deps.maxRows) {
+      throw new AppError(413, 'SANDBOX_TOO_LARGE', `tenant ${rec.tenant_id} has ${total} rows in its tables, more than SANDBOX_MAX_ROWS (${deps.maxRows})`);
+    }
+  };
   try {
     // a retried attempt starts from nothing
     await dropSandboxDatabase(db, rec.database);
+    if (rec.anonymized) return await anonymizedCopy(deps, rec, p, check, tooLarge, started);
     await db.adminQuery(`CREATE DATABASE ${quoteIdent(rec.database)}`);
     await check();
     await copySchema(db, sandboxUrl, deps.pgBinDir, p.signal);
@@ -93,9 +111,7 @@ export async function copySandbox(deps: { db: Database; schema: SchemaRegistry; 
         async (tx) => {
           const counts = await countOf(tx.client, tables.map((t) => t.qualified));
           const total = [...counts.values()].reduce((a, b) => a + b, 0);
-          if (total > deps.maxRows) {
-            throw new AppError(413, 'SANDBOX_TOO_LARGE', `tenant ${rec.tenant_id} has ${total} rows in its tables, more than SANDBOX_MAX_ROWS (${deps.maxRows})`);
-          }
+          tooLarge(total);
           await p.progress(0, total);
           for (const t of tables) {
             const cols = (columns.get(t.qualified) ?? []).map(quoteIdent).join(', ');
@@ -130,6 +146,52 @@ export async function copySandbox(deps: { db: Database; schema: SchemaRegistry; 
     await db.adminQuery("UPDATE strata.sandboxes SET status = 'failed', error = $2 WHERE id = $1", [id, message.slice(0, 1000)]).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * `anonymize: true`: the compliance anonymizer builds the sandbox database (schema, the tenant's rows
+ * of every tenant table with each declared column and every column a foreign key ties to one replaced
+ * by a deterministic fake, then constraints, indexes, triggers and policies over the faked rows), and
+ * the declarations a served sandbox needs are added. No original value of a declared column is read
+ * into the sandbox, and an un-anonymized copy is never made instead.
+ */
+async function anonymizedCopy(
+  deps: { db: Database; anonymizer?: SandboxAnonymizer | undefined },
+  rec: Record_,
+  p: CopyProgress,
+  check: () => Promise<void>,
+  tooLarge: (total: number) => void,
+  started: number,
+): Promise<CopyOutcome> {
+  const { db } = deps;
+  if (!deps.anonymizer) throw new AppError(501, 'ANONYMIZER_UNAVAILABLE', 'this worker has no compliance anonymizer');
+  const result = await deps.anonymizer.run(
+    { target_database: rec.database, tenant: rec.tenant_id, seed: randomBytes(16).toString('hex') },
+    (done, total) => p.progress(done, total),
+    p.signal,
+    { tenantTablesOnly: true, beforeCopy: tooLarge },
+  );
+  await check();
+  await withClient(urlForDatabase(db.adminUrl, rec.database), async (target) => {
+    await target.query('BEGIN');
+    // the anonymizer copies migrations, the tenant and the compliance declarations; a served sandbox also needs these
+    for (const table of ['strata.captured_tables', 'strata.search_indexes', 'strata.cache_tables']) {
+      const present = await db.adminQuery("SELECT 1 FROM pg_class WHERE oid = to_regclass($1) AND relkind IN ('r', 'p')", [table]);
+      if (!present.rowCount) continue;
+      const { rows } = await db.adminQuery<{ j: unknown }>(`SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') AS j FROM ${table} x`);
+      await target.query(`INSERT INTO ${table} SELECT * FROM jsonb_populate_recordset(NULL::${table}, $1) ON CONFLICT DO NOTHING`, [JSON.stringify(rows[0]?.j ?? [])]);
+    }
+    await target.query('COMMIT');
+  });
+  const tables = Object.keys(result.tables).length;
+  const { rowCount } = await db.adminQuery(
+    "UPDATE strata.sandboxes SET status = 'ready', ready_at = now(), tables = $2, rows = $3, error = NULL WHERE id = $1 AND expires_at > now()",
+    [rec.id, tables, result.rows],
+  );
+  if (!rowCount) throw new Gone();
+  const ms = Math.round(performance.now() - started);
+  p.log.info({ sandbox: rec.id, tenant: rec.tenant_id, tables, rows: result.rows, faked_columns: result.faked_columns.length, ms }, 'anonymized sandbox ready');
+  return { sandbox_id: rec.id, status: 'ready', tables, rows: result.rows, ms, faked_columns: result.faked_columns };
 }
 
 /** The served database's schema into the sandbox: pg_dump --schema-only, restored as is (owners, grants, policies). */

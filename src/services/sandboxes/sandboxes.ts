@@ -132,19 +132,12 @@ export function createSandboxService(deps: SandboxServiceDeps) {
   return {
     /**
      * Record a sandbox and enqueue its copy (job `sandbox-create`). Refused before anything is
-     * written: unknown tenant (404), another tenant's (403), anonymize without an anonymizer (501),
+     * written: unknown tenant (404), another tenant's (403),
      * a name taken (409 SANDBOX_EXISTS), the tenant at SANDBOX_MAX_PER_TENANT (409).
      */
     async create(ctx: RequestContext, input: CreateSandboxInput, jobs: JobsService): Promise<{ sandbox: SandboxView; job_id: string }> {
       const tenant = scopeOf(ctx, input.tenant);
       if (tenant === null) throw badRequest('TENANT_REQUIRED', 'name the tenant whose rows the sandbox copies');
-      if (input.anonymize === true) {
-        throw new AppError(
-          501,
-          'ANONYMIZER_UNAVAILABLE',
-          'anonymized copies are not built yet (docs/compliance.md): create the sandbox without anonymize, or wait for the compliance anonymizer',
-        );
-      }
       const { rows: known } = await db.adminQuery('SELECT 1 FROM strata.tenants WHERE id = $1', [tenant]);
       if (!known.length) throw notFound('TENANT_NOT_FOUND', `tenant ${tenant} is not registered`);
       // expired sandboxes not yet swept neither count nor keep their names
@@ -168,8 +161,8 @@ export function createSandboxService(deps: SandboxServiceDeps) {
           }
           const { rows } = await c.query<Row>(
             `INSERT INTO strata.sandboxes (id, tenant_id, name, database, anonymized, created_by, expires_at)
-             VALUES ($1, $2, $3, $4, false, $5, now() + make_interval(secs => $6)) RETURNING ${COLUMNS}`,
-            [id, tenant, input.name, databaseFor(id), ctx.actor, ttlS],
+             VALUES ($1, $2, $3, $4, $7, $5, now() + make_interval(secs => $6)) RETURNING ${COLUMNS}`,
+            [id, tenant, input.name, databaseFor(id), ctx.actor, ttlS, input.anonymize === true],
           );
           await c.query('COMMIT');
           return rows[0] as Row;

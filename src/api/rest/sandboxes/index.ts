@@ -33,7 +33,7 @@ const CreateBody = Type.Object(
   {
     tenant: TenantId,
     name: Name,
-    anonymize: Type.Optional(Type.Boolean({ description: 'Copy through the compliance anonymizer (501 ANONYMIZER_UNAVAILABLE until it exists)' })),
+    anonymize: Type.Optional(Type.Boolean({ description: 'Copy through the compliance anonymizer: every declared (pii or encrypted) column, and every column a foreign key ties to one, holds a deterministic fake keeping format, uniqueness and foreign keys' })),
     ttl_s: Type.Optional(Type.Integer({ minimum: 60, maximum: 2_592_000, description: 'Seconds until the sandbox expires (default SANDBOX_TTL_S)' })),
   },
   { additionalProperties: false },
