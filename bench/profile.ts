@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     const target = {
       ...strataTarget(name, port, dbUrl, appUrl.toString(), tokens, {}),
       start: () =>
-        spawnLogged(name, process.execPath, ['--max-semi-space-size=8', '--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-interval=${INTERVAL_US}`, path.join(path.resolve(dist), 'server.js')], {
+        spawnLogged(name, process.execPath, ['--max-semi-space-size=8', ...FLAGS, '--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-interval=${INTERVAL_US}`, path.join(path.resolve(dist), 'server.js')], {
           DATABASE_URL: dbUrl, APP_DATABASE_URL: appUrl.toString(), JWT_SECRET: SECRET, PORT: String(port), HOST: '127.0.0.1',
           LOG_LEVEL: 'warn', MIGRATE_ON_BOOT: 'false', SEED_DEMO: 'false', RUN_WORKERS: 'false', NODE_ENV: 'production', DB_POOL_MAX: '16', DB_POOL_MIN: '16', ...extra,
         }),
@@ -101,7 +101,7 @@ async function main(): Promise<void> {
     const child = await startAndCheck(target);
     await cannon(target, WARMUP, 64);
     const from = Number(process.hrtime.bigint() / 1000n);
-    const m = await cannon(target, DURATION, connections);
+    const m = RATE > 0 ? await paced(target, DURATION, connections, RATE) : await cannon(target, DURATION, connections);
     const to = Number(process.hrtime.bigint() / 1000n);
     await stop(child);
     const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && readFileSync(path.join(dir, f)).length > 0)!;
@@ -123,6 +123,9 @@ async function main(): Promise<void> {
  * builds do the same work per second (CPU per request depends on the load level: batching, idle
  * wake-ups), a fairer comparison on a busy machine.
  */
+/** More node flags for the servers (e.g. --trace-gc; their output is in bench/results/<stamp>-<name>.log). */
+const FLAGS = (process.env['BENCH_PROFILE_FLAGS'] ?? '').split(' ').filter(Boolean);
+
 const RATE = Number(process.env['BENCH_RATE'] ?? 0);
 
 function paced(t: ReturnType<typeof strataTarget>, seconds: number, connections: number, rate: number): Promise<{ rps: number; total: number; non2xx: number }> {
@@ -141,6 +144,22 @@ function ticks(pid: number, which: 'user' | 'system' | 'both' = 'both'): number 
   return (which === 'system' ? 0 : Number(f[11])) + (which === 'user' ? 0 : Number(f[12]));
 }
 
+/** CPU ticks per thread name of a process (main thread: its own name; V8 and libuv helpers by theirs). */
+function threadTicks(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = tid === String(pid) ? 'main' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(name, (out.get(name) ?? 0) + Number(f[11]) + Number(f[12]));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
 async function compareCpu(dists: string[], dbUrl: string, appUrl: string, tokens: string[], extra: Record<string, string>): Promise<void> {
   const targets = dists.map((dist, i) => {
     const name = `cpu${i}`;
@@ -150,7 +169,7 @@ async function compareCpu(dists: string[], dbUrl: string, appUrl: string, tokens
       t: {
         ...strataTarget(name, port, dbUrl, appUrl, tokens, {}),
         start: () =>
-          spawnLogged(name, process.execPath, ['--max-semi-space-size=8', path.join(path.resolve(dist), 'server.js')], {
+          spawnLogged(name, process.execPath, ['--max-semi-space-size=8', ...FLAGS, path.join(path.resolve(dist), 'server.js')], {
             DATABASE_URL: dbUrl, APP_DATABASE_URL: appUrl, JWT_SECRET: SECRET, PORT: String(port), HOST: '127.0.0.1',
             LOG_LEVEL: 'warn', MIGRATE_ON_BOOT: 'false', SEED_DEMO: 'false', RUN_WORKERS: 'false', NODE_ENV: 'production', DB_POOL_MAX: '16', DB_POOL_MIN: '16', ...extra,
           }),
@@ -171,18 +190,20 @@ async function compareCpu(dists: string[], dbUrl: string, appUrl: string, tokens
       for (const c of CONNECTION_LEVELS) {
         for (const [i, { dist, t }] of (r % 2 ? [...targets].reverse() : targets).entries()) {
           const child = children[r % 2 ? targets.length - 1 - i : i]!;
+          const th0 = threadTicks(child.pid!);
           const t0 = ticks(child.pid!);
           const s0 = ticks(child.pid!, 'system');
           const m = RATE > 0 ? await paced(t, DURATION, c, RATE) : await cannon(t, DURATION, c);
           const v = ((ticks(child.pid!) - t0) * 10_000) / Math.max(1, m.total);
           const sys = ((ticks(child.pid!, 'system') - s0) * 10_000) / Math.max(1, m.total);
+          const th = [...threadTicks(child.pid!)].map(([k, x]) => `${k}=${(((x - (th0.get(k) ?? 0)) * 10_000) / Math.max(1, m.total)).toFixed(0)}`).join(' ');
           for (const [map, x] of [[us, v], [rps, m.rps]] as const) {
             if (!map.has(dist)) map.set(dist, new Map());
             const byC = map.get(dist)!;
             if (!byC.has(c)) byC.set(c, []);
             byC.get(c)!.push(x);
           }
-          log(`round ${r + 1} ${c} conns ${dist}: ${m.rps} req/s, node ${v.toFixed(1)} us/req (system ${sys.toFixed(1)}), non2xx=${m.non2xx}`);
+          log(`round ${r + 1} ${c} conns ${dist}: ${m.rps} req/s, node ${v.toFixed(1)} us/req (system ${sys.toFixed(1)}; ${th}), non2xx=${m.non2xx}`);
         }
       }
     }
