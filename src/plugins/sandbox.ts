@@ -12,16 +12,14 @@
  * SANDBOX_EXPIRED.
  */
 import fp from 'fastify-plugin';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { SessionContext } from '../db/session.js';
 import { AppError, badRequest, forbidden } from '../errors.js';
 import { SANDBOX_HEADER, SANDBOX_NAME, sandboxRouteAllowed } from '../services/sandboxes/index.js';
 
 export default fp(
   async function sandboxPlugin(app: FastifyInstance) {
-    app.addHook('preValidation', async (request, reply) => {
-      const ctx = request.ctx;
-      const header = request.headers[SANDBOX_HEADER];
-      if (!ctx || (header === undefined && ctx.sandboxClaim === undefined)) return;
+    const serve = async (request: FastifyRequest, reply: FastifyReply, ctx: SessionContext, header: string | string[] | undefined) => {
       if (header !== undefined && (typeof header !== 'string' || !SANDBOX_NAME.test(header))) {
         throw badRequest('BAD_SANDBOX_NAME', 'X-Strata-Sandbox must be one sandbox name (^[a-z0-9][a-z0-9_-]{0,62}$)');
       }
@@ -49,6 +47,13 @@ export default fp(
       request.ctx = { ...ctx, sandbox };
       request.log = request.log.child({ sandbox: name });
       void reply.header(SANDBOX_HEADER, name);
+    };
+    // callback style: a request naming no sandbox (nearly all) passes without a promise
+    app.addHook('preValidation', (request, reply, done) => {
+      const ctx = request.ctx as SessionContext | null;
+      const header = request.headers[SANDBOX_HEADER];
+      if (!ctx || (header === undefined && ctx.sandboxClaim === undefined)) return done();
+      serve(request, reply, ctx, header).then(() => done(), done);
     });
   },
   { name: 'strata-sandbox' },

@@ -195,8 +195,19 @@ export function createEnforcement(deps: { db: Database; declarations: Declaratio
     }
   }
 
+  /**
+   * Synchronously, without making a guard: true when the policy in force declares nothing on
+   * `table`, so a read of that table's own columns (no select, no embeds) needs no guard at all;
+   * false when it declares something there, or before the policy is first loaded (ask guard()).
+   */
+  function undeclared(table: string): boolean {
+    const p = policy();
+    return !(p instanceof Promise) && !p.tables.has(table);
+  }
+
   return {
     guard,
+    undeclared,
     policy,
     checkSql,
     /** The declarations of `tables` as a short digest (result-cache keys: an answer is valid under one policy only). */

@@ -13,7 +13,7 @@ import { AppError } from '../../errors.js';
 import { DbTimeBudgets, dbTimeLimited } from './budget.js';
 import { Gates, concurrencyLimited } from './gates.js';
 import { JobSlots } from './job-slots.js';
-import { RateWindows, type IncrCallback } from './rate-window.js';
+import { RateWindows } from './rate-window.js';
 import { defaultLimits, mergeLimits, overridesOf, type LimitOverrides, type TenantLimits } from './settings.js';
 
 export * from './settings.js';
@@ -188,10 +188,10 @@ export function createLimits(deps: LimitsDeps) {
       return { limits: mergeLimits(defaults, stored), overrides: overridesOf(stored) };
     },
     /**
-     * The @fastify/rate-limit store class counting per tenant in Redis-synchronised windows (see
-     * rate-window.ts). Every instance shares one set of counters.
+     * The per-tenant request counters (see rate-window.ts), counted in windows of RATE_WINDOW_MS
+     * shared with the other API processes through Redis. Closed with close().
      */
-    rateStore(redis: Redis) {
+    rateWindows(redis: Redis): RateWindows {
       const w = new RateWindows({
         redis,
         prefix: config.RATE_LIMIT_PREFIX,
@@ -200,14 +200,7 @@ export function createLimits(deps: LimitsDeps) {
         onRedisError: throttled((err) => log.warn({ err }, 'rate limit counters: Redis unavailable; counting per process (fail open)')),
       });
       windows.push(w);
-      return class TenantRateStore {
-        incr(key: string, cb: IncrCallback, timeWindow: number): void {
-          w.incr(key, cb, timeWindow);
-        }
-        child(): TenantRateStore {
-          return new TenantRateStore();
-        }
-      };
+      return w;
     },
     /** Running-job slots across workers (Redis). */
     jobSlots(redis: Redis, prefix = config.RATE_LIMIT_PREFIX): JobSlots {

@@ -8,7 +8,8 @@
  * fails open on the local counts (each process then enforces the limit alone); an add that Redis
  * does not answer within RATE_LIMIT_REDIS_TIMEOUT_MS is counted locally instead.
  *
- * The interface is @fastify/rate-limit's store (`incr(key, cb, timeWindow, max)`, `child`).
+ * Counting is synchronous and allocates nothing past a tenant's first request of a window: it runs
+ * on every request (src/plugins/limits.ts).
  */
 import type { Redis } from 'ioredis';
 
@@ -30,7 +31,16 @@ export interface RateWindowOptions {
   onRedisError?: (err: unknown) => void;
 }
 
-export type IncrCallback = (err: Error | null, res: { current: number; ttl: number }) => void;
+/**
+ * KEYS: the counters; ARGV[1]: their time to live (ms); ARGV[1 + i]: what to add to KEYS[i].
+ * Answers the totals, in order.
+ */
+const ADD_SCRIPT = `local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('INCRBY', KEYS[i], ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+return out`;
 
 export class RateWindows {
   private readonly counters = new Map<string, Counter>();
@@ -46,24 +56,23 @@ export class RateWindows {
     return `${this.o.prefix}:${windowMs}:${key}:${window}`;
   }
 
-  /** Count one request of `key`; answers (synchronously) the count of the window so far, all processes, and the ms left. */
-  incr(key: string, cb: IncrCallback, windowMs: number): void {
-    const now = Date.now();
+  /**
+   * Count one request of `key` at `now` (Date.now()); answers, synchronously and without allocating,
+   * the count of the window so far, all processes. The window ends at the next multiple of windowMs.
+   */
+  hit(key: string, windowMs: number, now: number): number {
     const window = Math.floor(now / windowMs);
-    const ttl = (window + 1) * windowMs - now;
-    let c = this.counters.get(key);
-    if (!c || c.window !== window) {
-      c = { window, known: 0, pending: 1, flushing: 0 };
-      this.counters.set(key, c);
+    const c = this.counters.get(key);
+    if (c === undefined || c.window !== window) {
+      this.counters.set(key, { window, known: 0, pending: 1, flushing: 0 });
       // learn what the other processes counted in this window soon, without holding the request:
       // every tenant starting a window in this turn of the event loop shares one Redis round trip
       this.flushSoon(windowMs);
-      cb(null, { current: 1, ttl });
-      return;
+      return 1;
     }
     c.pending++;
     this.schedule(windowMs);
-    cb(null, { current: c.known + c.pending + c.flushing, ttl });
+    return c.known + c.pending + c.flushing;
   }
 
   private flushSoon(windowMs: number): void {
@@ -84,15 +93,16 @@ export class RateWindows {
   }
 
   /**
-   * Add every pending count to Redis in one pipeline (INCRBY + PEXPIRE per counter): one round trip
-   * and one timer per sync interval, however many tenants are active. On failure or timeout the
-   * counts stay local (fail open).
+   * Add every pending count to Redis in one command (a script running INCRBY + PEXPIRE per counter
+   * and answering the totals): one round trip and one command per sync interval, however many
+   * tenants are active. On failure or timeout the counts stay local (fail open).
    */
   private async flushAll(windowMs: number): Promise<void> {
     if (this.flushing) return this.schedule(windowMs); // one batch in flight at a time
     const now = Math.floor(Date.now() / windowMs);
     const batch: Array<[Counter, number]> = [];
-    const pipeline = this.o.redis.pipeline();
+    const keys: string[] = [];
+    const counts: number[] = [];
     for (const [key, c] of this.counters) {
       if (c.window < now - 1) {
         this.counters.delete(key); // a window long gone: its counts no longer matter
@@ -103,29 +113,29 @@ export class RateWindows {
       c.pending = 0;
       c.flushing = n;
       batch.push([c, n]);
-      const rkey = this.redisKey(key, windowMs, c.window);
-      pipeline.incrby(rkey, n).pexpire(rkey, windowMs * 2);
+      keys.push(this.redisKey(key, windowMs, c.window));
+      counts.push(n);
     }
     if (batch.length === 0) return;
     this.flushing = true;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const replies = await Promise.race([
-        pipeline.exec(),
+      const totals = await Promise.race([
+        this.o.redis.eval(ADD_SCRIPT, keys.length, ...keys, windowMs * 2, ...counts),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`rate limit counters: Redis did not answer within ${this.o.timeoutMs} ms`)), this.o.timeoutMs);
         }),
       ]);
       let failed: unknown;
       batch.forEach(([c, n], i) => {
-        const [err, v] = replies?.[2 * i] ?? [new Error('no reply'), null];
+        const v = Array.isArray(totals) ? Number(totals[i]) : NaN;
         c.flushing = 0;
-        if (err) {
-          failed ??= err;
+        if (Number.isNaN(v)) {
+          failed ??= new Error('rate limit counters: Redis answered no total');
           c.known += n; // counted here, not in Redis
         } else {
           // the total includes our n; counts made meanwhile are still in `pending`
-          c.known = Math.max(c.known + n, Number(v));
+          c.known = Math.max(c.known + n, v);
         }
       });
       if (failed) this.o.onRedisError?.(failed);
