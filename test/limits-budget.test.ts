@@ -163,7 +163,7 @@ describe('database-time budget through the API (real PostgreSQL)', () => {
   beforeAll(async () => {
     // heavy above 250 ms (the light tenant's reads stay far below it even on a loaded machine); the
     // per-pool heavy cap is out of the way (5), so only the budget (the default, 250 ms/s) limits
-    t = await createTestApp({ env: { DB_POOL_MAX: '10', DB_ACQUIRE_TIMEOUT_MS: '20000', LIMIT_HEAVY_MS: '250', LIMIT_HEAVY_CONNECTIONS: '5' } });
+    t = await createTestApp({ env: { DB_POOL_MAX: '10', DB_ACQUIRE_TIMEOUT_MS: '20000', LIMIT_HEAVY_MS: '250', LIMIT_HEAVY_CONNECTIONS: '5', LIMIT_REQUESTS_PER_SECOND: '10000000' } });
   });
   afterEach(async () => expectNoCheckedOutClients(t.db));
   afterAll(async () => t?.close());
@@ -204,7 +204,7 @@ describe('database-time budget through the API (real PostgreSQL)', () => {
     const [res, , more] = await Promise.all([burst, reads, readWhile(b, burst)]);
     expect(res.map((r) => r.statusCode)).toEqual([200, 200, 200, 200]);
     expect(light).toEqual([200, 200, 200, 200, 200]);
-    expect(more.every((s) => s === 200)).toBe(true);
+    expect(more.filter((s) => s !== 200), `statuses other than 200 among ${more.length} reads`).toEqual([]);
     // the database's clocks: no two of the heavy tenant's sessions overlapped
     const spans = res
       .map((r) => r.json<{ data: Array<{ s: string; e: string }> }>().data[0]!)
