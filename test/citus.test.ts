@@ -555,7 +555,7 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
       const rot = await req('acme:admin', 'POST', '/v1/admin/compliance/keys/rotate', { kind: 'data' });
       expect(rot.status, JSON.stringify(rot.body)).toBe(202);
       expect((await jobDone(String(rot.body['job_id']))).state).toBe('completed');
-      const r = await req('acme:admin', 'GET', `/v1/admin/compliance/keys/rotations/${(rot.body['data'] as Json)['id']}`);
+      const r = await req('acme:admin', 'GET', `/v1/admin/compliance/keys/rotations/${String((rot.body['data'] as Json)['id'])}`);
       expect((r.body['data'] as Json)['state']).toBe('completed');
       for (const name of names) {
         const v = await stored('notes', name);
@@ -571,7 +571,7 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
       expect(s.status, JSON.stringify(s.body)).toBe(202);
       const job = await jobDone(String(s.body['job_id']));
       expect(job.state, JSON.stringify(job)).toBe('completed');
-      const got = await req('acme:admin', 'GET', `/v1/admin/compliance/scan/${s.body['job_id']}`);
+      const got = await req('acme:admin', 'GET', `/v1/admin/compliance/scan/${String(s.body['job_id'])}`);
       const findings = ((got.body['data'] as Json)['result'] as { findings: Array<{ table: string; column: string }> }).findings;
       expect(findings.some((f) => f.table === 'customers' && f.column === 'email')).toBe(true);
     });
