@@ -11,7 +11,7 @@ import { ensureAppRole } from '../src/db/database.js';
 import { createMigrator, defaultMigrationsDir } from '../src/db/migrations/index.js';
 import { prepareCluster, type DistributeReport } from '../src/services/cluster/index.js';
 import type { SessionContext } from '../src/db/session.js';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createJobs, type JobsService, type JobView } from '../src/jobs/queues.js';
 import { startWorkers, type WorkerRuntime } from '../src/jobs/runtime.js';
 import { createTestApp, type TestApp } from './helpers/app.js';
@@ -54,16 +54,17 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
     jobs = createJobs({ redisUrl: REDIS_URL, prefix, log: pino({ level: 'silent' }) });
     t = await createTestApp({
       database: { name: 'postgres', url: cluster.coordinator.url, drop: async () => undefined },
-      env: { DB_ACQUIRE_TIMEOUT_MS: '10000', WEBHOOK_ALLOW_PRIVATE: 'true', CHANGES_POLL_MS: '100', ROWS_MAX_RESPONSE_BYTES: String(WRITE_MAX) },
+      env: { ENCRYPTION_MASTER_KEYS: `k1:${randomBytes(32).toString('base64')}`, DB_ACQUIRE_TIMEOUT_MS: '10000', WEBHOOK_ALLOW_PRIVATE: 'true', CHANGES_POLL_MS: '100', ROWS_MAX_RESPONSE_BYTES: String(WRITE_MAX) },
       jobs,
     });
-    workers = startWorkers({ redisUrl: REDIS_URL, prefix, log: pino({ level: 'silent' }), db: t.db, queues: ['cluster', 'views', 'search', 'webhooks'], cancelPollMs: 100 });
+    workers = startWorkers({ redisUrl: REDIS_URL, prefix, log: pino({ level: 'silent' }), db: t.db, queues: ['cluster', 'views', 'search', 'webhooks', 'compliance'], cancelPollMs: 100 });
     headers['platform'] = await t.auth('platform_admin', null);
     headers['acme:admin'] = await t.auth('admin', 'acme');
     headers['globex:admin'] = await t.auth('admin', 'globex');
     for (const tenant of ['acme', 'globex']) {
       headers[`${tenant}:writer`] = await t.auth('writer', tenant);
       headers[`${tenant}:analyst`] = await t.auth('analyst', tenant);
+      headers[`${tenant}:reader`] = await t.auth('reader', tenant);
     }
   }, 240_000);
 
@@ -454,6 +455,154 @@ describe.skipIf(unavailable !== null)('Strata on a Citus cluster', () => {
         await new Promise<void>((r) => server.close(() => r()));
       }
     }, 90_000);
+  });
+
+  describe('compliance on a cluster (declared columns, erasure, rotation, conversion, scan)', () => {
+    const put = (url: string, payload: unknown) => t.app.inject({ method: 'PUT', url, headers: headers['platform'], payload: payload as Json });
+    const jobDone = (id: string): Promise<JobView> =>
+      waitFor(async () => {
+        const res = await t.app.inject({ url: `/v1/jobs/${id}`, headers: headers['platform'] });
+        const v = res.json<{ data: JobView }>().data;
+        return ['completed', 'failed', 'cancelled'].includes(v.state) ? v : undefined;
+      });
+    /** The stored value, read as the owner through the coordinator (the row lives on a worker shard). */
+    const stored = async (col: string, name: string) =>
+      (await cluster.query<Record<string, string | null>>(cluster.coordinator, `SELECT ${col} FROM customers WHERE name = '${name}'`)).rows.map((r) => r[col]);
+
+    it('encrypts a declared column on the shards, decrypts for admin, masks for reader, and another tenant reads nothing', async () => {
+      const d = await put('/v1/admin/compliance/columns/customers/phone', { encrypted: true, pii: 'phone', masks: { reader: 'partial' }, plaintext_roles: ['admin'] });
+      expect(d.statusCode, d.body).toBe(200);
+      const name = `enc-${randomUUID()}`;
+      const w = await req('acme:writer', 'POST', '/v1/tables/customers/rows', { name, phone: '+15551234567' });
+      expect(w.status, JSON.stringify(w.body)).toBe(201);
+      const id = String((w.body['data'] as Json)['id']);
+      const onShard = await stored('phone', name);
+      expect(onShard).toHaveLength(1);
+      expect(onShard[0]).toMatch(/^sx1\./);
+      expect(onShard[0]).not.toContain('5551234567');
+      const admin = await req('acme:admin', 'GET', `/v1/tables/customers/rows/${id}`);
+      expect((admin.body['data'] as Json)['phone']).toBe('+15551234567');
+      const reader = await req('acme:reader', 'GET', `/v1/tables/customers/rows/${id}`);
+      expect(reader.status).toBe(200);
+      expect((reader.body['data'] as Json)['phone']).not.toContain('5551234567');
+      expect((reader.body['data'] as Json)['phone']).toMatch(/\*/);
+      const other = await req('globex:admin', 'GET', `/v1/tables/customers/rows/${id}`);
+      expect(other.status).toBe(404);
+      const list = await req('globex:admin', 'GET', `/v1/tables/customers/rows?name=eq.${name}`);
+      expect(list.body['data']).toEqual([]);
+    });
+
+    it('the coordinator counters see none of the rows a transaction deletes on a worker (why erasure counts from the change log there)', async () => {
+      const name = `probe-${randomUUID()}`;
+      expect((await req('acme:writer', 'POST', '/v1/tables/customers/rows', { name })).status).toBe(201);
+      const c = new pg.Client({ connectionString: cluster.coordinator.url });
+      await c.connect();
+      try {
+        await c.query('BEGIN');
+        const del = await c.query(`DELETE FROM customers WHERE name = $1`, [name]);
+        expect(del.rowCount).toBe(1);
+        const stat = await c.query<{ n: string }>(`SELECT coalesce(sum(n_tup_del), 0)::text AS n FROM pg_stat_xact_user_tables WHERE relname = 'customers'`);
+        expect(stat.rows[0]!.n).toBe('0');
+      } finally {
+        await c.query('ROLLBACK');
+        await c.end();
+      }
+      expect(await stored('name', name)).toEqual([name]);
+    });
+
+    it('erases a subject with an exact report (direct and cascaded rows on the shards), and another tenant keeps its rows', async () => {
+      expect((await put('/v1/admin/compliance/subjects/pipelines', { columns: ['name'], action: 'delete' })).statusCode).toBe(200);
+      expect((await put('/v1/admin/compliance/subjects/customers', { columns: ['name'], action: 'delete' })).statusCode).toBe(200);
+      const subject = `subj-${randomUUID()}`;
+      const p = await req('acme:writer', 'POST', '/v1/tables/pipelines/rows', { name: subject });
+      expect(p.status).toBe(201);
+      const pid = (p.body['data'] as Json)['id'];
+      for (const body of [{ name: subject }, { name: `child-a-${subject}`, pipeline_id: pid }, { name: `child-b-${subject}`, pipeline_id: pid }]) {
+        expect((await req('acme:writer', 'POST', '/v1/tables/customers/rows', body)).status).toBe(201);
+      }
+      // globex has a row of the same subject id: it must stay
+      expect((await req('globex:writer', 'POST', '/v1/tables/customers/rows', { name: subject })).status).toBe(201);
+      const e = await req('acme:admin', 'DELETE', `/v1/subjects/${subject}`);
+      expect(e.status, JSON.stringify(e.body)).toBe(200);
+      const report = e.body['data'] as Json;
+      expect(report['tables']).toEqual([
+        { table: 'customers', action: 'delete', matched_by: ['name'], deleted: 3, anonymized: 0 },
+        { table: 'pipelines', action: 'delete', matched_by: ['name'], deleted: 1, anonymized: 0 },
+      ]);
+      expect(report['totals']).toEqual({ rows: 4, deleted: 4, anonymized: 0 });
+      expect((report['change_log'] as Json)['entries_anonymized']).toBeGreaterThanOrEqual(4);
+      const left = await cluster.query<{ tenant_id: string }>(cluster.coordinator, `SELECT tenant_id FROM customers WHERE name LIKE '%${subject}' UNION ALL SELECT tenant_id FROM pipelines WHERE name = '${subject}'`);
+      expect(left.rows).toEqual([{ tenant_id: 'globex' }]);
+      // the change events of the erased rows hold no value any more
+      const events = await cluster.query<{ n: number }>(cluster.coordinator, `SELECT count(*)::int AS n FROM strata.changes WHERE tenant_id = 'acme' AND (before::text LIKE '%${subject}%' OR after::text LIKE '%${subject}%')`);
+      expect(events.rows[0]!.n).toBe(0);
+      // a second erasure finds nothing
+      expect((await req('acme:admin', 'DELETE', `/v1/subjects/${subject}`)).status).toBe(404);
+    });
+
+    it('converts plaintext written before a declaration, and rotates the tenant data key (rows re-encrypted on the shards)', async () => {
+      const names = [0, 1, 2].map((i) => `conv-${i}-${randomUUID()}`);
+      for (const name of names) expect((await req('acme:writer', 'POST', '/v1/tables/customers/rows', { name, notes: `note of ${name}` })).status).toBe(201);
+      const d = await put('/v1/admin/compliance/columns/customers/notes', { encrypted: true, pii: 'free_text', plaintext_roles: ['admin'] });
+      expect(d.statusCode, d.body).toBe(200);
+      const conv = d.json().conversion as { job_id: string } | null;
+      expect(conv).not.toBeNull();
+      expect((await jobDone(conv!.job_id)).state).toBe('completed');
+      for (const name of names) {
+        const v = await stored('notes', name);
+        expect(v[0]).toMatch(/^sx1\.1\./);
+      }
+      const rot = await req('acme:admin', 'POST', '/v1/admin/compliance/keys/rotate', { kind: 'data' });
+      expect(rot.status, JSON.stringify(rot.body)).toBe(202);
+      expect((await jobDone(String(rot.body['job_id']))).state).toBe('completed');
+      const r = await req('acme:admin', 'GET', `/v1/admin/compliance/keys/rotations/${String((rot.body['data'] as Json)['id'])}`);
+      expect((r.body['data'] as Json)['state']).toBe('completed');
+      for (const name of names) {
+        const v = await stored('notes', name);
+        expect(v[0]).toMatch(/^sx1\.2\./);
+        const got = await req('acme:admin', 'GET', `/v1/tables/customers/rows?name=eq.${name}&select=notes`);
+        expect(got.body['data']).toEqual([{ notes: `note of ${name}` }]);
+      }
+    });
+
+    it('scans the tenant tables for undeclared PII through the coordinator', async () => {
+      expect((await req('acme:writer', 'POST', '/v1/tables/customers/rows', { name: 'scan', email: 'scan.me@example.com' })).status).toBe(201);
+      const s = await req('acme:admin', 'POST', '/v1/admin/compliance/scan', { tables: ['customers'], sample_size: 50 });
+      expect(s.status, JSON.stringify(s.body)).toBe(202);
+      const job = await jobDone(String(s.body['job_id']));
+      expect(job.state, JSON.stringify(job)).toBe('completed');
+      const got = await req('acme:admin', 'GET', `/v1/admin/compliance/scan/${String(s.body['job_id'])}`);
+      const findings = ((got.body['data'] as Json)['result'] as { findings: Array<{ table: string; column: string }> }).findings;
+      expect(findings.some((f) => f.table === 'customers' && f.column === 'email')).toBe(true);
+    });
+
+    it('makes an anonymized copy of one tenant (rows read through the coordinator from the shards) with every declared value faked', async () => {
+      const source = (await cluster.query<{ n: number }>(cluster.coordinator, `SELECT count(*)::int AS n FROM customers WHERE tenant_id = 'acme'`)).rows[0]!.n;
+      expect(source).toBeGreaterThan(0);
+      const s = await req('platform', 'POST', '/v1/admin/compliance/anonymize', { tenant: 'acme', seed: 'cluster' });
+      expect(s.status, JSON.stringify(s.body)).toBe(202);
+      const target = String(s.body['target_database']);
+      try {
+        const job = await jobDone(String(s.body['job_id']));
+        expect(job.state, JSON.stringify(job)).toBe('completed');
+        expect((job.result as Json)['tables']).toMatchObject({ customers: source });
+        const copy = new pg.Client({ connectionString: cluster.coordinator.url.replace(/\/postgres$/, `/${target}`) });
+        await copy.connect();
+        try {
+          const rows = (await copy.query<{ tenant_id: string; phone: string | null; notes: string | null }>('SELECT tenant_id, phone, notes FROM public.customers')).rows;
+          expect(rows).toHaveLength(source);
+          expect(new Set(rows.map((r) => r.tenant_id))).toEqual(new Set(['acme']));
+          for (const r of rows) {
+            expect(r.phone ?? '').not.toMatch(/^sx1\.|5551234567/);
+            expect(r.notes ?? '').not.toMatch(/^sx1\.|note of/);
+          }
+        } finally {
+          await copy.end();
+        }
+      } finally {
+        await cluster.query(cluster.coordinator, `DROP DATABASE IF EXISTS "${target}" WITH (FORCE)`);
+      }
+    }, 120_000);
   });
 
   describe('support matrix', () => {

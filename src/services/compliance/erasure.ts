@@ -9,7 +9,8 @@
  * 4. the subject's data key (strata.subject_keys) is deleted: values encrypted under it are
  *    unreadable everywhere, backups included (crypto-shredding).
  * The report counts rows from PostgreSQL's own per-transaction counters (pg_stat_xact_user_tables),
- * so rows removed by ON DELETE CASCADE are counted exactly. Backups taken before the erasure are
+ * so rows removed by ON DELETE CASCADE are counted exactly; on a Citus cluster (where those counters
+ * stay on the workers) from the transaction's own change events (see clusterCounts). Backups taken before the erasure are
  * listed: they still hold the subject's rows until retention removes them.
  */
 import { createHash, randomUUID } from 'node:crypto';
@@ -118,6 +119,23 @@ export function createErasure(deps: { db: Database; schema: SchemaRegistry; back
     return new Map(rows.map((r) => [r.relname, { del: Number(r.del), upd: Number(r.upd) }]));
   }
 
+  /**
+   * On a cluster the coordinator's pg_stat_xact_user_tables never sees the rows changed on the
+   * workers' shards (its tables are empty shells): the counts come from this transaction's own
+   * change events instead (ids after `mark`, per tenant; capture triggers fire for cascaded rows
+   * too), and, for a declared table without change capture, from its statement's row count.
+   */
+  async function clusterCounts(c: pg.ClientBase, tenantId: string, mark: string, direct: Map<string, { del: number; upd: number }>) {
+    const { rows } = await c.query<{ table_name: string; del: number; upd: number }>(
+      `SELECT table_name, count(*) FILTER (WHERE op = 'delete')::int AS del, count(*) FILTER (WHERE op = 'update')::int AS upd
+         FROM strata.changes WHERE tenant_id = $1 AND id > $2::bigint GROUP BY table_name`,
+      [tenantId, mark],
+    );
+    const out = new Map(rows.map((r) => [r.table_name, { del: r.del, upd: r.upd }]));
+    for (const [name, d] of direct) if (!out.has(name)) out.set(name, d);
+    return out;
+  }
+
   async function listBackups(now: Date): Promise<ErasureReport['backups']> {
     if (!deps.backups) return [];
     const all = await deps.backups.completed();
@@ -158,12 +176,17 @@ export function createErasure(deps: { db: Database; schema: SchemaRegistry; back
                 )
               ).rows[0]!.m
             : undefined;
-          const before = await xactCounts(c);
+          const before = mark === undefined ? await xactCounts(c) : new Map<string, { del: number; upd: number }>();
+          const direct = new Map<string, { del: number; upd: number }>();
           for (const s of steps) {
             const sql = s.action === 'delete' ? `DELETE FROM ${s.t.qualified} WHERE ${s.where}` : `UPDATE ${s.t.qualified} SET ${s.set} WHERE ${s.where}`;
-            await c.query(sql, [tenantId, subjectId]);
+            const r = await c.query(sql, [tenantId, subjectId]);
+            const d = direct.get(s.t.name) ?? { del: 0, upd: 0 };
+            if (s.action === 'delete') d.del += r.rowCount ?? 0;
+            else d.upd += r.rowCount ?? 0;
+            direct.set(s.t.name, d);
           }
-          const after = await xactCounts(c);
+          const after = mark === undefined ? await xactCounts(c) : await clusterCounts(c, tenantId, mark, direct);
           const tables: ErasureTableReport[] = [];
           for (const [name, a] of after) {
             const b = before.get(name) ?? { del: 0, upd: 0 };
