@@ -13,38 +13,11 @@
  * GraphQL / REST ratios. The server is the same process for both sides, so only the request differs.
  */
 import type { ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import pg from 'pg';
-import { cannon, CONNECTION_LEVELS, DURATION, gql, median, ROUNDS, sleep, startAndCheck, stop, strataTarget, tenantOf, variant, WARMUP, type Measured, type Target } from '../lib.js';
+import { cpuTicks as ticks, backendPidsOf as backendPids, cannon, CONNECTION_LEVELS, DURATION, gql, median, ROUNDS, sleep, startAndCheck, stop, strataTarget, tenantOf, variant, WARMUP, type Measured, type Target } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
 
 /** The server's pool (BENCH_GQL_POOL, 16 as in the isolation scenario). */
 const POOL = process.env['BENCH_GQL_POOL'] ?? '16';
-
-function ticks(pids: number[]): number {
-  let sum = 0;
-  for (const pid of pids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      sum += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* gone */
-    }
-  }
-  return sum;
-}
-
-async function backendPids(dbUrl: string): Promise<Set<number>> {
-  const c = new pg.Client({ connectionString: dbUrl });
-  await c.connect();
-  try {
-    const r = await c.query<{ pid: number }>('select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()');
-    return new Set(r.rows.map((x) => x.pid));
-  } finally {
-    await c.end();
-  }
-}
 
 const scenario: BenchScenario = {
   name: 'graphql-cpu',

@@ -14,36 +14,8 @@
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
-import { anchorTarget, cannon, CONNECTION_LEVELS, DURATION, median, ROUNDS, sleep, spawnLogged, startAndCheck, stop, strataTarget, STRATA_NODE_FLAGS, WARMUP, type Measured, type Target } from '../lib.js';
-import { readFileSync } from 'node:fs';
-import pg from 'pg';
+import { cpuTicks as ticks, backendPidsOf as backendPids, anchorTarget, cannon, CONNECTION_LEVELS, DURATION, median, ROUNDS, sleep, spawnLogged, startAndCheck, stop, strataTarget, STRATA_NODE_FLAGS, WARMUP, type Measured, type Target } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
-
-/** CPU ticks (user + system, 1/100 s) a set of processes has used so far; a process gone counts 0. */
-function ticks(pids: number[]): number {
-  let sum = 0;
-  for (const pid of pids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      sum += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* gone */
-    }
-  }
-  return sum;
-}
-
-async function backendPids(dbUrl: string): Promise<Set<number>> {
-  const c = new pg.Client({ connectionString: dbUrl });
-  await c.connect();
-  try {
-    const r = await c.query<{ pid: number }>('select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()');
-    return new Set(r.rows.map((x) => x.pid));
-  } finally {
-    await c.end();
-  }
-}
 
 const scenario: BenchScenario = {
   name: 'hot-path',

@@ -11,25 +11,9 @@
  * the CPU each request costs the server process and its PostgreSQL backends (user + system time over
  * the round / requests served): it holds on a loaded machine, where req/s does not.
  */
-import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { cannon, DURATION, log, median, ROUNDS, sleep, startAndCheck, stop, strataTarget, tenantOf, variant, WARMUP, type Target } from '../lib.js';
+import { cpuTicks as ticks, cannon, DURATION, log, median, ROUNDS, sleep, startAndCheck, stop, strataTarget, tenantOf, variant, WARMUP, type Target } from '../lib.js';
 import type { BenchContext, BenchScenario } from './types.js';
-
-/** CPU ticks (user + system, 1/100 s) a set of processes has used so far; a process gone counts 0. */
-function ticks(pids: number[]): number {
-  let sum = 0;
-  for (const pid of pids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      sum += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* gone */
-    }
-  }
-  return sum;
-}
 
 /** The PostgreSQL backends of the benchmark database (the server's pool, after its warm-up). */
 async function backendPids(dbUrl: string): Promise<number[]> {
