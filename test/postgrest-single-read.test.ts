@@ -337,3 +337,27 @@ describe('prebuilt statements follow the schema and the compliance policy', () =
     }
   });
 });
+
+describe('a deliberate 5xx answer of the core keeps its status and code on /rest/v1', () => {
+  let u: TestApp;
+  beforeAll(async () => {
+    u = await createTestApp(); // no ENCRYPTION_MASTER_KEYS
+  });
+  afterAll(async () => {
+    await u?.close();
+  });
+
+  it('answers an insert into an encrypted column without a key ring 501 ENCRYPTION_NOT_CONFIGURED (not 500) and writes nothing', async () => {
+    const platform = await u.auth('platform_admin', null);
+    const admin = await u.auth('admin', 'acme');
+    const declared = await u.app.inject({ method: 'PUT', url: '/v1/admin/compliance/columns/customers/phone', headers: platform, payload: { encrypted: true, pii: 'phone' } });
+    expect(declared.statusCode).toBe(200);
+    const count = async () => Number((await u.db.adminQuery<{ n: string }>(`select count(*) as n from customers where tenant_id = 'acme'`)).rows[0]!.n);
+    const before = await count();
+    const res = await u.app.inject({ method: 'POST', url: '/rest/v1/customers', headers: { ...admin, 'content-type': 'application/json' }, payload: { id: 9001, name: 'Ann', email: 'ann@example.com', phone: '+15551234567' } });
+    expect(res.statusCode).toBe(501);
+    expect(res.json()).toMatchObject({ code: 'ENCRYPTION_NOT_CONFIGURED', hint: null });
+    expect(res.json().message).toMatch(/ENCRYPTION_MASTER_KEYS/);
+    expect(await count()).toBe(before);
+  });
+});

@@ -118,7 +118,8 @@ export function toPgrst(err: unknown, opts: { write?: boolean } = {}): { status:
     const d = err.details as { details?: unknown; hint?: string; column?: string; table?: string } | undefined;
     const details = d?.details ?? (d && Object.keys(d).length ? d : null);
     const hint = d?.hint ?? null;
-    let code = known?.[1] ?? (err.statusCode >= 400 && err.statusCode < 500 ? 'PGRST100' : 'PGRST000');
+    // a deliberate 5xx answer (501 ENCRYPTION_NOT_CONFIGURED, 503 DB_UNRESPONSIVE...) keeps Strata's code, as on /v1
+    let code = known?.[1] ?? (err.statusCode >= 400 && err.statusCode < 500 ? 'PGRST100' : err.code);
     let message = err.message;
     if (err.code === 'UNKNOWN_COLUMN' && opts.write && d?.column !== undefined) {
       code = 'PGRST204';
@@ -126,7 +127,7 @@ export function toPgrst(err: unknown, opts: { write?: boolean } = {}): { status:
     }
     const status = known?.[0] ?? err.statusCode;
     const headers = { ...(err.headers ?? {}), ...(status === 401 ? { 'www-authenticate': 'Bearer' } : {}) };
-    if (status >= 500 && !known) return undefined;
+    if (status === 500 && !known) return undefined;
     return { status, body: { code, message, details: err.code === 'UNKNOWN_RELATIONSHIP' || err.code === 'AMBIGUOUS_RELATIONSHIP' ? (d?.details ?? null) : details, hint }, headers };
   }
   if (isConnectionError(err)) return { status: 503, body: { code: 'PGRST001', message: 'Database client error. Retrying the connection.', details: null, hint: null } };
