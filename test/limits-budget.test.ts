@@ -221,7 +221,7 @@ describe('database-time budget through the API (real PostgreSQL)', () => {
 
   it('answers a heavy tenant past its budget 429 TENANT_CONCURRENCY_LIMIT (database time) with Retry-After, and serves it again later', async () => {
     const quick = await createTestApp({
-      env: { DB_POOL_MAX: '10', DB_ACQUIRE_TIMEOUT_MS: '400', LIMIT_HEAVY_MS: '250', LIMIT_HEAVY_CONNECTIONS: '5', LIMIT_HEAVY_DB_MS_PER_SECOND: '100' },
+      env: { DB_POOL_MAX: '10', DB_ACQUIRE_TIMEOUT_MS: '400', LIMIT_HEAVY_MS: '250', LIMIT_HEAVY_CONNECTIONS: '5', LIMIT_HEAVY_DB_MS_PER_SECOND: '100', LIMIT_REQUESTS_PER_SECOND: '10000000' },
     });
     try {
       const a = await quick.auth('analyst', 'acme');
